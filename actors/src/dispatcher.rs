@@ -1,0 +1,713 @@
+//! The [`Dispatcher`]: the public handle to a running Mailroom, and its builder.
+//!
+//! Admission happens right here, synchronously, in the caller's thread: the kind is routed, the
+//! timing fields and the payload are validated, and the route's place counter is taken with one
+//! atomic operation. Only then is the message recorded in the store and handed to the router's
+//! mailbox. A refused message comes back to the caller inside [`Rejected`]; an accepted one always
+//! reaches exactly one terminal state (the store's compare-and-set transitions guarantee it).
+//!
+//! Build a dispatcher inside a running actix `System`: it starts the I/O arbiters, the router,
+//! one supervised worker per route and, when a route needs it, the CPU `SyncArbiter` pool.
+
+use std::collections::HashMap;
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use actix::prelude::*;
+use parking_lot::Mutex;
+
+use crate::dead_letters::{DeadLetter, DeadLetters};
+use crate::envelope::{
+    unix_ms, Envelope, ErrorClass, ErrorInfo, Kind, Message, MessageId, Outcome, Source, Status,
+};
+use crate::error::{BuildError, CancelError, Rejected, ReplayError};
+use crate::metrics::{LedgerSnapshot, RejectReason, RouteStats};
+use crate::processor::cpu::CpuPool;
+use crate::processor::worker::{Exec, Worker};
+use crate::processor::{builtin, fetch, Make, Pool, Processor};
+use crate::route::{Route, RouteInfo};
+use crate::router::{Dispatch, DispatchBatch, DropDelayedAfter, Forget, Router};
+use crate::settings::{RouteSettings, Settings};
+use crate::source::timer::{Schedule, ScheduleError, ScheduleHandle, TimerSource};
+use crate::store::{Gathered, MemoryStore, NewRecord, Store, Waiter};
+
+/// State shared by the dispatcher handle, the router and the workers.
+pub(crate) struct Core {
+    pub settings: Settings,
+    pub routes: Vec<Route>,
+    pub by_kind: HashMap<&'static str, usize>,
+    pub store: Arc<dyn Store>,
+    pub dead: DeadLetters,
+    pub router: OnceLock<Addr<Router>>,
+    pub draining: AtomicBool,
+    pub rejected_no_route: AtomicU64,
+    pub epoch: Instant,
+    pub io_arbiters: Vec<ArbiterHandle>,
+    pub timers: Mutex<Vec<Addr<TimerSource>>>,
+}
+
+impl Core {
+    pub(crate) fn route_of(&self, kind: Kind) -> Option<&Route> {
+        self.by_kind.get(kind.as_str()).map(|&i| &self.routes[i])
+    }
+
+    fn router(&self) -> &Addr<Router> {
+        self.router.get().expect("the router is started in build()")
+    }
+
+    /// Moves a message to a terminal state and counts it; `None` if it had already finished.
+    pub(crate) fn finish(
+        &self,
+        route: usize,
+        id: MessageId,
+        status: Status,
+        result: Option<serde_json::Value>,
+        error: Option<ErrorInfo>,
+    ) -> Option<Arc<Outcome>> {
+        let outcome = self.store.finish(id, status, result, error)?;
+        self.count_finished(&self.routes[route].stats, &outcome);
+        Some(outcome)
+    }
+
+    fn count_finished(&self, stats: &RouteStats, outcome: &Outcome) {
+        stats.finished(
+            outcome.status,
+            Duration::from_secs_f64(outcome.timings.total_ms / 1000.0),
+        );
+    }
+
+    /// Declares a message dead and files it in the dead letters.
+    pub(crate) fn bury(&self, env: Envelope, error: ErrorInfo) {
+        let Some(outcome) = self.finish(env.route, env.id, Status::Dead, None, Some(error)) else {
+            return;
+        };
+        tracing::warn!(id = %env.id, kind = %env.kind, attempts = outcome.attempts, "message is dead after its last attempt");
+        self.dead.push(DeadLetter {
+            id: env.id,
+            kind: env.kind,
+            payload: env.payload,
+            attempts: outcome.attempts,
+            errors: env.history,
+            died_at_ms: unix_ms(),
+            source: env.source,
+            replay_of: env.replay_of,
+        });
+    }
+
+    /// Sends a failed attempt back through the router after its backoff.
+    pub(crate) fn retry(&self, mut env: Envelope) {
+        let route = &self.routes[env.route];
+        if !self.store.requeue(env.id) {
+            return; // finished meanwhile (shutdown): nothing left to do
+        }
+        route.stats.retried.fetch_add(1, Relaxed);
+        let n = env.history.len().max(1) as u32;
+        let full = route.backoff.saturating_mul(1u32 << (n - 1).min(16));
+        let half = full / 2;
+        let jitter = Duration::from_nanos(fastrand::u64(0..=half.as_nanos() as u64));
+        env.not_before = Some(Instant::now() + half + jitter);
+        self.router().do_send(Dispatch(env));
+    }
+
+    fn admit(&self, msg: Message, waiter: Option<Waiter>) -> Result<Admitted, Rejected> {
+        let Some(&index) = self.by_kind.get(&*msg.kind) else {
+            self.rejected_no_route.fetch_add(1, Relaxed);
+            return Err(Rejected::NoRoute(msg));
+        };
+        let route = &self.routes[index];
+        if self.draining.load(Relaxed) {
+            route.stats.rejected(RejectReason::Draining);
+            return Err(Rejected::ShuttingDown(msg));
+        }
+        if let Some(left) = route.degraded_for(self.epoch.elapsed()) {
+            route.stats.rejected(RejectReason::Degraded);
+            return Err(Rejected::Degraded {
+                message: msg,
+                retry_after_ms: left.as_millis() as u64,
+            });
+        }
+        if let Err(reason) = self.check(route, &msg) {
+            route.stats.rejected(RejectReason::Invalid);
+            return Err(Rejected::Invalid {
+                message: msg,
+                reason,
+            });
+        }
+        if !route.try_reserve() {
+            route.stats.rejected(RejectReason::Full);
+            return Err(Rejected::QueueFull {
+                message: msg,
+                capacity: route.capacity as usize,
+            });
+        }
+        let id = MessageId::next();
+        let now = Instant::now();
+        let record = NewRecord {
+            id,
+            kind: route.kind,
+            source: msg.source,
+            key: msg.key.clone(),
+            delayed: msg.delay.is_some(),
+            replay_of: msg.replay_of,
+            accepted_at_ms: id.timestamp_ms(),
+            accepted: now,
+        };
+        if let Err((existing, waiter)) = self.store.insert(record, waiter) {
+            route.release();
+            if let Some(w) = waiter {
+                if let Err(w) = self.store.watch(existing, w) {
+                    w.notify(&Arc::new(lost_outcome(existing, route.kind)));
+                }
+            }
+            return Ok(Admitted::Duplicate(existing));
+        }
+        route.stats.accepted.fetch_add(1, Relaxed);
+        Ok(Admitted::New(Envelope {
+            id,
+            kind: route.kind,
+            payload: msg.payload,
+            source: msg.source,
+            attempt: 0,
+            enqueued_at: SystemTime::now(),
+            not_before: msg.delay.map(|d| now + d),
+            timeout: msg.timeout,
+            key: msg.key,
+            replay_of: msg.replay_of,
+            route: index,
+            history: Vec::new(),
+        }))
+    }
+
+    fn check(&self, route: &Route, msg: &Message) -> Result<(), String> {
+        if let Some(d) = msg.delay {
+            if d > self.settings.max_delay {
+                return Err(format!(
+                    "delay of {} ms is over the limit of {} ms",
+                    d.as_millis(),
+                    self.settings.max_delay.as_millis()
+                ));
+            }
+        }
+        if let Some(t) = msg.timeout {
+            if t.is_zero() || t > self.settings.max_timeout {
+                return Err(format!(
+                    "timeout must be between 1 and {} ms, got {} ms",
+                    self.settings.max_timeout.as_millis(),
+                    t.as_millis()
+                ));
+            }
+        }
+        if let Some(key) = &msg.key {
+            if key.is_empty() || key.len() > 256 {
+                return Err("key must be 1 to 256 bytes".to_owned());
+            }
+        }
+        match &route.validate {
+            Some(v) => {
+                v(&msg.payload).map_err(|e| format!("invalid payload for {}: {e}", route.kind))
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+enum Admitted {
+    New(Envelope),
+    Duplicate(MessageId),
+}
+
+fn lost_outcome(id: MessageId, kind: Kind) -> Outcome {
+    Outcome {
+        id,
+        kind,
+        status: Status::Cancelled,
+        result: None,
+        error: Some(ErrorInfo::new(
+            ErrorClass::Shutdown,
+            "the outcome is no longer available (the dispatcher stopped or the record expired)",
+        )),
+        attempts: 0,
+        source: Source::Library,
+        accepted_at_ms: id.timestamp_ms(),
+        timings: Default::default(),
+        replay_of: None,
+    }
+}
+
+/// The handle to a running Mailroom: submit messages, await outcomes, inspect and shut down.
+/// Cheap to clone; every clone drives the same routes.
+#[derive(Clone)]
+pub struct Dispatcher {
+    pub(crate) core: Arc<Core>,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher")
+            .field("routes", &self.core.routes.len())
+            .finish()
+    }
+}
+
+/// What [`Dispatcher::shutdown`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Messages that finished normally while draining.
+    pub drained: u64,
+    /// Messages cancelled because they could not finish in time (class `shutdown`).
+    pub unfinished: Vec<MessageId>,
+    /// How long the drain took.
+    pub elapsed: Duration,
+}
+
+impl Dispatcher {
+    /// A builder with the built-in processors registered (and no routes yet).
+    pub fn builder(settings: Settings) -> DispatcherBuilder {
+        let fetch = fetch::fetch(settings.fetch.clone());
+        let mut b = DispatcherBuilder {
+            settings,
+            processors: HashMap::new(),
+            routes: Vec::new(),
+            store: None,
+        };
+        for p in [
+            builtin::echo(),
+            builtin::sleep(),
+            fetch,
+            builtin::primes(),
+            builtin::hash(),
+            builtin::chaos(),
+        ] {
+            b = b.processor(p);
+        }
+        b
+    }
+
+    /// Submits a message and returns its id once it is accepted. With an idempotency key that is
+    /// already known, returns the earlier message's id.
+    pub fn submit(&self, msg: Message) -> Result<MessageId, Rejected> {
+        match self.core.admit(msg, None)? {
+            Admitted::New(env) => {
+                let id = env.id;
+                self.core.router().do_send(Dispatch(env));
+                Ok(id)
+            }
+            Admitted::Duplicate(id) => Ok(id),
+        }
+    }
+
+    /// Submits a message and waits for its outcome (asyncio's `await`).
+    pub async fn send(&self, msg: Message) -> Result<Arc<Outcome>, Rejected> {
+        let kind = self
+            .core
+            .by_kind
+            .get(&*msg.kind)
+            .map(|&i| self.core.routes[i].kind);
+        let (waiter, rx) = Waiter::channel();
+        let id = match self.core.admit(msg, Some(waiter))? {
+            Admitted::New(env) => {
+                let id = env.id;
+                self.core.router().do_send(Dispatch(env));
+                id
+            }
+            Admitted::Duplicate(id) => id,
+        };
+        Ok(rx
+            .await
+            .unwrap_or_else(|_| Arc::new(lost_outcome(id, kind.expect("admitted, so routed")))))
+    }
+
+    /// Submits `delay` from now (asyncio's `call_later`).
+    pub fn call_later(&self, delay: Duration, msg: Message) -> Result<MessageId, Rejected> {
+        self.submit(msg.delay(delay))
+    }
+
+    /// Submits many messages at once and waits for all their outcomes, in the order given
+    /// (asyncio's `gather`). A rejected or failed message does not sink the others.
+    pub async fn gather(&self, msgs: Vec<Message>) -> Vec<Result<Arc<Outcome>, Rejected>> {
+        let gathered = Gathered::new(msgs.len());
+        let mut rejected: Vec<Option<Rejected>> = Vec::with_capacity(msgs.len());
+        let mut batch = Vec::with_capacity(msgs.len());
+        for (i, msg) in msgs.into_iter().enumerate() {
+            match self.core.admit(msg, Some(Waiter::slot(&gathered, i))) {
+                Ok(Admitted::New(env)) => {
+                    batch.push(env);
+                    rejected.push(None);
+                }
+                Ok(Admitted::Duplicate(_)) => rejected.push(None),
+                Err(r) => {
+                    gathered.skip();
+                    rejected.push(Some(r));
+                }
+            }
+        }
+        if !batch.is_empty() {
+            self.core.router().do_send(DispatchBatch(batch));
+        }
+        poll_fn(|cx| gathered.poll_done(cx)).await;
+        rejected
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| match r {
+                Some(r) => Err(r),
+                None => Ok(gathered.take(i).expect("every accepted slot is filled")),
+            })
+            .collect()
+    }
+
+    /// The message's current state (`None` if unknown or evicted).
+    pub fn status(&self, id: MessageId) -> Option<Arc<Outcome>> {
+        self.core.store.get(id)
+    }
+
+    /// Waits up to `max` for the message to finish and returns its state at that point
+    /// (finished, or still unfinished when `max` elapsed); `None` if unknown.
+    pub async fn wait(&self, id: MessageId, max: Duration) -> Option<Arc<Outcome>> {
+        let (waiter, rx) = Waiter::channel();
+        if self.core.store.watch(id, waiter).is_err() {
+            return None;
+        }
+        match actix_rt::time::timeout(max, rx).await {
+            Ok(Ok(outcome)) => Some(outcome),
+            _ => self.core.store.get(id),
+        }
+    }
+
+    /// Cancels a queued or delayed message. Running and finished messages cannot be cancelled.
+    pub fn cancel(&self, id: MessageId) -> Result<Arc<Outcome>, CancelError> {
+        let outcome = self.core.store.cancel(
+            id,
+            ErrorInfo::new(ErrorClass::Cancelled, "cancelled before it ran"),
+        )?;
+        if let Some(route) = self.core.route_of(outcome.kind) {
+            self.core.count_finished(&route.stats, &outcome);
+        }
+        self.core.router().do_send(Forget(id));
+        Ok(outcome)
+    }
+
+    /// The routing table with live queue depths and restart counts.
+    pub fn routes(&self) -> Vec<RouteInfo> {
+        let since = self.core.epoch.elapsed();
+        self.core
+            .routes
+            .iter()
+            .map(|r| {
+                let s = r.stats.snapshot(r.kind, &r.processor);
+                RouteInfo {
+                    kind: r.kind,
+                    processor: r.processor.clone(),
+                    pool: r.pool,
+                    capacity: r.capacity,
+                    concurrency: r.concurrency,
+                    timeout_ms: r.timeout.map(|t| t.as_millis() as u64),
+                    retries: r.retries,
+                    backoff_ms: r.backoff.as_millis() as u64,
+                    queue_depth: s.queue_depth,
+                    running: s.running,
+                    restarts: s.restarts,
+                    degraded: r.degraded_for(since).is_some(),
+                }
+            })
+            .collect()
+    }
+
+    /// The ledger: per-kind counters, gauges and latency histograms.
+    pub fn stats(&self) -> LedgerSnapshot {
+        LedgerSnapshot {
+            kinds: self
+                .core
+                .routes
+                .iter()
+                .map(|r| r.stats.snapshot(r.kind, &r.processor))
+                .collect(),
+            rejected_no_route: self.core.rejected_no_route.load(Relaxed),
+            stored: self.core.store.len() as u64,
+            dead_letters: self.core.dead.len() as u64,
+        }
+    }
+
+    /// The dead letters, oldest first.
+    pub fn dead_letters(&self) -> Vec<DeadLetter> {
+        self.core.dead.list()
+    }
+
+    /// Replays a dead letter as a new message (new id, `replay_of` naming the original) and
+    /// removes it from the dead letters. If the replay is refused, the dead letter stays.
+    pub fn replay(&self, id: MessageId) -> Result<MessageId, ReplayError> {
+        let dl = self.core.dead.take(id).ok_or(ReplayError::Unknown(id))?;
+        let mut msg = Message::new(dl.kind.as_str(), dl.payload.clone()).source(Source::Replay);
+        msg.replay_of = Some(dl.id);
+        match self.submit(msg) {
+            Ok(new) => {
+                tracing::info!(id = %new, replay_of = %dl.id, kind = %dl.kind, "dead letter replayed");
+                Ok(new)
+            }
+            Err(r) => {
+                self.core.dead.restore(dl);
+                Err(ReplayError::Rejected(r))
+            }
+        }
+    }
+
+    /// Runs `schedule` from a timer source actor: every interval, or once after a delay.
+    pub fn schedule(&self, schedule: Schedule) -> Result<ScheduleHandle, ScheduleError> {
+        let handle = TimerSource::start(self.clone(), schedule, &self.core.io_arbiters[0])?;
+        self.core.timers.lock().push(handle.addr.clone());
+        Ok(handle)
+    }
+
+    /// Whether the dispatcher has stopped accepting (shutdown has begun).
+    pub fn is_draining(&self) -> bool {
+        self.core.draining.load(Relaxed)
+    }
+
+    /// Stops intake, lets queued and running messages finish within `deadline`, and cancels
+    /// (class `shutdown`) whatever could not finish: delayed messages due after the deadline at
+    /// once, everything else when the deadline passes. Afterwards every accepted message is in a
+    /// terminal state.
+    pub async fn shutdown(&self, deadline: Duration) -> ShutdownReport {
+        let started = Instant::now();
+        self.core.draining.store(true, Relaxed);
+        for timer in self.core.timers.lock().drain(..) {
+            timer.do_send(crate::source::timer::StopTimer);
+        }
+        let before = self.stats().in_flight();
+        let mut unfinished = self
+            .core
+            .router()
+            .send(DropDelayedAfter(started + deadline))
+            .await
+            .unwrap_or_default();
+        while self.stats().in_flight() > 0 && started.elapsed() < deadline {
+            actix_rt::time::sleep(Duration::from_millis(2)).await;
+        }
+        for id in self.core.store.unfinished() {
+            let error = ErrorInfo::new(
+                ErrorClass::Shutdown,
+                "the dispatcher shut down before the message could finish",
+            );
+            if let Some(o) = self
+                .core
+                .store
+                .finish(id, Status::Cancelled, None, Some(error))
+            {
+                if let Some(route) = self.core.route_of(o.kind) {
+                    self.core.count_finished(&route.stats, &o);
+                }
+                unfinished.push(id);
+            }
+        }
+        unfinished.sort_unstable();
+        let report = ShutdownReport {
+            drained: before.saturating_sub(unfinished.len() as u64),
+            unfinished,
+            elapsed: started.elapsed(),
+        };
+        tracing::info!(
+            drained = report.drained,
+            unfinished = report.unfinished.len(),
+            elapsed_ms = report.elapsed.as_millis() as u64,
+            "dispatcher drained"
+        );
+        report
+    }
+}
+
+/// Registers processors and routes, then starts everything with [`DispatcherBuilder::build`].
+pub struct DispatcherBuilder {
+    settings: Settings,
+    processors: HashMap<String, Processor>,
+    routes: Vec<(String, RouteSettings)>,
+    store: Option<Arc<dyn Store>>,
+}
+
+impl std::fmt::Debug for DispatcherBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DispatcherBuilder")
+            .field("settings", &self.settings)
+            .field("routes", &self.routes)
+            .finish()
+    }
+}
+
+impl DispatcherBuilder {
+    /// Registers a processor (replacing any of the same name).
+    pub fn processor(mut self, p: Processor) -> Self {
+        self.processors.insert(p.name.clone(), p);
+        self
+    }
+
+    /// Routes `kind` to a processor.
+    pub fn route(mut self, kind: impl Into<String>, route: RouteSettings) -> Self {
+        self.routes.push((kind.into(), route));
+        self
+    }
+
+    /// Routes each built-in kind except `chaos` to the processor of the same name.
+    pub fn builtin_routes(mut self) -> Self {
+        for name in ["echo", "sleep", "fetch", "primes", "hash"] {
+            self = self.route(name, RouteSettings::new(name));
+        }
+        self
+    }
+
+    /// Replaces the default in-memory store.
+    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    fn check_settings(s: &Settings) -> Result<(), BuildError> {
+        let bad = |name: &str, reason: &str| {
+            Err(BuildError::Setting {
+                name: name.to_owned(),
+                reason: reason.to_owned(),
+            })
+        };
+        if s.capacity == 0 {
+            return bad("capacity", "must be at least 1");
+        }
+        if !(1..=64).contains(&s.io.arbiters) {
+            return bad("io.arbiters", "must be between 1 and 64");
+        }
+        if s.io.concurrency == 0 {
+            return bad("io.concurrency", "must be at least 1");
+        }
+        if s.cpu.threads > 1024 {
+            return bad("cpu.threads", "must be between 0 (one per core) and 1024");
+        }
+        if s.max_results == 0 {
+            return bad("max_results", "must be at least 1");
+        }
+        if s.restart.max_restarts == 0 {
+            return bad("restart.max_restarts", "must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// Starts the arbiters, the router, the workers and the CPU pool. Must run inside an actix
+    /// `System`.
+    pub fn build(self) -> Result<Dispatcher, BuildError> {
+        if actix::System::try_current().is_none() {
+            return Err(BuildError::NoSystem);
+        }
+        Self::check_settings(&self.settings)?;
+        let s = &self.settings;
+        let mut routes = Vec::with_capacity(self.routes.len());
+        let mut by_kind = HashMap::new();
+        let mut makes = Vec::with_capacity(self.routes.len());
+        let mut cpu_makes = Vec::new();
+        let cpu_threads = s.cpu.resolved_threads();
+        for (name, rs) in &self.routes {
+            let kind = Kind::new(name)?;
+            let p =
+                self.processors
+                    .get(&rs.processor)
+                    .ok_or_else(|| BuildError::UnknownProcessor {
+                        kind: name.clone(),
+                        processor: rs.processor.clone(),
+                        known: {
+                            let mut k: Vec<_> = self.processors.keys().cloned().collect();
+                            k.sort();
+                            k.join(", ")
+                        },
+                    })?;
+            if by_kind.insert(kind.as_str(), routes.len()).is_some() {
+                return Err(BuildError::DuplicateRoute(name.clone()));
+            }
+            let concurrency = rs.concurrency.unwrap_or(match p.pool() {
+                Pool::Io => s.io.concurrency,
+                Pool::Cpu => cpu_threads,
+            });
+            if concurrency == 0 || rs.capacity == Some(0) {
+                return Err(BuildError::Setting {
+                    name: format!("routes.{name}"),
+                    reason: "capacity and concurrency must be at least 1".into(),
+                });
+            }
+            makes.push(match &p.make {
+                Make::Async(m) => Make::Async(m.clone()),
+                Make::Cpu(m) => {
+                    cpu_makes.push(m.clone());
+                    Make::Cpu(m.clone())
+                }
+            });
+            routes.push(Route {
+                kind,
+                processor: rs.processor.clone(),
+                pool: p.pool(),
+                capacity: rs.capacity.unwrap_or(s.capacity) as u64,
+                concurrency,
+                timeout: rs.timeout,
+                retries: rs.retries,
+                backoff: rs.backoff,
+                validate: p.validate.clone(),
+                stats: RouteStats::default(),
+                degraded_until: AtomicU64::new(0),
+                restarts: Default::default(),
+                worker: OnceLock::new(),
+            });
+        }
+        let io_arbiters: Vec<ArbiterHandle> = (0..s.io.arbiters)
+            .map(|_| {
+                let arbiter = Arbiter::new();
+                let handle = arbiter.handle();
+                // The arbiter thread lives until the System stops; its handle is enough.
+                std::mem::forget(arbiter);
+                handle
+            })
+            .collect();
+        let store = self
+            .store
+            .unwrap_or_else(|| Arc::new(MemoryStore::new(s.result_ttl, s.max_results)));
+        let core = Arc::new(Core {
+            dead: DeadLetters::new(s.max_dead_letters),
+            settings: self.settings.clone(),
+            routes,
+            by_kind,
+            store,
+            router: OnceLock::new(),
+            draining: AtomicBool::new(false),
+            rejected_no_route: AtomicU64::new(0),
+            epoch: Instant::now(),
+            io_arbiters,
+            timers: Mutex::new(Vec::new()),
+        });
+        let pool = (!cpu_makes.is_empty()).then(|| {
+            let cpu_makes = Arc::new(cpu_makes);
+            SyncArbiter::start(cpu_threads, move || CpuPool::new(cpu_makes.clone()))
+        });
+        let router_core = core.clone();
+        let router =
+            Router::start_in_arbiter(&core.io_arbiters[0], move |_| Router::new(router_core));
+        let _ = core.router.set(router);
+        let mut cpu_index = 0;
+        for (i, make) in makes.into_iter().enumerate() {
+            let exec = match make {
+                Make::Async(m) => Exec::Async(m),
+                Make::Cpu(_) => {
+                    cpu_index += 1;
+                    Exec::Cpu(
+                        pool.clone().expect("a CPU route starts the pool"),
+                        cpu_index - 1,
+                    )
+                }
+            };
+            let arbiter = &core.io_arbiters[i % core.io_arbiters.len()];
+            let worker_core = core.clone();
+            let addr =
+                Supervisor::start_in_arbiter(arbiter, move |_| Worker::new(worker_core, i, exec));
+            let _ = core.routes[i].worker.set(addr.recipient());
+        }
+        tracing::info!(
+            routes = core.routes.len(),
+            io_arbiters = core.io_arbiters.len(),
+            cpu_threads = if pool.is_some() { cpu_threads } else { 0 },
+            "dispatcher started"
+        );
+        Ok(Dispatcher { core })
+    }
+}

@@ -1,0 +1,489 @@
+//! The types every part of Mailroom shares: message ids, kinds, the [`Message`] a caller submits,
+//! the [`Envelope`] that travels from the router to a processor, the [`Status`] lifecycle and the
+//! [`Outcome`] a caller reads back.
+//!
+//! Nothing here does I/O or fails at run time: constructors that can reject input (such as
+//! [`Kind::new`]) return a `Result` and never panic.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use serde::{Serialize, Serializer};
+use serde_json::Value;
+
+/// A message's id: unique within the process, sortable by acceptance time, shown as a ULID.
+///
+/// The high 64 bits are `unix_ms << 16 | sequence`, advanced with one atomic operation so ids
+/// taken in one process are strictly increasing; the low 64 bits are random per process, so two
+/// processes do not mint the same id.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageId(u128);
+
+static LAST_TICK: AtomicU64 = AtomicU64::new(0);
+static PROCESS_BITS: OnceLock<u64> = OnceLock::new();
+
+impl MessageId {
+    /// Mints a new id, greater than every id minted before it in this process.
+    pub fn next() -> MessageId {
+        let now = (unix_ms() << 16) & !0xffff;
+        let prev = LAST_TICK
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+                Some(if now > last { now } else { last + 1 })
+            })
+            .unwrap_or_else(|last| last);
+        let tick = if now > prev { now } else { prev + 1 };
+        let low = *PROCESS_BITS.get_or_init(|| fastrand::u64(..));
+        MessageId(((tick as u128) << 64) | low as u128)
+    }
+
+    /// The raw 128-bit value.
+    pub fn as_u128(self) -> u128 {
+        self.0
+    }
+
+    /// Builds an id from its raw value (for stores that persist ids).
+    pub fn from_u128(raw: u128) -> MessageId {
+        MessageId(raw)
+    }
+
+    /// Milliseconds since the Unix epoch at which the id was minted.
+    pub fn timestamp_ms(self) -> u64 {
+        (self.0 >> 80) as u64
+    }
+
+    /// A cheap, well-spread hash of the id, used to pick a store shard.
+    pub(crate) fn spread(self) -> u64 {
+        ((self.0 >> 64) as u64 ^ self.0 as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&ulid::Ulid(self.0), f)
+    }
+}
+
+impl fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MessageId({self})")
+    }
+}
+
+/// The text was not a message id (a 26-character ULID).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a message id (expected a 26-character ULID): {0:?}")]
+pub struct BadMessageId(pub String);
+
+impl FromStr for MessageId {
+    type Err = BadMessageId;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ulid::Ulid::from_string(s)
+            .map(|u| MessageId(u.0))
+            .map_err(|_| BadMessageId(s.to_owned()))
+    }
+}
+
+impl Serialize for MessageId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// A route key: `[a-z0-9_.-]{1,64}`.
+///
+/// Kinds are interned for the life of the process (there are as many as there are routes), so a
+/// `Kind` is a plain `&'static str` and copying one costs nothing on the hot path.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Kind(&'static str);
+
+/// The text is not a valid kind.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid kind {0:?}: expected 1 to 64 characters from a-z, 0-9, '_', '.', '-'")]
+pub struct BadKind(pub String);
+
+impl Kind {
+    /// Validates and interns a kind.
+    pub fn new(name: &str) -> Result<Kind, BadKind> {
+        if !Kind::is_valid(name) {
+            return Err(BadKind(name.to_owned()));
+        }
+        static INTERNED: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+        let mut set = INTERNED.get_or_init(Default::default).lock();
+        if let Some(&k) = set.get(name) {
+            return Ok(Kind(k));
+        }
+        let leaked: &'static str = Box::leak(name.to_owned().into_boxed_str());
+        set.insert(leaked);
+        Ok(Kind(leaked))
+    }
+
+    /// Whether `name` matches `[a-z0-9_.-]{1,64}`.
+    pub fn is_valid(name: &str) -> bool {
+        (1..=64).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'.' | b'-'))
+    }
+
+    /// The kind's name.
+    pub fn as_str(self) -> &'static str {
+        self.0
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl fmt::Debug for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Kind({})", self.0)
+    }
+}
+
+impl Serialize for Kind {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.0)
+    }
+}
+
+/// Which event source a message came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// Rust code calling the [`Dispatcher`](crate::Dispatcher) directly.
+    #[default]
+    Library,
+    /// The HTTP API.
+    Http,
+    /// The newline-delimited JSON TCP source.
+    Tcp,
+    /// A `[[schedule]]` timer.
+    Timer,
+    /// A replay of a dead letter.
+    Replay,
+}
+
+/// What a caller submits: a kind, a JSON payload and optional timing.
+///
+/// ```
+/// use mailroom_actors::Message;
+/// use std::time::Duration;
+/// let m = Message::new("sleep", serde_json::json!({"ms": 10}))
+///     .delay(Duration::from_millis(50))
+///     .timeout(Duration::from_secs(1))
+///     .key("order-17");
+/// assert_eq!(m.kind(), "sleep");
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub(crate) kind: Cow<'static, str>,
+    pub(crate) payload: Value,
+    pub(crate) delay: Option<Duration>,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) key: Option<String>,
+    pub(crate) source: Source,
+    pub(crate) replay_of: Option<MessageId>,
+}
+
+impl Message {
+    /// A message of `kind` carrying `payload`.
+    pub fn new(kind: impl Into<Cow<'static, str>>, payload: Value) -> Message {
+        Message {
+            kind: kind.into(),
+            payload,
+            delay: None,
+            timeout: None,
+            key: None,
+            source: Source::Library,
+            replay_of: None,
+        }
+    }
+
+    /// Runs the message no earlier than `delay` after it is accepted (asyncio's `call_later`).
+    pub fn delay(mut self, delay: Duration) -> Message {
+        self.delay = (!delay.is_zero()).then_some(delay);
+        self
+    }
+
+    /// The message's own run timeout, overriding its route's.
+    pub fn timeout(mut self, timeout: Duration) -> Message {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// An idempotency key: while a message of the same kind with this key is remembered, a
+    /// second submission returns the first one's id instead of running again.
+    pub fn key(mut self, key: impl Into<String>) -> Message {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Marks which source the message came from (default [`Source::Library`]).
+    pub fn source(mut self, source: Source) -> Message {
+        self.source = source;
+        self
+    }
+
+    /// The kind, as submitted.
+    pub fn kind(&self) -> &str {
+        &self.kind
+    }
+
+    /// The payload.
+    pub fn payload(&self) -> &Value {
+        &self.payload
+    }
+
+    /// Takes the payload back out of the message.
+    pub fn into_payload(self) -> Value {
+        self.payload
+    }
+}
+
+/// An accepted message on its way through the router to a processor.
+#[derive(Debug)]
+pub struct Envelope {
+    /// The id minted at acceptance.
+    pub id: MessageId,
+    /// The route key.
+    pub kind: Kind,
+    /// The JSON payload.
+    pub payload: Value,
+    /// The source it came from.
+    pub source: Source,
+    /// The attempt about to run (1 for the first run).
+    pub attempt: u32,
+    /// When it was accepted.
+    pub enqueued_at: SystemTime,
+    /// Run no earlier than this (a delay, or a retry's backoff).
+    pub not_before: Option<Instant>,
+    /// The message's own run timeout, if it set one.
+    pub timeout: Option<Duration>,
+    /// The idempotency key, if any.
+    pub key: Option<String>,
+    /// The dead letter this message replays, if any.
+    pub replay_of: Option<MessageId>,
+    /// Index of the route in the routing table.
+    pub(crate) route: usize,
+    /// The error of every failed attempt so far (kept only on routes that retry).
+    pub(crate) history: Vec<ErrorInfo>,
+}
+
+/// Where a message is in its lifecycle:
+/// `queued → (delayed) → running → completed | failed | timed_out | cancelled | dead`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Accepted, waiting for its processor.
+    Queued,
+    /// Accepted, waiting for its time (a delay, or a retry's backoff).
+    Delayed,
+    /// Its processor is working on it.
+    Running,
+    /// Finished with a result.
+    Completed,
+    /// Finished with an error, on a route without retries.
+    Failed,
+    /// Its run timeout elapsed, on a route without retries.
+    TimedOut,
+    /// Cancelled before it ran (by a caller, or by shutdown).
+    Cancelled,
+    /// Failed on every one of its attempts; kept in the dead letters.
+    Dead,
+}
+
+impl Status {
+    /// Every status, in lifecycle order.
+    pub const ALL: [Status; 8] = [
+        Status::Queued,
+        Status::Delayed,
+        Status::Running,
+        Status::Completed,
+        Status::Failed,
+        Status::TimedOut,
+        Status::Cancelled,
+        Status::Dead,
+    ];
+
+    /// Whether the message has reached its final state.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, Status::Queued | Status::Delayed | Status::Running)
+    }
+
+    /// The status as written in the API (`timed_out`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::Delayed => "delayed",
+            Status::Running => "running",
+            Status::Completed => "completed",
+            Status::Failed => "failed",
+            Status::TimedOut => "timed_out",
+            Status::Cancelled => "cancelled",
+            Status::Dead => "dead",
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a message did not complete, as a coarse class a program can branch on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorClass {
+    /// The processor returned an error.
+    Error,
+    /// The processor panicked; the message carries the panic text.
+    Panic,
+    /// The run timeout elapsed (or an upstream did not answer in time).
+    Timeout,
+    /// Cancelled by a caller before it ran.
+    Cancelled,
+    /// Cancelled because the dispatcher shut down before it could run or finish.
+    Shutdown,
+    /// `fetch` refused a loopback, private or link-local target.
+    Forbidden,
+    /// `fetch` could not reach or read the upstream.
+    Upstream,
+    /// The payload was not valid for the processor.
+    Invalid,
+}
+
+impl ErrorClass {
+    /// The class as written in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Error => "error",
+            ErrorClass::Panic => "panic",
+            ErrorClass::Timeout => "timeout",
+            ErrorClass::Cancelled => "cancelled",
+            ErrorClass::Shutdown => "shutdown",
+            ErrorClass::Forbidden => "forbidden",
+            ErrorClass::Upstream => "upstream",
+            ErrorClass::Invalid => "invalid",
+        }
+    }
+}
+
+/// An error with its class, as reported in an [`Outcome`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ErrorInfo {
+    /// The coarse class.
+    pub class: ErrorClass,
+    /// What happened, in words.
+    pub message: String,
+}
+
+impl ErrorInfo {
+    /// An error of `class` saying `message`.
+    pub fn new(class: ErrorClass, message: impl Into<String>) -> ErrorInfo {
+        ErrorInfo {
+            class,
+            message: message.into(),
+        }
+    }
+}
+
+/// How long a message spent in each phase, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+pub struct Timings {
+    /// From acceptance to the start of its last attempt (or to now / its end if it never ran).
+    pub queued_ms: f64,
+    /// Running time of its last attempt (0 if it never ran).
+    pub run_ms: f64,
+    /// From acceptance to its end (or to now while it is not finished).
+    pub total_ms: f64,
+}
+
+/// A message's state as a caller reads it: its status and, once finished, its result or error.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Outcome {
+    /// The message's id.
+    pub id: MessageId,
+    /// Its kind.
+    pub kind: Kind,
+    /// Where it is in its lifecycle.
+    pub status: Status,
+    /// The processor's result, when `completed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    /// Why it did not complete, when finished otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorInfo>,
+    /// How many attempts have started.
+    pub attempts: u32,
+    /// Which source submitted it.
+    pub source: Source,
+    /// Acceptance time, milliseconds since the Unix epoch.
+    pub accepted_at_ms: u64,
+    /// Time spent queued and running.
+    pub timings: Timings,
+    /// The dead letter this message replays, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replay_of: Option<MessageId>,
+}
+
+impl Outcome {
+    /// Whether the message completed with a result.
+    pub fn is_completed(&self) -> bool {
+        self.status == Status::Completed
+    }
+}
+
+pub(crate) fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub(crate) fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_increase_and_round_trip_through_text() {
+        let a = MessageId::next();
+        let b = MessageId::next();
+        assert!(b > a);
+        assert!(b.to_string() > a.to_string(), "text order follows id order");
+        assert_eq!(a.to_string().len(), 26);
+        assert_eq!(a.to_string().parse::<MessageId>().unwrap(), a);
+        assert!("nope".parse::<MessageId>().is_err());
+        let age = unix_ms().abs_diff(a.timestamp_ms());
+        assert!(
+            age < 10_000,
+            "id timestamp is the current time, off by {age} ms"
+        );
+    }
+
+    #[test]
+    fn kinds_are_validated_and_interned() {
+        assert_eq!(Kind::new("echo").unwrap(), Kind::new("echo").unwrap());
+        assert!(std::ptr::eq(
+            Kind::new("a.b-c_1").unwrap().as_str(),
+            Kind::new("a.b-c_1").unwrap().as_str()
+        ));
+        for bad in ["", "Echo", "has space", "ü", &"x".repeat(65)] {
+            assert!(Kind::new(bad).is_err(), "{bad:?} should be refused");
+        }
+        assert!(Kind::new(&"x".repeat(64)).is_ok());
+    }
+}

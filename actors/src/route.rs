@@ -1,0 +1,105 @@
+//! The routing table's entries. A [`Route`] is shared (behind the dispatcher's `Arc`) by the
+//! admission path, the router and the route's worker: its limits are fixed at build time, its
+//! counters are atomics, and its worker address is set once when the worker starts.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use actix::Recipient;
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use crate::envelope::Kind;
+use crate::metrics::RouteStats;
+use crate::processor::worker::Run;
+use crate::processor::{Pool, Validator};
+use crate::settings::RestartPolicy;
+use crate::supervision::{RestartDecision, RestartWindow};
+
+pub(crate) struct Route {
+    pub kind: Kind,
+    pub processor: String,
+    pub pool: Pool,
+    pub capacity: u64,
+    pub concurrency: usize,
+    pub timeout: Option<Duration>,
+    pub retries: u32,
+    pub backoff: Duration,
+    pub validate: Option<Validator>,
+    pub stats: RouteStats,
+    /// Milliseconds since the dispatcher's epoch until which the route rejects new messages.
+    pub degraded_until: AtomicU64,
+    pub restarts: Mutex<RestartWindow>,
+    pub worker: OnceLock<Recipient<Run>>,
+}
+
+impl Route {
+    /// Takes a place in the route if it has one free.
+    pub(crate) fn try_reserve(&self) -> bool {
+        self.stats
+            .in_flight
+            .fetch_update(Relaxed, Relaxed, |n| (n < self.capacity).then_some(n + 1))
+            .is_ok()
+    }
+
+    /// Gives back a place taken by [`Route::try_reserve`] for a message that was not accepted.
+    pub(crate) fn release(&self) {
+        self.stats.in_flight.fetch_sub(1, Relaxed);
+    }
+
+    /// How long the route stays degraded, or `None` if it is not.
+    pub(crate) fn degraded_for(&self, since_epoch: Duration) -> Option<Duration> {
+        let until = self.degraded_until.load(Relaxed);
+        let now = since_epoch.as_millis() as u64;
+        (until > now).then(|| Duration::from_millis(until - now))
+    }
+
+    /// Counts a processor restart against the budget; degrades the route when it is over.
+    pub(crate) fn record_restart(&self, epoch: Instant, policy: &RestartPolicy) -> RestartDecision {
+        self.stats.restarts.fetch_add(1, Relaxed);
+        let now = Instant::now();
+        let decision = self.restarts.lock().record(now, policy);
+        if decision.degrade {
+            let until = (now - epoch + policy.window).as_millis() as u64;
+            self.degraded_until.fetch_max(until, Relaxed);
+            tracing::warn!(
+                kind = %self.kind,
+                processor = %self.processor,
+                window_ms = policy.window.as_millis() as u64,
+                "processor is crash-looping: route degraded, new messages are rejected for one window"
+            );
+        }
+        decision
+    }
+}
+
+/// A route as reported by [`Dispatcher::routes`](crate::Dispatcher::routes).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RouteInfo {
+    /// The route key.
+    pub kind: Kind,
+    /// The processor's registered name.
+    pub processor: String,
+    /// The pool it runs on.
+    pub pool: Pool,
+    /// Bound on queued + delayed + running.
+    pub capacity: u64,
+    /// Cap on messages running at once.
+    pub concurrency: usize,
+    /// Run timeout of one attempt, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Retries after a failed attempt.
+    pub retries: u32,
+    /// First retry delay.
+    pub backoff_ms: u64,
+    /// Waiting messages (queued + delayed).
+    pub queue_depth: u64,
+    /// Running messages.
+    pub running: u64,
+    /// Processor restarts after panics.
+    pub restarts: u64,
+    /// Whether the route is rejecting new messages because its processor keeps crashing.
+    pub degraded: bool,
+}

@@ -1,0 +1,193 @@
+//! The router actor: forwards each accepted envelope to its route's worker, and holds the ones
+//! that must wait (delayed messages and retries in backoff) until their time.
+//!
+//! It receives [`Dispatch`] and [`DispatchBatch`] from the dispatcher (after admission) and from
+//! workers (retries); [`Forget`] when a delayed message is cancelled; [`DropDelayedAfter`] at
+//! shutdown. Waiting envelopes sit in a min-heap keyed by `(not_before, arrival)`, with one timer
+//! armed for the earliest, so they fire in order and never early. A cancelled envelope is
+//! skipped when its time comes (the store has already recorded it as cancelled). The router also
+//! sweeps expired outcomes from the store once a second.
+//!
+//! The router runs on the first I/O arbiter. It holds no state that a crash could corrupt beyond
+//! the waiting envelopes, and it runs no user code, so it is not supervised.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+
+use crate::dispatcher::Core;
+use crate::envelope::{Envelope, ErrorClass, ErrorInfo, MessageId, Status};
+use crate::processor::worker::Run;
+
+/// Route one envelope (now, or at its `not_before`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Dispatch(pub Envelope);
+
+/// Route many envelopes at once (from `gather`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct DispatchBatch(pub Vec<Envelope>);
+
+/// A delayed message was cancelled: drop its envelope.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Forget(pub MessageId);
+
+/// Shutdown: cancel (class `shutdown`) every waiting envelope due after the deadline; returns
+/// their ids.
+#[derive(Message)]
+#[rtype(result = "Vec<MessageId>")]
+pub(crate) struct DropDelayedAfter(pub Instant);
+
+pub(crate) struct Router {
+    core: Arc<Core>,
+    waiting: HashMap<MessageId, Envelope>,
+    heap: BinaryHeap<Reverse<(Instant, u64, MessageId)>>,
+    arrivals: u64,
+    timer: Option<(Instant, SpawnHandle)>,
+}
+
+impl Router {
+    pub(crate) fn new(core: Arc<Core>) -> Router {
+        Router {
+            core,
+            waiting: HashMap::new(),
+            heap: BinaryHeap::new(),
+            arrivals: 0,
+            timer: None,
+        }
+    }
+
+    fn route(&mut self, env: Envelope, now: Instant, ready: &mut Vec<Vec<Envelope>>) {
+        match env.not_before {
+            Some(at) if at > now => {
+                self.arrivals += 1;
+                self.heap.push(Reverse((at, self.arrivals, env.id)));
+                self.waiting.insert(env.id, env);
+            }
+            _ => {
+                let r = env.route;
+                if ready.len() <= r {
+                    ready.resize_with(r + 1, Vec::new);
+                }
+                ready[r].push(env);
+            }
+        }
+    }
+
+    fn forward(&self, ready: Vec<Vec<Envelope>>) {
+        for batch in ready.into_iter().filter(|b| !b.is_empty()) {
+            let route = &self.core.routes[batch[0].route];
+            route
+                .worker
+                .get()
+                .expect("workers are started in build()")
+                .do_send(Run(batch));
+        }
+    }
+
+    /// Arms the timer for the earliest waiting envelope, if it is earlier than the armed one.
+    fn arm(&mut self, ctx: &mut Context<Self>) {
+        let Some(Reverse((at, _, _))) = self.heap.peek().copied() else {
+            return;
+        };
+        if let Some((armed, handle)) = self.timer {
+            if armed <= at {
+                return;
+            }
+            ctx.cancel_future(handle);
+        }
+        let wait = at.saturating_duration_since(Instant::now());
+        let handle = ctx.run_later(wait, |act, ctx| {
+            act.timer = None;
+            act.fire(ctx);
+        });
+        self.timer = Some((at, handle));
+    }
+
+    fn fire(&mut self, ctx: &mut Context<Self>) {
+        let now = Instant::now();
+        let mut ready = Vec::new();
+        while let Some(Reverse((at, _, id))) = self.heap.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.heap.pop();
+            if let Some(env) = self.waiting.remove(&id) {
+                self.route(env, now, &mut ready);
+            }
+        }
+        self.forward(ready);
+        self.arm(ctx);
+    }
+}
+
+impl Actor for Router {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(Duration::from_secs(1), |act, _| act.core.store.sweep());
+    }
+}
+
+impl Handler<Dispatch> for Router {
+    type Result = ();
+    fn handle(&mut self, msg: Dispatch, ctx: &mut Context<Self>) {
+        let mut ready = Vec::new();
+        self.route(msg.0, Instant::now(), &mut ready);
+        self.forward(ready);
+        self.arm(ctx);
+    }
+}
+
+impl Handler<DispatchBatch> for Router {
+    type Result = ();
+    fn handle(&mut self, msg: DispatchBatch, ctx: &mut Context<Self>) {
+        let now = Instant::now();
+        let mut ready = Vec::new();
+        for env in msg.0 {
+            self.route(env, now, &mut ready);
+        }
+        self.forward(ready);
+        self.arm(ctx);
+    }
+}
+
+impl Handler<Forget> for Router {
+    type Result = ();
+    fn handle(&mut self, msg: Forget, _: &mut Context<Self>) {
+        self.waiting.remove(&msg.0);
+    }
+}
+
+impl Handler<DropDelayedAfter> for Router {
+    type Result = MessageResult<DropDelayedAfter>;
+    fn handle(&mut self, msg: DropDelayedAfter, _: &mut Context<Self>) -> Self::Result {
+        let late: Vec<MessageId> = self
+            .waiting
+            .iter()
+            .filter(|(_, env)| env.not_before.is_some_and(|at| at > msg.0))
+            .map(|(id, _)| *id)
+            .collect();
+        let mut dropped = Vec::with_capacity(late.len());
+        for id in late {
+            let env = self.waiting.remove(&id).expect("listed above");
+            let error = ErrorInfo::new(
+                ErrorClass::Shutdown,
+                "the dispatcher shut down before the message was due",
+            );
+            if self
+                .core
+                .finish(env.route, id, Status::Cancelled, None, Some(error))
+                .is_some()
+            {
+                dropped.push(id);
+            }
+        }
+        MessageResult(dropped)
+    }
+}
