@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use actix::prelude::*;
 use parking_lot::Mutex;
@@ -31,7 +31,7 @@ use crate::route::{Route, RouteInfo};
 use crate::router::{Dispatch, DispatchBatch, DropDelayedAfter, Forget, Router};
 use crate::settings::{RouteSettings, Settings};
 use crate::source::timer::{Schedule, ScheduleError, ScheduleHandle, TimerSource};
-use crate::store::{Gathered, MemoryStore, NewRecord, Store, Waiter};
+use crate::store::{Gathered, MemoryStore, NewRecord, Store, Ticket, Waiter};
 
 /// State shared by the dispatcher handle, the router and the workers.
 pub(crate) struct Core {
@@ -61,12 +61,12 @@ impl Core {
     pub(crate) fn finish(
         &self,
         route: usize,
-        id: MessageId,
+        ticket: &Ticket,
         status: Status,
         result: Option<serde_json::Value>,
         error: Option<ErrorInfo>,
     ) -> Option<Arc<Outcome>> {
-        let outcome = self.store.finish(id, status, result, error)?;
+        let outcome = self.store.finish(ticket, status, result, error)?;
         self.count_finished(&self.routes[route].stats, &outcome);
         Some(outcome)
     }
@@ -78,28 +78,35 @@ impl Core {
         );
     }
 
-    /// Declares a message dead and files it in the dead letters.
+    /// Declares a message dead and files it in the dead letters. The dead letter is filed first,
+    /// so whoever is told of the death finds it there; it is taken back if the message had
+    /// already finished (a shutdown raced it).
     pub(crate) fn bury(&self, env: Envelope, error: ErrorInfo) {
-        let Some(outcome) = self.finish(env.route, env.id, Status::Dead, None, Some(error)) else {
-            return;
-        };
-        tracing::warn!(id = %env.id, kind = %env.kind, attempts = outcome.attempts, "message is dead after its last attempt");
+        let (id, kind, route, attempts) = (env.id, env.kind, env.route, env.attempt);
         self.dead.push(DeadLetter {
-            id: env.id,
-            kind: env.kind,
+            id,
+            kind,
             payload: env.payload,
-            attempts: outcome.attempts,
+            attempts,
             errors: env.history,
             died_at_ms: unix_ms(),
             source: env.source,
             replay_of: env.replay_of,
         });
+        if self
+            .finish(route, &env.ticket, Status::Dead, None, Some(error))
+            .is_some()
+        {
+            tracing::warn!(%id, %kind, attempts, "message is dead after its last attempt");
+        } else {
+            self.dead.take(id);
+        }
     }
 
     /// Sends a failed attempt back through the router after its backoff.
     pub(crate) fn retry(&self, mut env: Envelope) {
         let route = &self.routes[env.route];
-        if !self.store.requeue(env.id) {
+        if !self.store.requeue(&env.ticket) {
             return; // finished meanwhile (shutdown): nothing left to do
         }
         route.stats.retried.fetch_add(1, Relaxed);
@@ -114,31 +121,31 @@ impl Core {
     fn admit(&self, msg: Message, waiter: Option<Waiter>) -> Result<Admitted, Rejected> {
         let Some(&index) = self.by_kind.get(&*msg.kind) else {
             self.rejected_no_route.fetch_add(1, Relaxed);
-            return Err(Rejected::NoRoute(msg));
+            return Err(Rejected::NoRoute(Box::new(msg)));
         };
         let route = &self.routes[index];
         if self.draining.load(Relaxed) {
             route.stats.rejected(RejectReason::Draining);
-            return Err(Rejected::ShuttingDown(msg));
+            return Err(Rejected::ShuttingDown(Box::new(msg)));
         }
         if let Some(left) = route.degraded_for(self.epoch.elapsed()) {
             route.stats.rejected(RejectReason::Degraded);
             return Err(Rejected::Degraded {
-                message: msg,
+                message: Box::new(msg),
                 retry_after_ms: left.as_millis() as u64,
             });
         }
         if let Err(reason) = self.check(route, &msg) {
             route.stats.rejected(RejectReason::Invalid);
             return Err(Rejected::Invalid {
-                message: msg,
+                message: Box::new(msg),
                 reason,
             });
         }
         if !route.try_reserve() {
             route.stats.rejected(RejectReason::Full);
             return Err(Rejected::QueueFull {
-                message: msg,
+                message: Box::new(msg),
                 capacity: route.capacity as usize,
             });
         }
@@ -154,15 +161,18 @@ impl Core {
             accepted_at_ms: id.timestamp_ms(),
             accepted: now,
         };
-        if let Err((existing, waiter)) = self.store.insert(record, waiter) {
-            route.release();
-            if let Some(w) = waiter {
-                if let Err(w) = self.store.watch(existing, w) {
-                    w.notify(&Arc::new(lost_outcome(existing, route.kind)));
+        let ticket = match self.store.insert(record, waiter) {
+            Ok(ticket) => ticket,
+            Err((existing, waiter)) => {
+                route.release();
+                if let Some(w) = waiter {
+                    if let Err(w) = self.store.watch(existing, w) {
+                        w.notify(&Arc::new(lost_outcome(existing, route.kind)));
+                    }
                 }
+                return Ok(Admitted::Duplicate(existing));
             }
-            return Ok(Admitted::Duplicate(existing));
-        }
+        };
         route.stats.accepted.fetch_add(1, Relaxed);
         Ok(Admitted::New(Envelope {
             id,
@@ -170,12 +180,13 @@ impl Core {
             payload: msg.payload,
             source: msg.source,
             attempt: 0,
-            enqueued_at: SystemTime::now(),
+            enqueued_at: UNIX_EPOCH + Duration::from_millis(id.timestamp_ms()),
             not_before: msg.delay.map(|d| now + d),
             timeout: msg.timeout,
             key: msg.key,
             replay_of: msg.replay_of,
             route: index,
+            ticket,
             history: Vec::new(),
         }))
     }
@@ -327,19 +338,27 @@ impl Dispatcher {
     /// Submits many messages at once and waits for all their outcomes, in the order given
     /// (asyncio's `gather`). A rejected or failed message does not sink the others.
     pub async fn gather(&self, msgs: Vec<Message>) -> Vec<Result<Arc<Outcome>, Rejected>> {
-        let gathered = Gathered::new(msgs.len());
-        let mut rejected: Vec<Option<Rejected>> = Vec::with_capacity(msgs.len());
-        let mut batch = Vec::with_capacity(msgs.len());
+        let n = msgs.len();
+        let gathered = Gathered::new(n);
+        // Rejections are rare: kept aside by index rather than in a slot per message.
+        let mut rejected: Vec<(usize, Rejected)> = Vec::new();
+        // Hand envelopes to the router in chunks as they are admitted, so the router and the
+        // workers start while admission is still going (pipelining across threads).
+        const CHUNK: usize = 256;
+        let mut batch = Vec::with_capacity(CHUNK.min(n));
         for (i, msg) in msgs.into_iter().enumerate() {
             match self.core.admit(msg, Some(Waiter::slot(&gathered, i))) {
                 Ok(Admitted::New(env)) => {
                     batch.push(env);
-                    rejected.push(None);
+                    if batch.len() == CHUNK {
+                        let full = std::mem::replace(&mut batch, Vec::with_capacity(CHUNK));
+                        self.core.router().do_send(DispatchBatch(full));
+                    }
                 }
-                Ok(Admitted::Duplicate(_)) => rejected.push(None),
+                Ok(Admitted::Duplicate(_)) => {}
                 Err(r) => {
                     gathered.skip();
-                    rejected.push(Some(r));
+                    rejected.push((i, r));
                 }
             }
         }
@@ -347,11 +366,10 @@ impl Dispatcher {
             self.core.router().do_send(DispatchBatch(batch));
         }
         poll_fn(|cx| gathered.poll_done(cx)).await;
-        rejected
-            .into_iter()
-            .enumerate()
-            .map(|(i, r)| match r {
-                Some(r) => Err(r),
+        let mut rejected = rejected.into_iter().peekable();
+        (0..n)
+            .map(|i| match rejected.next_if(|(at, _)| *at == i) {
+                Some((_, r)) => Err(r),
                 None => Ok(gathered.take(i).expect("every accepted slot is filled")),
             })
             .collect()
@@ -489,10 +507,13 @@ impl Dispatcher {
                 ErrorClass::Shutdown,
                 "the dispatcher shut down before the message could finish",
             );
+            let Some(ticket) = self.core.store.ticket(id) else {
+                continue;
+            };
             if let Some(o) = self
                 .core
                 .store
-                .finish(id, Status::Cancelled, None, Some(error))
+                .finish(&ticket, Status::Cancelled, None, Some(error))
             {
                 if let Some(route) = self.core.route_of(o.kind) {
                     self.core.count_finished(&route.stats, &o);

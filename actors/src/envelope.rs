@@ -274,6 +274,8 @@ pub struct Envelope {
     pub replay_of: Option<MessageId>,
     /// Index of the route in the routing table.
     pub(crate) route: usize,
+    /// The store's handle to the message's record.
+    pub(crate) ticket: crate::store::Ticket,
     /// The error of every failed attempt so far (kept only on routes that retry).
     pub(crate) history: Vec<ErrorInfo>,
 }

@@ -4,17 +4,18 @@
 
 use crate::envelope::{Message, MessageId, Status};
 
-/// Why a message was not accepted. Every variant hands the message back.
+/// Why a message was not accepted. Every variant hands the message back (boxed, so a
+/// `Result<_, Rejected>` stays small on the hot path; [`Rejected::into_message`] unboxes it).
 #[derive(Debug, thiserror::Error)]
 pub enum Rejected {
     /// No route is registered for the message's kind.
     #[error("no route for kind {:?}", .0.kind())]
-    NoRoute(Message),
+    NoRoute(Box<Message>),
     /// The route already holds its capacity of queued + delayed + running messages.
     #[error("route {:?} is full (capacity {capacity})", .message.kind())]
     QueueFull {
         /// The message, handed back.
-        message: Message,
+        message: Box<Message>,
         /// The route's bound.
         capacity: usize,
     },
@@ -22,18 +23,18 @@ pub enum Rejected {
     #[error("route {:?} is degraded: its processor keeps crashing; retry after {retry_after_ms} ms", .message.kind())]
     Degraded {
         /// The message, handed back.
-        message: Message,
+        message: Box<Message>,
         /// When the route may accept again.
         retry_after_ms: u64,
     },
     /// The dispatcher is shutting down and accepts nothing new.
     #[error("the dispatcher is shutting down")]
-    ShuttingDown(Message),
+    ShuttingDown(Box<Message>),
     /// The payload or the timing fields are not valid for the route.
     #[error("invalid message: {reason}")]
     Invalid {
         /// The message, handed back.
-        message: Message,
+        message: Box<Message>,
         /// What is wrong, in words.
         reason: String,
     },
@@ -43,10 +44,10 @@ impl Rejected {
     /// Takes the message back.
     pub fn into_message(self) -> Message {
         match self {
-            Rejected::NoRoute(m) | Rejected::ShuttingDown(m) => m,
+            Rejected::NoRoute(m) | Rejected::ShuttingDown(m) => *m,
             Rejected::QueueFull { message, .. }
             | Rejected::Degraded { message, .. }
-            | Rejected::Invalid { message, .. } => message,
+            | Rejected::Invalid { message, .. } => *message,
         }
     }
 

@@ -182,7 +182,7 @@ impl Handler<DropDelayedAfter> for Router {
             );
             if self
                 .core
-                .finish(env.route, id, Status::Cancelled, None, Some(error))
+                .finish(env.route, &env.ticket, Status::Cancelled, None, Some(error))
                 .is_some()
             {
                 dropped.push(id);

@@ -10,6 +10,7 @@
 //! TTL and evicts finished outcomes only, oldest first (per shard); unfinished messages are never
 //! evicted (the route capacities bound them).
 
+use std::any::Any;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -126,6 +127,34 @@ impl Gathered {
     }
 }
 
+/// A handle to one message's record, returned by [`Store::insert`] and passed back to the
+/// transitions, so the hot path never looks the id up again. A store keeps whatever it likes in
+/// it (see [`Ticket::new`] and [`Ticket::handle`]).
+#[derive(Clone)]
+pub struct Ticket {
+    /// The message's id.
+    pub id: MessageId,
+    handle: Arc<dyn Any + Send + Sync>,
+}
+
+impl std::fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Ticket({})", self.id)
+    }
+}
+
+impl Ticket {
+    /// A ticket for `id` carrying a store's own handle.
+    pub fn new(id: MessageId, handle: Arc<dyn Any + Send + Sync>) -> Ticket {
+        Ticket { id, handle }
+    }
+
+    /// The store's handle, if it is a `T`.
+    pub fn handle<T: Any>(&self) -> Option<&T> {
+        self.handle.downcast_ref()
+    }
+}
+
 /// Where message state lives. Implementations must make each transition atomic per message.
 pub trait Store: Send + Sync + 'static {
     /// Records a newly accepted message (queued, or delayed), with an optional first waiter.
@@ -135,21 +164,23 @@ pub trait Store: Send + Sync + 'static {
         &self,
         rec: NewRecord,
         waiter: Option<Waiter>,
-    ) -> Result<(), (MessageId, Option<Waiter>)>;
+    ) -> Result<Ticket, (MessageId, Option<Waiter>)>;
     /// queued | delayed → running. Returns the attempt number now starting, or the status that
-    /// stops it (`None` if the message is unknown).
-    fn start(&self, id: MessageId) -> Result<u32, Option<Status>>;
+    /// stops it.
+    fn start(&self, ticket: &Ticket) -> Result<u32, Status>;
     /// running → delayed, for a retry. Returns false if the message is no longer running.
-    fn requeue(&self, id: MessageId) -> bool;
+    fn requeue(&self, ticket: &Ticket) -> bool;
     /// Any unfinished state → `status` (terminal). Returns the outcome if this call made the
-    /// transition, `None` if the message was already finished or is unknown.
+    /// transition, `None` if the message had already finished.
     fn finish(
         &self,
-        id: MessageId,
+        ticket: &Ticket,
         status: Status,
         result: Option<Value>,
         error: Option<ErrorInfo>,
     ) -> Option<Arc<Outcome>>;
+    /// The ticket of a message that is still held (`None` if unknown or evicted).
+    fn ticket(&self, id: MessageId) -> Option<Ticket>;
     /// queued | delayed → cancelled. Running and finished messages cannot be cancelled.
     fn cancel(&self, id: MessageId, error: ErrorInfo) -> Result<Arc<Outcome>, CancelError>;
     /// The message's current state.
@@ -217,36 +248,42 @@ impl Waiters {
     }
 }
 
-struct Record {
+/// One message's record: fixed facts, and its changing state under its own lock.
+struct Cell {
+    id: MessageId,
     kind: Kind,
     source: Source,
-    status: Status,
-    attempts: u32,
     accepted_at_ms: u64,
     accepted: Instant,
-    started: Option<Instant>,
     key: Option<String>,
     replay_of: Option<MessageId>,
+    state: Mutex<CellState>,
+}
+
+struct CellState {
+    status: Status,
+    attempts: u32,
+    started: Option<Instant>,
     outcome: Option<Arc<Outcome>>,
     waiters: Waiters,
 }
 
-impl Record {
+impl Cell {
     fn outcome(
         &self,
-        id: MessageId,
+        st: &CellState,
         now: Instant,
         result: Option<Value>,
         error: Option<ErrorInfo>,
     ) -> Outcome {
-        let started = self.started.unwrap_or(now);
+        let started = st.started.unwrap_or(now);
         Outcome {
-            id,
+            id: self.id,
             kind: self.kind,
-            status: self.status,
+            status: st.status,
             result,
             error,
-            attempts: self.attempts,
+            attempts: st.attempts,
             source: self.source,
             accepted_at_ms: self.accepted_at_ms,
             timings: Timings {
@@ -257,17 +294,42 @@ impl Record {
             replay_of: self.replay_of,
         }
     }
+
+    /// Moves the cell to a terminal state if `allowed(status)`; returns the outcome and the
+    /// waiters to tell, or the status that refused it.
+    fn end(
+        &self,
+        status: Status,
+        result: Option<Value>,
+        error: Option<ErrorInfo>,
+        allowed: impl Fn(Status) -> bool,
+        now: Instant,
+    ) -> Result<(Arc<Outcome>, Waiters), Status> {
+        let mut st = self.state.lock();
+        if !allowed(st.status) {
+            return Err(st.status);
+        }
+        st.status = status;
+        let outcome = Arc::new(self.outcome(&st, now, result, error));
+        st.outcome = Some(outcome.clone());
+        let waiters = std::mem::replace(&mut st.waiters, Waiters::None);
+        Ok((outcome, waiters))
+    }
 }
 
 #[derive(Default)]
 struct Shard {
-    records: IdMap<Record>,
+    cells: IdMap<Arc<Cell>>,
     finished: VecDeque<(Instant, MessageId)>,
 }
 
 const SHARDS: usize = 32;
 
 /// The default store: in memory, bounded by count and TTL.
+///
+/// The id index holds only `id → Arc<Cell>` (24 bytes an entry), so it stays cache-friendly at
+/// a hundred thousand records; each cell has its own lock, so transitions of different messages
+/// never contend.
 pub struct MemoryStore {
     shards: Box<[Mutex<Shard>]>,
     keys: Mutex<HashMap<(Kind, String), MessageId>>,
@@ -290,13 +352,33 @@ impl MemoryStore {
         &self.shards[(id.spread() >> 59) as usize % SHARDS]
     }
 
-    /// Drops finished records past the TTL or the count bound; returns their keys to forget.
-    fn evict(
-        &self,
-        shard: &mut Shard,
-        now: Instant,
-        evicted: &mut Vec<((Kind, String), MessageId)>,
-    ) {
+    fn cell(&self, id: MessageId) -> Option<Arc<Cell>> {
+        self.shard(id).lock().cells.get(&id).cloned()
+    }
+
+    fn cell_of<'t>(&self, ticket: &'t Ticket) -> &'t Cell {
+        ticket
+            .handle::<Cell>()
+            .expect("a MemoryStore is only handed its own tickets")
+    }
+
+    /// Publishes a terminal transition: files the id for eviction, evicts what is due, then
+    /// tells the waiters (outside every lock).
+    fn ended(&self, id: MessageId, outcome: &Arc<Outcome>, waiters: Waiters, now: Instant) {
+        let mut evicted = Vec::new();
+        {
+            let mut shard = self.shard(id).lock();
+            shard.finished.push_back((now, id));
+            self.evict(&mut shard, now, &mut evicted);
+        }
+        waiters.notify(outcome);
+        self.forget(evicted);
+    }
+
+    /// Takes finished cells past the TTL or the count bound out of the index. They are dropped
+    /// by the caller after the shard lock is released.
+    fn evict(&self, shard: &mut Shard, now: Instant, evicted: &mut Vec<Arc<Cell>>) {
+        // Every evicted cell is pushed here so it is dropped (freed) after the shard lock.
         while let Some(&(at, id)) = shard.finished.front() {
             if now.saturating_duration_since(at) < self.ttl
                 && shard.finished.len() <= self.per_shard_max
@@ -304,22 +386,23 @@ impl MemoryStore {
                 break;
             }
             shard.finished.pop_front();
-            if let Some(rec) = shard.records.remove(&id) {
-                if let Some(key) = rec.key {
-                    evicted.push(((rec.kind, key), id));
-                }
+            if let Some(cell) = shard.cells.remove(&id) {
+                evicted.push(cell);
             }
         }
     }
 
-    fn forget_keys(&self, evicted: Vec<((Kind, String), MessageId)>) {
-        if evicted.is_empty() {
+    fn forget(&self, evicted: Vec<Arc<Cell>>) {
+        if evicted.iter().all(|c| c.key.is_none()) {
             return;
         }
         let mut keys = self.keys.lock();
-        for (k, id) in evicted {
-            if keys.get(&k) == Some(&id) {
-                keys.remove(&k);
+        for cell in &evicted {
+            if let Some(key) = &cell.key {
+                let k = (cell.kind, key.clone());
+                if keys.get(&k) == Some(&cell.id) {
+                    keys.remove(&k);
+                }
             }
         }
     }
@@ -330,153 +413,123 @@ impl Store for MemoryStore {
         &self,
         rec: NewRecord,
         waiter: Option<Waiter>,
-    ) -> Result<(), (MessageId, Option<Waiter>)> {
+    ) -> Result<Ticket, (MessageId, Option<Waiter>)> {
         if let Some(key) = &rec.key {
             let mut keys = self.keys.lock();
             let k = (rec.kind, key.clone());
             if let Some(&existing) = keys.get(&k) {
                 // A key whose record was just evicted no longer counts.
-                if self.shard(existing).lock().records.contains_key(&existing) {
+                if self.shard(existing).lock().cells.contains_key(&existing) {
                     return Err((existing, waiter));
                 }
             }
             keys.insert(k, rec.id);
         }
-        let record = Record {
+        let cell = Arc::new(Cell {
+            id: rec.id,
             kind: rec.kind,
             source: rec.source,
-            status: if rec.delayed {
-                Status::Delayed
-            } else {
-                Status::Queued
-            },
-            attempts: 0,
             accepted_at_ms: rec.accepted_at_ms,
             accepted: rec.accepted,
-            started: None,
             key: rec.key,
             replay_of: rec.replay_of,
-            outcome: None,
-            waiters: waiter.map_or(Waiters::None, Waiters::One),
-        };
-        self.shard(rec.id).lock().records.insert(rec.id, record);
-        Ok(())
+            state: Mutex::new(CellState {
+                status: if rec.delayed {
+                    Status::Delayed
+                } else {
+                    Status::Queued
+                },
+                attempts: 0,
+                started: None,
+                outcome: None,
+                waiters: waiter.map_or(Waiters::None, Waiters::One),
+            }),
+        });
+        self.shard(rec.id).lock().cells.insert(rec.id, cell.clone());
+        Ok(Ticket::new(rec.id, cell))
     }
 
-    fn start(&self, id: MessageId) -> Result<u32, Option<Status>> {
-        let mut shard = self.shard(id).lock();
-        let rec = shard.records.get_mut(&id).ok_or(None)?;
-        match rec.status {
+    fn start(&self, ticket: &Ticket) -> Result<u32, Status> {
+        let mut st = self.cell_of(ticket).state.lock();
+        match st.status {
             Status::Queued | Status::Delayed => {
-                rec.status = Status::Running;
-                rec.attempts += 1;
-                rec.started = Some(Instant::now());
-                Ok(rec.attempts)
+                st.status = Status::Running;
+                st.attempts += 1;
+                st.started = Some(Instant::now());
+                Ok(st.attempts)
             }
-            other => Err(Some(other)),
+            other => Err(other),
         }
     }
 
-    fn requeue(&self, id: MessageId) -> bool {
-        let mut shard = self.shard(id).lock();
-        match shard.records.get_mut(&id) {
-            Some(rec) if rec.status == Status::Running => {
-                rec.status = Status::Delayed;
-                true
-            }
-            _ => false,
+    fn requeue(&self, ticket: &Ticket) -> bool {
+        let mut st = self.cell_of(ticket).state.lock();
+        if st.status == Status::Running {
+            st.status = Status::Delayed;
+            true
+        } else {
+            false
         }
     }
 
     fn finish(
         &self,
-        id: MessageId,
+        ticket: &Ticket,
         status: Status,
         result: Option<Value>,
         error: Option<ErrorInfo>,
     ) -> Option<Arc<Outcome>> {
         debug_assert!(status.is_terminal());
         let now = Instant::now();
-        let mut evicted = Vec::new();
-        let (outcome, waiters) = {
-            let mut guard = self.shard(id).lock();
-            let shard = &mut *guard;
-            let rec = shard.records.get_mut(&id)?;
-            if rec.status.is_terminal() {
-                return None;
-            }
-            rec.status = status;
-            let outcome = Arc::new(rec.outcome(id, now, result, error));
-            rec.outcome = Some(outcome.clone());
-            let waiters = std::mem::replace(&mut rec.waiters, Waiters::None);
-            shard.finished.push_back((now, id));
-            self.evict(shard, now, &mut evicted);
-            (outcome, waiters)
-        };
-        self.forget_keys(evicted);
-        waiters.notify(&outcome);
+        let (outcome, waiters) = self
+            .cell_of(ticket)
+            .end(status, result, error, |s| !s.is_terminal(), now)
+            .ok()?;
+        self.ended(ticket.id, &outcome, waiters, now);
         Some(outcome)
     }
 
+    fn ticket(&self, id: MessageId) -> Option<Ticket> {
+        self.cell(id).map(|c| Ticket::new(id, c))
+    }
+
     fn cancel(&self, id: MessageId, error: ErrorInfo) -> Result<Arc<Outcome>, CancelError> {
-        {
-            let shard = self.shard(id).lock();
-            let rec = shard.records.get(&id).ok_or(CancelError::Unknown(id))?;
-            if !matches!(rec.status, Status::Queued | Status::Delayed) {
-                return Err(CancelError::TooLate {
-                    id,
-                    status: rec.status,
-                });
-            }
-        }
-        // Between the check and the transition the message may have started; `finish` only
-        // succeeds from an unfinished state, so re-check under the same lock instead.
+        let cell = self.cell(id).ok_or(CancelError::Unknown(id))?;
         let now = Instant::now();
-        let mut evicted = Vec::new();
-        let (outcome, waiters) = {
-            let mut guard = self.shard(id).lock();
-            let shard = &mut *guard;
-            let rec = shard.records.get_mut(&id).ok_or(CancelError::Unknown(id))?;
-            if !matches!(rec.status, Status::Queued | Status::Delayed) {
-                return Err(CancelError::TooLate {
-                    id,
-                    status: rec.status,
-                });
-            }
-            rec.status = Status::Cancelled;
-            let outcome = Arc::new(rec.outcome(id, now, None, Some(error)));
-            rec.outcome = Some(outcome.clone());
-            let waiters = std::mem::replace(&mut rec.waiters, Waiters::None);
-            shard.finished.push_back((now, id));
-            self.evict(shard, now, &mut evicted);
-            (outcome, waiters)
-        };
-        self.forget_keys(evicted);
-        waiters.notify(&outcome);
+        let (outcome, waiters) = cell
+            .end(
+                Status::Cancelled,
+                None,
+                Some(error),
+                |s| matches!(s, Status::Queued | Status::Delayed),
+                now,
+            )
+            .map_err(|status| CancelError::TooLate { id, status })?;
+        self.ended(id, &outcome, waiters, now);
         Ok(outcome)
     }
 
     fn get(&self, id: MessageId) -> Option<Arc<Outcome>> {
-        let shard = self.shard(id).lock();
-        let rec = shard.records.get(&id)?;
-        Some(match &rec.outcome {
+        let cell = self.cell(id)?;
+        let st = cell.state.lock();
+        Some(match &st.outcome {
             Some(o) => o.clone(),
-            None => Arc::new(rec.outcome(id, Instant::now(), None, None)),
+            None => Arc::new(cell.outcome(&st, Instant::now(), None, None)),
         })
     }
 
     fn watch(&self, id: MessageId, waiter: Waiter) -> Result<(), Waiter> {
-        let mut shard = self.shard(id).lock();
-        let Some(rec) = shard.records.get_mut(&id) else {
+        let Some(cell) = self.cell(id) else {
             return Err(waiter);
         };
-        match &rec.outcome {
+        let mut st = cell.state.lock();
+        match &st.outcome {
             Some(o) => {
                 let o = o.clone();
-                drop(shard);
+                drop(st);
                 waiter.notify(&o);
             }
-            None => rec.waiters.add(waiter),
+            None => st.waiters.add(waiter),
         }
         Ok(())
     }
@@ -484,13 +537,12 @@ impl Store for MemoryStore {
     fn unfinished(&self) -> Vec<MessageId> {
         let mut out = Vec::new();
         for shard in self.shards.iter() {
-            let shard = shard.lock();
+            let cells: Vec<Arc<Cell>> = shard.lock().cells.values().cloned().collect();
             out.extend(
-                shard
-                    .records
+                cells
                     .iter()
-                    .filter(|(_, r)| !r.status.is_terminal())
-                    .map(|(id, _)| *id),
+                    .filter(|c| !c.state.lock().status.is_terminal())
+                    .map(|c| c.id),
             );
         }
         out.sort_unstable();
@@ -498,7 +550,7 @@ impl Store for MemoryStore {
     }
 
     fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().records.len()).sum()
+        self.shards.iter().map(|s| s.lock().cells.len()).sum()
     }
 
     fn sweep(&self) {
@@ -506,7 +558,7 @@ impl Store for MemoryStore {
         for shard in self.shards.iter() {
             let mut evicted = Vec::new();
             self.evict(&mut shard.lock(), now, &mut evicted);
-            self.forget_keys(evicted);
+            self.forget(evicted);
         }
     }
 }
@@ -534,14 +586,14 @@ mod tests {
         let r = rec("echo", None);
         let id = r.id;
         let (w, mut rx) = Waiter::channel();
-        store.insert(r, Some(w)).unwrap();
-        assert_eq!(store.start(id), Ok(1));
-        assert_eq!(store.start(id), Err(Some(Status::Running)));
+        let t = store.insert(r, Some(w)).unwrap();
+        assert_eq!(store.start(&t), Ok(1));
+        assert_eq!(store.start(&t), Err(Status::Running));
         let o = store
-            .finish(id, Status::Completed, Some(Value::from(1)), None)
+            .finish(&t, Status::Completed, Some(Value::from(1)), None)
             .expect("first finish wins");
         assert_eq!(o.status, Status::Completed);
-        assert!(store.finish(id, Status::Failed, None, None).is_none());
+        assert!(store.finish(&t, Status::Failed, None, None).is_none());
         assert_eq!(
             store.cancel(id, ErrorInfo::new(crate::ErrorClass::Cancelled, "x")),
             Err(CancelError::TooLate {
@@ -559,9 +611,9 @@ mod tests {
         for i in 0..(SHARDS * 4) {
             let r = rec("echo", Some(&format!("k{i}")));
             ids.push(r.id);
-            store.insert(r, None).unwrap();
-            store.start(ids[i]).unwrap();
-            store.finish(ids[i], Status::Completed, None, None).unwrap();
+            let t = store.insert(r, None).unwrap();
+            store.start(&t).unwrap();
+            store.finish(&t, Status::Completed, None, None).unwrap();
         }
         // One per shard is kept; with ids spread over shards, far fewer than all remain.
         assert!(store.len() < SHARDS * 4, "held {}", store.len());
@@ -580,6 +632,7 @@ mod tests {
         assert_eq!(
             store
                 .insert(rec("echo", Some("same")), None)
+                .map(|t| t.id)
                 .map_err(|e| e.0),
             Err(first)
         );

@@ -143,8 +143,8 @@ enum ChaosMode {
     Sleep,
 }
 
+/// Other fields are allowed: `echo` mode echoes the whole payload.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct ChaosArgs {
     mode: ChaosMode,
     #[serde(default)]

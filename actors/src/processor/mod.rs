@@ -65,19 +65,27 @@ impl fmt::Display for ProcessError {
 
 impl std::error::Error for ProcessError {}
 
-/// A flag set when a job's run timeout elapses (or it is otherwise abandoned).
+/// A flag set when a job's run timeout elapses. Only CPU jobs carry one (an async job is
+/// simply dropped at its timeout), so async jobs pay no allocation for it.
 #[derive(Debug, Clone, Default)]
-pub struct CancelToken(Arc<AtomicBool>);
+pub struct CancelToken(Option<Arc<AtomicBool>>);
 
 impl CancelToken {
+    /// A token that can be cancelled.
+    pub fn new() -> CancelToken {
+        CancelToken(Some(Arc::default()))
+    }
+
     /// Asks the job to stop.
     pub fn cancel(&self) {
-        self.0.store(true, Ordering::Relaxed);
+        if let Some(flag) = &self.0 {
+            flag.store(true, Ordering::Relaxed);
+        }
     }
 
     /// Whether the job was asked to stop.
     pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.0.as_ref().is_some_and(|f| f.load(Ordering::Relaxed))
     }
 }
 

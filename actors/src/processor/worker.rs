@@ -15,9 +15,7 @@
 //! pauses for the budget's backoff before taking work again.
 
 use std::collections::VecDeque;
-use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll, Waker};
@@ -76,8 +74,6 @@ pub(crate) struct Worker {
     resume_after: Option<Duration>,
 }
 
-type BoxedJob = Pin<Box<dyn Future<Output = Result<ProcessResult, Box<dyn std::any::Any + Send>>>>>;
-
 impl Worker {
     pub(crate) fn new(core: Arc<Core>, route: usize, exec: Exec) -> Worker {
         let limit = core.routes[route].concurrency;
@@ -98,21 +94,31 @@ impl Worker {
         }
     }
 
+    /// Starts backlog messages while there is room. Jobs that finish on their first poll are
+    /// completed right here (in a loop, not by recursion: a long backlog of `echo` must not
+    /// grow the stack).
     fn pump(&mut self, ctx: &mut Context<Self>) {
         while !self.paused && self.running < self.limit && ctx.state() == ActorState::Running {
             let Some(env) = self.backlog.pop_front() else {
                 break;
             };
-            self.start(env, ctx);
+            if let Some((env, result)) = self.start(env, ctx) {
+                self.complete(env, result, ctx);
+            }
         }
     }
 
-    fn start(&mut self, mut env: Envelope, ctx: &mut Context<Self>) {
+    /// Starts one attempt. Returns the envelope and result if it finished on the spot.
+    fn start(
+        &mut self,
+        mut env: Envelope,
+        ctx: &mut Context<Self>,
+    ) -> Option<(Envelope, JobResult)> {
         let core = &self.core;
         let route = &core.routes[self.route];
-        match core.store.start(env.id) {
+        match core.store.start(&env.ticket) {
             Ok(attempt) => env.attempt = attempt,
-            Err(_) => return, // cancelled while it waited (already counted), or shut down
+            Err(_) => return None, // cancelled while it waited (already counted), or shut down
         }
         self.running += 1;
         route.stats.running.fetch_add(1, Relaxed);
@@ -122,7 +128,10 @@ impl Worker {
         } else {
             std::mem::take(&mut env.payload)
         };
-        let cancel = CancelToken::default();
+        let cancel = match self.exec {
+            Exec::Cpu(..) => CancelToken::new(),
+            Exec::Async(_) => CancelToken::default(),
+        };
         let job = Job {
             id: env.id,
             kind: env.kind,
@@ -141,17 +150,20 @@ impl Worker {
                     Ok(fut) => fut,
                     Err(panic) => {
                         let text = panic_message(&*panic);
-                        return self.done(env, JobResult::Panicked(text), ctx);
+                        return Some((env, JobResult::Panicked(text)));
                     }
                 };
-                let mut fut: BoxedJob = Box::pin(AssertUnwindSafe(fut).catch_unwind());
+                let mut fut = fut;
                 // Fast path: most quick processors finish on their first poll. A future that
                 // returns Pending registers this no-op waker, and is polled again (with the
                 // task's real waker) as soon as it is spawned below.
                 let mut noop = TaskContext::from_waker(Waker::noop());
-                if let Poll::Ready(r) = fut.as_mut().poll(&mut noop) {
-                    return self.done(env, caught(r), ctx);
+                match catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut noop))) {
+                    Ok(Poll::Ready(r)) => return Some((env, JobResult::Done(r))),
+                    Ok(Poll::Pending) => {}
+                    Err(panic) => return Some((env, JobResult::Panicked(panic_message(&*panic)))),
                 }
+                let fut = AssertUnwindSafe(fut).catch_unwind();
                 let addr = ctx.address();
                 actix_rt::spawn(async move {
                     let result = match timeout {
@@ -187,17 +199,26 @@ impl Worker {
                 });
             }
         }
+        None
     }
 
-    fn done(&mut self, mut env: Envelope, result: JobResult, ctx: &mut Context<Self>) {
+    /// Records how an attempt ended: the outcome, a retry, or a dead letter. After a panic in an
+    /// async processor it stops the actor so the Supervisor restarts it.
+    fn complete(&mut self, mut env: Envelope, result: JobResult, ctx: &mut Context<Self>) {
         self.running -= 1;
         let core = self.core.clone();
         let route = &core.routes[self.route];
         route.stats.running.fetch_sub(1, Relaxed);
         let (error, final_status, panicked) = match result {
             JobResult::Done(Ok(value)) => {
-                core.finish(self.route, env.id, Status::Completed, Some(value), None);
-                return self.pump(ctx);
+                core.finish(
+                    self.route,
+                    &env.ticket,
+                    Status::Completed,
+                    Some(value),
+                    None,
+                );
+                return;
             }
             JobResult::Done(Err(ProcessError { class, message })) => {
                 (ErrorInfo::new(class, message), Status::Failed, false)
@@ -233,6 +254,14 @@ impl Worker {
             ),
         };
         tracing::debug!(id = %env.id, kind = %env.kind, attempt = env.attempt, class = error.class.as_str(), error = %error.message, "attempt failed");
+        if panicked {
+            // Counted before the outcome is published, so whoever sees the failure also sees
+            // the restart (and a degraded route).
+            let decision = route.record_restart(core.epoch, &core.settings.restart);
+            if matches!(self.exec, Exec::Async(_)) {
+                self.resume_after = Some(decision.backoff);
+            }
+        }
         if route.retries > 0 {
             env.history.push(error.clone());
             if env.attempt <= route.retries {
@@ -241,17 +270,11 @@ impl Worker {
                 core.bury(env, error);
             }
         } else {
-            core.finish(self.route, env.id, final_status, None, Some(error));
+            core.finish(self.route, &env.ticket, final_status, None, Some(error));
         }
-        if panicked {
-            let decision = route.record_restart(core.epoch, &core.settings.restart);
-            if matches!(self.exec, Exec::Async(_)) {
-                self.resume_after = Some(decision.backoff);
-                ctx.stop(); // the Supervisor restarts us with a fresh processor
-                return;
-            }
+        if panicked && matches!(self.exec, Exec::Async(_)) {
+            ctx.stop(); // the Supervisor restarts us with a fresh processor
         }
-        self.pump(ctx);
     }
 }
 
@@ -297,6 +320,7 @@ impl Handler<Run> for Worker {
 impl Handler<JobDone> for Worker {
     type Result = ();
     fn handle(&mut self, msg: JobDone, ctx: &mut Context<Self>) {
-        self.done(msg.env, msg.result, ctx);
+        self.complete(msg.env, msg.result, ctx);
+        self.pump(ctx);
     }
 }

@@ -1,0 +1,92 @@
+use std::time::Duration;
+
+use mailroom_actors::{CancelError, Dispatcher, ErrorClass, Message, RouteSettings, Status};
+use serde_json::json;
+
+use crate::common::{eventually, settings, settled};
+
+#[actix_rt::test]
+async fn cancelling_a_delayed_message_means_it_never_runs() {
+    let d = Dispatcher::builder(settings())
+        .builtin_routes()
+        .build()
+        .unwrap();
+    let id = d
+        .call_later(
+            Duration::from_millis(100),
+            Message::new("echo", json!("later")),
+        )
+        .unwrap();
+    let out = d.cancel(id).unwrap();
+    assert_eq!(out.status, Status::Cancelled);
+    assert_eq!(out.error.as_ref().unwrap().class, ErrorClass::Cancelled);
+    actix_rt::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(d.status(id).unwrap().status, Status::Cancelled);
+    assert_eq!(d.status(id).unwrap().attempts, 0, "it never started");
+    let stats = settled(&d).await;
+    let echo = stats.kind("echo").unwrap();
+    assert_eq!((echo.cancelled, echo.completed), (1, 0));
+}
+
+#[actix_rt::test]
+async fn cancelling_a_queued_message_skips_it() {
+    let d = Dispatcher::builder(settings())
+        .route("slow", RouteSettings::new("sleep").concurrency(1))
+        .build()
+        .unwrap();
+    let first = d.submit(Message::new("slow", json!({"ms": 100}))).unwrap();
+    let queued = d.submit(Message::new("slow", json!({"ms": 100}))).unwrap();
+    assert!(
+        eventually(Duration::from_secs(2), || d.status(first).unwrap().status
+            == Status::Running)
+        .await
+    );
+    assert_eq!(d.status(queued).unwrap().status, Status::Queued);
+    assert_eq!(d.cancel(queued).unwrap().status, Status::Cancelled);
+    assert_eq!(
+        d.cancel(first),
+        Err(CancelError::TooLate {
+            id: first,
+            status: Status::Running
+        })
+    );
+    let stats = settled(&d).await;
+    let slow = stats.kind("slow").unwrap();
+    assert_eq!((slow.completed, slow.cancelled), (1, 1));
+    assert_eq!(d.status(first).unwrap().status, Status::Completed);
+    assert_eq!(
+        d.cancel(first),
+        Err(CancelError::TooLate {
+            id: first,
+            status: Status::Completed
+        })
+    );
+    let unknown = mailroom_actors::MessageId::next();
+    assert_eq!(d.cancel(unknown), Err(CancelError::Unknown(unknown)));
+}
+
+#[actix_rt::test]
+async fn a_waiter_sees_the_cancellation() {
+    let d = Dispatcher::builder(settings())
+        .builtin_routes()
+        .build()
+        .unwrap();
+    let id = d
+        .call_later(Duration::from_secs(60), Message::new("echo", json!(1)))
+        .unwrap();
+    let waiting = actix_rt::spawn({
+        let d = d.clone();
+        async move { d.wait(id, Duration::from_secs(10)).await }
+    });
+    actix_rt::time::sleep(Duration::from_millis(20)).await;
+    d.cancel(id).unwrap();
+    let seen = waiting.await.unwrap().unwrap();
+    assert_eq!(seen.status, Status::Cancelled);
+    // wait() on a message that is not finished returns its current state when time is up.
+    let later = d
+        .call_later(Duration::from_secs(60), Message::new("echo", json!(2)))
+        .unwrap();
+    let now = d.wait(later, Duration::from_millis(20)).await.unwrap();
+    assert_eq!(now.status, Status::Delayed);
+    d.cancel(later).unwrap();
+}

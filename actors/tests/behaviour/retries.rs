@@ -1,0 +1,102 @@
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mailroom_actors::{
+    Dispatcher, ErrorClass, Message, ProcessError, Processor, ReplayError, RouteSettings, Source,
+    Status,
+};
+use serde_json::json;
+
+use crate::common::{settings, settled};
+
+#[actix_rt::test]
+async fn retries_back_off_then_the_message_is_dead_and_can_be_replayed() {
+    // Fails the first three calls, then succeeds: the first message dies after 3 attempts, its
+    // replay succeeds on the 4th call.
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = calls.clone();
+    let flaky = Processor::from_fn("flaky", move |_job, p| {
+        let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+        async move {
+            if n <= 3 {
+                Err(ProcessError::new(format!("failure {n}")))
+            } else {
+                Ok(json!({"call": n, "payload": p}))
+            }
+        }
+    });
+    let d = Dispatcher::builder(settings())
+        .processor(flaky)
+        .route(
+            "flaky",
+            RouteSettings::new("flaky").retries(2, Duration::from_millis(40)),
+        )
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let out = d
+        .send(Message::new("flaky", json!({"order": 7})))
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(out.status, Status::Dead);
+    assert_eq!(out.attempts, 3);
+    assert_eq!(out.error.as_ref().unwrap().message, "failure 3");
+    // Backoffs of 40 ms then 80 ms, each jittered within [half, full]: at least 20 + 40 ms.
+    assert!(took >= Duration::from_millis(60), "took {took:?}");
+
+    let dead = d.dead_letters();
+    assert_eq!(dead.len(), 1);
+    let dl = &dead[0];
+    assert_eq!(dl.id, out.id);
+    assert_eq!(dl.payload, json!({"order": 7}));
+    assert_eq!(dl.attempts, 3);
+    let messages: Vec<_> = dl.errors.iter().map(|e| e.message.as_str()).collect();
+    assert_eq!(messages, ["failure 1", "failure 2", "failure 3"]);
+    assert!(dl.errors.iter().all(|e| e.class == ErrorClass::Error));
+
+    let replay = d.replay(out.id).unwrap();
+    assert_ne!(replay, out.id);
+    let replayed = d.wait(replay, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(replayed.status, Status::Completed);
+    assert_eq!(replayed.replay_of, Some(out.id));
+    assert_eq!(replayed.source, Source::Replay);
+    assert_eq!(
+        replayed.result,
+        Some(json!({"call": 4, "payload": {"order": 7}}))
+    );
+    assert!(
+        d.dead_letters().is_empty(),
+        "a replayed dead letter leaves the list"
+    );
+    assert!(matches!(d.replay(out.id), Err(ReplayError::Unknown(_))));
+
+    let stats = settled(&d).await;
+    let k = stats.kind("flaky").unwrap();
+    assert_eq!((k.accepted, k.dead, k.completed, k.retried), (2, 1, 1, 2));
+}
+
+#[actix_rt::test]
+async fn a_panic_is_retried_like_an_error() {
+    let d = Dispatcher::builder(settings())
+        .route(
+            "chaos",
+            RouteSettings::new("chaos").retries(1, Duration::from_millis(1)),
+        )
+        .build()
+        .unwrap();
+    let out = d
+        .send(Message::new(
+            "chaos",
+            json!({"mode": "panic", "message": "again"}),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(out.status, Status::Dead);
+    assert_eq!(out.attempts, 2);
+    assert_eq!(d.dead_letters()[0].errors.len(), 2);
+    assert_eq!(d.dead_letters()[0].errors[1].class, ErrorClass::Panic);
+    let stats = settled(&d).await;
+    assert_eq!(stats.kind("chaos").unwrap().restarts, 2);
+}
