@@ -79,8 +79,10 @@ async fn raw_once(tx: &mpsc::Sender<Request>) -> Duration {
 
 fn benches(c: &mut Criterion) {
     let sys = actix_rt::System::new();
-    let mut settings = Settings::default();
-    settings.capacity = N * 2;
+    let settings = Settings {
+        capacity: N * 2,
+        ..Settings::default()
+    };
     let dispatcher = sys.block_on(async {
         Dispatcher::builder(settings)
             .builtin_routes()

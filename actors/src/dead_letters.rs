@@ -12,10 +12,13 @@ use crate::envelope::{ErrorInfo, Kind, MessageId, Source};
 
 /// A message that exhausted its retries.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeadLetter {
     /// The message's id.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub id: MessageId,
     /// Its kind.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub kind: Kind,
     /// Its payload, as submitted.
     pub payload: Value,
@@ -29,6 +32,7 @@ pub struct DeadLetter {
     pub source: Source,
     /// The dead letter it was itself replaying, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub replay_of: Option<MessageId>,
 }
 

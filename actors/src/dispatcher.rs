@@ -330,6 +330,38 @@ impl Dispatcher {
             .unwrap_or_else(|_| Arc::new(lost_outcome(id, kind.expect("admitted, so routed")))))
     }
 
+    /// Submits a message and waits up to `max` for its outcome; when `max` elapses first, returns
+    /// its state at that moment (queued, delayed or running). Used by `?wait=true`.
+    pub async fn send_timeout(
+        &self,
+        msg: Message,
+        max: Duration,
+    ) -> Result<Arc<Outcome>, Rejected> {
+        let kind = self
+            .core
+            .by_kind
+            .get(&*msg.kind)
+            .map(|&i| self.core.routes[i].kind);
+        let (waiter, rx) = Waiter::channel();
+        let id = match self.core.admit(msg, Some(waiter))? {
+            Admitted::New(env) => {
+                let id = env.id;
+                self.core.router().do_send(Dispatch(env));
+                id
+            }
+            Admitted::Duplicate(id) => id,
+        };
+        Ok(match actix_rt::time::timeout(max, rx).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Arc::new(lost_outcome(id, kind.expect("admitted, so routed"))),
+            Err(_) => self
+                .core
+                .store
+                .get(id)
+                .unwrap_or_else(|| Arc::new(lost_outcome(id, kind.expect("admitted")))),
+        })
+    }
+
     /// Submits `delay` from now (asyncio's `call_later`).
     pub fn call_later(&self, delay: Duration, msg: Message) -> Result<MessageId, Rejected> {
         self.submit(msg.delay(delay))

@@ -157,6 +157,7 @@ impl Serialize for Kind {
 
 /// Which event source a message came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
     /// Rust code calling the [`Dispatcher`](crate::Dispatcher) directly.
@@ -283,6 +284,7 @@ pub struct Envelope {
 /// Where a message is in its lifecycle:
 /// `queued → (delayed) → running → completed | failed | timed_out | cancelled | dead`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     /// Accepted, waiting for its processor.
@@ -344,6 +346,7 @@ impl fmt::Display for Status {
 
 /// Why a message did not complete, as a coarse class a program can branch on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorClass {
     /// The processor returned an error.
@@ -382,6 +385,7 @@ impl ErrorClass {
 
 /// An error with its class, as reported in an [`Outcome`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorInfo {
     /// The coarse class.
     pub class: ErrorClass,
@@ -401,6 +405,7 @@ impl ErrorInfo {
 
 /// How long a message spent in each phase, in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Timings {
     /// From acceptance to the start of its last attempt (or to now / its end if it never ran).
     pub queued_ms: f64,
@@ -412,10 +417,13 @@ pub struct Timings {
 
 /// A message's state as a caller reads it: its status and, once finished, its result or error.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Outcome {
     /// The message's id.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub id: MessageId,
     /// Its kind.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub kind: Kind,
     /// Where it is in its lifecycle.
     pub status: Status,
@@ -435,6 +443,7 @@ pub struct Outcome {
     pub timings: Timings,
     /// The dead letter this message replays, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub replay_of: Option<MessageId>,
 }
 
@@ -452,8 +461,9 @@ pub(crate) fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Milliseconds, rounded to the microsecond.
 pub(crate) fn millis(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
+    d.as_micros() as f64 / 1000.0
 }
 
 #[cfg(test)]

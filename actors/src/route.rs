@@ -76,8 +76,10 @@ impl Route {
 
 /// A route as reported by [`Dispatcher::routes`](crate::Dispatcher::routes).
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RouteInfo {
     /// The route key.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub kind: Kind,
     /// The processor's registered name.
     pub processor: String,

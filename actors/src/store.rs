@@ -362,17 +362,12 @@ impl MemoryStore {
             .expect("a MemoryStore is only handed its own tickets")
     }
 
-    /// Publishes a terminal transition: files the id for eviction, evicts what is due, then
-    /// tells the waiters (outside every lock).
+    /// Publishes a terminal transition: files the id for eviction, then tells the waiters
+    /// (outside every lock). Eviction itself happens on the admission side (in `insert`) and in
+    /// `sweep`, so the thread that finishes messages does not also pay for freeing old ones.
     fn ended(&self, id: MessageId, outcome: &Arc<Outcome>, waiters: Waiters, now: Instant) {
-        let mut evicted = Vec::new();
-        {
-            let mut shard = self.shard(id).lock();
-            shard.finished.push_back((now, id));
-            self.evict(&mut shard, now, &mut evicted);
-        }
+        self.shard(id).lock().finished.push_back((now, id));
         waiters.notify(outcome);
-        self.forget(evicted);
     }
 
     /// Takes finished cells past the TTL or the count bound out of the index. They are dropped
@@ -392,13 +387,12 @@ impl MemoryStore {
         }
     }
 
+    /// Forgets the idempotency keys of evicted cells, and drops the cells.
     fn forget(&self, evicted: Vec<Arc<Cell>>) {
-        if evicted.iter().all(|c| c.key.is_none()) {
-            return;
-        }
-        let mut keys = self.keys.lock();
-        for cell in &evicted {
+        let mut keys = None;
+        for cell in evicted {
             if let Some(key) = &cell.key {
+                let keys = keys.get_or_insert_with(|| self.keys.lock());
                 let k = (cell.kind, key.clone());
                 if keys.get(&k) == Some(&cell.id) {
                     keys.remove(&k);
@@ -445,7 +439,13 @@ impl Store for MemoryStore {
                 waiters: waiter.map_or(Waiters::None, Waiters::One),
             }),
         });
-        self.shard(rec.id).lock().cells.insert(rec.id, cell.clone());
+        let mut evicted = Vec::new();
+        {
+            let mut shard = self.shard(rec.id).lock();
+            shard.cells.insert(rec.id, cell.clone());
+            self.evict(&mut shard, rec.accepted, &mut evicted);
+        }
+        self.forget(evicted);
         Ok(Ticket::new(rec.id, cell))
     }
 

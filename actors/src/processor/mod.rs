@@ -153,6 +153,7 @@ pub trait CpuProcessor: Send + 'static {
 
 /// Which pool a processor runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Pool {
     /// An async I/O arbiter.

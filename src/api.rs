@@ -1,0 +1,520 @@
+//! The HTTP API (v1): handlers, their OpenAPI description, and the route table.
+//!
+//! Handlers run on the actix-web workers and only parse, admit and wait: every message is
+//! processed by the library's actors on their own arbiters. Bodies are read by hand (not with
+//! `web::Json`) so every failure — wrong content type, body over the limit, malformed JSON,
+//! invalid UTF-8, nesting too deep, a missing or mistyped field — is an [`ApiError`] with its
+//! documented status and a problem+json body.
+
+use std::time::Duration;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header;
+use actix_web::middleware::Next;
+use actix_web::web::{self, BytesMut};
+use actix_web::{HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+use mailroom_actors::{
+    json_depth, DeadLetter, Dispatcher, ErrorClass, ErrorInfo, MessageId, Outcome, Pool, Rejected,
+    RouteInfo, Source, Status, Submission, Timings,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use utoipa::{IntoParams, OpenApi, ToSchema};
+
+use crate::metrics;
+use crate::problem::{ApiError, Problem};
+
+/// What the handlers share.
+pub struct AppState {
+    /// The library handle.
+    pub dispatcher: Dispatcher,
+    /// `server.max_body_bytes`
+    pub max_body: usize,
+    /// `server.max_batch`
+    pub max_batch: usize,
+    /// `server.max_json_depth`
+    pub max_depth: usize,
+    /// `server.max_wait_ms`
+    pub max_wait: Duration,
+    /// `server.tokens`
+    pub tokens: Vec<String>,
+}
+
+impl AppState {
+    fn wait_for(&self, wait_ms: Option<u64>) -> Duration {
+        wait_ms.map_or(self.max_wait, |ms| {
+            Duration::from_millis(ms).min(self.max_wait)
+        })
+    }
+}
+
+/// `202` answer: the message was accepted.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Accepted {
+    /// The message's id.
+    #[schema(value_type = String)]
+    pub id: MessageId,
+    /// Its status now (`queued`, `delayed`, or — after a wait that ran out — `running`).
+    pub status: Status,
+}
+
+/// `?wait=true&wait_ms=N` on submission.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitQuery {
+    /// Wait for the outcome (answer `200` with it), up to `wait_ms`.
+    #[serde(default)]
+    pub wait: bool,
+    /// How long to wait, capped by `server.max_wait_ms` (default: that cap).
+    pub wait_ms: Option<u64>,
+}
+
+/// `?wait_ms=N` on status reads: long-poll until the message finishes or the time is up.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct StatusQuery {
+    /// How long to wait for the message to finish, capped by `server.max_wait_ms`.
+    pub wait_ms: Option<u64>,
+}
+
+/// `POST /v1/batch` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    /// Submissions (each the body of `POST /v1/messages`).
+    #[schema(value_type = Vec<Object>)]
+    pub messages: Vec<Value>,
+    /// Wait for every outcome (asyncio's `gather`), up to `server.max_wait_ms`.
+    #[serde(default)]
+    pub wait: bool,
+}
+
+/// `POST /v1/batch` answer: one item per message, in order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchResponse {
+    /// An outcome, an `{id, status}`, or `{"status": "rejected", "code", "error"}`.
+    #[schema(value_type = Vec<Object>)]
+    pub results: Vec<Value>,
+}
+
+/// `GET /v1/routes` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RoutesResponse {
+    /// Every route.
+    pub routes: Vec<RouteInfo>,
+}
+
+/// `GET /v1/dead-letters` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeadLettersResponse {
+    /// Messages that failed every attempt, oldest first.
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+/// `POST /v1/dead-letters/{id}/retry` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Replayed {
+    /// The replay's new id.
+    #[schema(value_type = String)]
+    pub id: MessageId,
+    /// The dead letter it replays.
+    #[schema(value_type = String)]
+    pub replay_of: MessageId,
+    /// Its status now.
+    pub status: Status,
+}
+
+/// Reads a JSON body: checks the content type and size, parses, and limits nesting.
+async fn json_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    state: &AppState,
+) -> Result<Value, ApiError> {
+    if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or("");
+        let mime = ct
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if mime != "application/json" && !mime.ends_with("+json") {
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "expected Content-Type: application/json, got {ct:?}"
+            )));
+        }
+    }
+    let too_large = || {
+        ApiError::TooLarge(format!(
+            "the body is larger than server.max_body_bytes ({} bytes)",
+            state.max_body
+        ))
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > state.max_body) {
+        return Err(too_large());
+    }
+    let mut body = BytesMut::with_capacity(declared.unwrap_or(256).min(state.max_body));
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::BadRequest(format!("could not read the body: {e}")))?;
+        if body.len() + chunk.len() > state.max_body {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    if body.is_empty() {
+        return Err(ApiError::BadRequest(
+            "the body is empty; expected a JSON object".into(),
+        ));
+    }
+    let value: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
+    if json_depth(&value) > state.max_depth {
+        return Err(ApiError::BadRequest(format!(
+            "JSON nested deeper than server.max_json_depth ({})",
+            state.max_depth
+        )));
+    }
+    Ok(value)
+}
+
+fn parse_id(raw: &str) -> Result<MessageId, ApiError> {
+    raw.parse()
+        .map_err(|_| ApiError::NotFound(format!("no message with id {raw:?} (not a message id)")))
+}
+
+fn accepted(id: MessageId, status: Status) -> HttpResponse {
+    HttpResponse::Accepted()
+        .insert_header((header::LOCATION, format!("/v1/messages/{id}")))
+        .json(Accepted { id, status })
+}
+
+fn answer(outcome: &Outcome) -> HttpResponse {
+    if outcome.status.is_terminal() {
+        HttpResponse::Ok().json(outcome)
+    } else {
+        accepted(outcome.id, outcome.status)
+    }
+}
+
+fn submission(v: Value) -> Result<Submission, String> {
+    if !v.is_object() {
+        return Err("a message must be a JSON object with at least \"kind\"".into());
+    }
+    serde_json::from_value(v).map_err(|e| format!("invalid message: {e}"))
+}
+
+/// Submit a message.
+#[utoipa::path(post, path = "/v1/messages", request_body = Submission, params(SubmitQuery),
+    responses(
+        (status = 202, description = "Accepted (or the wait ran out first)", body = Accepted),
+        (status = 200, description = "With ?wait=true: the outcome, whatever its terminal status", body = Outcome),
+        (status = 400, description = "Malformed JSON or envelope", body = Problem),
+        (status = 413, description = "Body over server.max_body_bytes", body = Problem),
+        (status = 415, description = "Not JSON", body = Problem),
+        (status = 422, description = "Unknown kind or invalid payload", body = Problem),
+        (status = 503, description = "Route full, degraded, or server draining (Retry-After)", body = Problem),
+    ))]
+pub async fn submit(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    query: web::Query<SubmitQuery>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let value = json_body(&req, payload, &state).await?;
+    let msg = submission(value)
+        .map_err(ApiError::BadRequest)?
+        .into_message(Source::Http);
+    if query.wait {
+        let outcome = state
+            .dispatcher
+            .send_timeout(msg, state.wait_for(query.wait_ms))
+            .await?;
+        return Ok(answer(&outcome));
+    }
+    let id = state.dispatcher.submit(msg)?;
+    let status = state
+        .dispatcher
+        .status(id)
+        .map_or(Status::Queued, |o| o.status);
+    Ok(accepted(id, status))
+}
+
+fn rejected_item(code: u16, class: &str, message: String) -> Value {
+    json!({"status": "rejected", "code": code, "error": {"class": class, "message": message}})
+}
+
+fn rejection(r: &Rejected) -> Value {
+    rejected_item(
+        mailroom_actors::source::tcp::rejection_code(r),
+        r.reason(),
+        r.to_string(),
+    )
+}
+
+/// Submit many messages; one item per message in the same order (asyncio `gather`).
+#[utoipa::path(post, path = "/v1/batch", request_body = BatchRequest, params(SubmitQuery),
+    responses(
+        (status = 200, description = "One result per message", body = BatchResponse),
+        (status = 400, body = Problem), (status = 413, description = "Over server.max_batch", body = Problem),
+        (status = 415, body = Problem),
+    ))]
+pub async fn batch(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    query: web::Query<SubmitQuery>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let value = json_body(&req, payload, &state).await?;
+    let body: BatchRequest = serde_json::from_value(value)
+        .map_err(|e| ApiError::BadRequest(format!("invalid batch: {e}")))?;
+    if body.messages.len() > state.max_batch {
+        return Err(ApiError::TooLarge(format!(
+            "{} messages is more than server.max_batch ({})",
+            body.messages.len(),
+            state.max_batch
+        )));
+    }
+    let wait = body.wait || query.wait;
+    let max = state.wait_for(query.wait_ms);
+    let d = &state.dispatcher;
+    let items = body.messages.into_iter().map(|v| async move {
+        let msg = match submission(v) {
+            Ok(s) => s.into_message(Source::Http),
+            Err(e) => return rejected_item(400, "invalid", e),
+        };
+        if wait {
+            match d.send_timeout(msg, max).await {
+                Ok(o) if o.status.is_terminal() => serde_json::to_value(&*o).unwrap_or(Value::Null),
+                Ok(o) => json!({"id": o.id, "status": o.status}),
+                Err(r) => rejection(&r),
+            }
+        } else {
+            match d.submit(msg) {
+                Ok(id) => {
+                    json!({"id": id, "status": d.status(id).map_or(Status::Queued, |o| o.status)})
+                }
+                Err(r) => rejection(&r),
+            }
+        }
+    });
+    let results = futures_util::future::join_all(items).await;
+    Ok(HttpResponse::Ok().json(BatchResponse { results }))
+}
+
+/// A message's status, result or error, and timings; `?wait_ms=` long-polls.
+#[utoipa::path(get, path = "/v1/messages/{id}", params(("id" = String, Path, description = "Message id"), StatusQuery),
+    responses((status = 200, body = Outcome), (status = 404, body = Problem)))]
+pub async fn get_message(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    query: web::Query<StatusQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&id)?;
+    let found = match query.wait_ms {
+        Some(ms) => state.dispatcher.wait(id, state.wait_for(Some(ms))).await,
+        None => state.dispatcher.status(id),
+    };
+    let outcome = found.ok_or_else(|| ApiError::NotFound(format!("no message with id {id}")))?;
+    Ok(HttpResponse::Ok().json(&*outcome))
+}
+
+/// Cancel a queued or delayed message.
+#[utoipa::path(delete, path = "/v1/messages/{id}", params(("id" = String, Path, description = "Message id")),
+    responses((status = 200, description = "Cancelled", body = Outcome), (status = 404, body = Problem),
+              (status = 409, description = "Running or already finished", body = Problem)))]
+pub async fn cancel_message(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&id)?;
+    let outcome = state.dispatcher.cancel(id)?;
+    Ok(HttpResponse::Ok().json(&*outcome))
+}
+
+/// Routes, their processors and pools, queue depths and restart counts.
+#[utoipa::path(get, path = "/v1/routes", responses((status = 200, body = RoutesResponse)))]
+pub async fn list_routes(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(RoutesResponse {
+        routes: state.dispatcher.routes(),
+    })
+}
+
+/// Messages that failed every attempt.
+#[utoipa::path(get, path = "/v1/dead-letters", responses((status = 200, body = DeadLettersResponse)))]
+pub async fn list_dead_letters(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(DeadLettersResponse {
+        dead_letters: state.dispatcher.dead_letters(),
+    })
+}
+
+/// Replay a dead letter as a new message.
+#[utoipa::path(post, path = "/v1/dead-letters/{id}/retry", params(("id" = String, Path, description = "Dead letter id")),
+    responses((status = 202, body = Replayed), (status = 404, body = Problem), (status = 503, body = Problem)))]
+pub async fn retry_dead_letter(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let replay_of = parse_id(&id)?;
+    let id = state.dispatcher.replay(replay_of)?;
+    let status = state
+        .dispatcher
+        .status(id)
+        .map_or(Status::Queued, |o| o.status);
+    Ok(HttpResponse::Accepted()
+        .insert_header((header::LOCATION, format!("/v1/messages/{id}")))
+        .json(Replayed {
+            id,
+            replay_of,
+            status,
+        }))
+}
+
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format 0.0.4", body = String)))]
+pub async fn metrics_text(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(metrics::render(&state.dispatcher.stats()))
+}
+
+/// Liveness.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "The process is up")))]
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+/// Readiness: false while draining.
+#[utoipa::path(get, path = "/readyz", responses((status = 200, description = "Accepting messages"),
+    (status = 503, description = "Draining", body = Problem)))]
+pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    if state.dispatcher.is_draining() {
+        return Err(ApiError::Unavailable {
+            detail: "the server is draining and accepts no new messages".into(),
+            retry_after: 5,
+        });
+    }
+    Ok(HttpResponse::Ok().json(json!({"ready": true})))
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", responses((status = 200, description = "OpenAPI 3 description")))]
+pub async fn openapi_json() -> HttpResponse {
+    HttpResponse::Ok().json(ApiDoc::openapi())
+}
+
+/// The OpenAPI description, generated from the handlers above.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Mailroom",
+        description = "Message dispatch: submit messages by kind, read their outcomes."
+    ),
+    paths(
+        submit,
+        batch,
+        get_message,
+        cancel_message,
+        list_routes,
+        list_dead_letters,
+        retry_dead_letter,
+        metrics_text,
+        healthz,
+        readyz,
+        openapi_json
+    ),
+    components(schemas(
+        Submission,
+        Outcome,
+        Accepted,
+        Problem,
+        BatchRequest,
+        BatchResponse,
+        RoutesResponse,
+        RouteInfo,
+        DeadLettersResponse,
+        DeadLetter,
+        Replayed,
+        Status,
+        ErrorInfo,
+        ErrorClass,
+        Timings,
+        Source,
+        Pool
+    ))
+)]
+pub struct ApiDoc;
+
+/// Checks the bearer token (when tokens are set) on every path except `/healthz` and `/readyz`.
+pub async fn auth(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    if let Some(state) = req.app_data::<web::Data<AppState>>() {
+        if !state.tokens.is_empty() && !matches!(req.path(), "/healthz" | "/readyz") {
+            let given = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::trim);
+            let ok = given.is_some_and(|g| state.tokens.iter().any(|t| constant_time_eq(t, g)));
+            if !ok {
+                return Err(ApiError::Unauthorized.into());
+            }
+        }
+    }
+    next.call(req).await
+}
+
+fn constant_time_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound(format!(
+        "no such endpoint: {} {}",
+        req.method(),
+        req.path()
+    )))
+}
+
+async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed)
+}
+
+/// Registers every endpoint (and problem+json answers for unknown paths, wrong methods and
+/// malformed query strings or paths).
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    let bad_query = web::QueryConfig::default()
+        .error_handler(|e, _| ApiError::BadRequest(format!("invalid query string: {e}")).into());
+    let bad_path = web::PathConfig::default()
+        .error_handler(|e, _| ApiError::NotFound(format!("invalid path: {e}")).into());
+    let r =
+        |path: &str| web::resource(path.to_owned()).default_service(web::to(method_not_allowed));
+    cfg.app_data(bad_query)
+        .app_data(bad_path)
+        .service(r("/v1/messages").route(web::post().to(submit)))
+        .service(r("/v1/batch").route(web::post().to(batch)))
+        .service(
+            r("/v1/messages/{id}")
+                .route(web::get().to(get_message))
+                .route(web::delete().to(cancel_message)),
+        )
+        .service(r("/v1/routes").route(web::get().to(list_routes)))
+        .service(r("/v1/dead-letters").route(web::get().to(list_dead_letters)))
+        .service(r("/v1/dead-letters/{id}/retry").route(web::post().to(retry_dead_letter)))
+        .service(r("/metrics").route(web::get().to(metrics_text)))
+        .service(r("/healthz").route(web::get().to(healthz)))
+        .service(r("/readyz").route(web::get().to(readyz)))
+        .service(r("/openapi.json").route(web::get().to(openapi_json)))
+        .default_service(web::to(not_found));
+}

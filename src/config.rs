@@ -1,0 +1,523 @@
+//! `config.toml`: the service's configuration as data.
+//!
+//! Serde structs with `deny_unknown_fields` and defaults, and one loader that layers built-in
+//! defaults < the file (`--config PATH`, else `./config.toml` when it exists) < environment
+//! variables `MAILROOM_<SECTION>__<KEY>` < command-line flags. Unknown keys and bad values stop
+//! start-up with an error naming the file (or variable), the key and what was expected. The server
+//! turns a checked [`Config`] into the library's plain settings ([`Config::settings`]); the
+//! library itself reads no files.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use mailroom_actors::processor::fetch::MAX_FETCH_TIMEOUT_MS;
+use mailroom_actors::{
+    CpuSettings, Every, FetchSettings, IoSettings, Kind, RouteSettings, Schedule, Settings,
+    TcpSettings,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The processors the server knows (the library's built-ins).
+pub const PROCESSORS: [&str; 6] = ["echo", "sleep", "fetch", "primes", "hash", "chaos"];
+
+/// Kinds routed when the configuration has no `[routes]` table: every built-in except `chaos`.
+pub const DEFAULT_ROUTES: [&str; 5] = ["echo", "sleep", "fetch", "primes", "hash"];
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The HTTP server.
+    pub server: ServerConfig,
+    /// Dispatch-wide bounds.
+    pub dispatch: DispatchConfig,
+    /// The I/O and CPU pools.
+    pub pools: PoolsConfig,
+    /// The `fetch` processor.
+    pub fetch: FetchConfig,
+    /// One table per kind; empty means every built-in except `chaos` under its own name.
+    pub routes: BTreeMap<String, RouteConfig>,
+    /// Event sources besides HTTP.
+    pub sources: SourcesConfig,
+    /// Timer schedules.
+    pub schedule: Vec<ScheduleConfig>,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address of the HTTP listener.
+    pub bind: String,
+    /// HTTP worker threads; 0 = one per core.
+    pub workers: usize,
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// Most messages in one `POST /v1/batch`.
+    pub max_batch: usize,
+    /// Deepest JSON nesting accepted in a body.
+    pub max_json_depth: usize,
+    /// Longest `?wait=true` / `wait_ms` wait.
+    pub max_wait_ms: u64,
+    /// How long shutdown waits for queued and running messages.
+    pub shutdown_timeout_ms: u64,
+    /// Bearer tokens; empty = no auth.
+    pub tokens: Vec<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            bind: "127.0.0.1:8080".into(),
+            workers: 0,
+            max_body_bytes: 1024 * 1024,
+            max_batch: 1000,
+            max_json_depth: 64,
+            max_wait_ms: 60_000,
+            shutdown_timeout_ms: 30_000,
+            tokens: Vec::new(),
+        }
+    }
+}
+
+/// `[dispatch]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DispatchConfig {
+    /// Default bound per route: queued + delayed + running.
+    pub capacity: usize,
+    /// How long finished outcomes are kept.
+    pub result_ttl_ms: u64,
+    /// How many finished outcomes are kept at most.
+    pub max_results: usize,
+    /// How many dead letters are kept at most.
+    pub max_dead_letters: usize,
+    /// Longest `delay_ms` a message may ask for.
+    pub max_delay_ms: u64,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        DispatchConfig {
+            capacity: 10_000,
+            result_ttl_ms: 600_000,
+            max_results: 100_000,
+            max_dead_letters: 10_000,
+            max_delay_ms: 86_400_000,
+        }
+    }
+}
+
+/// `[pools]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolsConfig {
+    /// `[pools.io]`
+    pub io: IoPoolConfig,
+    /// `[pools.cpu]`
+    pub cpu: CpuPoolConfig,
+}
+
+/// `[pools.io]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IoPoolConfig {
+    /// I/O arbiter threads.
+    pub arbiters: usize,
+    /// In-flight cap per async route.
+    pub concurrency: usize,
+}
+
+impl Default for IoPoolConfig {
+    fn default() -> Self {
+        IoPoolConfig {
+            arbiters: 1,
+            concurrency: 1024,
+        }
+    }
+}
+
+/// `[pools.cpu]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct CpuPoolConfig {
+    /// `SyncArbiter` threads; 0 = one per core.
+    pub threads: usize,
+}
+
+/// `[fetch]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FetchConfig {
+    /// Hosts or IPs allowed although loopback/private/link-local.
+    pub allow_hosts: Vec<String>,
+    /// Default request timeout.
+    pub timeout_ms: u64,
+    /// Connection limit per client.
+    pub max_connections: usize,
+    /// Response bodies are cut at this size.
+    pub max_body_bytes: usize,
+}
+
+impl Default for FetchConfig {
+    fn default() -> Self {
+        FetchConfig {
+            allow_hosts: Vec::new(),
+            timeout_ms: 10_000,
+            max_connections: 1024,
+            max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// `[routes.KIND]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// The processor; defaults to the kind's own name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processor: Option<String>,
+    /// Bound on queued + delayed + running; defaults to `dispatch.capacity`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<usize>,
+    /// Run timeout of one attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Retries after a failed attempt.
+    #[serde(default)]
+    pub retries: u32,
+    /// First retry delay (doubles, with jitter).
+    #[serde(default = "default_backoff")]
+    pub backoff_ms: u64,
+    /// Cap on messages running at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<usize>,
+}
+
+fn default_backoff() -> u64 {
+    100
+}
+
+/// `[sources]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourcesConfig {
+    /// `[sources.tcp]`; absent = off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpConfig>,
+}
+
+/// `[sources.tcp]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpConfig {
+    /// Address of the TCP listener.
+    pub bind: String,
+}
+
+/// `[[schedule]]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// Kind to submit.
+    pub kind: String,
+    /// Payload of every submission.
+    #[serde(default)]
+    pub payload: Value,
+    /// Run every this many milliseconds…
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every_ms: Option<u64>,
+    /// …or once after this many.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_ms: Option<u64>,
+}
+
+/// A configuration that could not be loaded, with where and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The named file does not exist.
+    #[error("config file {0} not found")]
+    Missing(PathBuf),
+    /// A key is unknown or a value has the wrong type (figment names the key and the source).
+    #[error("{0}")]
+    Parse(String),
+    /// A value is out of range.
+    #[error("{source_name}: {key}: {reason}")]
+    Invalid {
+        /// The file the configuration came from (or "defaults").
+        source_name: String,
+        /// The key, dotted.
+        key: String,
+        /// What was expected.
+        reason: String,
+    },
+}
+
+/// Values given on the command line (the top layer).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--bind ADDR`
+    pub bind: Option<String>,
+}
+
+/// Where a loaded configuration came from.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The checked configuration.
+    pub config: Config,
+    /// The file that was read, if any.
+    pub file: Option<PathBuf>,
+}
+
+impl Config {
+    /// Loads and checks the configuration: defaults < `path` (or `./config.toml` if present)
+    /// < `MAILROOM_<SECTION>__<KEY>` environment variables < `overrides`.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Loaded, ConfigError> {
+        let file = match path {
+            Some(p) if !p.exists() => return Err(ConfigError::Missing(p.to_owned())),
+            Some(p) => Some(p.to_owned()),
+            None => Some(PathBuf::from("config.toml")).filter(|p| p.exists()),
+        };
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(f) = &file {
+            fig = fig.merge(Toml::file_exact(f));
+        }
+        // Only SECTION__KEY variables are configuration; MAILROOM_URL and MAILROOM_TOKEN belong
+        // to the command-line client.
+        fig = fig.merge(
+            Env::prefixed("MAILROOM_")
+                .filter(|k| k.as_str().contains("__"))
+                .split("__"),
+        );
+        if let Some(bind) = &overrides.bind {
+            fig = fig.merge(Serialized::default("server.bind", bind));
+        }
+        let config: Config = fig.extract().map_err(|e| {
+            ConfigError::Parse(
+                e.into_iter()
+                    .map(|e| e.to_string().replace("key \"default.", "key \""))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+        })?;
+        let source_name = file
+            .as_ref()
+            .map_or_else(|| "defaults".to_owned(), |f| f.display().to_string());
+        config
+            .check()
+            .map_err(|(key, reason)| ConfigError::Invalid {
+                source_name,
+                key,
+                reason,
+            })?;
+        Ok(Loaded { config, file })
+    }
+
+    /// The routes in effect: the `[routes]` tables, or the default built-in routes.
+    pub fn effective_routes(&self) -> BTreeMap<String, RouteConfig> {
+        if self.routes.is_empty() {
+            DEFAULT_ROUTES
+                .iter()
+                .map(|k| (k.to_string(), RouteConfig::default_for()))
+                .collect()
+        } else {
+            self.routes.clone()
+        }
+    }
+
+    /// Checks ranges and cross-references; `Err((key, what was expected))`.
+    pub fn check(&self) -> Result<(), (String, String)> {
+        let err = |k: &str, r: String| Err((k.to_owned(), r));
+        let s = &self.server;
+        if s.bind.parse::<SocketAddr>().is_err() {
+            return err(
+                "server.bind",
+                format!("expected an address like 127.0.0.1:8080, got {:?}", s.bind),
+            );
+        }
+        if s.workers > 1024 {
+            return err("server.workers", "expected 0 (one per core) to 1024".into());
+        }
+        if s.max_body_bytes == 0 || s.max_body_bytes > 256 * 1024 * 1024 {
+            return err("server.max_body_bytes", "expected 1 to 268435456".into());
+        }
+        if s.max_batch == 0 {
+            return err("server.max_batch", "expected at least 1".into());
+        }
+        if !(1..=128).contains(&s.max_json_depth) {
+            return err("server.max_json_depth", "expected 1 to 128".into());
+        }
+        if s.max_wait_ms > 3_600_000 {
+            return err(
+                "server.max_wait_ms",
+                "expected at most 3600000 (one hour)".into(),
+            );
+        }
+        if s.tokens.iter().any(|t| t.trim().is_empty()) {
+            return err("server.tokens", "tokens must not be empty strings".into());
+        }
+        let d = &self.dispatch;
+        if d.capacity == 0 {
+            return err("dispatch.capacity", "expected at least 1".into());
+        }
+        if d.max_results == 0 {
+            return err("dispatch.max_results", "expected at least 1".into());
+        }
+        if !(1..=64).contains(&self.pools.io.arbiters) {
+            return err("pools.io.arbiters", "expected 1 to 64".into());
+        }
+        if self.pools.io.concurrency == 0 {
+            return err("pools.io.concurrency", "expected at least 1".into());
+        }
+        if self.pools.cpu.threads > 1024 {
+            return err(
+                "pools.cpu.threads",
+                "expected 0 (one per core) to 1024".into(),
+            );
+        }
+        if !(1..=MAX_FETCH_TIMEOUT_MS).contains(&self.fetch.timeout_ms) {
+            return err(
+                "fetch.timeout_ms",
+                format!("expected 1 to {MAX_FETCH_TIMEOUT_MS}"),
+            );
+        }
+        if self.fetch.max_connections == 0 || self.fetch.max_body_bytes == 0 {
+            return err(
+                "fetch",
+                "max_connections and max_body_bytes must be at least 1".into(),
+            );
+        }
+        let routes = self.effective_routes();
+        for (kind, r) in &routes {
+            let at = |k: &str| format!("routes.{kind}.{k}");
+            if !Kind::is_valid(kind) {
+                return Err((
+                    format!("routes.{kind}"),
+                    "a kind is 1 to 64 characters from a-z, 0-9, '_', '.', '-'".into(),
+                ));
+            }
+            let p = r.processor.as_deref().unwrap_or(kind);
+            if !PROCESSORS.contains(&p) {
+                return Err((
+                    at("processor"),
+                    format!("one of {}, got {p:?}", PROCESSORS.join(", ")),
+                ));
+            }
+            if r.capacity == Some(0) || r.concurrency == Some(0) {
+                return Err((
+                    at("capacity"),
+                    "capacity and concurrency must be at least 1".into(),
+                ));
+            }
+            if r.timeout_ms.is_some_and(|t| t == 0 || t > 3_600_000) {
+                return Err((at("timeout_ms"), "expected 1 to 3600000".into()));
+            }
+            if r.retries > 100 {
+                return Err((at("retries"), "expected 0 to 100".into()));
+            }
+        }
+        if let Some(tcp) = &self.sources.tcp {
+            if tcp.bind.parse::<SocketAddr>().is_err() {
+                return err(
+                    "sources.tcp.bind",
+                    format!(
+                        "expected an address like 127.0.0.1:7070, got {:?}",
+                        tcp.bind
+                    ),
+                );
+            }
+        }
+        for (i, sc) in self.schedule.iter().enumerate() {
+            let key = format!("schedule[{i}]");
+            if !routes.contains_key(&sc.kind) {
+                return Err((key, format!("kind {:?} has no route", sc.kind)));
+            }
+            match (sc.every_ms, sc.after_ms) {
+                (Some(0), _) => return Err((key, "every_ms must be at least 1".into())),
+                (Some(_), None) | (None, Some(_)) => {}
+                _ => return Err((key, "set exactly one of every_ms or after_ms".into())),
+            }
+        }
+        Ok(())
+    }
+
+    /// The library's settings for this configuration.
+    pub fn settings(&self) -> Settings {
+        Settings {
+            capacity: self.dispatch.capacity,
+            result_ttl: Duration::from_millis(self.dispatch.result_ttl_ms),
+            max_results: self.dispatch.max_results,
+            max_dead_letters: self.dispatch.max_dead_letters,
+            max_delay: Duration::from_millis(self.dispatch.max_delay_ms),
+            io: IoSettings {
+                arbiters: self.pools.io.arbiters,
+                concurrency: self.pools.io.concurrency,
+            },
+            cpu: CpuSettings {
+                threads: self.pools.cpu.threads,
+            },
+            fetch: FetchSettings {
+                allow_hosts: self.fetch.allow_hosts.clone(),
+                timeout: Duration::from_millis(self.fetch.timeout_ms),
+                max_connections: self.fetch.max_connections,
+                max_body_bytes: self.fetch.max_body_bytes,
+            },
+            ..Settings::default()
+        }
+    }
+
+    /// The routes as library settings.
+    pub fn route_settings(&self) -> Vec<(String, RouteSettings)> {
+        self.effective_routes()
+            .into_iter()
+            .map(|(kind, r)| {
+                let mut rs =
+                    RouteSettings::new(r.processor.clone().unwrap_or_else(|| kind.clone()));
+                rs.capacity = r.capacity;
+                rs.timeout = r.timeout_ms.map(Duration::from_millis);
+                rs.retries = r.retries;
+                rs.backoff = Duration::from_millis(r.backoff_ms);
+                rs.concurrency = r.concurrency;
+                (kind, rs)
+            })
+            .collect()
+    }
+
+    /// The schedules as library values.
+    pub fn schedules(&self) -> Vec<Schedule> {
+        self.schedule
+            .iter()
+            .map(|s| Schedule {
+                kind: s.kind.clone(),
+                payload: s.payload.clone(),
+                when: match (s.every_ms, s.after_ms) {
+                    (Some(e), _) => Every::Interval(Duration::from_millis(e)),
+                    (None, a) => Every::Once(Duration::from_millis(a.unwrap_or(0))),
+                },
+            })
+            .collect()
+    }
+
+    /// The TCP source's limits.
+    pub fn tcp_settings(&self) -> TcpSettings {
+        TcpSettings {
+            max_line_bytes: self.server.max_body_bytes,
+            max_json_depth: self.server.max_json_depth,
+            max_wait: Duration::from_millis(self.server.max_wait_ms),
+        }
+    }
+}
+
+impl RouteConfig {
+    fn default_for() -> RouteConfig {
+        RouteConfig {
+            backoff_ms: default_backoff(),
+            ..RouteConfig::default()
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! Mailroom, the service: the HTTP front end, `config.toml`, the TCP and timer sources, graceful
+//! shutdown and the command-line client, on top of the [`mailroom_actors`] library.
+//!
+//! # Layout
+//!
+//! - [`config`] — the configuration as data, and its layered loader.
+//! - [`api`] — the HTTP handlers, their OpenAPI description and the route table.
+//! - [`problem`] — [`problem::ApiError`], the only error → status table.
+//! - [`metrics`] — the ledger as Prometheus text.
+//! - [`cli`] — the command-line client (`send`, `batch`, `status`, `routes`, …).
+//! - [`run`] — starts everything on given listeners and drains on a shutdown signal; `main.rs`
+//!   only parses flags, sets up logging, binds and calls it, so tests start the real server on
+//!   port 0.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod metrics;
+pub mod problem;
+
+use std::future::Future;
+use std::io;
+use std::net::TcpListener;
+use std::time::Duration;
+
+use actix_web::{middleware, web, App, HttpServer};
+use mailroom_actors::{BuildError, Dispatcher, ShutdownReport, StopAccepting, TcpSource};
+
+use crate::api::AppState;
+use crate::config::Config;
+
+pub use mailroom_actors::source::timer::ScheduleError;
+
+/// The sockets the service listens on, bound before [`run`] so tests can use port 0.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The HTTP API.
+    pub http: TcpListener,
+    /// The newline-delimited JSON source, when `[sources.tcp]` is configured.
+    pub tcp: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds the addresses `config` names.
+    pub fn bind(config: &Config) -> io::Result<Listeners> {
+        let http = TcpListener::bind(&config.server.bind).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot listen on {}: {e}", config.server.bind),
+            )
+        })?;
+        let tcp = match &config.sources.tcp {
+            Some(t) => Some(TcpListener::bind(&t.bind).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot listen on {} (TCP source): {e}", t.bind),
+                )
+            })?),
+            None => None,
+        };
+        Ok(Listeners { http, tcp })
+    }
+}
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The routes or settings were refused by the library.
+    #[error("cannot start the dispatcher: {0}")]
+    Build(#[from] BuildError),
+    /// A schedule names a kind without a route.
+    #[error("cannot start a schedule: {0}")]
+    Schedule(#[from] ScheduleError),
+    /// A listener could not be used.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// Builds the dispatcher that `config` describes (routes and schedules).
+pub fn dispatcher(config: &Config) -> Result<Dispatcher, ServeError> {
+    let mut b = Dispatcher::builder(config.settings());
+    for (kind, route) in config.route_settings() {
+        b = b.route(kind, route);
+    }
+    let d = b.build()?;
+    for s in config.schedules() {
+        d.schedule(s)?;
+    }
+    Ok(d)
+}
+
+/// Runs the service until `shutdown` resolves, then drains: `/readyz` turns false, new
+/// submissions get `503`, queued and running messages get `server.shutdown_timeout_ms` to
+/// finish, the HTTP server stops gracefully, and the drain report is returned (and logged).
+/// Must run inside an actix `System` (`#[actix_web::main]`).
+pub async fn run(
+    listeners: Listeners,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<ShutdownReport, ServeError> {
+    let dispatcher = dispatcher(&config)?;
+    let tcp = match listeners.tcp {
+        Some(l) => Some(TcpSource::start(
+            dispatcher.clone(),
+            l,
+            config.tcp_settings(),
+        )?),
+        None => None,
+    };
+    let s = &config.server;
+    let state = web::Data::new(AppState {
+        dispatcher: dispatcher.clone(),
+        max_body: s.max_body_bytes,
+        max_batch: s.max_batch,
+        max_depth: s.max_json_depth,
+        max_wait: Duration::from_millis(s.max_wait_ms),
+        tokens: s.tokens.clone(),
+    });
+    let workers = if s.workers == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        s.workers
+    };
+    let addr = listeners.http.local_addr()?;
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .wrap(middleware::from_fn(api::auth))
+            .configure(api::configure)
+    })
+    .workers(workers)
+    .disable_signals()
+    .shutdown_timeout(s.shutdown_timeout_ms.div_ceil(1000).max(1))
+    .listen(listeners.http)?
+    .run();
+    let handle = server.handle();
+    let mut serving = actix_rt::spawn(server);
+    tracing::info!(%addr, workers, routes = dispatcher.routes().len(), "mailroom is serving");
+
+    tokio::select! {
+        _ = shutdown => {}
+        res = &mut serving => {
+            tracing::error!(?res, "the HTTP server stopped by itself; draining");
+        }
+    }
+    tracing::info!(
+        in_flight = dispatcher.stats().in_flight(),
+        timeout_ms = s.shutdown_timeout_ms,
+        "shutdown requested: no longer accepting, draining queued and running messages"
+    );
+    if let Some(tcp) = tcp {
+        tcp.do_send(StopAccepting);
+    }
+    let report = dispatcher
+        .shutdown(Duration::from_millis(s.shutdown_timeout_ms))
+        .await;
+    handle.stop(true).await;
+    if report.unfinished.is_empty() {
+        tracing::info!(drained = report.drained, "drained every message; exiting");
+    } else {
+        tracing::warn!(
+            drained = report.drained,
+            unfinished = report.unfinished.len(),
+            ids = ?report.unfinished,
+            "shutdown timeout reached: these messages were cancelled (class shutdown)"
+        );
+    }
+    Ok(report)
+}

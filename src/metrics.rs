@@ -1,0 +1,192 @@
+//! `GET /metrics`: the library's ledger rendered as Prometheus text (format 0.0.4). The metric
+//! names are part of the API contract (DESIGN.md): dashboards and alerts rely on them.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use mailroom_actors::{LedgerSnapshot, Status};
+
+const FINISHED: [Status; 5] = [
+    Status::Completed,
+    Status::Failed,
+    Status::TimedOut,
+    Status::Cancelled,
+    Status::Dead,
+];
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Renders the snapshot.
+pub fn render(s: &LedgerSnapshot) -> String {
+    let mut out = String::with_capacity(4096 + s.kinds.len() * 2048);
+    header(
+        &mut out,
+        "mailroom_messages_accepted_total",
+        "counter",
+        "Messages accepted, by kind.",
+    );
+    for k in &s.kinds {
+        let _ = writeln!(
+            out,
+            "mailroom_messages_accepted_total{{kind=\"{}\"}} {}",
+            k.kind, k.accepted
+        );
+    }
+    header(
+        &mut out,
+        "mailroom_messages_rejected_total",
+        "counter",
+        "Messages refused at admission, by kind and reason (no_route has no kind).",
+    );
+    for k in &s.kinds {
+        for (reason, n) in [
+            ("full", k.rejected.full),
+            ("degraded", k.rejected.degraded),
+            ("draining", k.rejected.draining),
+            ("invalid", k.rejected.invalid),
+        ] {
+            let _ = writeln!(
+                out,
+                "mailroom_messages_rejected_total{{kind=\"{}\",reason=\"{reason}\"}} {n}",
+                k.kind
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "mailroom_messages_rejected_total{{kind=\"\",reason=\"no_route\"}} {}",
+        s.rejected_no_route
+    );
+    header(
+        &mut out,
+        "mailroom_messages_finished_total",
+        "counter",
+        "Messages that reached a terminal state, by kind and status.",
+    );
+    for k in &s.kinds {
+        for st in FINISHED {
+            let _ = writeln!(
+                out,
+                "mailroom_messages_finished_total{{kind=\"{}\",status=\"{st}\"}} {}",
+                k.kind,
+                k.finished_with(st)
+            );
+        }
+    }
+    header(
+        &mut out,
+        "mailroom_messages_retried_total",
+        "counter",
+        "Failed attempts that were retried, by kind.",
+    );
+    for k in &s.kinds {
+        let _ = writeln!(
+            out,
+            "mailroom_messages_retried_total{{kind=\"{}\"}} {}",
+            k.kind, k.retried
+        );
+    }
+    header(
+        &mut out,
+        "mailroom_messages_in_flight",
+        "gauge",
+        "Accepted and not finished (queued + delayed + running), by kind.",
+    );
+    for k in &s.kinds {
+        let _ = writeln!(
+            out,
+            "mailroom_messages_in_flight{{kind=\"{}\"}} {}",
+            k.kind, k.in_flight
+        );
+    }
+    header(
+        &mut out,
+        "mailroom_queue_depth",
+        "gauge",
+        "Messages waiting (queued + delayed), by kind.",
+    );
+    for k in &s.kinds {
+        let _ = writeln!(
+            out,
+            "mailroom_queue_depth{{kind=\"{}\"}} {}",
+            k.kind, k.queue_depth
+        );
+    }
+    header(
+        &mut out,
+        "mailroom_messages_running",
+        "gauge",
+        "Messages running now, by kind.",
+    );
+    for k in &s.kinds {
+        let _ = writeln!(
+            out,
+            "mailroom_messages_running{{kind=\"{}\"}} {}",
+            k.kind, k.running
+        );
+    }
+    header(
+        &mut out,
+        "mailroom_processor_restarts_total",
+        "counter",
+        "Processor restarts after panics, by processor.",
+    );
+    let mut restarts: BTreeMap<&str, u64> = BTreeMap::new();
+    for k in &s.kinds {
+        *restarts.entry(k.processor.as_str()).or_default() += k.restarts;
+    }
+    for (p, n) in restarts {
+        let _ = writeln!(
+            out,
+            "mailroom_processor_restarts_total{{processor=\"{p}\"}} {n}"
+        );
+    }
+    header(
+        &mut out,
+        "mailroom_message_duration_seconds",
+        "histogram",
+        "Time from acceptance to a terminal state, by kind.",
+    );
+    for k in &s.kinds {
+        let h = &k.duration;
+        for (bound, n) in h.bounds.iter().zip(&h.cumulative) {
+            let _ = writeln!(
+                out,
+                "mailroom_message_duration_seconds_bucket{{kind=\"{}\",le=\"{bound}\"}} {n}",
+                k.kind
+            );
+        }
+        let _ = writeln!(
+            out,
+            "mailroom_message_duration_seconds_bucket{{kind=\"{}\",le=\"+Inf\"}} {}",
+            k.kind, h.count
+        );
+        let _ = writeln!(
+            out,
+            "mailroom_message_duration_seconds_sum{{kind=\"{}\"}} {}",
+            k.kind, h.sum_seconds
+        );
+        let _ = writeln!(
+            out,
+            "mailroom_message_duration_seconds_count{{kind=\"{}\"}} {}",
+            k.kind, h.count
+        );
+    }
+    header(
+        &mut out,
+        "mailroom_outcomes_stored",
+        "gauge",
+        "Message records held by the store.",
+    );
+    let _ = writeln!(out, "mailroom_outcomes_stored {}", s.stored);
+    header(
+        &mut out,
+        "mailroom_dead_letters",
+        "gauge",
+        "Dead letters held.",
+    );
+    let _ = writeln!(out, "mailroom_dead_letters {}", s.dead_letters);
+    out
+}

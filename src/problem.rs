@@ -1,0 +1,162 @@
+//! The HTTP edge's only error → status table: every error the API answers is an [`ApiError`],
+//! rendered as `application/problem+json` (RFC 9457: `type`, `title`, `status`, `detail`), with
+//! `Retry-After` on every 503. Nothing here panics; a handler never answers an HTML page.
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use mailroom_actors::{CancelError, Rejected, ReplayError};
+use serde::Serialize;
+
+/// A problem+json body.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// A URI naming the kind of problem.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// A short summary of the kind of problem.
+    pub title: String,
+    /// The HTTP status code.
+    pub status: u16,
+    /// What happened in this case.
+    pub detail: String,
+}
+
+/// Every error the API answers with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: malformed JSON, invalid UTF-8, a missing or mistyped field, nesting too deep.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 401: a missing or wrong bearer token.
+    #[error("a valid bearer token is required (Authorization: Bearer <token>)")]
+    Unauthorized,
+    /// 404: an unknown id or path.
+    #[error("{0}")]
+    NotFound(String),
+    /// 405: the path exists, the method does not.
+    #[error("method not allowed on this path")]
+    MethodNotAllowed,
+    /// 409: a cancel that came too late.
+    #[error("{0}")]
+    Conflict(String),
+    /// 413: a body or a batch over its limit.
+    #[error("{0}")]
+    TooLarge(String),
+    /// 415: the body is not JSON.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// 422: an unknown kind, or a payload its processor rejects.
+    #[error("{0}")]
+    Unprocessable(String),
+    /// 503: a full or degraded route, or the server is draining.
+    #[error("{detail}")]
+    Unavailable {
+        /// What is unavailable.
+        detail: String,
+        /// Seconds after which a retry may succeed.
+        retry_after: u64,
+    },
+}
+
+impl ApiError {
+    fn slug(&self) -> (&'static str, &'static str) {
+        match self {
+            ApiError::BadRequest(_) => ("bad-request", "Bad request"),
+            ApiError::Unauthorized => ("unauthorized", "Unauthorized"),
+            ApiError::NotFound(_) => ("not-found", "Not found"),
+            ApiError::MethodNotAllowed => ("method-not-allowed", "Method not allowed"),
+            ApiError::Conflict(_) => ("conflict", "Conflict"),
+            ApiError::TooLarge(_) => ("too-large", "Payload too large"),
+            ApiError::UnsupportedMediaType(_) => {
+                ("unsupported-media-type", "Unsupported media type")
+            }
+            ApiError::Unprocessable(_) => ("unprocessable", "Unprocessable message"),
+            ApiError::Unavailable { .. } => ("unavailable", "Service unavailable"),
+        }
+    }
+
+    /// The problem body for this error.
+    pub fn problem(&self) -> Problem {
+        let (slug, title) = self.slug();
+        Problem {
+            kind: format!("urn:mailroom:problem:{slug}"),
+            title: title.to_owned(),
+            status: self.status_code().as_u16(),
+            detail: self.to_string(),
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut res = HttpResponse::build(self.status_code());
+        res.content_type("application/problem+json");
+        match self {
+            ApiError::Unavailable { retry_after, .. } => {
+                res.insert_header((header::RETRY_AFTER, retry_after.to_string()));
+            }
+            ApiError::Unauthorized => {
+                res.insert_header((
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"mailroom\""),
+                ));
+            }
+            _ => {}
+        }
+        res.json(self.problem())
+    }
+}
+
+impl From<Rejected> for ApiError {
+    fn from(r: Rejected) -> ApiError {
+        let detail = r.to_string();
+        match r {
+            Rejected::NoRoute(_) | Rejected::Invalid { .. } => ApiError::Unprocessable(detail),
+            Rejected::QueueFull { .. } => ApiError::Unavailable {
+                detail,
+                retry_after: 1,
+            },
+            Rejected::Degraded { retry_after_ms, .. } => ApiError::Unavailable {
+                detail,
+                retry_after: retry_after_ms.div_ceil(1000).max(1),
+            },
+            Rejected::ShuttingDown(_) => ApiError::Unavailable {
+                detail: "the server is shutting down and accepts no new messages".into(),
+                retry_after: 5,
+            },
+        }
+    }
+}
+
+impl From<CancelError> for ApiError {
+    fn from(e: CancelError) -> ApiError {
+        match e {
+            CancelError::Unknown(_) => ApiError::NotFound(e.to_string()),
+            CancelError::TooLate { .. } => ApiError::Conflict(e.to_string()),
+        }
+    }
+}
+
+impl From<ReplayError> for ApiError {
+    fn from(e: ReplayError) -> ApiError {
+        match e {
+            ReplayError::Unknown(_) => ApiError::NotFound(e.to_string()),
+            ReplayError::Rejected(r) => r.into(),
+        }
+    }
+}
