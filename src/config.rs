@@ -300,7 +300,7 @@ impl Config {
         let config: Config = fig.extract().map_err(|e| {
             ConfigError::Parse(
                 e.into_iter()
-                    .map(|e| e.to_string().replace("key \"default.", "key \""))
+                    .map(|e| readable_key(&e.to_string()))
                     .collect::<Vec<_>>()
                     .join("; "),
             )
@@ -511,6 +511,20 @@ impl Config {
             max_wait: Duration::from_millis(self.server.max_wait_ms),
         }
     }
+}
+
+/// Figment names keys like `"default.server.workers"` (file) or `"SERVER.WORKERS"`
+/// (environment); show them as they are written in config.toml: `"server.workers"`.
+fn readable_key(msg: &str) -> String {
+    let Some(start) = msg.find("key \"").map(|i| i + 5) else {
+        return msg.to_owned();
+    };
+    let Some(len) = msg[start..].find('"') else {
+        return msg.to_owned();
+    };
+    let key = msg[start..start + len].to_ascii_lowercase();
+    let key = key.strip_prefix("default.").unwrap_or(&key);
+    format!("{}{}{}", &msg[..start], key, &msg[start + len..])
 }
 
 impl RouteConfig {

@@ -1,0 +1,48 @@
+use serde_json::json;
+
+use crate::common::{config, start};
+
+#[actix_rt::test]
+async fn tokens_guard_every_endpoint_but_health() {
+    let mut c = config();
+    c.server.tokens = vec!["s3cret".into(), "other".into()];
+    let s = start(c).await;
+    let body = || {
+        Some((
+            "application/json",
+            json!({"kind": "echo", "payload": 1})
+                .to_string()
+                .into_bytes(),
+        ))
+    };
+    let r = s
+        .request("POST", "/v1/messages?wait=true", body(), None)
+        .await;
+    r.assert_problem(401);
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Bearer realm=\"mailroom\"")
+    );
+    s.request("POST", "/v1/messages", body(), Some("wrong"))
+        .await
+        .assert_problem(401);
+    s.request("GET", "/metrics", None, None)
+        .await
+        .assert_problem(401);
+    s.request("GET", "/v1/routes", None, Some("s3cre"))
+        .await
+        .assert_problem(401);
+    let ok = s
+        .request("POST", "/v1/messages?wait=true", body(), Some("s3cret"))
+        .await;
+    assert_eq!(ok.body["result"], 1);
+    assert_eq!(
+        s.request("GET", "/v1/routes", None, Some("other"))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(s.get("/healthz").await.status, 200);
+    assert_eq!(s.get("/readyz").await.status, 200);
+    s.stop().await;
+}

@@ -1,0 +1,106 @@
+use serde_json::json;
+
+use crate::common::{config, start};
+
+#[actix_rt::test]
+async fn every_bad_input_gets_its_documented_status_and_the_server_keeps_serving() {
+    let mut c = config();
+    c.server.max_body_bytes = 4096;
+    c.server.max_batch = 3;
+    c.server.max_json_depth = 8;
+    let s = start(c).await;
+    let j = "application/json";
+    let deep = format!(
+        "{{\"kind\":\"echo\",\"payload\":{}1{}}}",
+        "[".repeat(10),
+        "]".repeat(10)
+    );
+    let cases: Vec<(&str, &str, Option<(&str, Vec<u8>)>, u16)> = vec![
+        ("malformed JSON", "/v1/messages", Some((j, b"{\"kind\": ".to_vec())), 400),
+        ("empty body", "/v1/messages", Some((j, vec![])), 400),
+        ("invalid UTF-8", "/v1/messages", Some((j, b"{\"kind\":\"echo\",\"payload\":\"\xff\xfe\"}".to_vec())), 400),
+        ("missing kind", "/v1/messages", Some((j, br#"{"payload": 1}"#.to_vec())), 400),
+        ("mistyped kind", "/v1/messages", Some((j, br#"{"kind": 5}"#.to_vec())), 400),
+        ("unknown field", "/v1/messages", Some((j, br#"{"kind": "echo", "delay": 5}"#.to_vec())), 400),
+        ("not an object", "/v1/messages", Some((j, b"[1,2]".to_vec())), 400),
+        ("nesting too deep", "/v1/messages", Some((j, deep.into_bytes())), 400),
+        ("wrong content type", "/v1/messages", Some(("text/plain", br#"{"kind":"echo"}"#.to_vec())), 415),
+        ("form content type", "/v1/messages", Some(("application/x-www-form-urlencoded", b"kind=echo".to_vec())), 415),
+        ("body over the limit", "/v1/messages", Some((j, format!("{{\"kind\":\"echo\",\"payload\":\"{}\"}}", "x".repeat(5000)).into_bytes())), 413),
+        ("unknown kind", "/v1/messages", Some((j, br#"{"kind": "nope"}"#.to_vec())), 422),
+        ("kind with bad characters", "/v1/messages", Some((j, br#"{"kind": "Echo Me"}"#.to_vec())), 422),
+        ("sleep without ms", "/v1/messages", Some((j, br#"{"kind": "sleep", "payload": {}}"#.to_vec())), 422),
+        ("sleep out of range", "/v1/messages", Some((j, br#"{"kind": "sleep", "payload": {"ms": 3600001}}"#.to_vec())), 422),
+        ("sleep negative", "/v1/messages", Some((j, br#"{"kind": "sleep", "payload": {"ms": -1}}"#.to_vec())), 422),
+        ("primes out of range", "/v1/messages", Some((j, br#"{"kind": "primes", "payload": {"limit": 10000001}}"#.to_vec())), 422),
+        ("primes wrong type", "/v1/messages", Some((j, br#"{"kind": "primes", "payload": {"limit": "many"}}"#.to_vec())), 422),
+        ("hash zero rounds", "/v1/messages", Some((j, br#"{"kind": "hash", "payload": {"data": "x", "rounds": 0}}"#.to_vec())), 422),
+        ("hash data not text", "/v1/messages", Some((j, br#"{"kind": "hash", "payload": {"data": 1, "rounds": 1}}"#.to_vec())), 422),
+        ("fetch not a URL", "/v1/messages", Some((j, br#"{"kind": "fetch", "payload": {"url": "nope"}}"#.to_vec())), 422),
+        ("fetch ftp", "/v1/messages", Some((j, br#"{"kind": "fetch", "payload": {"url": "ftp://example.com/"}}"#.to_vec())), 422),
+        ("fetch loopback literal", "/v1/messages", Some((j, br#"{"kind": "fetch", "payload": {"url": "http://127.0.0.1:1/"}}"#.to_vec())), 422),
+        ("fetch timeout out of range", "/v1/messages", Some((j, br#"{"kind": "fetch", "payload": {"url": "http://example.com/", "timeout_ms": 300001}}"#.to_vec())), 422),
+        ("delay over the limit", "/v1/messages", Some((j, br#"{"kind": "echo", "delay_ms": 86400001}"#.to_vec())), 422),
+        ("timeout zero", "/v1/messages", Some((j, br#"{"kind": "echo", "timeout_ms": 0}"#.to_vec())), 422),
+        ("negative delay", "/v1/messages", Some((j, br#"{"kind": "echo", "delay_ms": -5}"#.to_vec())), 400),
+        ("bad wait flag", "/v1/messages?wait=maybe", Some((j, br#"{"kind": "echo"}"#.to_vec())), 400),
+        ("batch over the limit", "/v1/batch", Some((j, br#"{"messages": [{"kind":"echo"},{"kind":"echo"},{"kind":"echo"},{"kind":"echo"}]}"#.to_vec())), 413),
+        ("batch without messages", "/v1/batch", Some((j, br#"{"msgs": []}"#.to_vec())), 400),
+    ];
+    for (name, path, body, status) in cases {
+        let r = s.request("POST", path, body, None).await;
+        assert_eq!(r.status, status, "{name}: {}", r.text);
+        r.assert_problem(status);
+    }
+    for (name, method, path, status) in [
+        (
+            "unknown id",
+            "GET",
+            "/v1/messages/01M85WFMW30003QCEC9V9P033C",
+            404,
+        ),
+        ("malformed id", "GET", "/v1/messages/not-an-id", 404),
+        (
+            "cancel unknown",
+            "DELETE",
+            "/v1/messages/01M85WFMW30003QCEC9V9P033C",
+            404,
+        ),
+        ("unknown path", "GET", "/v2/nothing", 404),
+        ("wrong method", "PUT", "/v1/messages", 405),
+    ] {
+        let r = s.request(method, path, None, None).await;
+        assert_eq!(r.status, status, "{name}: {}", r.text);
+        r.assert_problem(status);
+    }
+    // Cancelling a finished message is a conflict.
+    let done = s
+        .post(
+            "/v1/messages?wait=true",
+            json!({"kind": "echo", "payload": 1}),
+        )
+        .await;
+    let id = done.body["id"].as_str().unwrap();
+    s.delete(&format!("/v1/messages/{id}"))
+        .await
+        .assert_problem(409);
+    // Still serving, and nothing bad was counted as accepted.
+    let ok = s
+        .post(
+            "/v1/messages?wait=true",
+            json!({"kind": "echo", "payload": "still here"}),
+        )
+        .await;
+    assert_eq!(ok.body["result"], "still here");
+    let m = s.metrics().await;
+    assert_eq!(m["mailroom_messages_accepted_total{kind=\"echo\"}"], 2.0);
+    assert_eq!(
+        m["mailroom_messages_rejected_total{kind=\"\",reason=\"no_route\"}"],
+        2.0
+    );
+    assert_eq!(
+        m["mailroom_messages_rejected_total{kind=\"sleep\",reason=\"invalid\"}"],
+        3.0
+    );
+    s.stop().await;
+}

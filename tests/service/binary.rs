@@ -1,0 +1,294 @@
+//! The built `mailroom` binary, run as a user would: client commands against a live server,
+//! `check-config`, and SIGTERM draining.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::common::{config, start};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mailroom");
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+async fn mailroom(args: Vec<String>, env: Vec<(&'static str, String)>) -> Run {
+    actix_rt::task::spawn_blocking(move || {
+        let out = Command::new(BIN)
+            .args(&args)
+            .env_remove("MAILROOM_URL")
+            .env_remove("MAILROOM_TOKEN")
+            .envs(env)
+            .output()
+            .unwrap();
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    })
+    .await
+    .unwrap()
+}
+
+fn args(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| s.to_string()).collect()
+}
+
+#[actix_rt::test]
+async fn the_client_commands_talk_to_a_live_server() {
+    let s = start(config()).await;
+    let url = s.base.clone();
+    let r = mailroom(
+        args(&["send", "echo", r#"{"a": 1}"#, "--wait", "--url", &url]),
+        vec![],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let out: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(out["result"], json!({"a": 1}));
+    let id = out["id"].as_str().unwrap().to_owned();
+
+    let r = mailroom(args(&["status", &id]), vec![("MAILROOM_URL", url.clone())]).await;
+    assert_eq!(r.code, 0, "MAILROOM_URL stands in for --url: {}", r.stderr);
+    assert_eq!(
+        serde_json::from_str::<Value>(&r.stdout).unwrap()["status"],
+        "completed"
+    );
+
+    let r = mailroom(args(&["send", "nope", "--url", &url]), vec![]).await;
+    assert_eq!(r.code, 1);
+    assert_eq!(
+        serde_json::from_str::<Value>(&r.stdout).unwrap()["status"],
+        422
+    );
+
+    let r = mailroom(args(&["send", "echo", "{not json", "--url", &url]), vec![]).await;
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("the payload is not JSON"), "{}", r.stderr);
+
+    let r = mailroom(args(&["routes", "--url", &url]), vec![]).await;
+    assert_eq!(r.code, 0);
+    assert_eq!(
+        serde_json::from_str::<Value>(&r.stdout).unwrap()["routes"]
+            .as_array()
+            .unwrap()
+            .len(),
+        5
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("batch.ndjson");
+    let mut lines: Vec<String> = (0..40)
+        .map(|i| json!({"kind": "echo", "payload": i}).to_string())
+        .collect();
+    lines.push(json!({"kind": "sleep", "payload": {"ms": 10}}).to_string());
+    lines.push(String::new());
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let r = mailroom(
+        args(&["batch", file.to_str().unwrap(), "--url", &url]),
+        vec![],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let summary: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(summary["messages"], 41);
+    assert_eq!(summary["statuses"], json!({"completed": 41}));
+    assert!(
+        summary["latency_ms"]["p99"].as_f64().unwrap()
+            >= summary["latency_ms"]["p50"].as_f64().unwrap()
+    );
+
+    // Nothing listens on port 1 of loopback: the client says so and exits 2.
+    let r = mailroom(args(&["routes", "--url", "http://127.0.0.1:1"]), vec![]).await;
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("cannot reach"), "{}", r.stderr);
+    s.stop().await;
+}
+
+#[actix_rt::test]
+async fn check_config_reports_good_and_bad_files() {
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml").to_owned();
+    let r = mailroom(args(&["check-config", &shipped]), vec![]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout
+            .contains("ok — serving on 127.0.0.1:8080, 5 routes"),
+        "{}",
+        r.stdout
+    );
+    let r = mailroom(
+        args(&["check-config", &shipped]),
+        vec![("MAILROOM_SERVER__BIND", "127.0.0.1:9100".into())],
+    )
+    .await;
+    assert!(
+        r.stdout.contains("serving on 127.0.0.1:9100"),
+        "the environment overrides the file: {}",
+        r.stdout
+    );
+    let r = mailroom(
+        args(&["check-config", &shipped]),
+        vec![("MAILROOM_SERVER__WORKERS", "lots".into())],
+    )
+    .await;
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("server.workers"), "{}", r.stderr);
+    let r = mailroom(args(&["check-config", "/nonexistent.toml"]), vec![]).await;
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("not found"));
+}
+
+/// Starts `mailroom serve` with `toml` on an ephemeral port; returns the child, its address, and
+/// a channel of its log lines.
+fn serve(
+    toml: &str,
+) -> (
+    std::process::Child,
+    String,
+    mpsc::Receiver<String>,
+    tempfile::TempDir,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, toml).unwrap();
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--config",
+            path.to_str().unwrap(),
+            "--bind",
+            "127.0.0.1:0",
+        ])
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+            if line.contains("mailroom is serving") {
+                let addr = line
+                    .split("addr=")
+                    .nth(1)
+                    .unwrap()
+                    .split(' ')
+                    .next()
+                    .unwrap()
+                    .to_owned();
+                return (child, format!("http://{addr}"), rx, dir);
+            }
+        }
+    }
+    let _ = child.kill();
+    panic!("mailroom serve did not start");
+}
+
+fn collect_until_exit(
+    child: &mut std::process::Child,
+    rx: &mpsc::Receiver<String>,
+    max: Duration,
+) -> (i32, String) {
+    let deadline = Instant::now() + max;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            std::thread::sleep(Duration::from_millis(50));
+            let logs: Vec<String> = rx.try_iter().collect();
+            return (status.code().unwrap_or(-1), logs.join("\n"));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("mailroom did not exit within {max:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+async fn post(url: &str, body: Value) -> (u16, Value) {
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .finish();
+    match client.post(url).send_json(&body).await {
+        Ok(mut res) => (
+            res.status().as_u16(),
+            res.json().await.unwrap_or(Value::Null),
+        ),
+        Err(_) => (0, Value::Null), // listener closed: connection refused
+    }
+}
+
+#[actix_rt::test]
+async fn sigterm_drains_in_flight_messages_and_exits_zero() {
+    let (mut child, base, rx, _dir) = serve("[server]\nshutdown_timeout_ms = 10000\n");
+    for _ in 0..5 {
+        let (status, _) = post(
+            &format!("{base}/v1/messages"),
+            json!({"kind": "sleep", "payload": {"ms": 400}}),
+        )
+        .await;
+        assert_eq!(status, 202);
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    // While draining: not ready, and new submissions are refused (503, or the connection once
+    // the listener has closed).
+    actix_rt::time::sleep(Duration::from_millis(100)).await;
+    let (status, body) = post(&format!("{base}/v1/messages"), json!({"kind": "echo"})).await;
+    assert!(status == 503 || status == 0, "{status} {body}");
+    let (code, logs) = actix_rt::task::spawn_blocking(move || {
+        collect_until_exit(&mut child, &rx, Duration::from_secs(15))
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{logs}");
+    assert!(logs.contains("SIGTERM received"), "{logs}");
+    assert!(
+        logs.contains("drained every message; exiting drained=5"),
+        "{logs}"
+    );
+}
+
+#[actix_rt::test]
+async fn sigterm_past_the_timeout_cancels_what_is_left_and_still_exits_zero() {
+    let (mut child, base, rx, _dir) = serve("[server]\nshutdown_timeout_ms = 300\n");
+    let (status, accepted) = post(
+        &format!("{base}/v1/messages"),
+        json!({"kind": "sleep", "payload": {"ms": 60000}}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let id = accepted["id"].as_str().unwrap().to_owned();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let started = Instant::now();
+    let (code, logs) = actix_rt::task::spawn_blocking(move || {
+        collect_until_exit(&mut child, &rx, Duration::from_secs(15))
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{logs}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(logs.contains("shutdown timeout reached"), "{logs}");
+    assert!(
+        logs.contains(&id),
+        "the log names the message it could not finish: {logs}"
+    );
+}

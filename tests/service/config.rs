@@ -1,0 +1,100 @@
+use std::path::{Path, PathBuf};
+
+use mailroom::config::{Config, ConfigError, Overrides};
+
+fn write(name: &str, text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    (dir, path)
+}
+
+fn load_err(text: &str) -> String {
+    let (_dir, path) = write("bad.toml", text);
+    let err = Config::load(Some(&path), &Overrides::default()).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("bad.toml"),
+        "the message names the file: {msg}"
+    );
+    msg
+}
+
+#[test]
+fn the_shipped_config_toml_parses_and_means_what_it_says() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
+    let loaded = Config::load(Some(&path), &Overrides::default()).unwrap();
+    let c = loaded.config;
+    assert_eq!(c.server.bind, "127.0.0.1:8080");
+    assert_eq!(c.server.max_body_bytes, 1_048_576);
+    assert_eq!(c.dispatch.capacity, 10_000);
+    let kinds: Vec<_> = c.effective_routes().into_keys().collect();
+    assert_eq!(
+        kinds,
+        ["echo", "fetch", "hash", "primes", "sleep"],
+        "every built-in but chaos"
+    );
+    assert_eq!(c.sources.tcp.unwrap().bind, "127.0.0.1:7070");
+    assert!(c.schedule.is_empty());
+}
+
+#[test]
+fn flags_override_the_file() {
+    let (_d, path) = write("c.toml", "[server]\nbind = \"127.0.0.1:9001\"\n");
+    let c = Config::load(
+        Some(&path),
+        &Overrides {
+            bind: Some("127.0.0.1:9002".into()),
+        },
+    )
+    .unwrap();
+    assert_eq!(c.config.server.bind, "127.0.0.1:9002");
+}
+
+#[test]
+fn unknown_keys_and_bad_values_name_the_file_the_key_and_the_expectation() {
+    let msg = load_err("[server]\nbindd = \"127.0.0.1:1\"\n");
+    assert!(msg.contains("bindd") && msg.contains("server"), "{msg}");
+    let msg = load_err("[server]\nworkers = \"many\"\n");
+    assert!(
+        msg.contains("server.workers") && msg.contains("expected"),
+        "{msg}"
+    );
+    let msg = load_err("[sever]\nbind = \"x\"\n");
+    assert!(msg.contains("sever"), "{msg}");
+    let msg = load_err("[server]\nmax_json_depth = 0\n");
+    assert!(
+        msg.contains("server.max_json_depth: expected 1 to 128"),
+        "{msg}"
+    );
+    let msg = load_err("[server]\nbind = \"localhost\"\n");
+    assert!(msg.contains("server.bind"), "{msg}");
+    let msg = load_err("[routes.x]\nprocessor = \"teleport\"\n");
+    assert!(
+        msg.contains("routes.x.processor") && msg.contains("teleport"),
+        "{msg}"
+    );
+    let msg = load_err("[routes.x]\nprocessor = \"echo\"\nretry = 2\n");
+    assert!(msg.contains("retry"), "{msg}");
+    let msg = load_err("[[schedule]]\nkind = \"echo\"\nevery_ms = 10\nafter_ms = 10\n");
+    assert!(
+        msg.contains("schedule[0]") && msg.contains("exactly one"),
+        "{msg}"
+    );
+    let msg = load_err("[[schedule]]\nkind = \"nope\"\nevery_ms = 10\n");
+    assert!(msg.contains("has no route"), "{msg}");
+}
+
+#[test]
+fn a_missing_file_is_an_error() {
+    let err = Config::load(
+        Some(Path::new("/nonexistent/mailroom.toml")),
+        &Overrides::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, ConfigError::Missing(_)));
+    assert_eq!(
+        err.to_string(),
+        "config file /nonexistent/mailroom.toml not found"
+    );
+}

@@ -1,0 +1,12 @@
+//! Tests of the service as its users see it: the real server started on 127.0.0.1 port 0, real
+//! HTTP and TCP, the built binary for the command line and for signals.
+
+mod common;
+
+mod api;
+mod auth;
+mod backpressure;
+mod bad_input;
+mod binary;
+mod config;
+mod tcp;

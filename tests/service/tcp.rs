@@ -1,0 +1,102 @@
+use std::time::Duration;
+
+use mailroom::config::TcpConfig;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use crate::common::{config, start};
+
+#[actix_rt::test]
+async fn tcp_lines_get_one_answer_each_and_bad_lines_do_not_close_the_connection() {
+    let mut c = config();
+    c.sources.tcp = Some(TcpConfig {
+        bind: "127.0.0.1:0".into(),
+    });
+    c.server.max_body_bytes = 2048;
+    let s = start(c).await;
+    let stream = tokio::net::TcpStream::connect(s.tcp.unwrap())
+        .await
+        .unwrap();
+    let (read, mut write) = stream.into_split();
+    let long = format!(
+        "{{\"kind\":\"echo\",\"payload\":\"{}\"}}\n",
+        "x".repeat(3000)
+    );
+    let input = format!(
+        "{}\n{}\nnot json at all\n{}\n{long}{}\n\n{}\n",
+        json!({"kind": "sleep", "payload": {"ms": 80}, "ref": "slow"}),
+        json!({"kind": "echo", "payload": {"n": 1}, "ref": 1}),
+        json!({"kind": "nope", "ref": "unknown"}),
+        json!({"kind": "sleep", "payload": {"ms": "x"}, "ref": "bad"}),
+        json!({"kind": "echo", "payload": "last", "ref": [1, 2]}),
+    );
+    write.write_all(input.as_bytes()).await.unwrap();
+    write.shutdown().await.unwrap();
+    let mut lines = BufReader::new(read).lines();
+    let mut answers = Vec::new();
+    while let Some(line) = actix_rt::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        answers.push(serde_json::from_str::<Value>(&line).unwrap());
+    }
+    assert_eq!(answers.len(), 7, "{answers:#?}");
+    let by_ref = |r: Value| {
+        answers
+            .iter()
+            .find(|a| a["ref"] == r)
+            .unwrap_or_else(|| panic!("no answer for {r}"))
+    };
+    assert_eq!(by_ref(json!("slow"))["result"], json!({"slept_ms": 80}));
+    assert_eq!(by_ref(json!(1))["result"], json!({"n": 1}));
+    assert_eq!(by_ref(json!(1))["source"], "tcp");
+    assert_eq!(by_ref(json!("unknown"))["code"], 422);
+    assert_eq!(by_ref(json!("bad"))["status"], "rejected");
+    assert_eq!(by_ref(json!([1, 2]))["result"], "last");
+    let rejected_without_ref: Vec<_> = answers.iter().filter(|a| a["ref"].is_null()).collect();
+    assert_eq!(
+        rejected_without_ref.len(),
+        2,
+        "the non-JSON line and the over-long line"
+    );
+    assert!(rejected_without_ref.iter().any(|a| a["code"] == 413));
+    assert!(rejected_without_ref.iter().any(|a| a["code"] == 400));
+    // The slow one was sent first but finishes last: answers come back as they finish.
+    assert_eq!(answers.last().unwrap()["ref"], "slow");
+    s.stop().await;
+}
+
+#[actix_rt::test]
+async fn many_tcp_connections_at_once() {
+    let mut c = config();
+    c.sources.tcp = Some(TcpConfig {
+        bind: "127.0.0.1:0".into(),
+    });
+    let s = start(c).await;
+    let addr = s.tcp.unwrap();
+    let clients = (0..20).map(|conn| async move {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (read, mut write) = stream.into_split();
+        for i in 0..10 {
+            let line = json!({"kind": "echo", "payload": [conn, i], "ref": i});
+            write
+                .write_all(format!("{line}\n").as_bytes())
+                .await
+                .unwrap();
+        }
+        write.shutdown().await.unwrap();
+        let mut lines = BufReader::new(read).lines();
+        let mut n = 0;
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let v: Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(v["result"], json!([conn, v["ref"]]));
+            n += 1;
+        }
+        n
+    });
+    let counts = futures_util::future::join_all(clients).await;
+    assert!(counts.iter().all(|&n| n == 10), "{counts:?}");
+    assert_eq!(s.ledger_identity("echo").await, 200.0);
+    s.stop().await;
+}
