@@ -167,7 +167,7 @@ async fn batch_gathers_in_order_and_a_bad_item_sinks_nothing() {
             json!({"messages": [{"kind": "echo", "payload": 1}]}),
         )
         .await;
-    assert_eq!(r.body["results"][0]["status"].as_str().is_some(), true);
+    assert!(r.body["results"][0]["status"].is_string());
     assert!(r.body["results"][0]["id"].is_string());
     s.stop().await;
 }

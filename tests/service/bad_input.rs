@@ -15,7 +15,8 @@ async fn every_bad_input_gets_its_documented_status_and_the_server_keeps_serving
         "[".repeat(10),
         "]".repeat(10)
     );
-    let cases: Vec<(&str, &str, Option<(&str, Vec<u8>)>, u16)> = vec![
+    type Case<'a> = (&'a str, &'a str, Option<(&'a str, Vec<u8>)>, u16);
+    let cases: Vec<Case> = vec![
         ("malformed JSON", "/v1/messages", Some((j, b"{\"kind\": ".to_vec())), 400),
         ("empty body", "/v1/messages", Some((j, vec![])), 400),
         ("invalid UTF-8", "/v1/messages", Some((j, b"{\"kind\":\"echo\",\"payload\":\"\xff\xfe\"}".to_vec())), 400),

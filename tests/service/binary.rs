@@ -195,6 +195,7 @@ fn serve(
         }
     }
     let _ = child.kill();
+    let _ = child.wait();
     panic!("mailroom serve did not start");
 }
 
