@@ -420,6 +420,9 @@ impl Config {
             if r.retries > 100 {
                 return Err((at("retries"), "expected 0 to 100".into()));
             }
+            if r.backoff_ms > 3_600_000 {
+                return Err((at("backoff_ms"), "expected 0 to 3600000".into()));
+            }
         }
         if let Some(tcp) = &self.sources.tcp {
             if tcp.bind.parse::<SocketAddr>().is_err() {

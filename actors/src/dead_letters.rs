@@ -49,14 +49,16 @@ impl DeadLetters {
         }
     }
 
-    pub(crate) fn push(&self, dl: DeadLetter) {
+    /// Files a dead letter; when the list is full the oldest is dropped and returned.
+    pub(crate) fn push(&self, dl: DeadLetter) -> Option<DeadLetter> {
         let mut list = self.list.lock();
-        if list.len() >= self.cap {
-            if let Some(old) = list.pop_front() {
-                tracing::warn!(id = %old.id, kind = %old.kind, "dead letters are full: dropped the oldest");
-            }
-        }
+        let dropped = if list.len() >= self.cap {
+            list.pop_front()
+        } else {
+            None
+        };
         list.push_back(dl);
+        dropped
     }
 
     pub(crate) fn list(&self) -> Vec<DeadLetter> {

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
@@ -46,6 +46,27 @@ pub(crate) struct Core {
     pub epoch: Instant,
     pub io_arbiters: Vec<ArbiterHandle>,
     pub timers: Mutex<Vec<Addr<TimerSource>>>,
+    /// Admissions between their `draining` check and their hand-off to the router; shutdown
+    /// waits for these so a message accepted just as draining begins is still drained.
+    pub admitting: AtomicU64,
+    /// Set when shutdown begins: the moment after which nothing more may run.
+    pub drain_deadline: Mutex<Option<Instant>>,
+}
+
+/// Counts an admission in progress for as long as it lives.
+pub(crate) struct Admitting<'a>(&'a AtomicU64);
+
+impl<'a> Admitting<'a> {
+    fn enter(counter: &'a AtomicU64) -> Admitting<'a> {
+        counter.fetch_add(1, SeqCst);
+        Admitting(counter)
+    }
+}
+
+impl Drop for Admitting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, SeqCst);
+    }
 }
 
 impl Core {
@@ -66,9 +87,9 @@ impl Core {
         result: Option<serde_json::Value>,
         error: Option<ErrorInfo>,
     ) -> Option<Arc<Outcome>> {
-        let outcome = self.store.finish(ticket, status, result, error)?;
-        self.count_finished(&self.routes[route].stats, &outcome);
-        Some(outcome)
+        let finished = self.store.finish(ticket, status, result, error)?;
+        self.count_finished(&self.routes[route].stats, finished.outcome());
+        Some(finished.publish())
     }
 
     fn count_finished(&self, stats: &RouteStats, outcome: &Outcome) {
@@ -83,7 +104,7 @@ impl Core {
     /// already finished (a shutdown raced it).
     pub(crate) fn bury(&self, env: Envelope, error: ErrorInfo) {
         let (id, kind, route, attempts) = (env.id, env.kind, env.route, env.attempt);
-        self.dead.push(DeadLetter {
+        let dropped = self.dead.push(DeadLetter {
             id,
             kind,
             payload: env.payload,
@@ -98,8 +119,14 @@ impl Core {
             .is_some()
         {
             tracing::warn!(%id, %kind, attempts, "message is dead after its last attempt");
+            if let Some(old) = dropped {
+                tracing::warn!(id = %old.id, kind = %old.kind, "dead letters are full: dropped the oldest");
+            }
         } else {
             self.dead.take(id);
+            if let Some(old) = dropped {
+                self.dead.restore(old);
+            }
         }
     }
 
@@ -113,8 +140,24 @@ impl Core {
         let n = env.history.len().max(1) as u32;
         let full = route.backoff.saturating_mul(1u32 << (n - 1).min(16));
         let half = full / 2;
-        let jitter = Duration::from_nanos(fastrand::u64(0..=half.as_nanos() as u64));
-        env.not_before = Some(Instant::now() + half + jitter);
+        let jitter = Duration::from_nanos(fastrand::u64(
+            0..=half.as_nanos().min(u64::MAX as u128) as u64,
+        ));
+        let due = Instant::now().checked_add(half + jitter);
+        // While draining, a retry that cannot come due before the deadline ends now.
+        let deadline = *self.drain_deadline.lock();
+        if let (Some(deadline), Some(due)) = (deadline, due) {
+            if due > deadline {
+                let error = ErrorInfo::new(
+                    ErrorClass::Shutdown,
+                    "the dispatcher shut down before the retry was due",
+                );
+                self.finish(env.route, &env.ticket, Status::Cancelled, None, Some(error));
+                return;
+            }
+        }
+        env.not_before =
+            Some(due.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365)));
         self.router().do_send(Dispatch(env));
     }
 
@@ -124,7 +167,7 @@ impl Core {
             return Err(Rejected::NoRoute(Box::new(msg)));
         };
         let route = &self.routes[index];
-        if self.draining.load(Relaxed) {
+        if self.draining.load(SeqCst) {
             route.stats.rejected(RejectReason::Draining);
             return Err(Rejected::ShuttingDown(Box::new(msg)));
         }
@@ -299,6 +342,7 @@ impl Dispatcher {
     /// Submits a message and returns its id once it is accepted. With an idempotency key that is
     /// already known, returns the earlier message's id.
     pub fn submit(&self, msg: Message) -> Result<MessageId, Rejected> {
+        let _admitting = Admitting::enter(&self.core.admitting);
         match self.core.admit(msg, None)? {
             Admitted::New(env) => {
                 let id = env.id;
@@ -343,6 +387,7 @@ impl Dispatcher {
             .get(&*msg.kind)
             .map(|&i| self.core.routes[i].kind);
         let (waiter, rx) = Waiter::channel();
+        let admitting = Admitting::enter(&self.core.admitting);
         let id = match self.core.admit(msg, Some(waiter))? {
             Admitted::New(env) => {
                 let id = env.id;
@@ -351,6 +396,7 @@ impl Dispatcher {
             }
             Admitted::Duplicate(id) => id,
         };
+        drop(admitting);
         Ok(match actix_rt::time::timeout(max, rx).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(_)) => Arc::new(lost_outcome(id, kind.expect("admitted, so routed"))),
@@ -378,6 +424,7 @@ impl Dispatcher {
         // workers start while admission is still going (pipelining across threads).
         const CHUNK: usize = 256;
         let mut batch = Vec::with_capacity(CHUNK.min(n));
+        let admitting = Admitting::enter(&self.core.admitting);
         for (i, msg) in msgs.into_iter().enumerate() {
             match self.core.admit(msg, Some(Waiter::slot(&gathered, i))) {
                 Ok(Admitted::New(env)) => {
@@ -397,6 +444,7 @@ impl Dispatcher {
         if !batch.is_empty() {
             self.core.router().do_send(DispatchBatch(batch));
         }
+        drop(admitting);
         poll_fn(|cx| gathered.poll_done(cx)).await;
         let mut rejected = rejected.into_iter().peekable();
         (0..n)
@@ -427,15 +475,15 @@ impl Dispatcher {
 
     /// Cancels a queued or delayed message. Running and finished messages cannot be cancelled.
     pub fn cancel(&self, id: MessageId) -> Result<Arc<Outcome>, CancelError> {
-        let outcome = self.core.store.cancel(
+        let finished = self.core.store.cancel(
             id,
             ErrorInfo::new(ErrorClass::Cancelled, "cancelled before it ran"),
         )?;
-        if let Some(route) = self.core.route_of(outcome.kind) {
-            self.core.count_finished(&route.stats, &outcome);
+        if let Some(route) = self.core.route_of(finished.outcome().kind) {
+            self.core.count_finished(&route.stats, finished.outcome());
         }
         self.core.router().do_send(Forget(id));
-        Ok(outcome)
+        Ok(finished.publish())
     }
 
     /// The routing table with live queue depths and restart counts.
@@ -520,7 +568,13 @@ impl Dispatcher {
     /// terminal state.
     pub async fn shutdown(&self, deadline: Duration) -> ShutdownReport {
         let started = Instant::now();
-        self.core.draining.store(true, Relaxed);
+        *self.core.drain_deadline.lock() = Some(started + deadline);
+        self.core.draining.store(true, SeqCst);
+        // Admissions that passed the draining check before it was set finish handing their
+        // message to the router; after this no new message can be accepted.
+        while self.core.admitting.load(SeqCst) > 0 {
+            std::thread::yield_now();
+        }
         for timer in self.core.timers.lock().drain(..) {
             timer.do_send(crate::source::timer::StopTimer);
         }
@@ -542,14 +596,15 @@ impl Dispatcher {
             let Some(ticket) = self.core.store.ticket(id) else {
                 continue;
             };
-            if let Some(o) = self
+            if let Some(f) = self
                 .core
                 .store
                 .finish(&ticket, Status::Cancelled, None, Some(error))
             {
-                if let Some(route) = self.core.route_of(o.kind) {
-                    self.core.count_finished(&route.stats, &o);
+                if let Some(route) = self.core.route_of(f.outcome().kind) {
+                    self.core.count_finished(&route.stats, f.outcome());
                 }
+                f.publish();
                 unfinished.push(id);
             }
         }
@@ -728,6 +783,8 @@ impl DispatcherBuilder {
             epoch: Instant::now(),
             io_arbiters,
             timers: Mutex::new(Vec::new()),
+            admitting: AtomicU64::new(0),
+            drain_deadline: Mutex::new(None),
         });
         let pool = (!cpu_makes.is_empty()).then(|| {
             let cpu_makes = Arc::new(cpu_makes);

@@ -68,6 +68,14 @@ impl Waiter {
         Waiter(WaiterKind::Slot(g.clone(), index))
     }
 
+    /// Whether nobody is listening any more (a `wait` that timed out, a client that left).
+    fn is_abandoned(&self) -> bool {
+        match &self.0 {
+            WaiterKind::Once(tx) => tx.is_closed(),
+            WaiterKind::Slot(..) => false,
+        }
+    }
+
     /// Hands the outcome to the waiter (a waiter that went away is ignored).
     pub fn notify(self, outcome: &Arc<Outcome>) {
         match self.0 {
@@ -155,6 +163,45 @@ impl Ticket {
     }
 }
 
+/// A terminal transition that has happened but has not been announced yet: the caller records
+/// it (e.g. in the ledger) and then [`Finished::publish`]es it to the waiters, so whoever is woken
+/// by an outcome also sees it counted. Dropping it publishes too.
+pub struct Finished {
+    outcome: Arc<Outcome>,
+    waiters: Option<Waiters>,
+}
+
+impl Finished {
+    /// The outcome.
+    pub fn outcome(&self) -> &Arc<Outcome> {
+        &self.outcome
+    }
+
+    /// Tells the waiters and returns the outcome.
+    pub fn publish(mut self) -> Arc<Outcome> {
+        if let Some(w) = self.waiters.take() {
+            w.notify(&self.outcome);
+        }
+        self.outcome.clone()
+    }
+}
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        if let Some(w) = self.waiters.take() {
+            w.notify(&self.outcome);
+        }
+    }
+}
+
+impl std::fmt::Debug for Finished {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Finished")
+            .field("outcome", &self.outcome)
+            .finish()
+    }
+}
+
 /// Where message state lives. Implementations must make each transition atomic per message.
 pub trait Store: Send + Sync + 'static {
     /// Records a newly accepted message (queued, or delayed), with an optional first waiter.
@@ -170,19 +217,19 @@ pub trait Store: Send + Sync + 'static {
     fn start(&self, ticket: &Ticket) -> Result<u32, Status>;
     /// running → delayed, for a retry. Returns false if the message is no longer running.
     fn requeue(&self, ticket: &Ticket) -> bool;
-    /// Any unfinished state → `status` (terminal). Returns the outcome if this call made the
-    /// transition, `None` if the message had already finished.
+    /// Any unfinished state → `status` (terminal). Returns the transition, to be published, if
+    /// this call made it; `None` if the message had already finished.
     fn finish(
         &self,
         ticket: &Ticket,
         status: Status,
         result: Option<Value>,
         error: Option<ErrorInfo>,
-    ) -> Option<Arc<Outcome>>;
+    ) -> Option<Finished>;
     /// The ticket of a message that is still held (`None` if unknown or evicted).
     fn ticket(&self, id: MessageId) -> Option<Ticket>;
     /// queued | delayed → cancelled. Running and finished messages cannot be cancelled.
-    fn cancel(&self, id: MessageId, error: ErrorInfo) -> Result<Arc<Outcome>, CancelError>;
+    fn cancel(&self, id: MessageId, error: ErrorInfo) -> Result<Finished, CancelError>;
     /// The message's current state.
     fn get(&self, id: MessageId) -> Option<Arc<Outcome>>;
     /// Adds a waiter to a message: told at once if it has finished, else when it finishes.
@@ -228,11 +275,15 @@ enum Waiters {
 }
 
 impl Waiters {
+    /// Adds a waiter, first dropping the ones nobody listens to any more, so repeated
+    /// long-polls of a slow message do not pile up.
     fn add(&mut self, w: Waiter) {
         *self = match std::mem::replace(self, Waiters::None) {
             Waiters::None => Waiters::One(w),
+            Waiters::One(a) if a.is_abandoned() => Waiters::One(w),
             Waiters::One(a) => Waiters::Many(vec![a, w]),
             Waiters::Many(mut v) => {
+                v.retain(|x| !x.is_abandoned());
                 v.push(w);
                 Waiters::Many(v)
             }
@@ -362,12 +413,21 @@ impl MemoryStore {
             .expect("a MemoryStore is only handed its own tickets")
     }
 
-    /// Publishes a terminal transition: files the id for eviction, then tells the waiters
-    /// (outside every lock). Eviction itself happens on the admission side (in `insert`) and in
-    /// `sweep`, so the thread that finishes messages does not also pay for freeing old ones.
-    fn ended(&self, id: MessageId, outcome: &Arc<Outcome>, waiters: Waiters, now: Instant) {
+    /// Files a finished id for eviction. Eviction itself happens on the admission side (in
+    /// `insert`) and in `sweep`, so the thread that finishes messages does not also pay for
+    /// freeing old ones. The waiters are told by the returned [`Finished`].
+    fn ended(
+        &self,
+        id: MessageId,
+        outcome: Arc<Outcome>,
+        waiters: Waiters,
+        now: Instant,
+    ) -> Finished {
         self.shard(id).lock().finished.push_back((now, id));
-        waiters.notify(outcome);
+        Finished {
+            outcome,
+            waiters: Some(waiters),
+        }
     }
 
     /// Takes finished cells past the TTL or the count bound out of the index. They are dropped
@@ -408,8 +468,10 @@ impl Store for MemoryStore {
         rec: NewRecord,
         waiter: Option<Waiter>,
     ) -> Result<Ticket, (MessageId, Option<Waiter>)> {
-        if let Some(key) = &rec.key {
-            let mut keys = self.keys.lock();
+        // The keys lock is held until the record is in its shard, so two submissions with the
+        // same key cannot both be accepted (lock order: keys, then shard).
+        let mut keys = rec.key.as_ref().map(|_| self.keys.lock());
+        if let (Some(keys), Some(key)) = (keys.as_mut(), &rec.key) {
             let k = (rec.kind, key.clone());
             if let Some(&existing) = keys.get(&k) {
                 // A key whose record was just evicted no longer counts.
@@ -445,6 +507,7 @@ impl Store for MemoryStore {
             shard.cells.insert(rec.id, cell.clone());
             self.evict(&mut shard, rec.accepted, &mut evicted);
         }
+        drop(keys);
         self.forget(evicted);
         Ok(Ticket::new(rec.id, cell))
     }
@@ -478,22 +541,21 @@ impl Store for MemoryStore {
         status: Status,
         result: Option<Value>,
         error: Option<ErrorInfo>,
-    ) -> Option<Arc<Outcome>> {
+    ) -> Option<Finished> {
         debug_assert!(status.is_terminal());
         let now = Instant::now();
         let (outcome, waiters) = self
             .cell_of(ticket)
             .end(status, result, error, |s| !s.is_terminal(), now)
             .ok()?;
-        self.ended(ticket.id, &outcome, waiters, now);
-        Some(outcome)
+        Some(self.ended(ticket.id, outcome, waiters, now))
     }
 
     fn ticket(&self, id: MessageId) -> Option<Ticket> {
         self.cell(id).map(|c| Ticket::new(id, c))
     }
 
-    fn cancel(&self, id: MessageId, error: ErrorInfo) -> Result<Arc<Outcome>, CancelError> {
+    fn cancel(&self, id: MessageId, error: ErrorInfo) -> Result<Finished, CancelError> {
         let cell = self.cell(id).ok_or(CancelError::Unknown(id))?;
         let now = Instant::now();
         let (outcome, waiters) = cell
@@ -505,8 +567,7 @@ impl Store for MemoryStore {
                 now,
             )
             .map_err(|status| CancelError::TooLate { id, status })?;
-        self.ended(id, &outcome, waiters, now);
-        Ok(outcome)
+        Ok(self.ended(id, outcome, waiters, now))
     }
 
     fn get(&self, id: MessageId) -> Option<Arc<Outcome>> {
@@ -591,11 +652,14 @@ mod tests {
         assert_eq!(store.start(&t), Err(Status::Running));
         let o = store
             .finish(&t, Status::Completed, Some(Value::from(1)), None)
-            .expect("first finish wins");
+            .expect("first finish wins")
+            .publish();
         assert_eq!(o.status, Status::Completed);
         assert!(store.finish(&t, Status::Failed, None, None).is_none());
         assert_eq!(
-            store.cancel(id, ErrorInfo::new(crate::ErrorClass::Cancelled, "x")),
+            store
+                .cancel(id, ErrorInfo::new(crate::ErrorClass::Cancelled, "x"))
+                .map(|f| f.publish()),
             Err(CancelError::TooLate {
                 id,
                 status: Status::Completed
@@ -621,6 +685,36 @@ mod tests {
         let gone = ids.iter().position(|id| store.get(*id).is_none()).unwrap();
         let kind = Kind::new("echo").unwrap();
         assert!(!store.keys.lock().contains_key(&(kind, format!("k{gone}"))));
+    }
+
+    #[test]
+    fn abandoned_waiters_do_not_pile_up() {
+        let store = MemoryStore::new(Duration::from_secs(60), 100);
+        let r = rec("sleep", None);
+        let id = r.id;
+        store.insert(r, None).unwrap();
+        let (keep, mut kept) = Waiter::channel();
+        store.watch(id, keep).unwrap();
+        for _ in 0..1000 {
+            let (w, rx) = Waiter::channel();
+            store.watch(id, w).unwrap();
+            drop(rx); // a long-poll that timed out
+        }
+        let cell = store.cell(id).unwrap();
+        let held = match &cell.state.lock().waiters {
+            Waiters::None => 0,
+            Waiters::One(_) => 1,
+            Waiters::Many(v) => v.len(),
+        };
+        assert!(held <= 2, "{held} waiters held");
+        store
+            .cancel(id, ErrorInfo::new(crate::ErrorClass::Cancelled, "x"))
+            .unwrap();
+        assert_eq!(
+            kept.try_recv().unwrap().status,
+            Status::Cancelled,
+            "the live waiter is told"
+        );
     }
 
     #[test]

@@ -145,19 +145,22 @@ async fn check_config_reports_good_and_bad_files() {
     assert!(r.stderr.contains("not found"));
 }
 
-/// Starts `mailroom serve` with `toml` on an ephemeral port; returns the child, its address, and
-/// a channel of its log lines.
-fn serve(
-    toml: &str,
-) -> (
-    std::process::Child,
-    String,
-    mpsc::Receiver<String>,
-    tempfile::TempDir,
-) {
+/// A `mailroom serve` child process on ephemeral ports.
+struct Served {
+    child: std::process::Child,
+    base: String,
+    tcp: Option<String>,
+    logs: mpsc::Receiver<String>,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts `mailroom serve` with `toml` on ephemeral ports (HTTP always; TCP when the config has
+/// `[sources.tcp]`), reading the addresses from its log.
+fn serve(toml: &str) -> Served {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.toml");
     std::fs::write(&path, toml).unwrap();
+    let want_tcp = toml.contains("[sources.tcp]");
     let mut child = Command::new(BIN)
         .args([
             "serve",
@@ -178,25 +181,45 @@ fn serve(
             let _ = tx.send(line);
         }
     });
+    let addr_in = |line: &str| {
+        line.split("addr=")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    let (mut base, mut tcp) = (None, None);
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
             if line.contains("mailroom is serving") {
-                let addr = line
-                    .split("addr=")
-                    .nth(1)
-                    .unwrap()
-                    .split(' ')
-                    .next()
-                    .unwrap()
-                    .to_owned();
-                return (child, format!("http://{addr}"), rx, dir);
+                base = Some(format!("http://{}", addr_in(&line)));
+            } else if line.contains("TCP source listening") {
+                tcp = Some(addr_in(&line));
             }
+        }
+        if let Some(base) = base.clone().filter(|_| tcp.is_some() || !want_tcp) {
+            return Served {
+                child,
+                base,
+                tcp,
+                logs: rx,
+                _dir: dir,
+            };
         }
     }
     let _ = child.kill();
     let _ = child.wait();
     panic!("mailroom serve did not start");
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn collect_until_exit(
@@ -234,7 +257,8 @@ async fn post(url: &str, body: Value) -> (u16, Value) {
 
 #[actix_rt::test]
 async fn sigterm_drains_in_flight_messages_and_exits_zero() {
-    let (mut child, base, rx, _dir) = serve("[server]\nshutdown_timeout_ms = 10000\n");
+    let mut served = serve("[server]\nshutdown_timeout_ms = 10000\n");
+    let base = served.base.clone();
     for _ in 0..5 {
         let (status, _) = post(
             &format!("{base}/v1/messages"),
@@ -244,7 +268,7 @@ async fn sigterm_drains_in_flight_messages_and_exits_zero() {
         assert_eq!(status, 202);
     }
     Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &served.child.id().to_string()])
         .status()
         .unwrap();
     // While draining: not ready, and new submissions are refused (503, or the connection once
@@ -253,7 +277,7 @@ async fn sigterm_drains_in_flight_messages_and_exits_zero() {
     let (status, body) = post(&format!("{base}/v1/messages"), json!({"kind": "echo"})).await;
     assert!(status == 503 || status == 0, "{status} {body}");
     let (code, logs) = actix_rt::task::spawn_blocking(move || {
-        collect_until_exit(&mut child, &rx, Duration::from_secs(15))
+        collect_until_exit(&mut served.child, &served.logs, Duration::from_secs(15))
     })
     .await
     .unwrap();
@@ -267,7 +291,8 @@ async fn sigterm_drains_in_flight_messages_and_exits_zero() {
 
 #[actix_rt::test]
 async fn sigterm_past_the_timeout_cancels_what_is_left_and_still_exits_zero() {
-    let (mut child, base, rx, _dir) = serve("[server]\nshutdown_timeout_ms = 300\n");
+    let mut served = serve("[server]\nshutdown_timeout_ms = 300\n");
+    let base = served.base.clone();
     let (status, accepted) = post(
         &format!("{base}/v1/messages"),
         json!({"kind": "sleep", "payload": {"ms": 60000}}),
@@ -276,12 +301,12 @@ async fn sigterm_past_the_timeout_cancels_what_is_left_and_still_exits_zero() {
     assert_eq!(status, 202);
     let id = accepted["id"].as_str().unwrap().to_owned();
     Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &served.child.id().to_string()])
         .status()
         .unwrap();
     let started = Instant::now();
     let (code, logs) = actix_rt::task::spawn_blocking(move || {
-        collect_until_exit(&mut child, &rx, Duration::from_secs(15))
+        collect_until_exit(&mut served.child, &served.logs, Duration::from_secs(15))
     })
     .await
     .unwrap();
@@ -292,4 +317,61 @@ async fn sigterm_past_the_timeout_cancels_what_is_left_and_still_exits_zero() {
         logs.contains(&id),
         "the log names the message it could not finish: {logs}"
     );
+}
+
+fn script(cmd: &str, script: &str, args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/scripts/").to_owned() + script;
+    let out = Command::new(cmd)
+        .arg(&path)
+        .args(args)
+        .envs(env.iter().copied())
+        .env_remove("MAILROOM_TOKEN")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd} {path}: {e}"));
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn the_example_scripts_drive_a_live_server() {
+    let served = serve("[sources.tcp]\nbind = \"127.0.0.1:0\"\n");
+    let (code, out) = script("bash", "curl.sh", &[], &[("MAILROOM_URL", &served.base)]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("count = 1229"), "{out}");
+    assert!(out.contains("cancel: cancelled"), "{out}");
+    assert!(
+        out.contains("OK: every step answered as documented"),
+        "{out}"
+    );
+
+    let (code, out) = script("python3", "python_client.py", &["--url", &served.base], &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("12 completed, 1 rejected, 0 unfinished"),
+        "{out}"
+    );
+
+    let port = served
+        .tcp
+        .as_ref()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    let (code, out) = script("python3", "tcp_client.py", &["--port", &port], &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("5 answers for 5 lines"), "{out}");
+
+    // Each script fails loudly when there is no server.
+    let (code, _) = script(
+        "bash",
+        "curl.sh",
+        &[],
+        &[("MAILROOM_URL", "http://127.0.0.1:1")],
+    );
+    assert_ne!(code, 0);
+    let (code, _) = script("python3", "tcp_client.py", &["--port", "1"], &[]);
+    assert_ne!(code, 0);
 }

@@ -9,4 +9,5 @@ mod backpressure;
 mod bad_input;
 mod binary;
 mod config;
+mod examples;
 mod tcp;

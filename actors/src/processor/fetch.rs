@@ -141,12 +141,17 @@ impl Resolve for GuardedResolver {
         port: u16,
     ) -> LocalBoxFuture<'a, Result<Vec<SocketAddr>, Box<dyn std::error::Error>>> {
         Box::pin(async move {
-            let found: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
+            // A bracketed IPv6 literal ("[::1]") is an address, not a name to look up.
+            let bare = host.trim_start_matches('[').trim_end_matches(']');
+            let found: Vec<SocketAddr> = match bare.parse::<IpAddr>() {
+                Ok(ip) => vec![SocketAddr::new(ip, port)],
+                Err(_) => tokio::net::lookup_host((host, port)).await?.collect(),
+            };
             let (ok, refused): (Vec<_>, Vec<_>) = found
                 .into_iter()
-                .partition(|a| self.allow.permits(host, a.ip()));
+                .partition(|a| self.allow.permits(bare, a.ip()));
             match (ok.is_empty(), refused.first()) {
-                (true, Some(first)) => Err(Box::new(Forbidden(forbidden_text(host, first.ip())))
+                (true, Some(first)) => Err(Box::new(Forbidden(forbidden_text(bare, first.ip())))
                     as Box<dyn std::error::Error>),
                 _ => Ok(ok),
             }
