@@ -16,8 +16,8 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use mailroom_actors::processor::fetch::MAX_FETCH_TIMEOUT_MS;
 use mailroom_actors::{
-    CpuSettings, Every, FetchSettings, IoSettings, Kind, RouteSettings, Schedule, Settings,
-    TcpSettings,
+    CpuSettings, Every, FetchSettings, IoSettings, Kind, RestartPolicy, RouteSettings, Schedule,
+    Settings, TcpSettings,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -99,6 +99,14 @@ pub struct DispatchConfig {
     pub max_dead_letters: usize,
     /// Longest `delay_ms` a message may ask for.
     pub max_delay_ms: u64,
+    /// Processor restarts tolerated within `restart_window_ms` before the route is degraded.
+    pub max_restarts: u32,
+    /// The restart-intensity window (and how long a degraded route rejects).
+    pub restart_window_ms: u64,
+    /// Pause before a restarted processor takes work; doubles per restart within the window.
+    pub restart_backoff_ms: u64,
+    /// The longest such pause.
+    pub restart_max_backoff_ms: u64,
 }
 
 impl Default for DispatchConfig {
@@ -109,6 +117,10 @@ impl Default for DispatchConfig {
             max_results: 100_000,
             max_dead_letters: 10_000,
             max_delay_ms: 86_400_000,
+            max_restarts: 100,
+            restart_window_ms: 10_000,
+            restart_backoff_ms: 5,
+            restart_max_backoff_ms: 1_000,
         }
     }
 }
@@ -368,6 +380,21 @@ impl Config {
         if d.max_results == 0 {
             return err("dispatch.max_results", "expected at least 1".into());
         }
+        if d.max_restarts == 0 {
+            return err("dispatch.max_restarts", "expected at least 1".into());
+        }
+        if d.restart_window_ms == 0 || d.restart_window_ms > 86_400_000 {
+            return err(
+                "dispatch.restart_window_ms",
+                "expected 1 to 86400000".into(),
+            );
+        }
+        if d.restart_backoff_ms > 3_600_000 || d.restart_max_backoff_ms > 3_600_000 {
+            return err(
+                "dispatch.restart_backoff_ms",
+                "backoffs are at most 3600000".into(),
+            );
+        }
         if !(1..=64).contains(&self.pools.io.arbiters) {
             return err("pools.io.arbiters", "expected 1 to 64".into());
         }
@@ -469,6 +496,12 @@ impl Config {
                 timeout: Duration::from_millis(self.fetch.timeout_ms),
                 max_connections: self.fetch.max_connections,
                 max_body_bytes: self.fetch.max_body_bytes,
+            },
+            restart: RestartPolicy {
+                max_restarts: self.dispatch.max_restarts,
+                window: Duration::from_millis(self.dispatch.restart_window_ms),
+                backoff: Duration::from_millis(self.dispatch.restart_backoff_ms),
+                max_backoff: Duration::from_millis(self.dispatch.restart_max_backoff_ms),
             },
             ..Settings::default()
         }

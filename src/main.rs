@@ -94,6 +94,27 @@ fn serve(config: Option<PathBuf>, bind: Option<String>) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // Processor panics are caught, counted and answered as failed messages; log each as one
+    // structured line instead of the default hook's stderr dump (which, with RUST_BACKTRACE set,
+    // also resolves a backtrace per panic: slow, and hundreds of MB of debug info in memory).
+    std::panic::set_hook(Box::new(|info| {
+        let text = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "non-text panic".into());
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        tracing::warn!(
+            thread = std::thread::current().name().unwrap_or("?"),
+            %location,
+            panic = %text,
+            "panicked (processor panics are caught: the message fails and the processor restarts)"
+        );
+    }));
     let loaded = Config::load(config.as_deref(), &Overrides { bind })?;
     if let Some(f) = &loaded.file {
         tracing::info!(file = %f.display(), "configuration loaded");

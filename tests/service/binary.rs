@@ -146,9 +146,9 @@ async fn check_config_reports_good_and_bad_files() {
 }
 
 /// A `mailroom serve` child process on ephemeral ports.
-struct Served {
-    child: std::process::Child,
-    base: String,
+pub(crate) struct Served {
+    pub child: std::process::Child,
+    pub base: String,
     tcp: Option<String>,
     logs: mpsc::Receiver<String>,
     _dir: tempfile::TempDir,
@@ -156,7 +156,7 @@ struct Served {
 
 /// Starts `mailroom serve` with `toml` on ephemeral ports (HTTP always; TCP when the config has
 /// `[sources.tcp]`), reading the addresses from its log.
-fn serve(toml: &str) -> Served {
+pub(crate) fn serve(toml: &str) -> Served {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.toml");
     std::fs::write(&path, toml).unwrap();

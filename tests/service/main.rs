@@ -10,4 +10,5 @@ mod bad_input;
 mod binary;
 mod config;
 mod examples;
+mod soak;
 mod tcp;

@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Load benchmark: `POST /v1/messages?wait=true` against `mailroom serve` (release build), beside
+# a bare actix-web handler (the HTTP ceiling) and the same API written the asyncio way (Python +
+# aiohttp + ProcessPoolExecutor), all in the same run. Each workload runs at a fixed concurrency
+# for a fixed time with wrk, REPEAT times; the medians and the ratios are printed as a Markdown
+# table (and saved to target/load/results.md).
+#
+# Usage: bash benches/load.sh            (DURATION=10 REPEAT=3 by default; ONLY="echo sleep" to pick)
+# Installs what it needs: wrk (Debian), aiohttp (PyPI, into target/load/venv). Loopback only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION="${DURATION:-10}"
+REPEAT="${REPEAT:-3}"
+ONLY="${ONLY:-echo sleep fetch primes hash}"
+OUT=target/load
+mkdir -p "$OUT"
+
+if ! command -v wrk >/dev/null; then
+  echo "installing wrk"; (apt-get update -qq && apt-get install -y -qq wrk) >/dev/null
+fi
+if [ ! -x "$OUT/venv/bin/python" ]; then
+  echo "installing aiohttp into $OUT/venv"
+  python3 -m venv "$OUT/venv" && "$OUT/venv/bin/pip" install -q aiohttp
+fi
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+echo "building release binaries"
+cargo build --release -q --bin mailroom --example bare_echo
+
+MR=127.0.0.1:18080; BARE=127.0.0.1:18090; PY=127.0.0.1:18091
+PIDS=()
+cleanup() { for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+wait_up() { for _ in $(seq 1 100); do curl -sf "http://$1/healthz" >/dev/null && return 0; sleep 0.1; done; echo "$1 did not come up" >&2; exit 1; }
+
+start_mailroom() { # extra env assignments as arguments
+  env MAILROOM_SERVER__BIND=$MR MAILROOM_DISPATCH__CAPACITY=100000 MAILROOM_POOLS__IO__CONCURRENCY=4096 \
+      MAILROOM_FETCH__ALLOW_HOSTS='["127.0.0.1"]' RUST_LOG=warn "$@" \
+      target/release/mailroom serve --config benches/load.toml >"$OUT/mailroom.log" 2>&1 &
+  MR_PID=$!; PIDS+=("$MR_PID"); wait_up "$MR"
+}
+stop_mailroom() { kill -TERM "$MR_PID"; wait "$MR_PID" 2>/dev/null || true; }
+
+# run NAME URL BODY CONNECTIONS → appends "name rps p50 p99 non2xx" for each repeat
+run() {
+  local name=$1 url=$2 body=$3 conns=$4
+  for i in $(seq 1 "$REPEAT"); do
+    BODY="$body" wrk -t2 -c"$conns" -d"${DURATION}s" --timeout 10s --latency -s benches/post.lua "$url" >"$OUT/wrk.txt" 2>&1 || true
+    local rps p50 p99 non2xx errors
+    rps=$(awk '/Requests\/sec/ {print $2}' "$OUT/wrk.txt")
+    p50=$(awk '$1=="50%" {print $2}' "$OUT/wrk.txt")
+    p99=$(awk '$1=="99%" {print $2}' "$OUT/wrk.txt")
+    non2xx=$(awk '/Non-2xx/ {print $5}' "$OUT/wrk.txt"); non2xx=${non2xx:-0}
+    errors=$(awk '/Socket errors/ {gsub(",",""); print $4+$6+$8+$10}' "$OUT/wrk.txt"); errors=${errors:-0}
+    echo "$name ${rps:-0} ${p50:-?} ${p99:-?} $non2xx $errors" | tee -a "$OUT/raw.txt"
+  done
+}
+
+rm -f "$OUT/raw.txt"
+"$OUT/venv/bin/python" benches/python_baseline.py --port "${PY##*:}" >"$OUT/python.log" 2>&1 &
+PIDS+=("$!"); wait_up "$PY"
+target/release/examples/bare_echo "$BARE" >"$OUT/bare.log" 2>&1 &
+PIDS+=("$!"); wait_up "$BARE"
+
+ECHO='{"kind":"echo","payload":{"hello":"world","n":42}}'
+SLEEP='{"kind":"sleep","payload":{"ms":100}}'
+FETCH="{\"kind\":\"fetch\",\"payload\":{\"url\":\"http://$BARE/delay/50\"}}"
+PRIMES='{"kind":"primes","payload":{"limit":20000}}'
+HASH='{"kind":"hash","payload":{"data":"mailroom","rounds":2000}}'
+W='/v1/messages?wait=true'
+
+for wl in $ONLY; do
+  case $wl in
+    echo)
+      start_mailroom; run echo/mailroom "http://$MR$W" "$ECHO" 64; stop_mailroom
+      run echo/bare "http://$BARE/v1/messages" "$ECHO" 64
+      run echo/python "http://$PY$W" "$ECHO" 64 ;;
+    sleep)
+      start_mailroom; run sleep/mailroom "http://$MR$W" "$SLEEP" 1000; stop_mailroom
+      run sleep/python "http://$PY$W" "$SLEEP" 1000 ;;
+    fetch)
+      start_mailroom; run fetch/mailroom "http://$MR$W" "$FETCH" 256; stop_mailroom
+      run fetch/python "http://$PY$W" "$FETCH" 256 ;;
+    primes|hash)
+      body=$PRIMES; [ "$wl" = hash ] && body=$HASH
+      start_mailroom; run "$wl/mailroom" "http://$MR$W" "$body" 16; stop_mailroom
+      start_mailroom MAILROOM_POOLS__CPU__THREADS=1; run "$wl/mailroom-1-thread" "http://$MR$W" "$body" 16; stop_mailroom
+      run "$wl/python" "http://$PY$W" "$body" 16 ;;
+  esac
+done
+
+python3 - "$OUT/raw.txt" "$DURATION" "$REPEAT" <<'PY' | tee "$OUT/results.md"
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    name, rps, p50, p99, non2xx, errors = line.split()
+    rows.setdefault(name, []).append((float(rps), p50, p99, int(non2xx), int(errors)))
+med = {n: statistics.median(r[0] for r in v) for n, v in rows.items()}
+def mid(v):  # the run with the median rate
+    return sorted(v, key=lambda r: r[0])[len(v) // 2]
+print(f"\n{sys.argv[3]} runs of {sys.argv[2]} s each; medians.\n")
+print("| workload | server | req/s (median) | p50 | p99 | non-200 | socket errors |")
+print("|---|---|---:|---:|---:|---:|---:|")
+for n, v in rows.items():
+    r = mid(v)
+    wl, server = n.split("/")
+    print(f"| {wl} | {server} | {med[n]:,.0f} | {r[1]} | {r[2]} | {sum(x[3] for x in v)} | {sum(x[4] for x in v)} |")
+print("\n| ratio | value | goal |")
+print("|---|---:|---|")
+def ratio(label, a, b, goal):
+    if a in med and b in med and med[b] > 0:
+        print(f"| {label} | {med[a] / med[b]:.2f} | {goal} |")
+ratio("echo: mailroom / bare actix-web", "echo/mailroom", "echo/bare", "≥ 0.60")
+if "sleep/mailroom" in med:
+    print(f"| sleep: mailroom / ideal 10,000 | {med['sleep/mailroom'] / 10000:.2f} | ≥ 0.95 |")
+if "fetch/mailroom" in med:
+    print(f"| fetch: mailroom / ideal 5,120 | {med['fetch/mailroom'] / 5120:.2f} | ≥ 0.90 |")
+for wl in ("primes", "hash"):
+    ratio(f"{wl}: pool / one thread", f"{wl}/mailroom", f"{wl}/mailroom-1-thread", "≥ 1.8")
+for wl in ("echo", "sleep", "fetch", "primes", "hash"):
+    ratio(f"{wl}: mailroom / python asyncio", f"{wl}/mailroom", f"{wl}/python", "well ahead (> 1)")
+PY
