@@ -1,7 +1,7 @@
 //! The HTTP ceiling of this machine, for the load benchmark (`benches/load.sh`): a bare
 //! actix-web handler that parses the same JSON body as `POST /v1/messages` and answers `echo`
-//! with no dispatch at all. It also serves `GET /delay/{ms}`, the local upstream of the `fetch`
-//! workload.
+//! with no dispatch at all (and `sleep`, as a bare timer: the ceiling of the `sleep` workload on
+//! this machine). It also serves `GET /delay/{ms}`, the local upstream of the `fetch` workload.
 //!
 //! Run: `cargo run --release --example bare_echo -- 127.0.0.1:8090`
 
@@ -24,6 +24,14 @@ async fn submit(body: web::Bytes) -> HttpResponse {
             "id": "00000000000000000000000000", "kind": "echo", "status": "completed",
             "result": s.payload, "attempts": 1,
         })),
+        Ok(s) if s.kind == "sleep" => {
+            let ms = s.payload["ms"].as_u64().unwrap_or(0);
+            actix_rt::time::sleep(Duration::from_millis(ms)).await;
+            HttpResponse::Ok().json(json!({
+                "id": "00000000000000000000000000", "kind": "sleep", "status": "completed",
+                "result": {"slept_ms": ms}, "attempts": 1,
+            }))
+        }
         Ok(_) => HttpResponse::UnprocessableEntity().finish(),
         Err(e) => HttpResponse::BadRequest().body(e.to_string()),
     }

@@ -78,6 +78,7 @@ for wl in $ONLY; do
       run echo/python "http://$PY$W" "$ECHO" 64 ;;
     sleep)
       start_mailroom; run sleep/mailroom "http://$MR$W" "$SLEEP" 1000; stop_mailroom
+      run sleep/bare "http://$BARE/v1/messages" "$SLEEP" 1000
       run sleep/python "http://$PY$W" "$SLEEP" 1000 ;;
     fetch)
       start_mailroom; run fetch/mailroom "http://$MR$W" "$FETCH" 256; stop_mailroom
@@ -114,6 +115,9 @@ def ratio(label, a, b, goal):
 ratio("echo: mailroom / bare actix-web", "echo/mailroom", "echo/bare", "≥ 0.60")
 if "sleep/mailroom" in med:
     print(f"| sleep: mailroom / ideal 10,000 | {med['sleep/mailroom'] / 10000:.2f} | ≥ 0.95 |")
+if "sleep/bare" in med:
+    print(f"| sleep: bare actix-web timer / ideal 10,000 (this machine's ceiling) | {med['sleep/bare'] / 10000:.2f} | |")
+ratio("sleep: mailroom / bare actix-web timer", "sleep/mailroom", "sleep/bare", "")
 if "fetch/mailroom" in med:
     print(f"| fetch: mailroom / ideal 5,120 | {med['fetch/mailroom'] / 5120:.2f} | ≥ 0.90 |")
 for wl in ("primes", "hash"):

@@ -213,7 +213,7 @@ impl Core {
                         w.notify(&Arc::new(lost_outcome(existing, route.kind)));
                     }
                 }
-                return Ok(Admitted::Duplicate(existing));
+                return Ok(Admitted::Duplicate(existing, route.kind));
             }
         };
         route.stats.accepted.fetch_add(1, Relaxed);
@@ -269,7 +269,8 @@ impl Core {
 
 enum Admitted {
     New(Envelope),
-    Duplicate(MessageId),
+    /// An idempotency key that is already known: the earlier message.
+    Duplicate(MessageId, Kind),
 }
 
 fn lost_outcome(id: MessageId, kind: Kind) -> Outcome {
@@ -339,39 +340,33 @@ impl Dispatcher {
         b
     }
 
+    /// Admits a message and hands it to the router. The admission is counted while it is in
+    /// progress, so `shutdown` cannot miss a message accepted just as draining begins.
+    fn enqueue(&self, msg: Message, waiter: Option<Waiter>) -> Result<(MessageId, Kind), Rejected> {
+        let _admitting = Admitting::enter(&self.core.admitting);
+        match self.core.admit(msg, waiter)? {
+            Admitted::New(env) => {
+                let (id, kind) = (env.id, env.kind);
+                self.core.router().do_send(Dispatch(env));
+                Ok((id, kind))
+            }
+            Admitted::Duplicate(id, kind) => Ok((id, kind)),
+        }
+    }
+
     /// Submits a message and returns its id once it is accepted. With an idempotency key that is
     /// already known, returns the earlier message's id.
     pub fn submit(&self, msg: Message) -> Result<MessageId, Rejected> {
-        let _admitting = Admitting::enter(&self.core.admitting);
-        match self.core.admit(msg, None)? {
-            Admitted::New(env) => {
-                let id = env.id;
-                self.core.router().do_send(Dispatch(env));
-                Ok(id)
-            }
-            Admitted::Duplicate(id) => Ok(id),
-        }
+        self.enqueue(msg, None).map(|(id, _)| id)
     }
 
     /// Submits a message and waits for its outcome (asyncio's `await`).
     pub async fn send(&self, msg: Message) -> Result<Arc<Outcome>, Rejected> {
-        let kind = self
-            .core
-            .by_kind
-            .get(&*msg.kind)
-            .map(|&i| self.core.routes[i].kind);
         let (waiter, rx) = Waiter::channel();
-        let id = match self.core.admit(msg, Some(waiter))? {
-            Admitted::New(env) => {
-                let id = env.id;
-                self.core.router().do_send(Dispatch(env));
-                id
-            }
-            Admitted::Duplicate(id) => id,
-        };
+        let (id, kind) = self.enqueue(msg, Some(waiter))?;
         Ok(rx
             .await
-            .unwrap_or_else(|_| Arc::new(lost_outcome(id, kind.expect("admitted, so routed")))))
+            .unwrap_or_else(|_| Arc::new(lost_outcome(id, kind))))
     }
 
     /// Submits a message and waits up to `max` for its outcome; when `max` elapses first, returns
@@ -381,30 +376,16 @@ impl Dispatcher {
         msg: Message,
         max: Duration,
     ) -> Result<Arc<Outcome>, Rejected> {
-        let kind = self
-            .core
-            .by_kind
-            .get(&*msg.kind)
-            .map(|&i| self.core.routes[i].kind);
         let (waiter, rx) = Waiter::channel();
-        let admitting = Admitting::enter(&self.core.admitting);
-        let id = match self.core.admit(msg, Some(waiter))? {
-            Admitted::New(env) => {
-                let id = env.id;
-                self.core.router().do_send(Dispatch(env));
-                id
-            }
-            Admitted::Duplicate(id) => id,
-        };
-        drop(admitting);
+        let (id, kind) = self.enqueue(msg, Some(waiter))?;
         Ok(match actix_rt::time::timeout(max, rx).await {
             Ok(Ok(outcome)) => outcome,
-            Ok(Err(_)) => Arc::new(lost_outcome(id, kind.expect("admitted, so routed"))),
+            Ok(Err(_)) => Arc::new(lost_outcome(id, kind)),
             Err(_) => self
                 .core
                 .store
                 .get(id)
-                .unwrap_or_else(|| Arc::new(lost_outcome(id, kind.expect("admitted")))),
+                .unwrap_or_else(|| Arc::new(lost_outcome(id, kind))),
         })
     }
 
@@ -434,7 +415,7 @@ impl Dispatcher {
                         self.core.router().do_send(DispatchBatch(full));
                     }
                 }
-                Ok(Admitted::Duplicate(_)) => {}
+                Ok(Admitted::Duplicate(..)) => {}
                 Err(r) => {
                     gathered.skip();
                     rejected.push((i, r));
@@ -728,7 +709,9 @@ impl DispatcherBuilder {
             }
             let concurrency = rs.concurrency.unwrap_or(match p.pool() {
                 Pool::Io => s.io.concurrency,
-                Pool::Cpu => cpu_threads,
+                // Two per thread: while a thread works, its next job already waits in the pool's
+                // queue, so no thread idles for the hops between a result and the next send.
+                Pool::Cpu => cpu_threads * 2,
             });
             if concurrency == 0 || rs.capacity == Some(0) {
                 return Err(BuildError::Setting {

@@ -148,7 +148,7 @@ pub struct RouteSettings {
     /// Delay before the first retry; doubles for each further one, with jitter.
     pub backoff: Duration,
     /// Cap on messages running at once; `None` uses [`IoSettings::concurrency`] for async
-    /// processors and the pool size for CPU ones.
+    /// processors and twice the pool size for CPU ones (one running and one queued per thread).
     pub concurrency: Option<usize>,
 }
 

@@ -179,18 +179,20 @@ impl Finished {
 
     /// Tells the waiters and returns the outcome.
     pub fn publish(mut self) -> Arc<Outcome> {
+        self.tell();
+        self.outcome.clone()
+    }
+
+    fn tell(&mut self) {
         if let Some(w) = self.waiters.take() {
             w.notify(&self.outcome);
         }
-        self.outcome.clone()
     }
 }
 
 impl Drop for Finished {
     fn drop(&mut self) {
-        if let Some(w) = self.waiters.take() {
-            w.notify(&self.outcome);
-        }
+        self.tell();
     }
 }
 

@@ -172,7 +172,7 @@ fn custom_kinds_routes_each_kind_to_its_own_processor() {
     assert!(out.contains("#0 order.created    completed"), "{out}");
     assert!(out.contains("\"total\":20.0"), "{out}");
     assert!(
-        out.contains("#1 image.thumbnail  completed {\"checksum\""),
+        out.contains("#1 image.thumbnail  completed {\"width\":128,\"checksum\""),
         "{out}"
     );
     assert!(
