@@ -33,12 +33,17 @@ cleanup() { for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; wai
 trap cleanup EXIT
 
 wait_up() { for _ in $(seq 1 100); do curl -sf "http://$1/healthz" >/dev/null && return 0; sleep 0.1; done; echo "$1 did not come up" >&2; exit 1; }
+# A server left over on one of our ports would be measured instead of the one just built.
+for a in $MR $BARE $PY; do
+  if curl -s -m 1 "http://$a/healthz" >/dev/null 2>&1; then echo "something already listens on $a; stop it first" >&2; exit 1; fi
+done
 
 start_mailroom() { # extra env assignments as arguments
   env MAILROOM_SERVER__BIND=$MR MAILROOM_DISPATCH__CAPACITY=100000 MAILROOM_POOLS__IO__CONCURRENCY=4096 \
       MAILROOM_FETCH__ALLOW_HOSTS='["127.0.0.1"]' RUST_LOG=warn "$@" \
       target/release/mailroom serve --config benches/load.toml >"$OUT/mailroom.log" 2>&1 &
   MR_PID=$!; PIDS+=("$MR_PID"); wait_up "$MR"
+  kill -0 "$MR_PID" 2>/dev/null || { echo "mailroom exited: $(cat "$OUT/mailroom.log")" >&2; exit 1; }
 }
 stop_mailroom() { kill -TERM "$MR_PID"; wait "$MR_PID" 2>/dev/null || true; }
 

@@ -769,10 +769,24 @@ impl DispatcherBuilder {
             admitting: AtomicU64::new(0),
             drain_deadline: Mutex::new(None),
         });
-        let pool = (!cpu_makes.is_empty()).then(|| {
+        // The SyncArbiter forwards every job through a future on the arbiter that started it.
+        // Starting it on the first I/O arbiter (where the route workers live) keeps that hop on
+        // the workers' own thread instead of waking the System arbiter for every CPU job.
+        let pool = if cpu_makes.is_empty() {
+            None
+        } else {
             let cpu_makes = Arc::new(cpu_makes);
-            SyncArbiter::start(cpu_threads, move || CpuPool::new(cpu_makes.clone()))
-        });
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            let started = core.io_arbiters[0].spawn_fn(move || {
+                let addr = SyncArbiter::start(cpu_threads, move || CpuPool::new(cpu_makes.clone()));
+                let _ = tx.send(addr);
+            });
+            let addr = if started { rx.recv().ok() } else { None };
+            Some(addr.ok_or_else(|| BuildError::Setting {
+                name: "cpu".into(),
+                reason: "the CPU pool could not be started on the I/O arbiter".into(),
+            })?)
+        };
         let router_core = core.clone();
         let router =
             Router::start_in_arbiter(&core.io_arbiters[0], move |_| Router::new(router_core));
