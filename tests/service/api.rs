@@ -354,3 +354,38 @@ async fn an_idempotency_key_returns_the_first_message() {
     );
     s.stop().await;
 }
+
+#[actix_rt::test]
+async fn schedules_in_the_config_run_periodically_and_once() {
+    let mut c = config();
+    c.schedule = vec![
+        mailroom::config::ScheduleConfig {
+            kind: "echo".into(),
+            payload: json!({"tick": true}),
+            every_ms: Some(20),
+            after_ms: None,
+        },
+        mailroom::config::ScheduleConfig {
+            kind: "sleep".into(),
+            payload: json!({"ms": 1}),
+            every_ms: None,
+            after_ms: Some(30),
+        },
+    ];
+    let s = start(c).await;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            let m = s.metrics().await;
+            m["mailroom_messages_finished_total{kind=\"echo\",status=\"completed\"}"] >= 3.0
+                && m["mailroom_messages_finished_total{kind=\"sleep\",status=\"completed\"}"] == 1.0
+        })
+        .await
+    );
+    actix_rt::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        s.metrics().await["mailroom_messages_accepted_total{kind=\"sleep\"}"],
+        1.0,
+        "an after_ms schedule runs once"
+    );
+    s.stop().await;
+}
