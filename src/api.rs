@@ -252,11 +252,7 @@ fn rejected_item(code: u16, class: &str, message: String) -> Value {
 }
 
 fn rejection(r: &Rejected) -> Value {
-    rejected_item(
-        mailroom_actors::source::tcp::rejection_code(r),
-        r.reason(),
-        r.to_string(),
-    )
+    rejected_item(r.code(), r.reason(), r.to_string())
 }
 
 /// Submit many messages; one item per message in the same order (asyncio `gather`).

@@ -160,3 +160,38 @@ impl From<ReplayError> for ApiError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mailroom_actors::Message;
+    use serde_json::json;
+
+    #[test]
+    fn the_http_status_of_a_rejection_is_the_library_code() {
+        let m = || Box::new(Message::new("k", json!(null)));
+        for r in [
+            Rejected::NoRoute(m()),
+            Rejected::QueueFull {
+                message: m(),
+                capacity: 1,
+            },
+            Rejected::Degraded {
+                message: m(),
+                retry_after_ms: 1500,
+            },
+            Rejected::ShuttingDown(m()),
+            Rejected::Invalid {
+                message: m(),
+                reason: "x".into(),
+            },
+        ] {
+            let code = r.code();
+            let e = ApiError::from(r);
+            assert_eq!(e.status_code().as_u16(), code, "{e:?}");
+            if code == 503 {
+                assert!(matches!(e, ApiError::Unavailable { retry_after, .. } if retry_after >= 1));
+            }
+        }
+    }
+}

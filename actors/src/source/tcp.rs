@@ -221,17 +221,9 @@ fn outcome_line(outcome: &Outcome, reference: Value) -> String {
     format!("{v}\n")
 }
 
-/// The status code a rejection maps to (the same as the HTTP API's).
-pub fn rejection_code(r: &Rejected) -> u16 {
-    match r {
-        Rejected::NoRoute(_) | Rejected::Invalid { .. } => 422,
-        Rejected::QueueFull { .. } | Rejected::Degraded { .. } | Rejected::ShuttingDown(_) => 503,
-    }
-}
-
 fn rejection_line(r: &Rejected, reference: Value) -> String {
     let v = json!({
-        "ref": reference, "status": "rejected", "code": rejection_code(r),
+        "ref": reference, "status": "rejected", "code": r.code(),
         "error": {"class": r.reason(), "message": r.to_string()},
     });
     format!("{v}\n")
