@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use mailroom_actors::{LedgerSnapshot, Status};
+use mailroom_actors::{KindStats, LedgerSnapshot, Status};
 
 const FINISHED: [Status; 5] = [
     Status::Completed,
@@ -18,24 +18,35 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
+/// One metric with a `kind` label: its header, then one line per route.
+fn per_kind(
+    out: &mut String,
+    s: &LedgerSnapshot,
+    (name, kind, help): (&str, &str, &str),
+    value: impl Fn(&KindStats) -> u64,
+) {
+    header(out, name, kind, help);
+    for k in &s.kinds {
+        let _ = writeln!(out, "{name}{{kind=\"{}\"}} {}", k.kind, value(k));
+    }
+}
+
 /// Renders the snapshot.
 pub fn render(s: &LedgerSnapshot) -> String {
     let mut out = String::with_capacity(4096 + s.kinds.len() * 2048);
-    header(
-        &mut out,
-        "mailroom_messages_accepted_total",
-        "counter",
-        "Messages accepted, by kind.",
+    let o = &mut out;
+    per_kind(
+        o,
+        s,
+        (
+            "mailroom_messages_accepted_total",
+            "counter",
+            "Messages accepted, by kind.",
+        ),
+        |k| k.accepted,
     );
-    for k in &s.kinds {
-        let _ = writeln!(
-            out,
-            "mailroom_messages_accepted_total{{kind=\"{}\"}} {}",
-            k.kind, k.accepted
-        );
-    }
     header(
-        &mut out,
+        o,
         "mailroom_messages_rejected_total",
         "counter",
         "Messages refused at admission, by kind and reason (no_route has no kind).",
@@ -48,19 +59,19 @@ pub fn render(s: &LedgerSnapshot) -> String {
             ("invalid", k.rejected.invalid),
         ] {
             let _ = writeln!(
-                out,
+                o,
                 "mailroom_messages_rejected_total{{kind=\"{}\",reason=\"{reason}\"}} {n}",
                 k.kind
             );
         }
     }
     let _ = writeln!(
-        out,
+        o,
         "mailroom_messages_rejected_total{{kind=\"\",reason=\"no_route\"}} {}",
         s.rejected_no_route
     );
     header(
-        &mut out,
+        o,
         "mailroom_messages_finished_total",
         "counter",
         "Messages that reached a terminal state, by kind and status.",
@@ -68,65 +79,53 @@ pub fn render(s: &LedgerSnapshot) -> String {
     for k in &s.kinds {
         for st in FINISHED {
             let _ = writeln!(
-                out,
+                o,
                 "mailroom_messages_finished_total{{kind=\"{}\",status=\"{st}\"}} {}",
                 k.kind,
                 k.finished_with(st)
             );
         }
     }
-    header(
-        &mut out,
-        "mailroom_messages_retried_total",
-        "counter",
-        "Failed attempts that were retried, by kind.",
+    per_kind(
+        o,
+        s,
+        (
+            "mailroom_messages_retried_total",
+            "counter",
+            "Failed attempts that were retried, by kind.",
+        ),
+        |k| k.retried,
     );
-    for k in &s.kinds {
-        let _ = writeln!(
-            out,
-            "mailroom_messages_retried_total{{kind=\"{}\"}} {}",
-            k.kind, k.retried
-        );
-    }
-    header(
-        &mut out,
-        "mailroom_messages_in_flight",
-        "gauge",
-        "Accepted and not finished (queued + delayed + running), by kind.",
+    per_kind(
+        o,
+        s,
+        (
+            "mailroom_messages_in_flight",
+            "gauge",
+            "Accepted and not finished (queued + delayed + running), by kind.",
+        ),
+        |k| k.in_flight,
     );
-    for k in &s.kinds {
-        let _ = writeln!(
-            out,
-            "mailroom_messages_in_flight{{kind=\"{}\"}} {}",
-            k.kind, k.in_flight
-        );
-    }
-    header(
-        &mut out,
-        "mailroom_queue_depth",
-        "gauge",
-        "Messages waiting (queued + delayed), by kind.",
+    per_kind(
+        o,
+        s,
+        (
+            "mailroom_queue_depth",
+            "gauge",
+            "Messages waiting (queued + delayed), by kind.",
+        ),
+        |k| k.queue_depth,
     );
-    for k in &s.kinds {
-        let _ = writeln!(
-            out,
-            "mailroom_queue_depth{{kind=\"{}\"}} {}",
-            k.kind, k.queue_depth
-        );
-    }
-    header(
-        &mut out,
-        "mailroom_messages_running",
-        "gauge",
-        "Messages running now, by kind.",
+    per_kind(
+        o,
+        s,
+        (
+            "mailroom_messages_running",
+            "gauge",
+            "Messages running now, by kind.",
+        ),
+        |k| k.running,
     );
-    for k in &s.kinds {
-        let _ = writeln!(
-            out,
-            "mailroom_messages_running{{kind=\"{}\"}} {}",
-            k.kind, k.running
-        );
-    }
     header(
         &mut out,
         "mailroom_processor_restarts_total",
