@@ -2,12 +2,14 @@
 //!
 //! Admission happens right here, synchronously, in the caller's thread: the kind is routed, the
 //! timing fields and the payload are validated, and the route's place counter is taken with one
-//! atomic operation. Only then is the message recorded in the store and handed to the router's
-//! mailbox. A refused message comes back to the caller inside [`Rejected`]; an accepted one always
+//! atomic operation. Only then is the message recorded in the store and handed on: to its route
+//! worker's mailbox, or to the router's when it is delayed. A refused message comes back to the caller inside [`Rejected`]; an accepted one always
 //! reaches exactly one terminal state (the store's compare-and-set transitions guarantee it).
 //!
 //! Build a dispatcher inside a running actix `System`: it starts the I/O arbiters, the router,
-//! one supervised worker per route and, when a route needs it, the CPU `SyncArbiter` pool.
+//! one supervised worker per route (async routes on the I/O arbiters, CPU routes on the System
+//! arbiter, where actix forwards every message to a `SyncArbiter`) and, when a route needs it,
+//! the CPU `SyncArbiter` pool.
 
 use std::collections::HashMap;
 use std::future::poll_fn;
@@ -25,7 +27,7 @@ use crate::envelope::{
 use crate::error::{BuildError, CancelError, Rejected, ReplayError};
 use crate::metrics::{LedgerSnapshot, RejectReason, RouteStats};
 use crate::processor::cpu::CpuPool;
-use crate::processor::worker::{Exec, Worker};
+use crate::processor::worker::{Exec, Run, Worker};
 use crate::processor::{builtin, fetch, Make, Pool, Processor};
 use crate::route::{Route, RouteInfo};
 use crate::router::{Dispatch, DispatchBatch, DropDelayedAfter, Forget, Router};
@@ -128,6 +130,47 @@ impl Core {
                 self.dead.restore(old);
             }
         }
+    }
+
+    /// Hands a newly accepted envelope on: straight to its route's worker when it may run now,
+    /// to the router when it must wait (a delay).
+    fn hand_off(&self, env: Envelope) {
+        if env.not_before.is_some() {
+            self.router().do_send(Dispatch(env));
+        } else {
+            self.worker(env.route).do_send(Run(vec![env]));
+        }
+    }
+
+    /// [`Core::hand_off`] for many: one `Run` per route, one `DispatchBatch` for the delayed.
+    fn hand_off_batch(&self, envs: Vec<Envelope>) {
+        let mut delayed = Vec::new();
+        let mut now: Vec<Vec<Envelope>> = Vec::new();
+        for env in envs {
+            if env.not_before.is_some() {
+                delayed.push(env);
+            } else {
+                if now.len() <= env.route {
+                    now.resize_with(env.route + 1, Vec::new);
+                }
+                now[env.route].push(env);
+            }
+        }
+        for (route, batch) in now.into_iter().enumerate() {
+            if !batch.is_empty() {
+                self.worker(route).do_send(Run(batch));
+            }
+        }
+        if !delayed.is_empty() {
+            self.router().do_send(DispatchBatch(delayed));
+        }
+    }
+
+    fn worker(&self, route: usize) -> &Recipient<Run> {
+        self.routes[route]
+            .worker
+            .get()
+            .expect("workers are started in build()")
     }
 
     /// Sends a failed attempt back through the router after its backoff.
@@ -347,7 +390,7 @@ impl Dispatcher {
         match self.core.admit(msg, waiter)? {
             Admitted::New(env) => {
                 let (id, kind) = (env.id, env.kind);
-                self.core.router().do_send(Dispatch(env));
+                self.core.hand_off(env);
                 Ok((id, kind))
             }
             Admitted::Duplicate(id, kind) => Ok((id, kind)),
@@ -412,7 +455,7 @@ impl Dispatcher {
                     batch.push(env);
                     if batch.len() == CHUNK {
                         let full = std::mem::replace(&mut batch, Vec::with_capacity(CHUNK));
-                        self.core.router().do_send(DispatchBatch(full));
+                        self.core.hand_off_batch(full);
                     }
                 }
                 Ok(Admitted::Duplicate(..)) => {}
@@ -423,7 +466,7 @@ impl Dispatcher {
             }
         }
         if !batch.is_empty() {
-            self.core.router().do_send(DispatchBatch(batch));
+            self.core.hand_off_batch(batch);
         }
         drop(admitting);
         poll_fn(|cx| gathered.poll_done(cx)).await;
@@ -707,11 +750,13 @@ impl DispatcherBuilder {
             if by_kind.insert(kind.as_str(), routes.len()).is_some() {
                 return Err(BuildError::DuplicateRoute(name.clone()));
             }
+            let capacity = rs.capacity.unwrap_or(s.capacity);
             let concurrency = rs.concurrency.unwrap_or(match p.pool() {
                 Pool::Io => s.io.concurrency,
-                // Two per thread: while a thread works, its next job already waits in the pool's
-                // queue, so no thread idles for the hops between a result and the next send.
-                Pool::Cpu => cpu_threads * 2,
+                // No cap of its own: the pool's queue holds what its threads cannot start yet
+                // (each message stays `queued` until a thread begins it), and the worker hands
+                // jobs over as they come, with no wake-up per finished job.
+                Pool::Cpu => capacity,
             });
             if concurrency == 0 || rs.capacity == Some(0) {
                 return Err(BuildError::Setting {
@@ -730,7 +775,7 @@ impl DispatcherBuilder {
                 kind,
                 processor: rs.processor.clone(),
                 pool: p.pool(),
-                capacity: rs.capacity.unwrap_or(s.capacity) as u64,
+                capacity: capacity as u64,
                 concurrency,
                 timeout: rs.timeout,
                 retries: rs.retries,
@@ -740,6 +785,7 @@ impl DispatcherBuilder {
                 degraded_until: AtomicU64::new(0),
                 restarts: Default::default(),
                 worker: OnceLock::new(),
+                lane: Default::default(),
             });
         }
         let io_arbiters: Vec<ArbiterHandle> = (0..s.io.arbiters)
@@ -769,23 +815,15 @@ impl DispatcherBuilder {
             admitting: AtomicU64::new(0),
             drain_deadline: Mutex::new(None),
         });
-        // The SyncArbiter forwards every job through a future on the arbiter that started it.
-        // Starting it on the first I/O arbiter (where the route workers live) keeps that hop on
-        // the workers' own thread instead of waking the System arbiter for every CPU job.
+        // actix forwards every message to a SyncArbiter through a future on the System arbiter;
+        // the CPU routes' workers live there too (below), so a hand-off wakes one thread.
         let pool = if cpu_makes.is_empty() {
             None
         } else {
             let cpu_makes = Arc::new(cpu_makes);
-            let (tx, rx) = std::sync::mpsc::sync_channel(1);
-            let started = core.io_arbiters[0].spawn_fn(move || {
-                let addr = SyncArbiter::start(cpu_threads, move || CpuPool::new(cpu_makes.clone()));
-                let _ = tx.send(addr);
-            });
-            let addr = if started { rx.recv().ok() } else { None };
-            Some(addr.ok_or_else(|| BuildError::Setting {
-                name: "cpu".into(),
-                reason: "the CPU pool could not be started on the I/O arbiter".into(),
-            })?)
+            Some(SyncArbiter::start(cpu_threads, move || {
+                CpuPool::new(cpu_makes.clone())
+            }))
         };
         let router_core = core.clone();
         let router =
@@ -803,10 +841,13 @@ impl DispatcherBuilder {
                     )
                 }
             };
-            let arbiter = &core.io_arbiters[i % core.io_arbiters.len()];
+            let arbiter = match exec {
+                Exec::Cpu(..) => System::current().arbiter().clone(),
+                Exec::Async(_) => core.io_arbiters[i % core.io_arbiters.len()].clone(),
+            };
             let worker_core = core.clone();
             let addr =
-                Supervisor::start_in_arbiter(arbiter, move |_| Worker::new(worker_core, i, exec));
+                Supervisor::start_in_arbiter(&arbiter, move |_| Worker::new(worker_core, i, exec));
             let _ = core.routes[i].worker.set(addr.recipient());
         }
         tracing::info!(

@@ -2,7 +2,7 @@
 //! admission path, the router and the route's worker: its limits are fixed at build time, its
 //! counters are atomics, and its worker address is set once when the worker starts.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,22 @@ pub(crate) struct Route {
     pub degraded_until: AtomicU64,
     pub restarts: Mutex<RestartWindow>,
     pub worker: OnceLock<Recipient<Run>>,
+    /// A CPU route's hand-off counters (unused by async routes).
+    pub lane: Lane,
+}
+
+/// How a CPU route's worker and the pool threads share its concurrency limit without a message
+/// per finished job: the worker counts a job in `handed` when it gives it to the pool, the pool
+/// thread counts it out when done, and sends the worker a wake-up only when `waiting` says it
+/// holds a backlog (and no wake-up is pending already).
+#[derive(Debug, Default)]
+pub(crate) struct Lane {
+    /// Jobs given to the pool and not yet given back.
+    pub handed: AtomicUsize,
+    /// Messages in the worker's backlog, as of its last look.
+    pub waiting: AtomicUsize,
+    /// A wake-up has been sent and not yet handled.
+    pub pump_pending: AtomicBool,
 }
 
 impl Route {

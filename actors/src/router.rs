@@ -1,8 +1,9 @@
-//! The router actor: forwards each accepted envelope to its route's worker, and holds the ones
-//! that must wait (delayed messages and retries in backoff) until their time.
+//! The router actor: holds the envelopes that must wait (delayed messages and retries in
+//! backoff) until their time, then forwards them to their route's worker. (A message that may
+//! run at once goes from admission straight to its worker, without this hop.)
 //!
-//! It receives [`Dispatch`] and [`DispatchBatch`] from the dispatcher (after admission) and from
-//! workers (retries); [`Forget`] when a delayed message is cancelled; [`DropDelayedAfter`] at
+//! It receives [`Dispatch`] and [`DispatchBatch`] from the dispatcher (delayed messages, after
+//! admission) and from settling attempts (retries); [`Forget`] when a delayed message is cancelled; [`DropDelayedAfter`] at
 //! shutdown. Waiting envelopes sit in a min-heap keyed by `(not_before, arrival)`, with one timer
 //! armed for the earliest, so they fire in order and never early. A cancelled envelope is
 //! skipped when its time comes (the store has already recorded it as cancelled). The router also

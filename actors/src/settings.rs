@@ -148,7 +148,10 @@ pub struct RouteSettings {
     /// Delay before the first retry; doubles for each further one, with jitter.
     pub backoff: Duration,
     /// Cap on messages running at once; `None` uses [`IoSettings::concurrency`] for async
-    /// processors and twice the pool size for CPU ones (one running and one queued per thread).
+    /// processors. For CPU processors it caps the route's messages given to the pool (running
+    /// or waiting for a thread); `None` means no cap beyond the route's capacity: all CPU routes
+    /// share the pool's threads in arrival order. Set it to keep a route of long jobs from
+    /// taking every thread.
     pub concurrency: Option<usize>,
 }
 

@@ -2,32 +2,95 @@
 //!
 //! Each thread lazily builds its own instance of every CPU processor it is asked to run. A panic
 //! is caught here (an uncaught one would kill the thread for good and silently shrink the pool):
-//! the job's result says so, and the actor stops itself, which makes the `SyncArbiter` build a
-//! fresh actor (fresh processors) from the factory on the same thread. The pool keeps all its
-//! threads through any number of panics.
+//! the job fails with the panic text, and the actor stops itself, which makes the `SyncArbiter`
+//! build a fresh actor (fresh processors) from the factory on the same thread. The pool keeps all
+//! its threads through any number of panics.
+//!
+//! The thread that runs a job also settles it (outcome, retry or dead letter, through
+//! [`settle`]) unless the route worker's run timeout got there first; the [`Handoff`] decides
+//! which of the two does, exactly once. The thread then gives the job's slot back to the route's
+//! [`Lane`](crate::route::Lane) and wakes the worker only if it holds a backlog.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::Arc;
 
 use actix::prelude::*;
+use parking_lot::Mutex;
 use serde_json::Value;
 
-use super::worker::JobResult;
-use super::{CpuProcessor, Job};
+use super::worker::{settle, JobResult, Run};
+use super::{CancelToken, CpuProcessor, Job};
+use crate::dispatcher::Core;
+use crate::envelope::Envelope;
 use crate::supervision::panic_message;
 
 type CpuMake = Arc<dyn Fn() -> Box<dyn CpuProcessor> + Send + Sync>;
 
-/// Run one CPU job.
+/// A CPU job between its worker and the pool thread. The envelope sits here until the attempt is
+/// settled: the thread takes it when the job is done, the worker's timer when the run timeout
+/// elapses first, and whoever takes it settles the attempt, exactly once.
+pub(crate) struct Handoff {
+    env: Mutex<Option<Envelope>>,
+    cancel: CancelToken,
+}
+
+impl Handoff {
+    pub(crate) fn new(env: Envelope, cancel: CancelToken) -> Handoff {
+        Handoff {
+            env: Mutex::new(Some(env)),
+            cancel,
+        }
+    }
+
+    /// Takes the envelope, if nobody has settled the attempt yet.
+    pub(crate) fn take(&self) -> Option<Envelope> {
+        self.env.lock().take()
+    }
+
+    pub(crate) fn is_settled(&self) -> bool {
+        self.env.lock().is_none()
+    }
+
+    /// Asks the processor to stop (its run timeout elapsed).
+    pub(crate) fn cancel(&self) {
+        self.cancel.cancel();
+    }
+
+    /// Thread side: marks the message running and returns its attempt number, or `None` when
+    /// there is nothing to run (timed out while it waited, cancelled, or shut down). Done under
+    /// the envelope's lock, so the timer sees either a running attempt or one that never ran.
+    fn begin(&self, core: &Core, route: usize) -> Option<u32> {
+        let mut slot = self.env.lock();
+        let env = slot.as_mut()?;
+        match core.store.start(&env.ticket) {
+            Ok(attempt) => {
+                env.attempt = attempt;
+                core.routes[route].stats.running.fetch_add(1, Relaxed);
+                Some(attempt)
+            }
+            Err(_) => {
+                // Cancelled while it waited (already counted), or finished by a shutdown.
+                slot.take();
+                None
+            }
+        }
+    }
+}
+
+/// Run one CPU job, then settle it and give back its slot.
 pub(crate) struct RunCpu {
     /// Index of the processor in the pool's list.
     pub processor: usize,
+    /// Index of the job's route.
+    pub route: usize,
     pub job: Job,
     pub payload: Value,
+    pub handoff: Arc<Handoff>,
 }
 
 impl Message for RunCpu {
-    type Result = JobResult;
+    type Result = ();
 }
 
 pub(crate) struct CpuPool {
@@ -47,23 +110,43 @@ impl Actor for CpuPool {
 }
 
 impl Handler<RunCpu> for CpuPool {
-    type Result = MessageResult<RunCpu>;
+    type Result = ();
 
-    fn handle(&mut self, msg: RunCpu, ctx: &mut SyncContext<Self>) -> Self::Result {
-        if msg.job.is_cancelled() {
-            // Timed out while waiting for a thread: nobody is waiting for the result.
-            return MessageResult(JobResult::Abandoned);
+    fn handle(&mut self, msg: RunCpu, ctx: &mut SyncContext<Self>) {
+        let RunCpu {
+            processor,
+            route,
+            job,
+            payload,
+            handoff,
+        } = msg;
+        let mut job = job;
+        let core = job.dispatcher.core.clone();
+        if let Some(attempt) = handoff.begin(&core, route) {
+            job.attempt = attempt;
+            let makes = &self.makes;
+            let instance = self.live[processor].get_or_insert_with(|| makes[processor]());
+            let result = match catch_unwind(AssertUnwindSafe(|| instance.process(&job, payload))) {
+                Ok(result) => JobResult::Done(result),
+                Err(panic) => {
+                    let text = panic_message(&*panic);
+                    tracing::warn!(id = %job.id, kind = %job.kind, panic = %text, "CPU processor panicked; restarting it on this thread");
+                    ctx.stop();
+                    JobResult::Panicked(text)
+                }
+            };
+            if let Some(env) = handoff.take() {
+                core.routes[route].stats.running.fetch_sub(1, Relaxed);
+                settle(&core, env, result);
+            }
         }
-        let makes = &self.makes;
-        let processor = self.live[msg.processor].get_or_insert_with(|| makes[msg.processor]());
-        let RunCpu { job, payload, .. } = msg;
-        match catch_unwind(AssertUnwindSafe(|| processor.process(&job, payload))) {
-            Ok(result) => MessageResult(JobResult::Done(result)),
-            Err(panic) => {
-                let text = panic_message(&*panic);
-                tracing::warn!(id = %job.id, kind = %job.kind, panic = %text, "CPU processor panicked; restarting it on this thread");
-                ctx.stop();
-                MessageResult(JobResult::Panicked(text))
+        // Give the slot back; wake the worker if it holds messages that the slot lets it start
+        // (at most one wake-up pending at a time).
+        let r = &core.routes[route];
+        r.lane.handed.fetch_sub(1, SeqCst);
+        if r.lane.waiting.load(SeqCst) > 0 && !r.lane.pump_pending.swap(true, SeqCst) {
+            if let Some(worker) = r.worker.get() {
+                worker.do_send(Run(Vec::new()));
             }
         }
     }

@@ -1,36 +1,48 @@
-//! The route worker: one supervised actor per route, on an I/O arbiter. It runs the route's
-//! messages with at most `concurrency` at once, applies the run timeout, catches panics, decides
-//! retries and dead letters, and records each outcome.
+//! The route worker: one supervised actor per route. It runs the route's messages with at most
+//! `concurrency` at once, applies the run timeout, catches panics, decides retries and dead
+//! letters, and records each outcome.
 //!
-//! It receives [`Run`] batches from the router and [`JobDone`] from its own jobs. Async jobs run
-//! as separate local tasks (actix polls every future spawned on an actor context at each wake-up,
-//! which would make many concurrent jobs quadratic); a job that finishes on its first poll, like
-//! `echo`, completes inline with no task at all. CPU jobs are sent to the `SyncArbiter` pool and
-//! awaited from a local task, so a timeout can also raise the job's cancel flag.
+//! It receives [`Run`] batches straight from admission (or from the router, for delayed messages
+//! and retries) and [`JobDone`] from its own async jobs.
 //!
+//! **Async routes** live on an I/O arbiter. Jobs run as separate local tasks (actix polls every
+//! future spawned on an actor context at each wake-up, which would make many concurrent jobs
+//! quadratic); a job that finishes on its first poll, like `echo`, completes inline with no task.
 //! On a panic in an async processor the message fails (class `panic`, or is retried) and the
 //! worker stops itself on purpose: its `Supervisor` restarts it, `restarting()` builds a fresh
 //! processor from the factory, and waiting messages stay in the mailbox and backlog. The restart
 //! is counted against the route's budget, which may mark the route degraded, and the worker
 //! pauses for the budget's backoff before taking work again.
+//!
+//! **CPU routes** live on the System arbiter, the thread where actix forwards every message to a
+//! `SyncArbiter`, so handing a job to the pool costs no extra thread wake-up. The pool thread
+//! that runs a job also settles it (outcome, retry or dead letter) and gives its slot back through
+//! the route's [`Lane`](crate::route::Lane) counters, so a result reaches its waiter without
+//! coming back through this actor; the worker is woken only when it holds a backlog that a freed
+//! slot lets it start. Run timeouts are kept here in one deadline heap with one timer: at the
+//! deadline the message ends as `timed_out` (published at once, whether or not the processor
+//! checks its cancel flag) and the job's cancel flag is raised; whichever of the timer and the
+//! pool thread takes the envelope first settles it, exactly once.
 
-use std::collections::VecDeque;
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BinaryHeap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use futures_util::FutureExt;
 
-use super::cpu::{CpuPool, RunCpu};
+use super::cpu::{CpuPool, Handoff, RunCpu};
 use super::{AsyncProcessor, CancelToken, Job, ProcessError, ProcessResult};
 use crate::dispatcher::{Core, Dispatcher};
 use crate::envelope::{Envelope, ErrorClass, ErrorInfo, Status};
-use crate::supervision::panic_message;
+use crate::supervision::{panic_message, RestartDecision};
 
-/// Run these envelopes (all of this worker's route).
+/// Run these envelopes (all of this worker's route). An empty batch only asks the worker to
+/// start what its backlog holds (a CPU slot was freed).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Run(pub Vec<Envelope>);
@@ -41,13 +53,13 @@ pub(crate) enum JobResult {
     Done(ProcessResult),
     Panicked(String),
     TimedOut(Duration),
-    /// The CPU job was dropped before it ran because its timeout had already elapsed.
-    Abandoned,
+    /// The CPU job's timeout elapsed before a pool thread picked it up.
+    TimedOutWaiting(Duration),
     /// The CPU pool could not be reached.
     Lost(String),
 }
 
-/// A job finished (sent by the job's task to its worker).
+/// An async job finished (sent by the job's task to its worker).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct JobDone {
@@ -62,16 +74,46 @@ pub(crate) enum Exec {
     Cpu(Addr<CpuPool>, usize),
 }
 
+/// A CPU job's run deadline, ordered by time (then by hand-off order).
+struct Deadline {
+    at: Instant,
+    seq: u64,
+    timeout: Duration,
+    handoff: Arc<Handoff>,
+}
+
+impl PartialEq for Deadline {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Deadline {}
+impl PartialOrd for Deadline {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Deadline {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
 pub(crate) struct Worker {
     core: Arc<Core>,
     route: usize,
     exec: Exec,
     processor: Option<Box<dyn AsyncProcessor>>,
     backlog: VecDeque<Envelope>,
+    /// Async jobs running (a CPU route counts its jobs in its `Lane` instead).
     running: usize,
     limit: usize,
     paused: bool,
     resume_after: Option<Duration>,
+    /// Run deadlines of the CPU jobs handed to the pool (earliest first), and the armed timer.
+    deadlines: BinaryHeap<Reverse<Deadline>>,
+    handed: u64,
+    timer: Option<(Instant, SpawnHandle)>,
 }
 
 impl Worker {
@@ -91,19 +133,46 @@ impl Worker {
             limit,
             paused: false,
             resume_after: None,
+            deadlines: BinaryHeap::new(),
+            handed: 0,
+            timer: None,
         }
+    }
+
+    /// Jobs started and not yet given back.
+    fn busy(&self) -> usize {
+        match self.exec {
+            Exec::Async(_) => self.running,
+            Exec::Cpu(..) => self.core.routes[self.route].lane.handed.load(SeqCst),
+        }
+    }
+
+    fn can_start(&self, ctx: &Context<Self>) -> bool {
+        !self.paused && self.busy() < self.limit && ctx.state() == ActorState::Running
     }
 
     /// Starts backlog messages while there is room. Jobs that finish on their first poll are
     /// completed right here (in a loop, not by recursion: a long backlog of `echo` must not
     /// grow the stack).
     fn pump(&mut self, ctx: &mut Context<Self>) {
-        while !self.paused && self.running < self.limit && ctx.state() == ActorState::Running {
-            let Some(env) = self.backlog.pop_front() else {
-                break;
+        loop {
+            while self.can_start(ctx) {
+                let Some(env) = self.backlog.pop_front() else {
+                    break;
+                };
+                if let Some((env, result)) = self.start(env, ctx) {
+                    self.complete(env, result, ctx);
+                }
+            }
+            let Exec::Cpu(..) = self.exec else {
+                return;
             };
-            if let Some((env, result)) = self.start(env, ctx) {
-                self.complete(env, result, ctx);
+            // Tell the pool threads whether a freed slot should wake us. A thread that frees
+            // its slot after our check above either sees this count or its slot is seen below.
+            let lane = &self.core.routes[self.route].lane;
+            lane.waiting.store(self.backlog.len(), SeqCst);
+            if self.backlog.is_empty() || !self.can_start(ctx) {
+                return;
             }
         }
     }
@@ -114,14 +183,24 @@ impl Worker {
         mut env: Envelope,
         ctx: &mut Context<Self>,
     ) -> Option<(Envelope, JobResult)> {
-        let core = &self.core;
+        let core = self.core.clone();
         let route = &core.routes[self.route];
-        match core.store.start(&env.ticket) {
-            Ok(attempt) => env.attempt = attempt,
-            Err(_) => return None, // cancelled while it waited (already counted), or shut down
+        match &self.exec {
+            // A CPU message stays queued until a pool thread begins it (see `cpu.rs`).
+            Exec::Cpu(pool, _) if !pool.connected() => {
+                // The attempt fails without ever running.
+                env.attempt = core.store.start(&env.ticket).ok()?;
+                return Some((env, JobResult::Lost("its threads are gone".into())));
+            }
+            Exec::Cpu(..) => {}
+            Exec::Async(_) => {
+                match core.store.start(&env.ticket) {
+                    Ok(attempt) => env.attempt = attempt,
+                    Err(_) => return None, // cancelled while it waited (already counted), or shut down
+                }
+                route.stats.running.fetch_add(1, Relaxed);
+            }
         }
-        self.running += 1;
-        route.stats.running.fetch_add(1, Relaxed);
         // Keep the payload only when a retry or a dead letter may need it again.
         let payload = if route.retries > 0 {
             env.payload.clone()
@@ -142,6 +221,7 @@ impl Worker {
         let timeout = env.timeout.or(route.timeout);
         match &self.exec {
             Exec::Async(_) => {
+                self.running += 1;
                 let processor = self
                     .processor
                     .as_ref()
@@ -177,105 +257,176 @@ impl Worker {
                 });
             }
             Exec::Cpu(pool, index) => {
-                let request = pool.send(RunCpu {
-                    processor: *index,
+                let (pool, index) = (pool.clone(), *index);
+                route.lane.handed.fetch_add(1, SeqCst);
+                let handoff = Arc::new(Handoff::new(env, cancel));
+                if let Some(t) = timeout {
+                    self.handed += 1;
+                    self.deadlines.push(Reverse(Deadline {
+                        at: Instant::now() + t,
+                        seq: self.handed,
+                        timeout: t,
+                        handoff: handoff.clone(),
+                    }));
+                    self.arm(ctx);
+                }
+                // The System arbiter (this thread) forwards it to a pool thread; that thread
+                // settles it and gives the slot back (see `cpu.rs`).
+                pool.do_send(RunCpu {
+                    processor: index,
+                    route: self.route,
                     job,
                     payload,
-                });
-                let addr = ctx.address();
-                actix_rt::spawn(async move {
-                    let sent = match timeout {
-                        Some(t) => match actix_rt::time::timeout(t, request).await {
-                            Ok(r) => r,
-                            Err(_) => {
-                                cancel.cancel();
-                                Ok(JobResult::TimedOut(t))
-                            }
-                        },
-                        None => request.await,
-                    };
-                    let result = sent.unwrap_or_else(|e| JobResult::Lost(e.to_string()));
-                    addr.do_send(JobDone { env, result });
+                    handoff,
                 });
             }
         }
         None
     }
 
-    /// Records how an attempt ended: the outcome, a retry, or a dead letter. After a panic in an
-    /// async processor it stops the actor so the Supervisor restarts it.
-    fn complete(&mut self, mut env: Envelope, result: JobResult, ctx: &mut Context<Self>) {
-        self.running -= 1;
+    /// Records how an async attempt (or a CPU attempt that never reached the pool) ended. After
+    /// a panic in an async processor it stops the actor so the Supervisor restarts it.
+    fn complete(&mut self, env: Envelope, result: JobResult, ctx: &mut Context<Self>) {
         let core = self.core.clone();
-        let route = &core.routes[self.route];
-        route.stats.running.fetch_sub(1, Relaxed);
-        let (error, final_status, panicked) = match result {
-            JobResult::Done(Ok(value)) => {
-                core.finish(
-                    self.route,
-                    &env.ticket,
-                    Status::Completed,
-                    Some(value),
-                    None,
-                );
-                return;
-            }
-            JobResult::Done(Err(ProcessError { class, message })) => {
-                (ErrorInfo::new(class, message), Status::Failed, false)
-            }
-            JobResult::Panicked(text) => (
-                ErrorInfo::new(ErrorClass::Panic, format!("processor panicked: {text}")),
-                Status::Failed,
-                true,
-            ),
-            JobResult::TimedOut(t) => (
-                ErrorInfo::new(
-                    ErrorClass::Timeout,
-                    format!("timed out after {} ms", t.as_millis()),
-                ),
-                Status::TimedOut,
-                false,
-            ),
-            JobResult::Abandoned => (
-                ErrorInfo::new(
-                    ErrorClass::Timeout,
-                    "timed out before a CPU thread was free",
-                ),
-                Status::TimedOut,
-                false,
-            ),
-            JobResult::Lost(why) => (
-                ErrorInfo::new(
-                    ErrorClass::Error,
-                    format!("the CPU pool is unavailable: {why}"),
-                ),
-                Status::Failed,
-                false,
-            ),
-        };
-        tracing::debug!(id = %env.id, kind = %env.kind, attempt = env.attempt, class = error.class.as_str(), error = %error.message, "attempt failed");
-        if panicked {
-            // Counted before the outcome is published, so whoever sees the failure also sees
-            // the restart (and a degraded route).
-            let decision = route.record_restart(core.epoch, &core.settings.restart);
-            if matches!(self.exec, Exec::Async(_)) {
-                self.resume_after = Some(decision.backoff);
-            }
+        if let Exec::Async(_) = self.exec {
+            self.running -= 1;
+            core.routes[self.route].stats.running.fetch_sub(1, Relaxed);
         }
-        if route.retries > 0 {
-            env.history.push(error.clone());
-            if env.attempt <= route.retries {
-                core.retry(env);
-            } else {
-                core.bury(env, error);
-            }
-        } else {
-            core.finish(self.route, &env.ticket, final_status, None, Some(error));
-        }
-        if panicked && matches!(self.exec, Exec::Async(_)) {
+        let restart = settle(&core, env, result);
+        if let (Some(decision), Exec::Async(_)) = (restart, &self.exec) {
+            self.resume_after = Some(decision.backoff);
             ctx.stop(); // the Supervisor restarts us with a fresh processor
         }
     }
+
+    /// Arms the timer for the earliest CPU deadline, if it is earlier than the armed one.
+    fn arm(&mut self, ctx: &mut Context<Self>) {
+        let Some(Reverse(d)) = self.deadlines.peek() else {
+            return;
+        };
+        let at = d.at;
+        if let Some((armed, handle)) = self.timer {
+            if armed <= at {
+                return;
+            }
+            ctx.cancel_future(handle);
+        }
+        let wait = at.saturating_duration_since(Instant::now());
+        let handle = ctx.run_later(wait, |act, ctx| {
+            act.timer = None;
+            act.expire(ctx);
+        });
+        self.timer = Some((at, handle));
+    }
+
+    /// Drops deadlines whose jobs are already settled from the top of the heap (jobs mostly
+    /// finish in the order they were handed over, so this keeps the heap near the jobs in flight).
+    fn prune(&mut self) {
+        while self
+            .deadlines
+            .peek()
+            .is_some_and(|Reverse(d)| d.handoff.is_settled())
+        {
+            self.deadlines.pop();
+        }
+    }
+
+    /// Times out every CPU job whose deadline has passed and that no pool thread has settled.
+    fn expire(&mut self, ctx: &mut Context<Self>) {
+        let now = Instant::now();
+        while let Some(Reverse(d)) = self.deadlines.peek() {
+            if d.at > now {
+                break;
+            }
+            let Some(Reverse(d)) = self.deadlines.pop() else {
+                break;
+            };
+            let Some(mut env) = d.handoff.take() else {
+                continue; // the pool thread settled it first
+            };
+            d.handoff.cancel();
+            let core = &self.core;
+            // Running means a pool thread began it (and counted it); still queued means no
+            // thread was free before the deadline: the attempt is counted now.
+            let result = match core.store.start(&env.ticket) {
+                Err(Status::Running) => {
+                    core.routes[self.route].stats.running.fetch_sub(1, Relaxed);
+                    JobResult::TimedOut(d.timeout)
+                }
+                Ok(attempt) => {
+                    env.attempt = attempt;
+                    JobResult::TimedOutWaiting(d.timeout)
+                }
+                Err(_) => continue, // cancelled while it waited, or finished by a shutdown
+            };
+            settle(core, env, result);
+        }
+        self.prune();
+        self.arm(ctx);
+    }
+}
+
+/// Settles an attempt: records the outcome, or sends the message to a retry or the dead
+/// letters. Runs on the worker's thread or on the CPU pool thread that ran the job. After a
+/// panic, returns the restart decision (the restart is already counted against the budget).
+pub(crate) fn settle(core: &Core, mut env: Envelope, result: JobResult) -> Option<RestartDecision> {
+    let route = &core.routes[env.route];
+    let (error, final_status, panicked) = match result {
+        JobResult::Done(Ok(value)) => {
+            core.finish(env.route, &env.ticket, Status::Completed, Some(value), None);
+            return None;
+        }
+        JobResult::Done(Err(ProcessError { class, message })) => {
+            (ErrorInfo::new(class, message), Status::Failed, false)
+        }
+        JobResult::Panicked(text) => (
+            ErrorInfo::new(ErrorClass::Panic, format!("processor panicked: {text}")),
+            Status::Failed,
+            true,
+        ),
+        JobResult::TimedOut(t) => (
+            ErrorInfo::new(
+                ErrorClass::Timeout,
+                format!("timed out after {} ms", t.as_millis()),
+            ),
+            Status::TimedOut,
+            false,
+        ),
+        JobResult::TimedOutWaiting(t) => (
+            ErrorInfo::new(
+                ErrorClass::Timeout,
+                format!(
+                    "timed out after {} ms before a CPU thread was free",
+                    t.as_millis()
+                ),
+            ),
+            Status::TimedOut,
+            false,
+        ),
+        JobResult::Lost(why) => (
+            ErrorInfo::new(
+                ErrorClass::Error,
+                format!("the CPU pool is unavailable: {why}"),
+            ),
+            Status::Failed,
+            false,
+        ),
+    };
+    tracing::debug!(id = %env.id, kind = %env.kind, attempt = env.attempt, class = error.class.as_str(), error = %error.message, "attempt failed");
+    // Counted before the outcome is published, so whoever sees the failure also sees the
+    // restart (and a degraded route).
+    let restart = panicked.then(|| route.record_restart(core.epoch, &core.settings.restart));
+    if route.retries > 0 {
+        env.history.push(error.clone());
+        if env.attempt <= route.retries {
+            core.retry(env);
+        } else {
+            core.bury(env, error);
+        }
+    } else {
+        core.finish(env.route, &env.ticket, final_status, None, Some(error));
+    }
+    restart
 }
 
 fn caught(r: Result<ProcessResult, Box<dyn std::any::Any + Send>>) -> JobResult {
@@ -296,6 +447,9 @@ impl Actor for Worker {
                 act.pump(ctx);
             });
         }
+        // A restart drops the context's timers: re-arm the deadline timer.
+        self.timer = None;
+        self.arm(ctx);
     }
 }
 
@@ -312,6 +466,13 @@ impl Supervised for Worker {
 impl Handler<Run> for Worker {
     type Result = ();
     fn handle(&mut self, msg: Run, ctx: &mut Context<Self>) {
+        if let Exec::Cpu(..) = self.exec {
+            self.core.routes[self.route]
+                .lane
+                .pump_pending
+                .store(false, SeqCst);
+            self.prune();
+        }
         self.backlog.extend(msg.0);
         self.pump(ctx);
     }

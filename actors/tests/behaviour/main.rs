@@ -5,6 +5,7 @@ mod common;
 
 mod backpressure;
 mod cancel;
+mod cpu;
 mod fetch;
 mod gather;
 mod retries;
