@@ -6,10 +6,16 @@
 # table (and saved to target/load/results.md).
 #
 # Usage: bash benches/load.sh            (DURATION=10 REPEAT=3 by default; ONLY="echo sleep" to pick)
+#
+# The sleep workload runs SLEEP_DURATION (30 s by default) instead: each of its requests takes
+# 100 ms, so a run starts with 100 ms in which nothing can complete and ends with 1,000 requests
+# in flight that are never counted; over 10 s that is ~2% of the ideal lost to the measurement
+# itself, over 30 s ~0.7%. Every server gets a 2 s warm-up run (not counted) before each workload.
 # Installs what it needs: wrk (Debian), aiohttp (PyPI, into target/load/venv). Loopback only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${DURATION:-10}"
+SLEEP_DURATION="${SLEEP_DURATION:-30}"
 REPEAT="${REPEAT:-3}"
 ONLY="${ONLY:-echo sleep fetch primes hash}"
 OUT=target/load
@@ -27,14 +33,14 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 echo "building release binaries"
 cargo build --release -q --bin mailroom --example bare_echo
 
-MR=127.0.0.1:18080; BARE=127.0.0.1:18090; PY=127.0.0.1:18091
+MR=127.0.0.1:18080; BARE=127.0.0.1:18090; PY=127.0.0.1:18091; BARE1=127.0.0.1:18092
 PIDS=()
 cleanup() { for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
 wait_up() { for _ in $(seq 1 100); do curl -sf "http://$1/healthz" >/dev/null && return 0; sleep 0.1; done; echo "$1 did not come up" >&2; exit 1; }
 # A server left over on one of our ports would be measured instead of the one just built.
-for a in $MR $BARE $PY; do
+for a in $MR $BARE $PY $BARE1; do
   if curl -s -m 1 "http://$a/healthz" >/dev/null 2>&1; then echo "something already listens on $a; stop it first" >&2; exit 1; fi
 done
 
@@ -47,11 +53,13 @@ start_mailroom() { # extra env assignments as arguments
 }
 stop_mailroom() { kill -TERM "$MR_PID"; wait "$MR_PID" 2>/dev/null || true; }
 
-# run NAME URL BODY CONNECTIONS → appends "name rps p50 p99 non2xx" for each repeat
+# run NAME URL BODY CONNECTIONS [SECONDS] → a warm-up, then appends "name rps p50 p99 non2xx
+# errors" for each repeat
 run() {
-  local name=$1 url=$2 body=$3 conns=$4
+  local name=$1 url=$2 body=$3 conns=$4 secs=${5:-$DURATION}
+  BODY="$body" wrk -t2 -c"$conns" -d2s --timeout 10s -s benches/post.lua "$url" >/dev/null 2>&1 || true
   for i in $(seq 1 "$REPEAT"); do
-    BODY="$body" wrk -t2 -c"$conns" -d"${DURATION}s" --timeout 10s --latency -s benches/post.lua "$url" >"$OUT/wrk.txt" 2>&1 || true
+    BODY="$body" wrk -t2 -c"$conns" -d"${secs}s" --timeout 10s --latency -s benches/post.lua "$url" >"$OUT/wrk.txt" 2>&1 || true
     local rps p50 p99 non2xx errors
     rps=$(awk '/Requests\/sec/ {print $2}' "$OUT/wrk.txt")
     p50=$(awk '$1=="50%" {print $2}' "$OUT/wrk.txt")
@@ -82,9 +90,9 @@ for wl in $ONLY; do
       run echo/bare "http://$BARE/v1/messages" "$ECHO" 64
       run echo/python "http://$PY$W" "$ECHO" 64 ;;
     sleep)
-      start_mailroom; run sleep/mailroom "http://$MR$W" "$SLEEP" 1000; stop_mailroom
-      run sleep/bare "http://$BARE/v1/messages" "$SLEEP" 1000
-      run sleep/python "http://$PY$W" "$SLEEP" 1000 ;;
+      start_mailroom; run sleep/mailroom "http://$MR$W" "$SLEEP" 1000 "$SLEEP_DURATION"; stop_mailroom
+      run sleep/bare "http://$BARE/v1/messages" "$SLEEP" 1000 "$SLEEP_DURATION"
+      run sleep/python "http://$PY$W" "$SLEEP" 1000 "$SLEEP_DURATION" ;;
     fetch)
       start_mailroom; run fetch/mailroom "http://$MR$W" "$FETCH" 256; stop_mailroom
       run fetch/python "http://$PY$W" "$FETCH" 256 ;;
@@ -92,11 +100,18 @@ for wl in $ONLY; do
       body=$PRIMES; [ "$wl" = hash ] && body=$HASH
       start_mailroom; run "$wl/mailroom" "http://$MR$W" "$body" 16; stop_mailroom
       start_mailroom MAILROOM_POOLS__CPU__THREADS=1; run "$wl/mailroom-1-thread" "http://$MR$W" "$body" 16; stop_mailroom
+      # The machine's ceiling for CPU scaling through HTTP: the same work computed inline on
+      # the bare server's worker threads (two, then one), no dispatch at all.
+      run "$wl/bare-inline" "http://$BARE/v1/messages" "$body" 16
+      BARE_WORKERS=1 target/release/examples/bare_echo "$BARE1" >"$OUT/bare1.log" 2>&1 &
+      B1=$!; PIDS+=("$B1"); wait_up "$BARE1"
+      run "$wl/bare-inline-1-thread" "http://$BARE1/v1/messages" "$body" 16
+      kill "$B1"; wait "$B1" 2>/dev/null || true
       run "$wl/python" "http://$PY$W" "$body" 16 ;;
   esac
 done
 
-python3 - "$OUT/raw.txt" "$DURATION" "$REPEAT" <<'PY' | tee "$OUT/results.md"
+python3 - "$OUT/raw.txt" "$DURATION" "$REPEAT" "$SLEEP_DURATION" <<'PY' | tee "$OUT/results.md"
 import statistics, sys
 rows = {}
 for line in open(sys.argv[1]):
@@ -105,7 +120,7 @@ for line in open(sys.argv[1]):
 med = {n: statistics.median(r[0] for r in v) for n, v in rows.items()}
 def mid(v):  # the run with the median rate
     return sorted(v, key=lambda r: r[0])[len(v) // 2]
-print(f"\n{sys.argv[3]} runs of {sys.argv[2]} s each; medians.\n")
+print(f"\n{sys.argv[3]} runs of {sys.argv[2]} s each (sleep: {sys.argv[4]} s); medians.\n")
 print("| workload | server | req/s (median) | p50 | p99 | non-200 | socket errors |")
 print("|---|---|---:|---:|---:|---:|---:|")
 for n, v in rows.items():
@@ -127,6 +142,7 @@ if "fetch/mailroom" in med:
     print(f"| fetch: mailroom / ideal 5,120 | {med['fetch/mailroom'] / 5120:.2f} | ≥ 0.90 |")
 for wl in ("primes", "hash"):
     ratio(f"{wl}: pool / one thread", f"{wl}/mailroom", f"{wl}/mailroom-1-thread", "≥ 1.8")
+    ratio(f"{wl}: bare inline, 2 threads / 1 (this machine's ceiling)", f"{wl}/bare-inline", f"{wl}/bare-inline-1-thread", "")
 for wl in ("echo", "sleep", "fetch", "primes", "hash"):
     ratio(f"{wl}: mailroom / python asyncio", f"{wl}/mailroom", f"{wl}/python", "well ahead (> 1)")
 PY
