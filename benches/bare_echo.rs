@@ -3,14 +3,18 @@
 //! with no dispatch at all (and `sleep`, as a bare timer: the ceiling of the `sleep` workload on
 //! this machine). It also serves `GET /delay/{ms}`, the local upstream of the `fetch` workload.
 //!
-//! `primes` and `hash` are computed inline on the actix-web worker thread, with the same code as
-//! Mailroom's built-ins: run with `BARE_WORKERS=1` and `BARE_WORKERS=2`, this is the ceiling of
-//! CPU scaling through HTTP on this machine (HTTP, JSON and the load generator share the cores
-//! with the work, but there is no dispatch at all).
+//! `primes` and `hash` are computed with the same code as Mailroom's built-ins, inline on the
+//! actix-web worker thread: run with `BARE_WORKERS=1` and `BARE_WORKERS=2`, this is the ceiling
+//! of CPU scaling through HTTP on this machine (HTTP, JSON and the load generator share the cores
+//! with the work, but there is no dispatch at all). With `BARE_CPU_THREADS=N` they run instead
+//! on N plain threads fed by a channel, answered through a oneshot: the least any design pays
+//! that keeps CPU work off the HTTP threads (two cross-thread hand-offs per request, no
+//! admission, store or actors).
 //!
-//! Run: `cargo run --release --example bare_echo -- 127.0.0.1:8090` (`BARE_WORKERS`: worker
-//! threads, default one per core).
+//! Run: `cargo run --release --example bare_echo -- 127.0.0.1:8090` (`BARE_WORKERS`: HTTP
+//! worker threads, default one per core; `BARE_CPU_THREADS`: see above).
 
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use actix_web::{web, App, HttpResponse, HttpServer};
@@ -39,26 +43,59 @@ async fn submit(body: web::Bytes) -> HttpResponse {
                 "result": {"slept_ms": ms}, "attempts": 1,
             }))
         }
-        Ok(s) if s.kind == "primes" => {
-            let limit = s.payload["limit"].as_u64().unwrap_or(0);
-            let count = count_primes(limit, None).unwrap_or(0);
+        Ok(s) if s.kind == "primes" || s.kind == "hash" => {
+            let result = match CPU_THREADS.get() {
+                // On a thread of its own pool: HTTP worker → CPU thread → HTTP worker.
+                Some(tx) => {
+                    let (done, rx) = tokio::sync::oneshot::channel();
+                    if tx.send((s.kind.clone(), s.payload, done)).is_err() {
+                        return HttpResponse::ServiceUnavailable().finish();
+                    }
+                    rx.await.unwrap_or_default()
+                }
+                None => compute(&s.kind, &s.payload),
+            };
             HttpResponse::Ok().json(json!({
-                "id": "00000000000000000000000000", "kind": "primes", "status": "completed",
-                "result": {"count": count}, "attempts": 1,
-            }))
-        }
-        Ok(s) if s.kind == "hash" => {
-            let data = s.payload["data"].as_str().unwrap_or("");
-            let rounds = s.payload["rounds"].as_u64().unwrap_or(1);
-            let digest = hash_rounds(data, rounds, None).unwrap_or_default();
-            HttpResponse::Ok().json(json!({
-                "id": "00000000000000000000000000", "kind": "hash", "status": "completed",
-                "result": {"sha256": digest}, "attempts": 1,
+                "id": "00000000000000000000000000", "kind": s.kind, "status": "completed",
+                "result": result, "attempts": 1,
             }))
         }
         Ok(_) => HttpResponse::UnprocessableEntity().finish(),
         Err(e) => HttpResponse::BadRequest().body(e.to_string()),
     }
+}
+
+/// `primes` or `hash` with the built-ins' own code.
+fn compute(kind: &str, payload: &Value) -> Value {
+    if kind == "primes" {
+        let limit = payload["limit"].as_u64().unwrap_or(0);
+        json!({ "count": count_primes(limit, None).unwrap_or(0) })
+    } else {
+        let data = payload["data"].as_str().unwrap_or("");
+        let rounds = payload["rounds"].as_u64().unwrap_or(1);
+        json!({ "sha256": hash_rounds(data, rounds, None).unwrap_or_default() })
+    }
+}
+
+type CpuJob = (String, Value, tokio::sync::oneshot::Sender<Value>);
+
+/// With `BARE_CPU_THREADS=N`: the queue of N plain threads that compute `primes` and `hash`.
+static CPU_THREADS: OnceLock<mpsc::Sender<CpuJob>> = OnceLock::new();
+
+fn start_cpu_threads(n: usize) {
+    let (tx, rx) = mpsc::channel::<CpuJob>();
+    let rx = Arc::new(Mutex::new(rx));
+    for _ in 0..n {
+        let rx = rx.clone();
+        std::thread::spawn(move || loop {
+            let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+            let Ok((kind, payload, done)) = job else {
+                return;
+            };
+            let _ = done.send(compute(&kind, &payload));
+        });
+    }
+    let _ = CPU_THREADS.set(tx);
 }
 
 async fn delay(ms: web::Path<u64>) -> HttpResponse {
@@ -75,6 +112,12 @@ async fn main() -> std::io::Result<()> {
         .ok()
         .and_then(|w| w.parse().ok())
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if let Some(n) = std::env::var("BARE_CPU_THREADS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+    {
+        start_cpu_threads(n);
+    }
     HttpServer::new(|| {
         App::new()
             .route("/v1/messages", web::post().to(submit))

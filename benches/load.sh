@@ -70,6 +70,15 @@ run() {
   done
 }
 
+# bare_variant NAME BODY ENV=VALUE... → runs NAME against a second bare server started with ENV
+bare_variant() {
+  local name=$1 body=$2; shift 2
+  env "$@" target/release/examples/bare_echo "$BARE1" >"$OUT/bare1.log" 2>&1 &
+  local pid=$!; PIDS+=("$pid"); wait_up "$BARE1"
+  run "$name" "http://$BARE1/v1/messages" "$body" 16
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+
 rm -f "$OUT/raw.txt"
 "$OUT/venv/bin/python" benches/python_baseline.py --port "${PY##*:}" >"$OUT/python.log" 2>&1 &
 PIDS+=("$!"); wait_up "$PY"
@@ -101,12 +110,13 @@ for wl in $ONLY; do
       start_mailroom; run "$wl/mailroom" "http://$MR$W" "$body" 16; stop_mailroom
       start_mailroom MAILROOM_POOLS__CPU__THREADS=1; run "$wl/mailroom-1-thread" "http://$MR$W" "$body" 16; stop_mailroom
       # The machine's ceiling for CPU scaling through HTTP: the same work computed inline on
-      # the bare server's worker threads (two, then one), no dispatch at all.
+      # the bare server's worker threads (two, then one), no dispatch at all; then on a plain
+      # thread pool beside the HTTP workers (two threads, then one): the least that any design
+      # keeping CPU work off the HTTP threads pays (two cross-thread hand-offs per request).
       run "$wl/bare-inline" "http://$BARE/v1/messages" "$body" 16
-      BARE_WORKERS=1 target/release/examples/bare_echo "$BARE1" >"$OUT/bare1.log" 2>&1 &
-      B1=$!; PIDS+=("$B1"); wait_up "$BARE1"
-      run "$wl/bare-inline-1-thread" "http://$BARE1/v1/messages" "$body" 16
-      kill "$B1"; wait "$B1" 2>/dev/null || true
+      bare_variant "$wl/bare-inline-1-thread" "$body" BARE_WORKERS=1
+      bare_variant "$wl/bare-pool" "$body" BARE_CPU_THREADS=2
+      bare_variant "$wl/bare-pool-1-thread" "$body" BARE_CPU_THREADS=1
       run "$wl/python" "http://$PY$W" "$body" 16 ;;
   esac
 done
@@ -143,6 +153,8 @@ if "fetch/mailroom" in med:
 for wl in ("primes", "hash"):
     ratio(f"{wl}: pool / one thread", f"{wl}/mailroom", f"{wl}/mailroom-1-thread", "≥ 1.8")
     ratio(f"{wl}: bare inline, 2 threads / 1 (this machine's ceiling)", f"{wl}/bare-inline", f"{wl}/bare-inline-1-thread", "")
+    ratio(f"{wl}: bare thread pool, 2 threads / 1 (ceiling with CPU work off the HTTP threads)", f"{wl}/bare-pool", f"{wl}/bare-pool-1-thread", "")
+    ratio(f"{wl}: mailroom pool / bare thread pool, 2 threads each", f"{wl}/mailroom", f"{wl}/bare-pool", "")
 for wl in ("echo", "sleep", "fetch", "primes", "hash"):
     ratio(f"{wl}: mailroom / python asyncio", f"{wl}/mailroom", f"{wl}/python", "well ahead (> 1)")
 PY

@@ -821,9 +821,17 @@ impl DispatcherBuilder {
             None
         } else {
             let cpu_makes = Arc::new(cpu_makes);
-            Some(SyncArbiter::start(cpu_threads, move || {
-                CpuPool::new(cpu_makes.clone())
-            }))
+            // Named, so `top -H` and profilers tell the pool's threads apart.
+            let mut n = 0;
+            let name = move || {
+                n += 1;
+                std::thread::Builder::new().name(format!("mailroom-cpu-{n}"))
+            };
+            Some(SyncArbiter::start_with_thread_builder(
+                cpu_threads,
+                name,
+                move || CpuPool::new(cpu_makes.clone()),
+            ))
         };
         let router_core = core.clone();
         let router =
