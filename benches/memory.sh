@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
-# Memory figures: RSS of `mailroom serve` (release) idle, with N delayed messages queued, and the
-# per-message overhead; then the same after they are cancelled... no: after they are submitted
-# and drained by shutdown. Loopback only.
+# Memory figures: RSS of `mailroom serve` (release) idle (after one message of each built-in, so
+# the pools are started), then with N `echo` messages delayed by an hour (submitted through
+# `POST /v1/batch` in batches of 1,000), and the per-message overhead ((loaded - idle) / N).
+# Loopback only.
 #
 # Usage: bash benches/memory.sh            (N=100000 by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${N:-100000}"
 ADDR=127.0.0.1:18081
+if curl -s -m 1 "http://$ADDR/healthz" >/dev/null 2>&1; then echo "something already listens on $ADDR; stop it first" >&2; exit 1; fi
 cargo build --release -q --bin mailroom
 MAILROOM_DISPATCH__CAPACITY=$((N + 1000)) MAILROOM_SERVER__MAX_BATCH=1000 RUST_LOG=warn \
   target/release/mailroom serve --config benches/load.toml --bind "$ADDR" >/dev/null 2>&1 &
 PID=$!
-trap 'kill $PID 2>/dev/null || true' EXIT
+trap 'kill $PID 2>/dev/null || true; wait $PID 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do curl -sf "http://$ADDR/healthz" >/dev/null && break; sleep 0.1; done
+kill -0 "$PID" 2>/dev/null || { echo "mailroom did not start" >&2; exit 1; }
 rss() { awk '/VmRSS/ {print $2}' "/proc/$PID/status"; }
 # Warm up every route once so idle includes the started pools.
 curl -sf -X POST "http://$ADDR/v1/batch" -H 'content-type: application/json' -d \
