@@ -48,7 +48,7 @@ pub(crate) struct Core {
     pub epoch: Instant,
     pub io_arbiters: Vec<ArbiterHandle>,
     pub timers: Mutex<Vec<Addr<TimerSource>>>,
-    /// Admissions between their `draining` check and their hand-off to the router; shutdown
+    /// Admissions between their `draining` check and their hand-off (to a worker or the router); shutdown
     /// waits for these so a message accepted just as draining begins is still drained.
     pub admitting: AtomicU64,
     /// Set when shutdown begins: the moment after which nothing more may run.
@@ -383,7 +383,7 @@ impl Dispatcher {
         b
     }
 
-    /// Admits a message and hands it to the router. The admission is counted while it is in
+    /// Admits a message and hands it on (to its worker, or to the router if delayed). The admission is counted while it is in
     /// progress, so `shutdown` cannot miss a message accepted just as draining begins.
     fn enqueue(&self, msg: Message, waiter: Option<Waiter>) -> Result<(MessageId, Kind), Rejected> {
         let _admitting = Admitting::enter(&self.core.admitting);
@@ -444,8 +444,8 @@ impl Dispatcher {
         let gathered = Gathered::new(n);
         // Rejections are rare: kept aside by index rather than in a slot per message.
         let mut rejected: Vec<(usize, Rejected)> = Vec::new();
-        // Hand envelopes to the router in chunks as they are admitted, so the router and the
-        // workers start while admission is still going (pipelining across threads).
+        // Hand envelopes on in chunks as they are admitted, so the workers start while admission
+        // is still going (pipelining across threads).
         const CHUNK: usize = 256;
         let mut batch = Vec::with_capacity(CHUNK.min(n));
         let admitting = Admitting::enter(&self.core.admitting);
@@ -595,7 +595,7 @@ impl Dispatcher {
         *self.core.drain_deadline.lock() = Some(started + deadline);
         self.core.draining.store(true, SeqCst);
         // Admissions that passed the draining check before it was set finish handing their
-        // message to the router; after this no new message can be accepted.
+        // message on; after this no new message can be accepted.
         while self.core.admitting.load(SeqCst) > 0 {
             std::thread::yield_now();
         }

@@ -103,7 +103,8 @@ pub struct RouteInfo {
     pub pool: Pool,
     /// Bound on queued + delayed + running.
     pub capacity: u64,
-    /// Cap on messages running at once.
+    /// Cap on messages running at once; on a CPU route, on messages given to the pool (running
+    /// or waiting for a thread), which is the route's capacity unless it was set.
     pub concurrency: usize,
     /// Run timeout of one attempt, if any.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -151,7 +151,8 @@ pub struct RouteSettings {
     /// processors. For CPU processors it caps the route's messages given to the pool (running
     /// or waiting for a thread); `None` means no cap beyond the route's capacity: all CPU routes
     /// share the pool's threads in arrival order. Set it to keep a route of long jobs from
-    /// taking every thread.
+    /// taking every thread. A CPU job that times out keeps its slot until its thread returns
+    /// (a processor that ignores [`Job::check`](crate::Job::check) holds it to the end).
     pub concurrency: Option<usize>,
 }
 

@@ -8,12 +8,13 @@
 //!
 //! The thread that runs a job also settles it (outcome, retry or dead letter, through
 //! [`settle`]) unless the route worker's run timeout got there first; the [`Handoff`] decides
-//! which of the two does, exactly once. The thread then gives the job's slot back to the route's
+//! which of the two does, exactly once, and tells the timer when the job began. The thread then gives the job's slot back to the route's
 //! [`Lane`](crate::route::Lane) and wakes the worker only if it holds a backlog.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::Arc;
+use std::time::Instant;
 
 use actix::prelude::*;
 use parking_lot::Mutex;
@@ -29,49 +30,82 @@ type CpuMake = Arc<dyn Fn() -> Box<dyn CpuProcessor> + Send + Sync>;
 
 /// A CPU job between its worker and the pool thread. The envelope sits here until the attempt is
 /// settled: the thread takes it when the job is done, the worker's timer when the run timeout
-/// elapses first, and whoever takes it settles the attempt, exactly once.
+/// elapses first, and whoever takes it settles the attempt, exactly once. The run timeout counts
+/// from `began`, when a thread begins the job, not from the hand-off: time spent waiting for a
+/// thread is not run time.
 pub(crate) struct Handoff {
-    env: Mutex<Option<Envelope>>,
+    state: Mutex<HandoffState>,
     cancel: CancelToken,
+}
+
+struct HandoffState {
+    env: Option<Envelope>,
+    began: Option<Instant>,
+}
+
+/// What the worker's timer found when a job's deadline came.
+pub(crate) enum Expiry {
+    /// Already settled by its thread (or skipped): nothing to do.
+    Settled,
+    /// No thread has begun it: no run time has passed yet.
+    Waiting,
+    /// Begun at this instant and still running.
+    Running(Instant),
 }
 
 impl Handoff {
     pub(crate) fn new(env: Envelope, cancel: CancelToken) -> Handoff {
         Handoff {
-            env: Mutex::new(Some(env)),
+            state: Mutex::new(HandoffState {
+                env: Some(env),
+                began: None,
+            }),
             cancel,
         }
     }
 
-    /// Takes the envelope, if nobody has settled the attempt yet.
-    pub(crate) fn take(&self) -> Option<Envelope> {
-        self.env.lock().take()
+    /// Thread side: takes the envelope to settle the attempt, if the timer has not.
+    fn take(&self) -> Option<Envelope> {
+        self.state.lock().env.take()
     }
 
     pub(crate) fn is_settled(&self) -> bool {
-        self.env.lock().is_none()
+        self.state.lock().env.is_none()
     }
 
-    /// Asks the processor to stop (its run timeout elapsed).
-    pub(crate) fn cancel(&self) {
+    /// Timer side: where the job stands.
+    pub(crate) fn expiry(&self) -> Expiry {
+        let st = self.state.lock();
+        match (&st.env, st.began) {
+            (None, _) => Expiry::Settled,
+            (Some(_), None) => Expiry::Waiting,
+            (Some(_), Some(at)) => Expiry::Running(at),
+        }
+    }
+
+    /// Timer side: takes the envelope of a job that has run past its timeout and raises its
+    /// cancel flag; `None` if the thread settled it meanwhile.
+    pub(crate) fn time_out(&self) -> Option<Envelope> {
+        let env = self.state.lock().env.take()?;
         self.cancel.cancel();
+        Some(env)
     }
 
     /// Thread side: marks the message running and returns its attempt number, or `None` when
-    /// there is nothing to run (timed out while it waited, cancelled, or shut down). Done under
-    /// the envelope's lock, so the timer sees either a running attempt or one that never ran.
+    /// there is nothing to run (cancelled while it waited, or finished by a shutdown). Done under
+    /// the lock, so the timer sees a job either waiting or running since a known instant.
     fn begin(&self, core: &Core, route: usize) -> Option<u32> {
-        let mut slot = self.env.lock();
-        let env = slot.as_mut()?;
+        let mut st = self.state.lock();
+        let env = st.env.as_mut()?;
         match core.store.start(&env.ticket) {
             Ok(attempt) => {
                 env.attempt = attempt;
                 core.routes[route].stats.running.fetch_add(1, Relaxed);
+                st.began = Some(Instant::now());
                 Some(attempt)
             }
             Err(_) => {
-                // Cancelled while it waited (already counted), or finished by a shutdown.
-                slot.take();
+                st.env = None;
                 None
             }
         }

@@ -1,6 +1,6 @@
 //! The route worker: one supervised actor per route. It runs the route's messages with at most
-//! `concurrency` at once, applies the run timeout, catches panics, decides retries and dead
-//! letters, and records each outcome.
+//! `concurrency` at once, applies the run timeout, catches panics, and settles each attempt
+//! (outcome, retry or dead letter) — for CPU routes, the pool thread that ran the job settles it.
 //!
 //! It receives [`Run`] batches straight from admission (or from the router, for delayed messages
 //! and retries) and [`JobDone`] from its own async jobs.
@@ -19,10 +19,11 @@
 //! that runs a job also settles it (outcome, retry or dead letter) and gives its slot back through
 //! the route's [`Lane`](crate::route::Lane) counters, so a result reaches its waiter without
 //! coming back through this actor; the worker is woken only when it holds a backlog that a freed
-//! slot lets it start. Run timeouts are kept here in one deadline heap with one timer: at the
-//! deadline the message ends as `timed_out` (published at once, whether or not the processor
-//! checks its cancel flag) and the job's cancel flag is raised; whichever of the timer and the
-//! pool thread takes the envelope first settles it, exactly once.
+//! slot lets it start. Run timeouts are kept here in one deadline heap with one timer; they count
+//! from when a thread begins the job, not while it waits for one. At the deadline the message
+//! ends as `timed_out` (published at once, whether or not the processor checks its cancel flag)
+//! and the job's cancel flag is raised; whichever of the timer and the pool thread takes the
+//! envelope first settles it, exactly once. The job keeps its slot until its thread returns.
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, VecDeque};
@@ -35,7 +36,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use futures_util::FutureExt;
 
-use super::cpu::{CpuPool, Handoff, RunCpu};
+use super::cpu::{CpuPool, Expiry, Handoff, RunCpu};
 use super::{AsyncProcessor, CancelToken, Job, ProcessError, ProcessResult};
 use crate::dispatcher::{Core, Dispatcher};
 use crate::envelope::{Envelope, ErrorClass, ErrorInfo, Status};
@@ -53,8 +54,6 @@ pub(crate) enum JobResult {
     Done(ProcessResult),
     Panicked(String),
     TimedOut(Duration),
-    /// The CPU job's timeout elapsed before a pool thread picked it up.
-    TimedOutWaiting(Duration),
     /// The CPU pool could not be reached.
     Lost(String),
 }
@@ -271,7 +270,8 @@ impl Worker {
                     self.arm(ctx);
                 }
                 // The System arbiter (this thread) forwards it to a pool thread; that thread
-                // settles it and gives the slot back (see `cpu.rs`).
+                // settles it and gives the slot back (see `cpu.rs`). `do_send` can only fail
+                // once the System is stopping, when the pool is gone and nothing runs anyway.
                 pool.do_send(RunCpu {
                     processor: index,
                     route: self.route,
@@ -319,8 +319,9 @@ impl Worker {
         self.timer = Some((at, handle));
     }
 
-    /// Drops deadlines whose jobs are already settled from the top of the heap (jobs mostly
-    /// finish in the order they were handed over, so this keeps the heap near the jobs in flight).
+    /// Drops deadlines whose jobs are already settled: from the top of the heap (jobs mostly
+    /// finish in the order they were handed over), and from the whole heap when one long job
+    /// at the top holds many finished ones behind it.
     fn prune(&mut self) {
         while self
             .deadlines
@@ -329,37 +330,43 @@ impl Worker {
         {
             self.deadlines.pop();
         }
+        let handed = self.core.routes[self.route].lane.handed.load(Relaxed);
+        if self.deadlines.len() > 2 * handed + 64 {
+            self.deadlines.retain(|Reverse(d)| !d.handoff.is_settled());
+        }
     }
 
-    /// Times out every CPU job whose deadline has passed and that no pool thread has settled.
+    /// Visits every CPU deadline that has come: a job that has run for its whole timeout ends
+    /// as `timed_out` (its cancel flag raised); one that began later gets its real deadline
+    /// (`began + timeout`); one still waiting for a thread is looked at again a timeout later.
     fn expire(&mut self, ctx: &mut Context<Self>) {
         let now = Instant::now();
         while let Some(Reverse(d)) = self.deadlines.peek() {
             if d.at > now {
                 break;
             }
-            let Some(Reverse(d)) = self.deadlines.pop() else {
+            let Some(Reverse(mut d)) = self.deadlines.pop() else {
                 break;
             };
-            let Some(mut env) = d.handoff.take() else {
-                continue; // the pool thread settled it first
-            };
-            d.handoff.cancel();
-            let core = &self.core;
-            // Running means a pool thread began it (and counted it); still queued means no
-            // thread was free before the deadline: the attempt is counted now.
-            let result = match core.store.start(&env.ticket) {
-                Err(Status::Running) => {
-                    core.routes[self.route].stats.running.fetch_sub(1, Relaxed);
-                    JobResult::TimedOut(d.timeout)
+            let next = match d.handoff.expiry() {
+                Expiry::Settled => continue,
+                Expiry::Waiting => now + d.timeout,
+                Expiry::Running(began) if began + d.timeout > now => began + d.timeout,
+                Expiry::Running(_) => {
+                    let Some(env) = d.handoff.time_out() else {
+                        continue; // the pool thread settled it just now
+                    };
+                    // It had begun, so its thread counted it as running.
+                    self.core.routes[self.route]
+                        .stats
+                        .running
+                        .fetch_sub(1, Relaxed);
+                    settle(&self.core, env, JobResult::TimedOut(d.timeout));
+                    continue;
                 }
-                Ok(attempt) => {
-                    env.attempt = attempt;
-                    JobResult::TimedOutWaiting(d.timeout)
-                }
-                Err(_) => continue, // cancelled while it waited, or finished by a shutdown
             };
-            settle(core, env, result);
+            d.at = next;
+            self.deadlines.push(Reverse(d));
         }
         self.prune();
         self.arm(ctx);
@@ -388,17 +395,6 @@ pub(crate) fn settle(core: &Core, mut env: Envelope, result: JobResult) -> Optio
             ErrorInfo::new(
                 ErrorClass::Timeout,
                 format!("timed out after {} ms", t.as_millis()),
-            ),
-            Status::TimedOut,
-            false,
-        ),
-        JobResult::TimedOutWaiting(t) => (
-            ErrorInfo::new(
-                ErrorClass::Timeout,
-                format!(
-                    "timed out after {} ms before a CPU thread was free",
-                    t.as_millis()
-                ),
             ),
             Status::TimedOut,
             false,

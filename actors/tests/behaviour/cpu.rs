@@ -1,6 +1,7 @@
-//! The CPU pool's hand-off: a message stays `queued` until a thread begins it, run timeouts end
-//! a message at the deadline whether or not its processor cooperates, a timeout while waiting
-//! for a thread counts as an attempt, and a route's `concurrency` caps its share of the pool.
+//! The CPU pool's hand-off: a message stays `queued` until a thread begins it, a run timeout
+//! counts from then and ends the message at the deadline whether or not its processor
+//! cooperates, a timed-out attempt is retried like any failure, and a route's `concurrency`
+//! caps its share of the pool.
 //! A gate the test opens stands in for long CPU work, so nothing here depends on timing.
 
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
@@ -129,43 +130,78 @@ async fn a_cpu_timeout_ends_the_message_at_the_deadline_even_if_the_processor_ig
 }
 
 #[actix_rt::test]
-async fn a_timeout_while_waiting_for_a_thread_counts_as_an_attempt() {
+async fn a_cpu_run_timeout_counts_from_when_a_thread_begins_the_job() {
     let gate = Arc::new(Gate::default());
     let d = Dispatcher::builder(one_thread())
         .processor(gated(&gate))
         .route("gated", RouteSettings::new("gated"))
         .route(
-            "impatient",
+            "quick",
+            RouteSettings::new("primes").timeout(Duration::from_millis(30)),
+        )
+        .build()
+        .unwrap();
+    let blocker = d.submit(Message::new("gated", json!("blocker"))).unwrap();
+    assert!(eventually(Duration::from_secs(5), || gate.calls.load(SeqCst) == 1).await);
+    // Waiting for the only thread for several times its run timeout does not time it out.
+    let quick = d
+        .submit(Message::new("quick", json!({"limit": 100})))
+        .unwrap();
+    actix_rt::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(d.status(quick).unwrap().status, Status::Queued);
+    gate.open();
+    let out = d.wait(quick, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        (out.status, out.result.clone(), out.attempts),
+        (Status::Completed, Some(json!({"count": 25})), 1)
+    );
+    assert!(out.timings.queued_ms >= 150.0, "{:?}", out.timings);
+    let out = d.wait(blocker, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(out.status, Status::Completed);
+    settled(&d).await;
+}
+
+#[actix_rt::test]
+async fn a_cpu_timeout_with_retries_ends_dead_after_its_attempts() {
+    let gate = Arc::new(Gate::default());
+    let d = Dispatcher::builder(one_thread())
+        .processor(gated(&gate))
+        .route(
+            "gated",
             RouteSettings::new("gated")
                 .timeout(Duration::from_millis(30))
                 .retries(1, Duration::from_millis(1)),
         )
         .build()
         .unwrap();
-    let blocker = d.submit(Message::new("gated", json!("blocker"))).unwrap();
-    assert!(eventually(Duration::from_secs(5), || gate.calls.load(SeqCst) == 1).await);
-    // Both attempts time out in the pool's queue: the message is dead after two, not retried
-    // forever, and its processor never ran.
-    let out = d.send(Message::new("impatient", json!(1))).await.unwrap();
-    assert_eq!((out.status, out.attempts), (Status::Dead, 2));
-    let err = out.error.as_ref().unwrap();
-    assert_eq!(
-        (err.class, err.message.as_str()),
-        (
-            ErrorClass::Timeout,
-            "timed out after 30 ms before a CPU thread was free"
-        )
+    // The first attempt holds the only thread past its timeout and is retried; the retry waits
+    // in the pool's queue (its clock not running) until the thread returns, then runs.
+    let sent = actix_rt::spawn({
+        let d = d.clone();
+        async move { d.send(Message::new("gated", json!(1))).await }
+    });
+    assert!(
+        eventually(Duration::from_secs(5), || d
+            .stats()
+            .kind("gated")
+            .unwrap()
+            .retried
+            == 1)
+        .await
     );
-    assert_eq!(d.dead_letters().len(), 1);
+    assert_eq!(gate.calls.load(SeqCst), 1, "the retry waits for the thread");
     gate.open();
-    let out = d.wait(blocker, Duration::from_secs(5)).await.unwrap();
-    assert_eq!(out.status, Status::Completed);
-    settled(&d).await;
+    let out = sent.await.unwrap().unwrap();
+    assert_eq!((out.status, out.attempts), (Status::Completed, 2));
+    assert_eq!(gate.calls.load(SeqCst), 2);
     assert_eq!(
-        gate.calls.load(SeqCst),
+        gate.saw_cancel.load(SeqCst),
         1,
-        "the timed-out message never ran"
+        "the first attempt was told to stop"
     );
+    let stats = settled(&d).await;
+    let k = stats.kind("gated").unwrap();
+    assert_eq!((k.completed, k.retried, k.timed_out), (1, 1, 0));
 }
 
 #[actix_rt::test]
