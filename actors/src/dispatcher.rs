@@ -2,14 +2,15 @@
 //!
 //! Admission happens right here, synchronously, in the caller's thread: the kind is routed, the
 //! timing fields and the payload are validated, and the route's place counter is taken with one
-//! atomic operation. Only then is the message recorded in the store and handed on: to its route
-//! worker's mailbox, or to the router's when it is delayed. A refused message comes back to the caller inside [`Rejected`]; an accepted one always
+//! atomic operation. Only then is the message recorded in the store and handed to the mailbox of
+//! the router on its route worker's thread. A refused message comes back to the caller inside [`Rejected`]; an accepted one always
 //! reaches exactly one terminal state (the store's compare-and-set transitions guarantee it).
 //!
-//! Build a dispatcher inside a running actix `System`: it starts the I/O arbiters, the router,
-//! one supervised worker per route (async routes on the I/O arbiters, CPU routes on the System
-//! arbiter, where actix forwards every message to a `SyncArbiter`) and, when a route needs it,
-//! the CPU `SyncArbiter` pool.
+//! Build a dispatcher inside a running actix `System`: it starts the I/O arbiters, one
+//! supervised worker per route (async routes on the I/O arbiters, CPU routes on the System
+//! arbiter, where actix forwards every message to a `SyncArbiter`), one router beside the
+//! workers on each of those threads (so forwarding never costs a thread wake-up) and, when a
+//! route needs it, the CPU `SyncArbiter` pool.
 
 use std::collections::HashMap;
 use std::future::poll_fn;
@@ -27,7 +28,7 @@ use crate::envelope::{
 use crate::error::{BuildError, CancelError, Rejected, ReplayError};
 use crate::metrics::{LedgerSnapshot, RejectReason, RouteStats};
 use crate::processor::cpu::CpuPool;
-use crate::processor::worker::{Exec, Run, Worker};
+use crate::processor::worker::{Exec, Worker};
 use crate::processor::{builtin, fetch, Make, Pool, Processor};
 use crate::route::{Route, RouteInfo};
 use crate::router::{Dispatch, DispatchBatch, DropDelayedAfter, Forget, Router};
@@ -42,13 +43,15 @@ pub(crate) struct Core {
     pub by_kind: HashMap<&'static str, usize>,
     pub store: Arc<dyn Store>,
     pub dead: DeadLetters,
-    pub router: OnceLock<Addr<Router>>,
+    /// One router per thread that hosts route workers: one per I/O arbiter, then (when there
+    /// are CPU routes) one on the System arbiter. A route's `router` indexes it.
+    pub routers: OnceLock<Vec<Addr<Router>>>,
     pub draining: AtomicBool,
     pub rejected_no_route: AtomicU64,
     pub epoch: Instant,
     pub io_arbiters: Vec<ArbiterHandle>,
     pub timers: Mutex<Vec<Addr<TimerSource>>>,
-    /// Admissions between their `draining` check and their hand-off (to a worker or the router); shutdown
+    /// Admissions between their `draining` check and their hand-off to a router; shutdown
     /// waits for these so a message accepted just as draining begins is still drained.
     pub admitting: AtomicU64,
     /// Set when shutdown begins: the moment after which nothing more may run.
@@ -76,8 +79,15 @@ impl Core {
         self.by_kind.get(kind.as_str()).map(|&i| &self.routes[i])
     }
 
-    fn router(&self) -> &Addr<Router> {
-        self.router.get().expect("the router is started in build()")
+    fn routers(&self) -> &[Addr<Router>] {
+        self.routers
+            .get()
+            .expect("the routers are started in build()")
+    }
+
+    /// The router on the thread of `route`'s worker.
+    fn router(&self, route: usize) -> &Addr<Router> {
+        &self.routers()[self.routes[route].router]
     }
 
     /// Moves a message to a terminal state and counts it; `None` if it had already finished.
@@ -132,45 +142,27 @@ impl Core {
         }
     }
 
-    /// Hands a newly accepted envelope on: straight to its route's worker when it may run now,
-    /// to the router when it must wait (a delay).
+    /// Hands a newly accepted envelope to the router on its route worker's thread (which
+    /// forwards it at once, or holds it until its delay is over): no extra thread wake-up.
     fn hand_off(&self, env: Envelope) {
-        if env.not_before.is_some() {
-            self.router().do_send(Dispatch(env));
-        } else {
-            self.worker(env.route).do_send(Run(vec![env]));
-        }
+        self.router(env.route).do_send(Dispatch(env));
     }
 
-    /// [`Core::hand_off`] for many: one `Run` per route, one `DispatchBatch` for the delayed.
+    /// [`Core::hand_off`] for many: one `DispatchBatch` per router.
     fn hand_off_batch(&self, envs: Vec<Envelope>) {
-        let mut delayed = Vec::new();
-        let mut now: Vec<Vec<Envelope>> = Vec::new();
+        let mut per_router: Vec<Vec<Envelope>> = Vec::new();
         for env in envs {
-            if env.not_before.is_some() {
-                delayed.push(env);
-            } else {
-                if now.len() <= env.route {
-                    now.resize_with(env.route + 1, Vec::new);
-                }
-                now[env.route].push(env);
+            let r = self.routes[env.route].router;
+            if per_router.len() <= r {
+                per_router.resize_with(r + 1, Vec::new);
             }
+            per_router[r].push(env);
         }
-        for (route, batch) in now.into_iter().enumerate() {
+        for (r, batch) in per_router.into_iter().enumerate() {
             if !batch.is_empty() {
-                self.worker(route).do_send(Run(batch));
+                self.routers()[r].do_send(DispatchBatch(batch));
             }
         }
-        if !delayed.is_empty() {
-            self.router().do_send(DispatchBatch(delayed));
-        }
-    }
-
-    fn worker(&self, route: usize) -> &Recipient<Run> {
-        self.routes[route]
-            .worker
-            .get()
-            .expect("workers are started in build()")
     }
 
     /// Sends a failed attempt back through the router after its backoff.
@@ -201,7 +193,7 @@ impl Core {
         }
         env.not_before =
             Some(due.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365)));
-        self.router().do_send(Dispatch(env));
+        self.router(env.route).do_send(Dispatch(env));
     }
 
     fn admit(&self, msg: Message, waiter: Option<Waiter>) -> Result<Admitted, Rejected> {
@@ -383,7 +375,7 @@ impl Dispatcher {
         b
     }
 
-    /// Admits a message and hands it on (to its worker, or to the router if delayed). The admission is counted while it is in
+    /// Admits a message and hands it to its route's router. The admission is counted while it is in
     /// progress, so `shutdown` cannot miss a message accepted just as draining begins.
     fn enqueue(&self, msg: Message, waiter: Option<Waiter>) -> Result<(MessageId, Kind), Rejected> {
         let _admitting = Admitting::enter(&self.core.admitting);
@@ -503,10 +495,11 @@ impl Dispatcher {
             id,
             ErrorInfo::new(ErrorClass::Cancelled, "cancelled before it ran"),
         )?;
-        if let Some(route) = self.core.route_of(finished.outcome().kind) {
-            self.core.count_finished(&route.stats, finished.outcome());
+        if let Some(&route) = self.core.by_kind.get(finished.outcome().kind.as_str()) {
+            self.core
+                .count_finished(&self.core.routes[route].stats, finished.outcome());
+            self.core.router(route).do_send(Forget(id));
         }
-        self.core.router().do_send(Forget(id));
         Ok(finished.publish())
     }
 
@@ -603,12 +596,11 @@ impl Dispatcher {
             timer.do_send(crate::source::timer::StopTimer);
         }
         let before = self.stats().in_flight();
-        let mut unfinished = self
-            .core
-            .router()
-            .send(DropDelayedAfter(started + deadline))
-            .await
-            .unwrap_or_default();
+        let mut unfinished = Vec::new();
+        for router in self.core.routers() {
+            let dropped = router.send(DropDelayedAfter(started + deadline)).await;
+            unfinished.extend(dropped.unwrap_or_default());
+        }
         while self.stats().in_flight() > 0 && started.elapsed() < deadline {
             actix_rt::time::sleep(Duration::from_millis(2)).await;
         }
@@ -785,6 +777,12 @@ impl DispatcherBuilder {
                 degraded_until: AtomicU64::new(0),
                 restarts: Default::default(),
                 worker: OnceLock::new(),
+                // Async routes are spread over the I/O arbiters; CPU routes live on the System
+                // arbiter (the router after the I/O arbiters' ones).
+                router: match p.pool() {
+                    Pool::Io => routes.len() % s.io.arbiters,
+                    Pool::Cpu => s.io.arbiters,
+                },
                 lane: Default::default(),
             });
         }
@@ -806,7 +804,7 @@ impl DispatcherBuilder {
             routes,
             by_kind,
             store,
-            router: OnceLock::new(),
+            routers: OnceLock::new(),
             draining: AtomicBool::new(false),
             rejected_no_route: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -833,10 +831,20 @@ impl DispatcherBuilder {
                 move || CpuPool::new(cpu_makes.clone()),
             ))
         };
-        let router_core = core.clone();
-        let router =
-            Router::start_in_arbiter(&core.io_arbiters[0], move |_| Router::new(router_core));
-        let _ = core.router.set(router);
+        // One router per worker thread (the first also sweeps expired outcomes).
+        let mut homes = core.io_arbiters.clone();
+        if pool.is_some() {
+            homes.push(System::current().arbiter().clone());
+        }
+        let routers = homes
+            .iter()
+            .enumerate()
+            .map(|(n, home)| {
+                let router_core = core.clone();
+                Router::start_in_arbiter(home, move |_| Router::new(router_core, n == 0))
+            })
+            .collect();
+        let _ = core.routers.set(routers);
         let mut cpu_index = 0;
         for (i, make) in makes.into_iter().enumerate() {
             let exec = match make {
@@ -849,13 +857,10 @@ impl DispatcherBuilder {
                     )
                 }
             };
-            let arbiter = match exec {
-                Exec::Cpu(..) => System::current().arbiter().clone(),
-                Exec::Async(_) => core.io_arbiters[i % core.io_arbiters.len()].clone(),
-            };
+            let arbiter = &homes[core.routes[i].router];
             let worker_core = core.clone();
             let addr =
-                Supervisor::start_in_arbiter(&arbiter, move |_| Worker::new(worker_core, i, exec));
+                Supervisor::start_in_arbiter(arbiter, move |_| Worker::new(worker_core, i, exec));
             let _ = core.routes[i].worker.set(addr.recipient());
         }
         tracing::info!(

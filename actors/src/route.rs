@@ -32,6 +32,8 @@ pub(crate) struct Route {
     pub degraded_until: AtomicU64,
     pub restarts: Mutex<RestartWindow>,
     pub worker: OnceLock<Recipient<Run>>,
+    /// Index of the router (and thread) that serves this route's worker.
+    pub router: usize,
     /// A CPU route's hand-off counters (unused by async routes).
     pub lane: Lane,
 }

@@ -1,15 +1,17 @@
-//! The router actor: holds the envelopes that must wait (delayed messages and retries in
-//! backoff) until their time, then forwards them to their route's worker. (A message that may
-//! run at once goes from admission straight to its worker, without this hop.)
+//! The router actor: forwards each accepted envelope to its route's worker, and holds the ones
+//! that must wait (delayed messages and retries in backoff) until their time.
 //!
-//! It receives [`Dispatch`] and [`DispatchBatch`] from the dispatcher (delayed messages, after
-//! admission) and from settling attempts (retries); [`Forget`] when a delayed message is cancelled; [`DropDelayedAfter`] at
+//! There is one router on each thread that hosts route workers (each I/O arbiter, and the System
+//! arbiter when there are CPU routes), serving the workers beside it, so forwarding a message to
+//! its worker is a mailbox hop on the same thread, never a thread wake-up. It receives
+//! [`Dispatch`] and [`DispatchBatch`] from the dispatcher (after admission) and from settling
+//! attempts (retries); [`Forget`] when a delayed message is cancelled; [`DropDelayedAfter`] at
 //! shutdown. Waiting envelopes sit in a min-heap keyed by `(not_before, arrival)`, with one timer
 //! armed for the earliest, so they fire in order and never early. A cancelled envelope is
-//! skipped when its time comes (the store has already recorded it as cancelled). The router also
-//! sweeps expired outcomes from the store once a second.
+//! skipped when its time comes (the store has already recorded it as cancelled). The first router
+//! also sweeps expired outcomes from the store once a second.
 //!
-//! The router runs on the first I/O arbiter. It holds no state that a crash could corrupt beyond
+//! A router holds no state that a crash could corrupt beyond
 //! the waiting envelopes, and it runs no user code, so it is not supervised.
 
 use std::cmp::Reverse;
@@ -52,12 +54,15 @@ pub(crate) struct Router {
     heap: BinaryHeap<Reverse<(Instant, u64, MessageId)>>,
     arrivals: u64,
     timer: Option<(Instant, SpawnHandle)>,
+    /// Whether this router sweeps expired outcomes from the store (the first one does).
+    sweeps: bool,
 }
 
 impl Router {
-    pub(crate) fn new(core: Arc<Core>) -> Router {
+    pub(crate) fn new(core: Arc<Core>, sweeps: bool) -> Router {
         Router {
             core,
+            sweeps,
             waiting: HashMap::new(),
             heap: BinaryHeap::new(),
             arrivals: 0,
@@ -133,7 +138,9 @@ impl Actor for Router {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.run_interval(Duration::from_secs(1), |act, _| act.core.store.sweep());
+        if self.sweeps {
+            ctx.run_interval(Duration::from_secs(1), |act, _| act.core.store.sweep());
+        }
     }
 }
 

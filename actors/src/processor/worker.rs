@@ -2,8 +2,8 @@
 //! `concurrency` at once, applies the run timeout, catches panics, and settles each attempt
 //! (outcome, retry or dead letter) — for CPU routes, the pool thread that ran the job settles it.
 //!
-//! It receives [`Run`] batches straight from admission (or from the router, for delayed messages
-//! and retries) and [`JobDone`] from its own async jobs.
+//! It receives [`Run`] batches from the router on its own thread and [`JobDone`] from its own
+//! async jobs.
 //!
 //! **Async routes** live on an I/O arbiter. Jobs run as separate local tasks (actix polls every
 //! future spawned on an actor context at each wake-up, which would make many concurrent jobs
