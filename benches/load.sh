@@ -2,8 +2,8 @@
 # Load benchmark: `POST /v1/messages?wait=true` against `mailroom serve` (release build), beside
 # a bare actix-web handler (the HTTP ceiling) and the same API written the asyncio way (Python +
 # aiohttp + ProcessPoolExecutor), all in the same run. Each workload runs at a fixed concurrency
-# for a fixed time with wrk, REPEAT times; the medians and the ratios are printed as a Markdown
-# table (and saved to target/load/results.md).
+# for a fixed time with wrk, REPEAT times, the servers taking turns round by round; the medians
+# and the ratios are printed as a Markdown table (and saved to target/load/results.md).
 #
 # Usage: bash benches/load.sh            (DURATION=10 REPEAT=3 by default; ONLY="echo sleep" to pick)
 #
@@ -33,57 +33,70 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 echo "building release binaries"
 cargo build --release -q --bin mailroom --example bare_echo
 
-MR=127.0.0.1:18080; BARE=127.0.0.1:18090; PY=127.0.0.1:18091; BARE1=127.0.0.1:18092
+MR=127.0.0.1:18080; MR1=127.0.0.1:18083; PY=127.0.0.1:18091
+BARE=127.0.0.1:18090; BARE_INLINE1=127.0.0.1:18092; BARE_POOL=127.0.0.1:18093; BARE_POOL1=127.0.0.1:18094
 PIDS=()
 cleanup() { for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
 wait_up() { for _ in $(seq 1 100); do curl -sf "http://$1/healthz" >/dev/null && return 0; sleep 0.1; done; echo "$1 did not come up" >&2; exit 1; }
 # A server left over on one of our ports would be measured instead of the one just built.
-for a in $MR $BARE $PY $BARE1; do
+for a in $MR $MR1 $PY $BARE $BARE_INLINE1 $BARE_POOL $BARE_POOL1; do
   if curl -s -m 1 "http://$a/healthz" >/dev/null 2>&1; then echo "something already listens on $a; stop it first" >&2; exit 1; fi
 done
 
-start_mailroom() { # extra env assignments as arguments
-  env MAILROOM_SERVER__BIND=$MR MAILROOM_DISPATCH__CAPACITY=100000 MAILROOM_POOLS__IO__CONCURRENCY=4096 \
+MR_PIDS=()
+start_mailroom() { # ADDR, then extra env assignments
+  local addr=$1; shift
+  env MAILROOM_SERVER__BIND=$addr MAILROOM_DISPATCH__CAPACITY=100000 MAILROOM_POOLS__IO__CONCURRENCY=4096 \
       MAILROOM_FETCH__ALLOW_HOSTS='["127.0.0.1"]' RUST_LOG=warn "$@" \
-      target/release/mailroom serve --config benches/load.toml >"$OUT/mailroom.log" 2>&1 &
-  MR_PID=$!; PIDS+=("$MR_PID"); wait_up "$MR"
-  kill -0 "$MR_PID" 2>/dev/null || { echo "mailroom exited: $(cat "$OUT/mailroom.log")" >&2; exit 1; }
+      target/release/mailroom serve --config benches/load.toml >"$OUT/mailroom-${addr##*:}.log" 2>&1 &
+  local pid=$!; PIDS+=("$pid"); MR_PIDS+=("$pid"); wait_up "$addr"
+  kill -0 "$pid" 2>/dev/null || { echo "mailroom exited: $(cat "$OUT/mailroom-${addr##*:}.log")" >&2; exit 1; }
 }
-stop_mailroom() { kill -TERM "$MR_PID"; wait "$MR_PID" 2>/dev/null || true; }
+stop_mailrooms() { for p in "${MR_PIDS[@]}"; do kill -TERM "$p"; wait "$p" 2>/dev/null || true; done; MR_PIDS=(); }
 
-# run NAME URL BODY CONNECTIONS [SECONDS] → a warm-up, then appends "name rps p50 p99 non2xx
-# errors" for each repeat
-run() {
-  local name=$1 url=$2 body=$3 conns=$4 secs=${5:-$DURATION}
-  BODY="$body" wrk -t2 -c"$conns" -d2s --timeout 10s -s benches/post.lua "$url" >/dev/null 2>&1 || true
-  for i in $(seq 1 "$REPEAT"); do
-    BODY="$body" wrk -t2 -c"$conns" -d"${secs}s" --timeout 10s --latency -s benches/post.lua "$url" >"$OUT/wrk.txt" 2>&1 || true
-    local rps p50 p99 non2xx errors
-    rps=$(awk '/Requests\/sec/ {print $2}' "$OUT/wrk.txt")
-    p50=$(awk '$1=="50%" {print $2}' "$OUT/wrk.txt")
-    p99=$(awk '$1=="99%" {print $2}' "$OUT/wrk.txt")
-    non2xx=$(awk '/Non-2xx/ {print $5}' "$OUT/wrk.txt"); non2xx=${non2xx:-0}
-    errors=$(awk '/Socket errors/ {gsub(",",""); print $4+$6+$8+$10}' "$OUT/wrk.txt"); errors=${errors:-0}
-    echo "$name ${rps:-0} ${p50:-?} ${p99:-?} $non2xx $errors" | tee -a "$OUT/raw.txt"
+# once NAME URL BODY CONNECTIONS SECONDS → appends "name rps p50 p99 non2xx errors"
+once() {
+  local name=$1 url=$2 body=$3 conns=$4 secs=$5
+  BODY="$body" wrk -t2 -c"$conns" -d"${secs}s" --timeout 10s --latency -s benches/post.lua "$url" >"$OUT/wrk.txt" 2>&1 || true
+  local rps p50 p99 non2xx errors
+  rps=$(awk '/Requests\/sec/ {print $2}' "$OUT/wrk.txt")
+  p50=$(awk '$1=="50%" {print $2}' "$OUT/wrk.txt")
+  p99=$(awk '$1=="99%" {print $2}' "$OUT/wrk.txt")
+  non2xx=$(awk '/Non-2xx/ {print $5}' "$OUT/wrk.txt"); non2xx=${non2xx:-0}
+  errors=$(awk '/Socket errors/ {gsub(",",""); print $4+$6+$8+$10}' "$OUT/wrk.txt"); errors=${errors:-0}
+  echo "$name ${rps:-0} ${p50:-?} ${p99:-?} $non2xx $errors" | tee -a "$OUT/raw.txt"
+}
+
+# measure BODY CONNECTIONS SECONDS NAME=URL... → a 2 s warm-up of every server, then REPEAT
+# rounds in which each server is measured once, so the machine's noise falls on all of them
+# alike rather than on whichever ran in a bad minute.
+measure() {
+  local body=$1 conns=$2 secs=$3; shift 3
+  local t
+  for t in "$@"; do
+    BODY="$body" wrk -t2 -c"$conns" -d2s --timeout 10s -s benches/post.lua "${t#*=}" >/dev/null 2>&1 || true
   done
-}
-
-# bare_variant NAME BODY ENV=VALUE... → runs NAME against a second bare server started with ENV
-bare_variant() {
-  local name=$1 body=$2; shift 2
-  env "$@" target/release/examples/bare_echo "$BARE1" >"$OUT/bare1.log" 2>&1 &
-  local pid=$!; PIDS+=("$pid"); wait_up "$BARE1"
-  run "$name" "http://$BARE1/v1/messages" "$body" 16
-  kill "$pid"; wait "$pid" 2>/dev/null || true
+  for _ in $(seq 1 "$REPEAT"); do
+    for t in "$@"; do once "${t%%=*}" "${t#*=}" "$body" "$conns" "$secs"; done
+  done
 }
 
 rm -f "$OUT/raw.txt"
 "$OUT/venv/bin/python" benches/python_baseline.py --port "${PY##*:}" >"$OUT/python.log" 2>&1 &
 PIDS+=("$!"); wait_up "$PY"
-target/release/examples/bare_echo "$BARE" >"$OUT/bare.log" 2>&1 &
-PIDS+=("$!"); wait_up "$BARE"
+# The bare servers: the HTTP ceiling (also the fetch upstream), and the CPU ceilings (idle until
+# measured: their threads block on their sockets or channel).
+start_bare() { # ADDR, then extra env assignments
+  local addr=$1; shift
+  env "$@" target/release/examples/bare_echo "$addr" >"$OUT/bare-${addr##*:}.log" 2>&1 &
+  PIDS+=("$!"); wait_up "$addr"
+}
+start_bare "$BARE"
+start_bare "$BARE_INLINE1" BARE_WORKERS=1
+start_bare "$BARE_POOL" BARE_CPU_THREADS=2
+start_bare "$BARE_POOL1" BARE_CPU_THREADS=1
 
 ECHO='{"kind":"echo","payload":{"hello":"world","n":42}}'
 SLEEP='{"kind":"sleep","payload":{"ms":100}}'
@@ -91,33 +104,35 @@ FETCH="{\"kind\":\"fetch\",\"payload\":{\"url\":\"http://$BARE/delay/50\"}}"
 PRIMES='{"kind":"primes","payload":{"limit":20000}}'
 HASH='{"kind":"hash","payload":{"data":"mailroom","rounds":2000}}'
 W='/v1/messages?wait=true'
+B='/v1/messages'
 
 for wl in $ONLY; do
   case $wl in
     echo)
-      start_mailroom; run echo/mailroom "http://$MR$W" "$ECHO" 64; stop_mailroom
-      run echo/bare "http://$BARE/v1/messages" "$ECHO" 64
-      run echo/python "http://$PY$W" "$ECHO" 64 ;;
+      start_mailroom "$MR"
+      measure "$ECHO" 64 "$DURATION" "echo/mailroom=http://$MR$W" "echo/bare=http://$BARE$B" "echo/python=http://$PY$W"
+      stop_mailrooms ;;
     sleep)
-      start_mailroom; run sleep/mailroom "http://$MR$W" "$SLEEP" 1000 "$SLEEP_DURATION"; stop_mailroom
-      run sleep/bare "http://$BARE/v1/messages" "$SLEEP" 1000 "$SLEEP_DURATION"
-      run sleep/python "http://$PY$W" "$SLEEP" 1000 "$SLEEP_DURATION" ;;
+      start_mailroom "$MR"
+      measure "$SLEEP" 1000 "$SLEEP_DURATION" "sleep/mailroom=http://$MR$W" "sleep/bare=http://$BARE$B" "sleep/python=http://$PY$W"
+      stop_mailrooms ;;
     fetch)
-      start_mailroom; run fetch/mailroom "http://$MR$W" "$FETCH" 256; stop_mailroom
-      run fetch/python "http://$PY$W" "$FETCH" 256 ;;
+      start_mailroom "$MR"
+      measure "$FETCH" 256 "$DURATION" "fetch/mailroom=http://$MR$W" "fetch/python=http://$PY$W"
+      stop_mailrooms ;;
     primes|hash)
       body=$PRIMES; [ "$wl" = hash ] && body=$HASH
-      start_mailroom; run "$wl/mailroom" "http://$MR$W" "$body" 16; stop_mailroom
-      start_mailroom MAILROOM_POOLS__CPU__THREADS=1; run "$wl/mailroom-1-thread" "http://$MR$W" "$body" 16; stop_mailroom
-      # The machine's ceiling for CPU scaling through HTTP: the same work computed inline on
-      # the bare server's worker threads (two, then one), no dispatch at all; then on a plain
-      # thread pool beside the HTTP workers (two threads, then one): the least that any design
-      # keeping CPU work off the HTTP threads pays (two cross-thread hand-offs per request).
-      run "$wl/bare-inline" "http://$BARE/v1/messages" "$body" 16
-      bare_variant "$wl/bare-inline-1-thread" "$body" BARE_WORKERS=1
-      bare_variant "$wl/bare-pool" "$body" BARE_CPU_THREADS=2
-      bare_variant "$wl/bare-pool-1-thread" "$body" BARE_CPU_THREADS=1
-      run "$wl/python" "http://$PY$W" "$body" 16 ;;
+      # Beside Mailroom with two pool threads and with one: the same work computed inline on
+      # the bare server's HTTP worker threads (two, then one), no dispatch at all; then on a
+      # plain thread pool beside the HTTP workers (two threads, then one): the least that any
+      # design keeping CPU work off the HTTP threads pays (two cross-thread hand-offs).
+      start_mailroom "$MR"
+      start_mailroom "$MR1" MAILROOM_POOLS__CPU__THREADS=1
+      measure "$body" 16 "$DURATION" "$wl/mailroom=http://$MR$W" "$wl/mailroom-1-thread=http://$MR1$W" \
+        "$wl/bare-inline=http://$BARE$B" "$wl/bare-inline-1-thread=http://$BARE_INLINE1$B" \
+        "$wl/bare-pool=http://$BARE_POOL$B" "$wl/bare-pool-1-thread=http://$BARE_POOL1$B" \
+        "$wl/python=http://$PY$W"
+      stop_mailrooms ;;
   esac
 done
 
