@@ -147,8 +147,19 @@ impl Actor for Router {
 impl Handler<Dispatch> for Router {
     type Result = ();
     fn handle(&mut self, msg: Dispatch, ctx: &mut Context<Self>) {
+        let now = Instant::now();
+        if msg.0.not_before.is_none_or(|at| at <= now) {
+            // The common case, one message that may run now: straight on, one allocation.
+            let route = &self.core.routes[msg.0.route];
+            route
+                .worker
+                .get()
+                .expect("workers are started in build()")
+                .do_send(Run(vec![msg.0]));
+            return;
+        }
         let mut ready = Vec::new();
-        self.route(msg.0, Instant::now(), &mut ready);
+        self.route(msg.0, now, &mut ready);
         self.forward(ready);
         self.arm(ctx);
     }
