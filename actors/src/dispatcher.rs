@@ -3,8 +3,9 @@
 //! Admission happens right here, synchronously, in the caller's thread: the kind is routed, the
 //! timing fields and the payload are validated, and the route's place counter is taken with one
 //! atomic operation. Only then is the message recorded in the store and handed to the mailbox of
-//! the router on its route worker's thread. A refused message comes back to the caller inside [`Rejected`]; an accepted one always
-//! reaches exactly one terminal state (the store's compare-and-set transitions guarantee it).
+//! the router on its route worker's thread. A refused message comes back to the caller inside
+//! [`Rejected`]; an accepted one always reaches exactly one terminal state (the store's
+//! compare-and-set transitions guarantee it).
 //!
 //! Build a dispatcher inside a running actix `System`: it starts the I/O arbiters, one
 //! supervised worker per route (async routes on the I/O arbiters, CPU routes on the System
@@ -375,8 +376,8 @@ impl Dispatcher {
         b
     }
 
-    /// Admits a message and hands it to its route's router. The admission is counted while it is in
-    /// progress, so `shutdown` cannot miss a message accepted just as draining begins.
+    /// Admits a message and hands it to its route's router. The admission is counted while it
+    /// is in progress, so `shutdown` cannot miss a message accepted just as draining begins.
     fn enqueue(&self, msg: Message, waiter: Option<Waiter>) -> Result<(MessageId, Kind), Rejected> {
         let _admitting = Admitting::enter(&self.core.admitting);
         match self.core.admit(msg, waiter)? {

@@ -1,4 +1,4 @@
-//! The routing table's entries. A [`Route`] is shared (behind the dispatcher's `Arc`) by the
+//! The routing table's entries. A `Route` is shared (behind the dispatcher's `Arc`) by the
 //! admission path, the router and the route's worker: its limits are fixed at build time, its
 //! counters are atomics, and its worker address is set once when the worker starts.
 

@@ -4,8 +4,8 @@
 //! There is one router on each thread that hosts route workers (each I/O arbiter, and the System
 //! arbiter when there are CPU routes), serving the workers beside it, so forwarding a message to
 //! its worker is a mailbox hop on the same thread, never a thread wake-up. It receives
-//! [`Dispatch`] and [`DispatchBatch`] from the dispatcher (after admission) and from settling
-//! attempts (retries); [`Forget`] when a delayed message is cancelled; [`DropDelayedAfter`] at
+//! `Dispatch` and `DispatchBatch` from the dispatcher (after admission) and from settling
+//! attempts (retries); `Forget` when a delayed message is cancelled; `DropDelayedAfter` at
 //! shutdown. Waiting envelopes sit in a min-heap keyed by `(not_before, arrival)`, with one timer
 //! armed for the earliest, so they fire in order and never early. A cancelled envelope is
 //! skipped when its time comes (the store has already recorded it as cancelled). The first router

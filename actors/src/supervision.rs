@@ -3,7 +3,7 @@
 //! actix restarts a supervised actor only when it stops itself, and a panic in a handler kills
 //! the actor (and every message queued behind it). So processors are run under `catch_unwind`;
 //! the worker turns the panic into a `failed` outcome and then stops itself on purpose so its
-//! `Supervisor` restarts it with a fresh processor. [`RestartWindow`] is the OTP "max intensity"
+//! `Supervisor` restarts it with a fresh processor. `RestartWindow` is the OTP "max intensity"
 //! rule: too many restarts within a window mark the route degraded, and the pause before a
 //! restarted processor takes work doubles with each restart in the window.
 

@@ -8,8 +8,9 @@
 //!
 //! The thread that runs a job also settles it (outcome, retry or dead letter, through
 //! [`settle`]) unless the route worker's run timeout got there first; the [`Handoff`] decides
-//! which of the two does, exactly once, and tells the timer when the job began. The thread then gives the job's slot back to the route's
-//! [`Lane`](crate::route::Lane) and wakes the worker only if it holds a backlog.
+//! which of the two does, exactly once, and tells the timer when the job began. The thread then
+//! gives the job's slot back to the route's [`Lane`](crate::route::Lane) and wakes the worker
+//! only if it holds a backlog.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};

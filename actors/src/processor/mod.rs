@@ -10,7 +10,7 @@
 //! called on the thread that will run the processor, and called again after a panic: that is how
 //! a processor is restarted with fresh state.
 //!
-//! Layout: [`worker`] is the supervised actor that runs one route's jobs; [`cpu`] is the thread
+//! Layout: `worker` is the supervised actor that runs one route's jobs; `cpu` is the thread
 //! pool; [`builtin`] and [`fetch`] are the built-in processors.
 
 pub mod builtin;

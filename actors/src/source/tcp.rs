@@ -1,7 +1,7 @@
 //! The TCP source: newline-delimited JSON on a socket, the seed's select-loop server as actors.
 //!
 //! [`TcpSource`] accepts connections and starts one [`Connection`] actor for each. Every line is
-//! a [`Submission`](super::Submission) plus an optional `"ref"`; every line gets exactly one line
+//! a `Submission`(super::Submission) plus an optional `"ref"`; every line gets exactly one line
 //! back: the message's outcome (the same object `POST /v1/messages?wait=true` answers), with the
 //! `ref` echoed. Outcomes come back in the order they finish, not the order sent. A bad line —
 //! not JSON, too deep, too long, a wrong field, an unknown kind, a full route — gets an error line
