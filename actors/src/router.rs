@@ -89,13 +89,17 @@ impl Router {
 
     fn forward(&self, ready: Vec<Vec<Envelope>>) {
         for batch in ready.into_iter().filter(|b| !b.is_empty()) {
-            let route = &self.core.routes[batch[0].route];
-            route
-                .worker
-                .get()
-                .expect("workers are started in build()")
-                .do_send(Run(batch));
+            self.send(batch[0].route, batch);
         }
+    }
+
+    /// Hands envelopes of one route to its worker.
+    fn send(&self, route: usize, batch: Vec<Envelope>) {
+        self.core.routes[route]
+            .worker
+            .get()
+            .expect("workers are started in build()")
+            .do_send(Run(batch));
     }
 
     /// Arms the timer for the earliest waiting envelope, if it is earlier than the armed one.
@@ -150,12 +154,7 @@ impl Handler<Dispatch> for Router {
         let now = Instant::now();
         if msg.0.not_before.is_none_or(|at| at <= now) {
             // The common case, one message that may run now: straight on, one allocation.
-            let route = &self.core.routes[msg.0.route];
-            route
-                .worker
-                .get()
-                .expect("workers are started in build()")
-                .do_send(Run(vec![msg.0]));
+            self.send(msg.0.route, vec![msg.0]);
             return;
         }
         let mut ready = Vec::new();

@@ -166,6 +166,7 @@ impl Worker {
             let Exec::Cpu(..) = self.exec else {
                 return;
             };
+            self.arm(ctx);
             // Tell the pool threads whether a freed slot should wake us. A thread that frees
             // its slot after our check above either sees this count or its slot is seen below.
             let lane = &self.core.routes[self.route].lane;
@@ -182,7 +183,7 @@ impl Worker {
         mut env: Envelope,
         ctx: &mut Context<Self>,
     ) -> Option<(Envelope, JobResult)> {
-        let core = self.core.clone();
+        let core = &self.core;
         let route = &core.routes[self.route];
         match &self.exec {
             // A CPU message stays queued until a pool thread begins it (see `cpu.rs`).
@@ -256,7 +257,6 @@ impl Worker {
                 });
             }
             Exec::Cpu(pool, index) => {
-                let (pool, index) = (pool.clone(), *index);
                 route.lane.handed.fetch_add(1, SeqCst);
                 let handoff = Arc::new(Handoff::new(env, cancel));
                 if let Some(t) = timeout {
@@ -267,13 +267,13 @@ impl Worker {
                         timeout: t,
                         handoff: handoff.clone(),
                     }));
-                    self.arm(ctx);
+                    // The timer is armed by `pump` once the batch is handed over.
                 }
                 // The System arbiter (this thread) forwards it to a pool thread; that thread
                 // settles it and gives the slot back (see `cpu.rs`). `do_send` can only fail
                 // once the System is stopping, when the pool is gone and nothing runs anyway.
                 pool.do_send(RunCpu {
-                    processor: index,
+                    processor: *index,
                     route: self.route,
                     job,
                     payload,
