@@ -5,6 +5,9 @@
 # path's cost per CPU job was measured (BENCHMARKS.md, "CPU scaling").
 #
 # Usage: bash benches/per_thread.sh BODY CONNECTIONS SECONDS [ENV=VALUE ...]
+#   (SERVER=bare in the environment measures benches/bare_echo.rs instead, e.g. with
+#   BARE_CPU_THREADS=2: the bare thread pool, the least a design keeping CPU work off the HTTP
+#   threads pays)
 #   bash benches/per_thread.sh '{"kind":"primes","payload":{"limit":20000}}' 16 10
 #   bash benches/per_thread.sh '{"kind":"primes","payload":{"limit":20000}}' 16 10 MAILROOM_POOLS__CPU__THREADS=1
 #
@@ -20,21 +23,28 @@ ADDR=127.0.0.1:18080
 OUT=target/load
 mkdir -p "$OUT"
 if curl -s -m 1 "http://$ADDR/healthz" >/dev/null 2>&1; then echo "something already listens on $ADDR; stop it first" >&2; exit 1; fi
-cargo build --release -q --bin mailroom
-env MAILROOM_SERVER__BIND=$ADDR MAILROOM_DISPATCH__CAPACITY=100000 MAILROOM_POOLS__IO__CONCURRENCY=4096 \
-    RUST_LOG=warn "$@" target/release/mailroom serve --config benches/load.toml >"$OUT/per_thread.log" 2>&1 &
+if [ "${SERVER:-mailroom}" = bare ]; then
+  cargo build --release -q --example bare_echo
+  env "$@" target/release/examples/bare_echo $ADDR >"$OUT/per_thread.log" 2>&1 &
+  PATH_=/v1/messages
+else
+  cargo build --release -q --bin mailroom
+  env MAILROOM_SERVER__BIND=$ADDR MAILROOM_DISPATCH__CAPACITY=100000 MAILROOM_POOLS__IO__CONCURRENCY=4096 \
+      RUST_LOG=warn "$@" target/release/mailroom serve --config benches/load.toml >"$OUT/per_thread.log" 2>&1 &
+  PATH_='/v1/messages?wait=true'
+fi
 PID=$!
 trap 'kill $PID 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do curl -sf "http://$ADDR/healthz" >/dev/null && break; sleep 0.1; done
-URL="http://$ADDR/v1/messages?wait=true"
+URL="http://$ADDR$PATH_"
 
-# tid:name ticks(utime+stime) context-switches(voluntary+involuntary), one line per thread
+# tid:name ticks(utime+stime) voluntary-switches involuntary-switches, one line per thread
 snapshot() {
   for t in /proc/$PID/task/*; do
     local stat name switches
     stat=$(sed 's/.*) //' "$t/stat")
     name=$(tr ' ' _ <"$t/comm")
-    switches=$(awk '/ctxt_switches/ {s += $2} END {print s}' "$t/status")
+    switches=$(awk '/^voluntary_ctxt_switches/ {v = $2} /nonvoluntary_ctxt_switches/ {n = $2} END {print v, n}' "$t/status")
     echo "$(basename "$t"):$name $(echo "$stat" | awk '{print $12 + $13}') $switches"
   done | sort -t: -k1,1n
 }
@@ -48,7 +58,7 @@ echo "requests/s: $RPS   (p50 $(awk '$1=="50%" {print $2}' "$OUT/per_thread.wrk"
 TICK=$(getconf CLK_TCK)
 join <(sort "$OUT/threads.before") <(sort "$OUT/threads.after") | sort -t: -k1,1n |
   awk -v s="$SECS" -v r="$RPS" -v hz="$TICK" '
-    BEGIN { printf "%-28s %8s %10s %10s\n", "thread", "cores", "us/req", "switches/req" }
-    { cpu = ($4 - $2) / hz; total += cpu
-      printf "%-28s %8.2f %10.1f %10.2f\n", $1, cpu / s, cpu * 1e6 / (r * s), ($5 - $3) / (r * s) }
+    BEGIN { printf "%-28s %8s %10s %12s %12s\n", "thread", "cores", "us/req", "sleeps/req", "preempts/req" }
+    { cpu = ($5 - $2) / hz; total += cpu
+      printf "%-28s %8.2f %10.1f %12.2f %12.2f\n", $1, cpu / s, cpu * 1e6 / (r * s), ($6 - $3) / (r * s), ($7 - $4) / (r * s) }
     END { printf "%-28s %8.2f %10.1f\n", "all threads", total / s, total * 1e6 / (r * s) }'
