@@ -212,6 +212,12 @@ pub fn check_config(path: Option<PathBuf>) -> ExitCode {
                 || "built-in defaults".to_owned(),
                 |f| f.display().to_string(),
             );
+            // What `serve` would refuse after loading: the routes, then each schedule (checked,
+            // not started, so nothing runs).
+            if let Err(e) = actix_rt::System::new().block_on(crate::check(c)) {
+                eprintln!("mailroom: {file}: {e}");
+                return ExitCode::from(2);
+            }
             println!(
                 "{file}: ok — serving on {}, {} routes ({}), {} schedules, TCP source {}",
                 c.server.bind,

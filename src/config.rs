@@ -317,16 +317,26 @@ impl Config {
                     .join("; "),
             )
         })?;
-        let source_name = file
-            .as_ref()
-            .map_or_else(|| "defaults".to_owned(), |f| f.display().to_string());
-        config
-            .check()
-            .map_err(|(key, reason)| ConfigError::Invalid {
+        config.check().map_err(|(key, reason)| {
+            // Name where the bad value came from: the variable, the flag, the file or the defaults.
+            let from = fig.find_metadata(&key).map(|m| m.name.to_string());
+            let source_name = match from.as_deref() {
+                Some(n) if n.contains("environment") => env_var(&key),
+                Some(n)
+                    if key == "server.bind" && overrides.bind.is_some() && !n.contains("TOML") =>
+                {
+                    "--bind".to_owned()
+                }
+                _ => file
+                    .as_ref()
+                    .map_or_else(|| "defaults".to_owned(), |f| f.display().to_string()),
+            };
+            ConfigError::Invalid {
                 source_name,
                 key,
                 reason,
-            })?;
+            }
+        })?;
         Ok(Loaded { config, file })
     }
 
@@ -389,10 +399,16 @@ impl Config {
                 "expected 1 to 86400000".into(),
             );
         }
-        if d.restart_backoff_ms > 3_600_000 || d.restart_max_backoff_ms > 3_600_000 {
+        if d.restart_backoff_ms > 3_600_000 {
             return err(
                 "dispatch.restart_backoff_ms",
-                "backoffs are at most 3600000".into(),
+                "expected at most 3600000".into(),
+            );
+        }
+        if d.restart_max_backoff_ms > 3_600_000 {
+            return err(
+                "dispatch.restart_max_backoff_ms",
+                "expected at most 3600000".into(),
             );
         }
         if !(1..=64).contains(&self.pools.io.arbiters) {
@@ -544,13 +560,15 @@ impl Config {
         TcpSettings {
             max_line_bytes: self.server.max_body_bytes,
             max_json_depth: self.server.max_json_depth,
-            max_wait: Duration::from_millis(self.server.max_wait_ms),
+            max_wait: None,
+            tokens: self.server.tokens.clone(),
         }
     }
 }
 
 /// Figment names keys like `"default.server.workers"` (file) or `"SERVER.WORKERS"`
-/// (environment); show them as they are written in config.toml: `"server.workers"`.
+/// (environment); show them as they are written in config.toml: `"server.workers"`, and a value
+/// from the environment with the variable it came from.
 fn readable_key(msg: &str) -> String {
     let Some(start) = msg.find("key \"").map(|i| i + 5) else {
         return msg.to_owned();
@@ -560,7 +578,16 @@ fn readable_key(msg: &str) -> String {
     };
     let key = msg[start..start + len].to_ascii_lowercase();
     let key = key.strip_prefix("default.").unwrap_or(&key);
-    format!("{}{}{}", &msg[..start], key, &msg[start + len..])
+    let mut out = format!("{}{}{}", &msg[..start], key, &msg[start + len..]);
+    if msg.contains("environment variable") {
+        out.push_str(&format!(" ({})", env_var(key)));
+    }
+    out
+}
+
+/// The environment variable that sets a dotted key: `server.workers` → `MAILROOM_SERVER__WORKERS`.
+fn env_var(key: &str) -> String {
+    format!("MAILROOM_{}", key.replace('.', "__").to_ascii_uppercase())
 }
 
 impl RouteConfig {

@@ -62,18 +62,37 @@ impl Listeners {
     }
 }
 
-/// Why the service could not start.
+/// Why the service could not start. Each variant's message already says the whole of its cause,
+/// so the cause is not also given as `source()` (it would be printed twice in an error chain).
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     /// The routes or settings were refused by the library.
     #[error("cannot start the dispatcher: {0}")]
-    Build(#[from] BuildError),
-    /// A schedule names a kind without a route.
+    Build(BuildError),
+    /// A schedule names a kind without a route, or a payload its route refuses.
     #[error("cannot start a schedule: {0}")]
-    Schedule(#[from] ScheduleError),
+    Schedule(ScheduleError),
     /// A listener could not be used.
     #[error("{0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
+}
+
+impl From<BuildError> for ServeError {
+    fn from(e: BuildError) -> Self {
+        ServeError::Build(e)
+    }
+}
+
+impl From<ScheduleError> for ServeError {
+    fn from(e: ScheduleError) -> Self {
+        ServeError::Schedule(e)
+    }
+}
+
+impl From<io::Error> for ServeError {
+    fn from(e: io::Error) -> Self {
+        ServeError::Io(e)
+    }
 }
 
 /// Builds the dispatcher that `config` describes (routes and schedules).
@@ -87,6 +106,24 @@ pub fn dispatcher(config: &Config) -> Result<Dispatcher, ServeError> {
         d.schedule(s)?;
     }
     Ok(d)
+}
+
+/// Checks what [`dispatcher`] would start, without starting any schedule: builds the routes,
+/// checks every schedule (a routed kind, a payload its route accepts), then shuts the dispatcher
+/// down. Must run inside an actix `System`.
+pub async fn check(config: &Config) -> Result<(), ServeError> {
+    let d = Dispatcher::builder(config.settings());
+    let d = config
+        .route_settings()
+        .into_iter()
+        .fold(d, |b, (kind, route)| b.route(kind, route))
+        .build()?;
+    let checked = config
+        .schedules()
+        .iter()
+        .try_for_each(|s| d.check_schedule(s));
+    d.shutdown(Duration::ZERO).await;
+    Ok(checked?)
 }
 
 /// Runs the service until `shutdown` resolves, then drains: `/readyz` turns false, new
@@ -158,11 +195,14 @@ pub async fn run(
     if report.unfinished.is_empty() {
         tracing::info!(drained = report.drained, "drained every message; exiting");
     } else {
+        let ids: Vec<String> = report.unfinished.iter().map(|id| id.to_string()).collect();
         tracing::warn!(
             drained = report.drained,
             unfinished = report.unfinished.len(),
-            ids = ?report.unfinished,
-            "shutdown timeout reached: these messages were cancelled (class shutdown)"
+            elapsed_ms = report.elapsed.as_millis() as u64,
+            ids = %ids.join(","),
+            "shutdown: these messages could not finish within the shutdown timeout (running at \
+             its end, or due after it) and were cancelled (class shutdown)"
         );
     }
     Ok(report)

@@ -116,8 +116,11 @@ fn serve(config: Option<PathBuf>, bind: Option<String>) -> anyhow::Result<()> {
         );
     }));
     let loaded = Config::load(config.as_deref(), &Overrides { bind })?;
-    if let Some(f) = &loaded.file {
-        tracing::info!(file = %f.display(), "configuration loaded");
+    match &loaded.file {
+        Some(f) => tracing::info!(file = %f.display(), "configuration loaded"),
+        None => tracing::info!(
+            "no config file (none given, no ./config.toml): built-in defaults and MAILROOM_ variables"
+        ),
     }
     let listeners = mailroom::Listeners::bind(&loaded.config)?;
     actix_web::rt::System::new().block_on(async move {

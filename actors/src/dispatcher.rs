@@ -270,7 +270,7 @@ impl Core {
         }))
     }
 
-    fn check(&self, route: &Route, msg: &Message) -> Result<(), String> {
+    pub(crate) fn check(&self, route: &Route, msg: &Message) -> Result<(), String> {
         if let Some(d) = msg.delay {
             if d > self.settings.max_delay {
                 return Err(format!(
@@ -573,6 +573,12 @@ impl Dispatcher {
         let handle = TimerSource::start(self.clone(), schedule, &self.core.io_arbiters[0])?;
         self.core.timers.lock().push(handle.addr.clone());
         Ok(handle)
+    }
+
+    /// Checks a schedule as [`Dispatcher::schedule`] would (a routed kind, a non-zero interval,
+    /// a payload the route accepts) without starting it.
+    pub fn check_schedule(&self, schedule: &Schedule) -> Result<(), ScheduleError> {
+        crate::source::timer::check(self, schedule).map(|_| ())
     }
 
     /// Whether the dispatcher has stopped accepting (shutdown has begun).

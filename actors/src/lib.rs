@@ -47,6 +47,6 @@ pub use settings::{
     CpuSettings, FetchSettings, IoSettings, RestartPolicy, RouteSettings, Settings,
 };
 pub use source::tcp::{StopAccepting, TcpSettings, TcpSource};
-pub use source::timer::{Every, Schedule, ScheduleHandle};
+pub use source::timer::{Every, Schedule, ScheduleError, ScheduleHandle};
 pub use source::{json_depth, Submission};
 pub use store::{MemoryStore, Store};

@@ -64,7 +64,12 @@ echo "cancel again: 409 $(field "$BODY" .detail)"
 echo "== batch: outcomes in order, the bad one rejected on its own"
 call POST /v1/batch '{"wait":true,"messages":[{"kind":"sleep","payload":{"ms":100}},{"kind":"nope"},{"kind":"hash","payload":{"data":"abc","rounds":1}}]}'
 expect 200
-for i in 0 1 2; do echo "  [$i] $(field "$BODY" ".results.$i.status") $(field "$BODY" ".results.$i.result")"; done
+for i in 0 1 2; do
+  s=$(field "$BODY" ".results.$i.status")
+  if [[ $s == rejected ]]; then d="$(field "$BODY" ".results.$i.code") $(field "$BODY" ".results.$i.error.message")"
+  else d=$(field "$BODY" ".results.$i.result"); fi
+  echo "  [$i] $s $d"
+done
 [[ "$(field "$BODY" .results.1.code)" == 422 ]] || fail "batch: $BODY"
 [[ "$(field "$BODY" .results.2.result.sha256)" == ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad ]] || fail "hash: $BODY"
 

@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """tcp_client.py — talk to Mailroom's TCP source: send lines of JSON, read one answer per line.
 
-Usage: python3 examples/scripts/tcp_client.py [--host 127.0.0.1] [--port 7070]
+Usage: python3 examples/scripts/tcp_client.py [--host 127.0.0.1] [--port 7070] [--token T]
+(--token defaults to $MAILROOM_TOKEN; when the server has tokens, every line carries one)
 Sends a few messages (and one bad line) with a "ref" each, prints the answers as they arrive
 (in the order messages finish), and exits 1 if any line is left without its one answer.
 """
 import argparse
 import json
+import os
 import socket
 import sys
 
@@ -15,6 +17,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=7070)
+    p.add_argument("--token", default=os.environ.get("MAILROOM_TOKEN"))
     args = p.parse_args()
     lines = [
         {"ref": "slow", "kind": "sleep", "payload": {"ms": 200}},
@@ -25,7 +28,8 @@ def main():
     with socket.create_connection((args.host, args.port), timeout=30) as s:
         for line in lines:
             print(f"-> {json.dumps(line)}")
-            s.sendall((json.dumps(line) + "\n").encode())
+            sent = dict(line, token=args.token) if args.token else line
+            s.sendall((json.dumps(sent) + "\n").encode())
         print("-> not json")
         s.sendall(b"not json\n")
         s.shutdown(socket.SHUT_WR)  # done sending; the answers still come back

@@ -139,7 +139,59 @@ async fn check_config_reports_good_and_bad_files() {
     )
     .await;
     assert_eq!(r.code, 2);
-    assert!(r.stderr.contains("server.workers"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("for key \"server.workers\" in `MAILROOM_` environment variable(s) (MAILROOM_SERVER__WORKERS)"),
+        "the variable is named: {}",
+        r.stderr
+    );
+    let r = mailroom(
+        args(&["check-config", &shipped]),
+        vec![(
+            "MAILROOM_DISPATCH__RESTART_MAX_BACKOFF_MS",
+            "99999999".into(),
+        )],
+    )
+    .await;
+    assert_eq!(r.code, 2);
+    assert_eq!(
+        r.stderr.trim(),
+        "mailroom: MAILROOM_DISPATCH__RESTART_MAX_BACKOFF_MS: dispatch.restart_max_backoff_ms: expected at most 3600000"
+    );
+    // A schedule whose payload its route refuses would be rejected at every tick: check-config
+    // says so (and serve refuses to start), without running anything.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("schedule.toml");
+    std::fs::write(
+        &bad,
+        "[routes.sleep]\n[[schedule]]\nkind = \"sleep\"\npayload = { ms = \"soon\" }\nevery_ms = 1000\n",
+    )
+    .unwrap();
+    let r = mailroom(args(&["check-config", bad.to_str().unwrap()]), vec![]).await;
+    assert_eq!(r.code, 2, "{}", r.stdout);
+    assert!(
+        r.stderr.contains("cannot start a schedule: schedule for kind \"sleep\" would be rejected at every tick: invalid payload for sleep"),
+        "{}",
+        r.stderr
+    );
+    let r = mailroom(
+        args(&[
+            "serve",
+            "--config",
+            bad.to_str().unwrap(),
+            "--bind",
+            "127.0.0.1:0",
+        ]),
+        vec![],
+    )
+    .await;
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert_eq!(
+        r.stderr.matches("would be rejected at every tick").count(),
+        1,
+        "said once: {}",
+        r.stderr
+    );
     let r = mailroom(args(&["check-config", "/nonexistent.toml"]), vec![]).await;
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("not found"));
@@ -312,7 +364,10 @@ async fn sigterm_past_the_timeout_cancels_what_is_left_and_still_exits_zero() {
     .unwrap();
     assert_eq!(code, 0, "{logs}");
     assert!(started.elapsed() < Duration::from_secs(10));
-    assert!(logs.contains("shutdown timeout reached"), "{logs}");
+    assert!(
+        logs.contains("could not finish within the shutdown timeout"),
+        "{logs}"
+    );
     assert!(
         logs.contains(&id),
         "the log names the message it could not finish: {logs}"

@@ -100,3 +100,74 @@ async fn many_tcp_connections_at_once() {
     assert_eq!(s.ledger_identity("echo").await, 200.0);
     s.stop().await;
 }
+
+#[actix_rt::test]
+async fn tcp_needs_the_servers_token_and_answers_with_the_outcome_past_max_wait() {
+    let mut c = config();
+    c.sources.tcp = Some(TcpConfig {
+        bind: "127.0.0.1:0".into(),
+    });
+    c.server.tokens = vec!["s3cret".into()];
+    c.server.max_wait_ms = 50; // caps ?wait=true on HTTP, not TCP answers
+    let s = start(c).await;
+    let stream = tokio::net::TcpStream::connect(s.tcp.unwrap())
+        .await
+        .unwrap();
+    let (read, mut write) = stream.into_split();
+    let input = format!(
+        "{}\n{}\n{}\n{}\n",
+        json!({"kind": "echo", "payload": 1, "ref": "none"}),
+        json!({"kind": "echo", "payload": 2, "ref": "wrong", "token": "s3cre"}),
+        json!({"kind": "echo", "payload": 3, "ref": "number", "token": 7}),
+        json!({"kind": "sleep", "payload": {"ms": 300}, "ref": "slow", "token": "s3cret"}),
+    );
+    write.write_all(input.as_bytes()).await.unwrap();
+    write.shutdown().await.unwrap();
+    let mut lines = BufReader::new(read).lines();
+    let mut answers = Vec::new();
+    while let Some(line) = actix_rt::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        answers.push(serde_json::from_str::<Value>(&line).unwrap());
+    }
+    assert_eq!(answers.len(), 4, "{answers:#?}");
+    for (r, what) in [
+        ("none", "missing"),
+        ("wrong", "wrong"),
+        ("number", "missing"),
+    ] {
+        let a = answers.iter().find(|a| a["ref"] == r).unwrap();
+        assert_eq!(a["status"], "rejected", "{a}");
+        assert_eq!(a["code"], 401, "{a}");
+        assert_eq!(a["error"]["class"], "unauthorized", "{a}");
+        assert!(
+            a["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{what} token")),
+            "{a}"
+        );
+    }
+    let slow = answers.iter().find(|a| a["ref"] == "slow").unwrap();
+    assert_eq!(slow["status"], "completed", "{slow}");
+    assert_eq!(slow["result"], json!({"slept_ms": 300}));
+    assert!(slow.get("token").is_none(), "the token is never echoed");
+    // Nothing without a valid token was accepted.
+    let m = s.request("GET", "/metrics", None, Some("s3cret")).await;
+    assert_eq!(m.status, 200);
+    assert!(
+        m.text
+            .contains("mailroom_messages_accepted_total{kind=\"echo\"} 0\n"),
+        "{}",
+        m.text
+    );
+    assert!(
+        m.text
+            .contains("mailroom_messages_accepted_total{kind=\"sleep\"} 1\n"),
+        "{}",
+        m.text
+    );
+    s.stop().await;
+}

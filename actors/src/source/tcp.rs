@@ -1,10 +1,13 @@
 //! The TCP source: newline-delimited JSON on a socket, the seed's select-loop server as actors.
 //!
 //! [`TcpSource`] accepts connections and starts one [`Connection`] actor for each. Every line is
-//! a `Submission`(super::Submission) plus an optional `"ref"`; every line gets exactly one line
-//! back: the message's outcome (the same object `POST /v1/messages?wait=true` answers), with the
-//! `ref` echoed. Outcomes come back in the order they finish, not the order sent. A bad line —
-//! not JSON, too deep, too long, a wrong field, an unknown kind, a full route — gets an error line
+//! a `Submission`(super::Submission) plus an optional `"ref"` (and a `"token"` when
+//! [`TcpSettings::tokens`] is not empty); every non-blank line gets exactly one line back: the
+//! message's outcome (the same object `POST /v1/messages?wait=true` answers), with the `ref`
+//! echoed, whenever the message finishes (unless [`TcpSettings::max_wait`] caps the wait).
+//! Outcomes come back in the order they finish, not the order sent. Blank lines are skipped. A
+//! bad line — not JSON, too deep, too long, a wrong field, a missing or wrong token, an unknown
+//! kind, a full route — gets an error line
 //! `{"ref", "status": "rejected", "code", "error": {"class", "message"}}` and the connection
 //! lives on. A client that closes its side still gets every outstanding answer before the socket
 //! closes. When the listener fails, the source logs it and stops; connections already open go on.
@@ -32,8 +35,14 @@ pub struct TcpSettings {
     pub max_line_bytes: usize,
     /// Deepest JSON nesting accepted.
     pub max_json_depth: usize,
-    /// How long a line waits for its outcome before the answer is its current status.
-    pub max_wait: Duration,
+    /// How long a line waits for its outcome before the answer is its current status (`queued`,
+    /// `delayed` or `running`, with no later line for that message). `None` (the default): the
+    /// answer is the outcome, whenever the message finishes; shutdown settles every message, so
+    /// every line is answered.
+    pub max_wait: Option<Duration>,
+    /// Accepted tokens. Not empty: every line must carry one of them as `"token"`, or it is
+    /// rejected with code 401 (class `unauthorized`). Empty (the default): no token needed.
+    pub tokens: Vec<String>,
 }
 
 impl Default for TcpSettings {
@@ -41,7 +50,8 @@ impl Default for TcpSettings {
         TcpSettings {
             max_line_bytes: 1024 * 1024,
             max_json_depth: 64,
-            max_wait: Duration::from_secs(60),
+            max_wait: None,
+            tokens: Vec::new(),
         }
     }
 }
@@ -180,10 +190,28 @@ impl Connection {
             Ok(v) => v,
             Err(e) => return self.reject(Value::Null, 400, "invalid", format!("not JSON: {e}")),
         };
-        let reference = value
-            .as_object_mut()
-            .and_then(|o| o.remove("ref"))
-            .unwrap_or(Value::Null);
+        let (reference, token) = match value.as_object_mut() {
+            Some(o) => (o.remove("ref").unwrap_or(Value::Null), o.remove("token")),
+            None => (Value::Null, None),
+        };
+        if !self.settings.tokens.is_empty() {
+            let given = token.as_ref().and_then(Value::as_str);
+            let ok = given.is_some_and(|g| {
+                self.settings
+                    .tokens
+                    .iter()
+                    .any(|t| constant_time_eq(t.as_bytes(), g.as_bytes()))
+            });
+            if !ok {
+                let what = if given.is_some() { "wrong" } else { "missing" };
+                return self.reject(
+                    reference,
+                    401,
+                    "unauthorized",
+                    format!("{what} token: this source needs \"token\" on every line"),
+                );
+            }
+        }
         if json_depth(&value) > self.settings.max_json_depth {
             return self.reject(
                 reference,
@@ -203,13 +231,23 @@ impl Connection {
             self.settings.max_wait,
         );
         actix_rt::spawn(async move {
-            let line = match d.send_timeout(msg, wait).await {
+            let sent = match wait {
+                Some(wait) => d.send_timeout(msg, wait).await,
+                None => d.send(msg).await,
+            };
+            let line = match sent {
                 Ok(outcome) => outcome_line(&outcome, reference),
                 Err(r) => rejection_line(&r, reference),
             };
             let _ = out.send(line);
         });
     }
+}
+
+/// Compares without stopping at the first difference, so the time taken says nothing about
+/// how much of a token was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn outcome_line(outcome: &Outcome, reference: Value) -> String {

@@ -1,8 +1,10 @@
 //! The timer source: a `[[schedule]]` entry as an actor that submits `kind` with `payload` every
 //! interval, or once after a delay (asyncio's `call_later`).
 //!
-//! A tick whose submission is rejected (the route is full, degraded or draining) is logged and
-//! skipped; the schedule keeps running. The actor stops on [`StopTimer`] (sent at shutdown), when
+//! A schedule is checked when it starts: its kind must have a route and its payload must pass
+//! that route's checks (the processor's validation, as on submission), or it is refused with a
+//! [`ScheduleError`]. A tick whose submission is rejected later (the route is full, degraded or
+//! draining) is logged and skipped; the schedule keeps running. The actor stops on [`StopTimer`] (sent at shutdown), when
 //! its [`ScheduleHandle`] is cancelled, or after its single run.
 
 use std::time::Duration;
@@ -42,6 +44,14 @@ pub enum ScheduleError {
     /// An interval of zero would spin.
     #[error("a schedule's interval must be at least 1 ms")]
     ZeroInterval,
+    /// Every tick would be rejected: the payload fails the route's checks.
+    #[error("schedule for kind {kind:?} would be rejected at every tick: {reason}")]
+    Invalid {
+        /// The schedule's kind.
+        kind: String,
+        /// Why its message is refused.
+        reason: String,
+    },
 }
 
 /// Stops a timer source.
@@ -62,6 +72,26 @@ impl ScheduleHandle {
     }
 }
 
+/// Checks a schedule without starting it; returns its kind.
+pub(crate) fn check(dispatcher: &Dispatcher, s: &Schedule) -> Result<Kind, ScheduleError> {
+    let (kind, route) = Kind::new(&s.kind)
+        .ok()
+        .and_then(|k| Some((k, dispatcher.core.route_of(k)?)))
+        .ok_or_else(|| ScheduleError::NoRoute(s.kind.clone()))?;
+    if s.when == Every::Interval(Duration::ZERO) {
+        return Err(ScheduleError::ZeroInterval);
+    }
+    let probe = Message::new(kind.as_str(), s.payload.clone());
+    dispatcher
+        .core
+        .check(route, &probe)
+        .map_err(|reason| ScheduleError::Invalid {
+            kind: s.kind.clone(),
+            reason,
+        })?;
+    Ok(kind)
+}
+
 /// The timer source actor.
 pub struct TimerSource {
     dispatcher: Dispatcher,
@@ -76,13 +106,7 @@ impl TimerSource {
         s: Schedule,
         arbiter: &ArbiterHandle,
     ) -> Result<ScheduleHandle, ScheduleError> {
-        let kind = Kind::new(&s.kind)
-            .ok()
-            .filter(|k| dispatcher.core.route_of(*k).is_some())
-            .ok_or_else(|| ScheduleError::NoRoute(s.kind.clone()))?;
-        if s.when == Every::Interval(Duration::ZERO) {
-            return Err(ScheduleError::ZeroInterval);
-        }
+        let kind = check(&dispatcher, &s)?;
         let (payload, when) = (s.payload, s.when);
         let addr = TimerSource::start_in_arbiter(arbiter, move |_| TimerSource {
             dispatcher,

@@ -2,7 +2,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mailroom_actors::{
-    Dispatcher, ErrorClass, Every, Message, Processor, RouteSettings, Schedule, Status,
+    Dispatcher, ErrorClass, Every, Message, Processor, RouteSettings, Schedule, ScheduleError,
+    Status,
 };
 use parking_lot::Mutex;
 use serde_json::{json, Value};
@@ -172,4 +173,43 @@ async fn schedules_run_periodically_and_once() {
             when: Every::Once(Duration::ZERO),
         })
         .is_err());
+}
+
+#[actix_rt::test]
+async fn a_schedule_every_tick_of_which_would_be_rejected_is_refused_up_front() {
+    let d = Dispatcher::builder(settings())
+        .builtin_routes()
+        .build()
+        .unwrap();
+    let bad = Schedule {
+        kind: "sleep".into(),
+        payload: json!({"ms": "soon"}),
+        when: Every::Interval(Duration::from_millis(5)),
+    };
+    let err = d.check_schedule(&bad).unwrap_err();
+    assert!(
+        matches!(&err, ScheduleError::Invalid { kind, reason }
+            if kind == "sleep" && reason.starts_with("invalid payload for sleep")),
+        "{err:?}"
+    );
+    assert_eq!(d.schedule(bad).unwrap_err(), err);
+    let zero = Schedule {
+        kind: "echo".into(),
+        payload: json!(1),
+        when: Every::Interval(Duration::ZERO),
+    };
+    assert_eq!(d.check_schedule(&zero), Err(ScheduleError::ZeroInterval));
+    let good = Schedule {
+        kind: "echo".into(),
+        payload: json!(1),
+        when: Every::Once(Duration::from_secs(60)),
+    };
+    assert_eq!(d.check_schedule(&good), Ok(()));
+    actix_rt::time::sleep(Duration::from_millis(30)).await;
+    assert_eq!(
+        d.stats().kind("sleep").unwrap().accepted,
+        0,
+        "nothing was started or submitted"
+    );
+    assert_eq!(d.stats().kind("echo").unwrap().accepted, 0);
 }
