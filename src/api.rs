@@ -56,7 +56,8 @@ pub struct Accepted {
     /// The message's id.
     #[schema(value_type = String)]
     pub id: MessageId,
-    /// Its status now (`queued`, `delayed`, or — after a wait that ran out — `running`).
+    /// Its status at the moment of the answer: usually `queued` or `delayed`; `running` (or
+    /// already terminal) when a worker took it at once, or after a `?wait=true` that ran out.
     pub status: Status,
 }
 
