@@ -97,11 +97,7 @@ impl From<io::Error> for ServeError {
 
 /// Builds the dispatcher that `config` describes (routes and schedules).
 pub fn dispatcher(config: &Config) -> Result<Dispatcher, ServeError> {
-    let mut b = Dispatcher::builder(config.settings());
-    for (kind, route) in config.route_settings() {
-        b = b.route(kind, route);
-    }
-    let d = b.build()?;
+    let d = with_routes(config)?;
     for s in config.schedules() {
         d.schedule(s)?;
     }
@@ -112,18 +108,22 @@ pub fn dispatcher(config: &Config) -> Result<Dispatcher, ServeError> {
 /// checks every schedule (a routed kind, a payload its route accepts), then shuts the dispatcher
 /// down. Must run inside an actix `System`.
 pub async fn check(config: &Config) -> Result<(), ServeError> {
-    let d = Dispatcher::builder(config.settings());
-    let d = config
-        .route_settings()
-        .into_iter()
-        .fold(d, |b, (kind, route)| b.route(kind, route))
-        .build()?;
+    let d = with_routes(config)?;
     let checked = config
         .schedules()
         .iter()
         .try_for_each(|s| d.check_schedule(s));
     d.shutdown(Duration::ZERO).await;
     Ok(checked?)
+}
+
+/// The dispatcher with `config`'s settings and routes, no schedules yet.
+fn with_routes(config: &Config) -> Result<Dispatcher, ServeError> {
+    let mut b = Dispatcher::builder(config.settings());
+    for (kind, route) in config.route_settings() {
+        b = b.route(kind, route);
+    }
+    Ok(b.build()?)
 }
 
 /// Runs the service until `shutdown` resolves, then drains: `/readyz` turns false, new

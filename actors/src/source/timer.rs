@@ -4,8 +4,9 @@
 //! A schedule is checked when it starts: its kind must have a route and its payload must pass
 //! that route's checks (the processor's validation, as on submission), or it is refused with a
 //! [`ScheduleError`]. A tick whose submission is rejected later (the route is full, degraded or
-//! draining) is logged and skipped; the schedule keeps running. The actor stops on [`StopTimer`] (sent at shutdown), when
-//! its [`ScheduleHandle`] is cancelled, or after its single run.
+//! draining) is logged and skipped; the schedule keeps running. The actor stops on
+//! [`StopTimer`] (sent at shutdown), when its [`ScheduleHandle`] is cancelled, or after its
+//! single run.
 
 use std::time::Duration;
 
