@@ -16,8 +16,8 @@ use actix_web::web::{self, BytesMut};
 use actix_web::{HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use mailroom_actors::{
-    json_depth, DeadLetter, Dispatcher, ErrorClass, ErrorInfo, MessageId, Outcome, Pool, Rejected,
-    RouteInfo, Source, Status, Submission, Timings,
+    json_depth, token_accepted, DeadLetter, Dispatcher, ErrorClass, ErrorInfo, MessageId, Outcome,
+    Pool, Rejected, RouteInfo, Source, Status, Submission, Timings,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -462,18 +462,13 @@ pub async fn auth(
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .map(str::trim);
-            let ok = given.is_some_and(|g| state.tokens.iter().any(|t| constant_time_eq(t, g)));
+            let ok = given.is_some_and(|g| token_accepted(&state.tokens, g));
             if !ok {
                 return Err(ApiError::Unauthorized.into());
             }
         }
     }
     next.call(req).await
-}
-
-fn constant_time_eq(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {

@@ -19,6 +19,7 @@
 //! - [`source`] — event sources as actors (the timer; the TCP source).
 //! - [`settings`] — plain settings structs; the library reads no files.
 
+mod alarm;
 pub mod dead_letters;
 pub mod dispatcher;
 pub mod envelope;
@@ -48,5 +49,5 @@ pub use settings::{
 };
 pub use source::tcp::{StopAccepting, TcpSettings, TcpSource};
 pub use source::timer::{Every, Schedule, ScheduleError, ScheduleHandle};
-pub use source::{json_depth, Submission};
+pub use source::{json_depth, token_accepted, Submission};
 pub use store::{MemoryStore, Store};

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
+use crate::alarm::Alarm;
 use crate::dispatcher::Core;
 use crate::envelope::{Envelope, ErrorClass, ErrorInfo, MessageId, Status};
 use crate::processor::worker::Run;
@@ -53,7 +54,7 @@ pub(crate) struct Router {
     waiting: HashMap<MessageId, Box<Envelope>>,
     heap: BinaryHeap<Reverse<(Instant, u64, MessageId)>>,
     arrivals: u64,
-    timer: Option<(Instant, SpawnHandle)>,
+    timer: Alarm,
     /// Whether this router sweeps expired outcomes from the store (the first one does).
     sweeps: bool,
 }
@@ -66,7 +67,7 @@ impl Router {
             waiting: HashMap::new(),
             heap: BinaryHeap::new(),
             arrivals: 0,
-            timer: None,
+            timer: Alarm::default(),
         }
     }
 
@@ -104,21 +105,9 @@ impl Router {
 
     /// Arms the timer for the earliest waiting envelope, if it is earlier than the armed one.
     fn arm(&mut self, ctx: &mut Context<Self>) {
-        let Some(Reverse((at, _, _))) = self.heap.peek().copied() else {
-            return;
-        };
-        if let Some((armed, handle)) = self.timer {
-            if armed <= at {
-                return;
-            }
-            ctx.cancel_future(handle);
+        if let Some(Reverse((at, _, _))) = self.heap.peek().copied() {
+            self.timer.arm(at, ctx, |r| &mut r.timer, Self::fire);
         }
-        let wait = at.saturating_duration_since(Instant::now());
-        let handle = ctx.run_later(wait, |act, ctx| {
-            act.timer = None;
-            act.fire(ctx);
-        });
-        self.timer = Some((at, handle));
     }
 
     fn fire(&mut self, ctx: &mut Context<Self>) {

@@ -3,8 +3,25 @@ use std::time::Duration;
 use mailroom::config::TcpConfig;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::common::{config, start};
+
+/// Sends `input`, closes the sending side, and reads every answer line until the server closes.
+async fn exchange(read: OwnedReadHalf, mut write: OwnedWriteHalf, input: &str) -> Vec<Value> {
+    write.write_all(input.as_bytes()).await.unwrap();
+    write.shutdown().await.unwrap();
+    let mut lines = BufReader::new(read).lines();
+    let mut answers = Vec::new();
+    while let Some(line) = actix_rt::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        answers.push(serde_json::from_str::<Value>(&line).unwrap());
+    }
+    answers
+}
 
 #[actix_rt::test]
 async fn tcp_lines_get_one_answer_each_and_bad_lines_do_not_close_the_connection() {
@@ -17,7 +34,7 @@ async fn tcp_lines_get_one_answer_each_and_bad_lines_do_not_close_the_connection
     let stream = tokio::net::TcpStream::connect(s.tcp.unwrap())
         .await
         .unwrap();
-    let (read, mut write) = stream.into_split();
+    let (read, write) = stream.into_split();
     let long = format!(
         "{{\"kind\":\"echo\",\"payload\":\"{}\"}}\n",
         "x".repeat(3000)
@@ -30,17 +47,7 @@ async fn tcp_lines_get_one_answer_each_and_bad_lines_do_not_close_the_connection
         json!({"kind": "sleep", "payload": {"ms": "x"}, "ref": "bad"}),
         json!({"kind": "echo", "payload": "last", "ref": [1, 2]}),
     );
-    write.write_all(input.as_bytes()).await.unwrap();
-    write.shutdown().await.unwrap();
-    let mut lines = BufReader::new(read).lines();
-    let mut answers = Vec::new();
-    while let Some(line) = actix_rt::time::timeout(Duration::from_secs(10), lines.next_line())
-        .await
-        .unwrap()
-        .unwrap()
-    {
-        answers.push(serde_json::from_str::<Value>(&line).unwrap());
-    }
+    let answers = exchange(read, write, &input).await;
     assert_eq!(answers.len(), 7, "{answers:#?}");
     let by_ref = |r: Value| {
         answers
@@ -113,7 +120,7 @@ async fn tcp_needs_the_servers_token_and_answers_with_the_outcome_past_max_wait(
     let stream = tokio::net::TcpStream::connect(s.tcp.unwrap())
         .await
         .unwrap();
-    let (read, mut write) = stream.into_split();
+    let (read, write) = stream.into_split();
     let input = format!(
         "{}\n{}\n{}\n{}\n",
         json!({"kind": "echo", "payload": 1, "ref": "none"}),
@@ -121,17 +128,7 @@ async fn tcp_needs_the_servers_token_and_answers_with_the_outcome_past_max_wait(
         json!({"kind": "echo", "payload": 3, "ref": "number", "token": 7}),
         json!({"kind": "sleep", "payload": {"ms": 300}, "ref": "slow", "token": "s3cret"}),
     );
-    write.write_all(input.as_bytes()).await.unwrap();
-    write.shutdown().await.unwrap();
-    let mut lines = BufReader::new(read).lines();
-    let mut answers = Vec::new();
-    while let Some(line) = actix_rt::time::timeout(Duration::from_secs(10), lines.next_line())
-        .await
-        .unwrap()
-        .unwrap()
-    {
-        answers.push(serde_json::from_str::<Value>(&line).unwrap());
-    }
+    let answers = exchange(read, write, &input).await;
     assert_eq!(answers.len(), 4, "{answers:#?}");
     for (r, what) in [
         ("none", "missing"),

@@ -38,6 +38,7 @@ use futures_util::FutureExt;
 
 use super::cpu::{CpuPool, Expiry, Handoff, RunCpu};
 use super::{AsyncProcessor, CancelToken, Job, ProcessError, ProcessResult};
+use crate::alarm::Alarm;
 use crate::dispatcher::{Core, Dispatcher};
 use crate::envelope::{Envelope, ErrorClass, ErrorInfo, Status};
 use crate::supervision::{panic_message, RestartDecision};
@@ -112,7 +113,7 @@ pub(crate) struct Worker {
     /// Run deadlines of the CPU jobs handed to the pool (earliest first), and the armed timer.
     deadlines: BinaryHeap<Reverse<Deadline>>,
     handed: u64,
-    timer: Option<(Instant, SpawnHandle)>,
+    timer: Alarm,
 }
 
 impl Worker {
@@ -134,7 +135,7 @@ impl Worker {
             resume_after: None,
             deadlines: BinaryHeap::new(),
             handed: 0,
-            timer: None,
+            timer: Alarm::default(),
         }
     }
 
@@ -301,22 +302,10 @@ impl Worker {
 
     /// Arms the timer for the earliest CPU deadline, if it is earlier than the armed one.
     fn arm(&mut self, ctx: &mut Context<Self>) {
-        let Some(Reverse(d)) = self.deadlines.peek() else {
-            return;
-        };
-        let at = d.at;
-        if let Some((armed, handle)) = self.timer {
-            if armed <= at {
-                return;
-            }
-            ctx.cancel_future(handle);
+        if let Some(Reverse(d)) = self.deadlines.peek() {
+            let at = d.at;
+            self.timer.arm(at, ctx, |w| &mut w.timer, Self::expire);
         }
-        let wait = at.saturating_duration_since(Instant::now());
-        let handle = ctx.run_later(wait, |act, ctx| {
-            act.timer = None;
-            act.expire(ctx);
-        });
-        self.timer = Some((at, handle));
     }
 
     /// Drops deadlines whose jobs are already settled: from the top of the heap (jobs mostly
@@ -444,7 +433,7 @@ impl Actor for Worker {
             });
         }
         // A restart drops the context's timers: re-arm the deadline timer.
-        self.timer = None;
+        self.timer.reset();
         self.arm(ctx);
     }
 }
