@@ -1,6 +1,9 @@
 //! concurrent_fetch — many concurrent `fetch`es against an upstream the example starts itself on
 //! 127.0.0.1, and the total time against the sum of the delays.
 //!
+//! The upstream holds each request until all of them have arrived (or 10 s have passed), then
+//! waits its delay: so "16 in flight at once" is a fact the example shows, not a timing.
+//!
 //! The asyncio original: eight `aiohttp` GETs under `asyncio.gather`. Here each fetch is a
 //! message on the `fetch` route (awc, one client per I/O arbiter, explicit timeouts, body cap,
 //! and a guard that refuses loopback targets unless `fetch.allow_hosts` names them — so this
@@ -8,6 +11,8 @@
 //!
 //! Run: `cargo run --example concurrent_fetch`
 
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::{web, App, HttpResponse, HttpServer};
@@ -16,15 +21,28 @@ use serde_json::json;
 
 #[actix::main]
 async fn main() {
-    // The upstream: /delay/{ms} answers after ms milliseconds.
+    const FETCHES: usize = 16;
+    // The upstream: /delay/{ms} answers after every fetch has arrived, and then ms milliseconds.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let upstream = HttpServer::new(|| {
+    let barrier = Arc::new(tokio::sync::Barrier::new(FETCHES));
+    // Requests inside the upstream now, and the most there ever were at once.
+    let inside = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
+    let (b, i) = (barrier.clone(), inside.clone());
+    let upstream = HttpServer::new(move || {
+        let (barrier, inside) = (b.clone(), i.clone());
         App::new().route(
             "/delay/{ms}",
-            web::get().to(|ms: web::Path<u64>| async move {
-                actix_rt::time::sleep(Duration::from_millis(*ms)).await;
-                HttpResponse::Ok().json(json!({ "waited_ms": *ms }))
+            web::get().to(move |ms: web::Path<u64>| {
+                let (barrier, inside) = (barrier.clone(), inside.clone());
+                async move {
+                    let now = inside.0.fetch_add(1, SeqCst) + 1;
+                    inside.1.fetch_max(now, SeqCst);
+                    let _ = actix_rt::time::timeout(Duration::from_secs(10), barrier.wait()).await;
+                    actix_rt::time::sleep(Duration::from_millis(*ms)).await;
+                    inside.0.fetch_sub(1, SeqCst);
+                    HttpResponse::Ok().json(json!({ "waited_ms": *ms }))
+                }
             }),
         )
     })
@@ -43,7 +61,7 @@ async fn main() {
         .build()
         .unwrap();
 
-    let delays: Vec<u64> = (0..16).map(|i| 100 + 25 * (i % 5)).collect();
+    let delays: Vec<u64> = (0..FETCHES as u64).map(|i| 100 + 25 * (i % 5)).collect();
     let msgs = delays
         .iter()
         .map(|ms| {
@@ -65,6 +83,10 @@ async fn main() {
     }
     let sum: u64 = delays.iter().sum();
     println!("{ok}/{} fetches answered 200", delays.len());
+    println!(
+        "{} fetches were in flight at the upstream at once",
+        inside.1.load(SeqCst)
+    );
     println!(
         "total {:.0} ms; the delays add up to {sum} ms; the slowest is {} ms",
         took.as_secs_f64() * 1000.0,

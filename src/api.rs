@@ -16,8 +16,8 @@ use actix_web::web::{self, BytesMut};
 use actix_web::{HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use mailroom_actors::{
-    json_depth, token_accepted, DeadLetter, Dispatcher, ErrorClass, ErrorInfo, MessageId, Outcome,
-    Pool, Rejected, RouteInfo, Source, Status, Submission, Timings,
+    parse_json, token_accepted, truncated, DeadLetter, Dispatcher, ErrorClass, ErrorInfo,
+    MessageId, Outcome, Pool, Rejected, RouteInfo, Source, Status, Submission, Timings,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -40,6 +40,8 @@ pub struct AppState {
     pub max_wait: Duration,
     /// `server.tokens`
     pub tokens: Vec<String>,
+    /// `server.body_timeout_ms`
+    pub body_timeout: Duration,
 }
 
 impl AppState {
@@ -110,8 +112,13 @@ pub struct RoutesResponse {
 /// `GET /v1/dead-letters` answer.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DeadLettersResponse {
-    /// Messages that failed every attempt, oldest first.
-    pub dead_letters: Vec<DeadLetter>,
+    /// Messages that failed every attempt, oldest first: each a dead letter, its payload inline
+    /// only when it is at most 64 KiB (else `"payload_truncated": true`), and `payload_bytes`.
+    #[schema(value_type = Vec<Object>)]
+    pub dead_letters: Vec<Value>,
+    /// The id to pass as `after` for the next page; `null` on the last page.
+    #[schema(value_type = Option<String>)]
+    pub next: Option<MessageId>,
 }
 
 /// `POST /v1/dead-letters/{id}/retry` answer.
@@ -127,7 +134,10 @@ pub struct Replayed {
     pub status: Status,
 }
 
-/// Reads a JSON body: checks the content type and size, parses, and limits nesting.
+/// Reads a JSON body: checks the content type and size, reads it within `server.body_timeout_ms`,
+/// parses it strictly (no duplicate keys) and limits nesting. The buffer grows with what arrives,
+/// never to the declared `Content-Length` up front, so a client that declares a large body and
+/// sends a byte holds a byte.
 async fn json_body(
     req: &HttpRequest,
     mut payload: web::Payload,
@@ -143,7 +153,8 @@ async fn json_body(
             .to_ascii_lowercase();
         if mime != "application/json" && !mime.ends_with("+json") {
             return Err(ApiError::UnsupportedMediaType(format!(
-                "expected Content-Type: application/json, got {ct:?}"
+                "expected Content-Type: application/json, got {:?}",
+                truncated(ct, 128)
             )));
         }
     }
@@ -161,29 +172,41 @@ async fn json_body(
     if declared.is_some_and(|n| n > state.max_body) {
         return Err(too_large());
     }
-    let mut body = BytesMut::with_capacity(declared.unwrap_or(256).min(state.max_body));
-    while let Some(chunk) = payload.next().await {
-        let chunk =
-            chunk.map_err(|e| ApiError::BadRequest(format!("could not read the body: {e}")))?;
-        if body.len() + chunk.len() > state.max_body {
-            return Err(too_large());
+    let read = async {
+        let mut body = BytesMut::new();
+        while let Some(chunk) = payload.next().await {
+            let chunk =
+                chunk.map_err(|e| ApiError::BadRequest(format!("could not read the body: {e}")))?;
+            if body.len() + chunk.len() > state.max_body {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
         }
-        body.extend_from_slice(&chunk);
-    }
+        Ok(body)
+    };
+    let body = actix_rt::time::timeout(state.body_timeout, read)
+        .await
+        .map_err(|_| {
+            ApiError::RequestTimeout(format!(
+                "the body did not arrive within server.body_timeout_ms ({} ms)",
+                state.body_timeout.as_millis()
+            ))
+        })??;
     if body.is_empty() {
         return Err(ApiError::BadRequest(
             "the body is empty; expected a JSON object".into(),
         ));
     }
-    let value: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
-    if json_depth(&value) > state.max_depth {
-        return Err(ApiError::BadRequest(format!(
-            "JSON nested deeper than server.max_json_depth ({})",
-            state.max_depth
-        )));
-    }
-    Ok(value)
+    parse_json(&body, state.max_depth).map_err(|e| {
+        ApiError::BadRequest(if e.contains("nested deeper") {
+            format!(
+                "JSON nested deeper than server.max_json_depth ({})",
+                state.max_depth
+            )
+        } else {
+            e
+        })
+    })
 }
 
 fn parse_id(raw: &str) -> Result<MessageId, ApiError> {
@@ -344,12 +367,80 @@ pub async fn list_routes(state: web::Data<AppState>) -> HttpResponse {
     })
 }
 
-/// Messages that failed every attempt.
-#[utoipa::path(get, path = "/v1/dead-letters", responses((status = 200, body = DeadLettersResponse)))]
-pub async fn list_dead_letters(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok().json(DeadLettersResponse {
-        dead_letters: state.dispatcher.dead_letters(),
-    })
+/// `?limit=&after=` on the dead-letter list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLettersQuery {
+    /// Most dead letters in one page, 1 to 1000 (default 100).
+    pub limit: Option<usize>,
+    /// Start after this id (the `next` of the previous page).
+    pub after: Option<String>,
+}
+
+/// Payloads larger than this (about, in bytes) are left out of the dead-letter list; read them
+/// whole at `GET /v1/dead-letters/{id}`.
+pub const MAX_INLINE_PAYLOAD_BYTES: usize = 64 * 1024;
+
+/// A dead letter as listed: its payload inline when it is small, else left out
+/// (`payload_truncated`), with its size.
+fn dead_letter_item(dl: &DeadLetter) -> Value {
+    let bytes = dl.payload_bytes();
+    let mut v = json!({
+        "id": dl.id, "kind": dl.kind, "attempts": dl.attempts, "errors": dl.errors,
+        "died_at_ms": dl.died_at_ms, "source": dl.source, "payload_bytes": bytes,
+    });
+    if let Some(r) = dl.replay_of {
+        v["replay_of"] = json!(r);
+    }
+    if bytes <= MAX_INLINE_PAYLOAD_BYTES {
+        v["payload"] = dl.payload.clone();
+    } else {
+        v["payload_truncated"] = json!(true);
+    }
+    v
+}
+
+/// Messages that failed every attempt, oldest first, a page at a time. A payload over 64 KiB is
+/// left out of the list (`payload_truncated`); `GET /v1/dead-letters/{id}` has it whole.
+#[utoipa::path(get, path = "/v1/dead-letters", params(DeadLettersQuery),
+    responses((status = 200, body = DeadLettersResponse), (status = 400, body = Problem)))]
+pub async fn list_dead_letters(
+    state: web::Data<AppState>,
+    query: web::Query<DeadLettersQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::BadRequest(format!(
+            "limit must be 1 to 1000, got {limit}"
+        )));
+    }
+    let after = match &query.after {
+        Some(a) => Some(a.parse::<MessageId>().map_err(|_| {
+            ApiError::BadRequest(format!("after: not a message id: {:?}", truncated(a, 64)))
+        })?),
+        None => None,
+    };
+    let page = state.dispatcher.dead_letters(after, limit);
+    let next = (page.len() == limit).then(|| page[limit - 1].id);
+    Ok(HttpResponse::Ok().json(DeadLettersResponse {
+        dead_letters: page.iter().map(|d| dead_letter_item(d)).collect(),
+        next,
+    }))
+}
+
+/// One dead letter, with its whole payload.
+#[utoipa::path(get, path = "/v1/dead-letters/{id}", params(("id" = String, Path, description = "Dead letter id")),
+    responses((status = 200, body = DeadLetter), (status = 404, body = Problem)))]
+pub async fn get_dead_letter(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&id)?;
+    let dl = state
+        .dispatcher
+        .dead_letter(id)
+        .ok_or_else(|| ApiError::NotFound(format!("no dead letter with id {id}")))?;
+    Ok(HttpResponse::Ok().json(&*dl))
 }
 
 /// Replay a dead letter as a new message.
@@ -421,6 +512,7 @@ pub async fn openapi_json() -> HttpResponse {
         cancel_message,
         list_routes,
         list_dead_letters,
+        get_dead_letter,
         retry_dead_letter,
         metrics_text,
         healthz,
@@ -479,10 +571,6 @@ async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     )))
 }
 
-async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::MethodNotAllowed)
-}
-
 /// Registers every endpoint (and problem+json answers for unknown paths, wrong methods and
 /// malformed query strings or paths).
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -490,23 +578,28 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .error_handler(|e, _| ApiError::BadRequest(format!("invalid query string: {e}")).into());
     let bad_path = web::PathConfig::default()
         .error_handler(|e, _| ApiError::NotFound(format!("invalid path: {e}")).into());
-    let r =
-        |path: &str| web::resource(path.to_owned()).default_service(web::to(method_not_allowed));
+    // A resource whose other methods answer 405 with `Allow: allow`.
+    let r = |path: &str, allow: &'static str| {
+        web::resource(path.to_owned()).default_service(web::to(move || async move {
+            Err::<HttpResponse, _>(ApiError::MethodNotAllowed(allow))
+        }))
+    };
     cfg.app_data(bad_query)
         .app_data(bad_path)
-        .service(r("/v1/messages").route(web::post().to(submit)))
-        .service(r("/v1/batch").route(web::post().to(batch)))
+        .service(r("/v1/messages", "POST").route(web::post().to(submit)))
+        .service(r("/v1/batch", "POST").route(web::post().to(batch)))
         .service(
-            r("/v1/messages/{id}")
+            r("/v1/messages/{id}", "GET, DELETE")
                 .route(web::get().to(get_message))
                 .route(web::delete().to(cancel_message)),
         )
-        .service(r("/v1/routes").route(web::get().to(list_routes)))
-        .service(r("/v1/dead-letters").route(web::get().to(list_dead_letters)))
-        .service(r("/v1/dead-letters/{id}/retry").route(web::post().to(retry_dead_letter)))
-        .service(r("/metrics").route(web::get().to(metrics_text)))
-        .service(r("/healthz").route(web::get().to(healthz)))
-        .service(r("/readyz").route(web::get().to(readyz)))
-        .service(r("/openapi.json").route(web::get().to(openapi_json)))
+        .service(r("/v1/routes", "GET").route(web::get().to(list_routes)))
+        .service(r("/v1/dead-letters", "GET").route(web::get().to(list_dead_letters)))
+        .service(r("/v1/dead-letters/{id}", "GET").route(web::get().to(get_dead_letter)))
+        .service(r("/v1/dead-letters/{id}/retry", "POST").route(web::post().to(retry_dead_letter)))
+        .service(r("/metrics", "GET").route(web::get().to(metrics_text)))
+        .service(r("/healthz", "GET").route(web::get().to(healthz)))
+        .service(r("/readyz", "GET").route(web::get().to(readyz)))
+        .service(r("/openapi.json", "GET").route(web::get().to(openapi_json)))
         .default_service(web::to(not_found));
 }

@@ -68,6 +68,12 @@ pub struct ServerConfig {
     pub shutdown_timeout_ms: u64,
     /// Bearer tokens; empty = no auth.
     pub tokens: Vec<String>,
+    /// A request body must arrive whole within this (else 408).
+    pub body_timeout_ms: u64,
+    /// Most HTTP connections open at once (past it, new ones wait in the listen backlog).
+    pub max_connections: usize,
+    /// Listen backlog of the HTTP and TCP listeners.
+    pub backlog: u32,
 }
 
 impl Default for ServerConfig {
@@ -81,6 +87,9 @@ impl Default for ServerConfig {
             max_wait_ms: 60_000,
             shutdown_timeout_ms: 30_000,
             tokens: Vec::new(),
+            body_timeout_ms: 10_000,
+            max_connections: 10_000,
+            backlog: 4096,
         }
     }
 }
@@ -95,8 +104,12 @@ pub struct DispatchConfig {
     pub result_ttl_ms: u64,
     /// How many finished outcomes are kept at most.
     pub max_results: usize,
+    /// About how many bytes of finished outcomes are kept at most (oldest evicted first).
+    pub max_result_bytes: usize,
     /// How many dead letters are kept at most.
     pub max_dead_letters: usize,
+    /// About how many bytes of dead letters are kept at most (oldest dropped first).
+    pub max_dead_letter_bytes: usize,
     /// Longest `delay_ms` a message may ask for.
     pub max_delay_ms: u64,
     /// Processor restarts tolerated within `restart_window_ms` before the route is degraded.
@@ -115,9 +128,11 @@ impl Default for DispatchConfig {
             capacity: 10_000,
             result_ttl_ms: 600_000,
             max_results: 100_000,
+            max_result_bytes: 256 * 1024 * 1024,
             max_dead_letters: 10_000,
+            max_dead_letter_bytes: 64 * 1024 * 1024,
             max_delay_ms: 86_400_000,
-            max_restarts: 100,
+            max_restarts: 10,
             restart_window_ms: 10_000,
             restart_backoff_ms: 5,
             restart_max_backoff_ms: 1_000,
@@ -230,6 +245,40 @@ pub struct SourcesConfig {
 pub struct TcpConfig {
     /// Address of the TCP listener.
     pub bind: String,
+    /// Most connections open at once; past it a new one gets one error line and is closed.
+    #[serde(default = "default_tcp_connections")]
+    pub max_connections: usize,
+    /// A connection with no answer pending that completes no line for this long is closed.
+    #[serde(default = "default_tcp_idle")]
+    pub idle_timeout_ms: u64,
+    /// Most lines of one connection read and not yet answered; past it the connection is not
+    /// read until answers are written (backpressure, not buffering).
+    #[serde(default = "default_tcp_pending")]
+    pub max_pending: usize,
+}
+
+fn default_tcp_connections() -> usize {
+    1024
+}
+
+fn default_tcp_idle() -> u64 {
+    60_000
+}
+
+fn default_tcp_pending() -> usize {
+    256
+}
+
+impl TcpConfig {
+    /// A TCP source on `bind` with the default limits.
+    pub fn on(bind: impl Into<String>) -> TcpConfig {
+        TcpConfig {
+            bind: bind.into(),
+            max_connections: default_tcp_connections(),
+            idle_timeout_ms: default_tcp_idle(),
+            max_pending: default_tcp_pending(),
+        }
+    }
 }
 
 /// `[[schedule]]`
@@ -383,6 +432,15 @@ impl Config {
         if s.tokens.iter().any(|t| t.trim().is_empty()) {
             return err("server.tokens", "tokens must not be empty strings".into());
         }
+        if !(1..=3_600_000).contains(&s.body_timeout_ms) {
+            return err("server.body_timeout_ms", "expected 1 to 3600000".into());
+        }
+        if !(1..=1_000_000).contains(&s.max_connections) {
+            return err("server.max_connections", "expected 1 to 1000000".into());
+        }
+        if !(1..=65_535).contains(&s.backlog) {
+            return err("server.backlog", "expected 1 to 65535".into());
+        }
         let d = &self.dispatch;
         if d.capacity == 0 {
             return err("dispatch.capacity", "expected at least 1".into());
@@ -390,8 +448,32 @@ impl Config {
         if d.max_results == 0 {
             return err("dispatch.max_results", "expected at least 1".into());
         }
+        if d.max_result_bytes < 1024 * 1024 {
+            return err(
+                "dispatch.max_result_bytes",
+                "expected at least 1048576 (1 MiB)".into(),
+            );
+        }
+        if d.max_dead_letters == 0 {
+            return err("dispatch.max_dead_letters", "expected at least 1".into());
+        }
+        if d.max_dead_letter_bytes < 1024 * 1024 {
+            return err(
+                "dispatch.max_dead_letter_bytes",
+                "expected at least 1048576 (1 MiB)".into(),
+            );
+        }
+        if d.max_delay_ms > 365 * 86_400_000 {
+            return err(
+                "dispatch.max_delay_ms",
+                "expected at most 31536000000 (a year)".into(),
+            );
+        }
         if d.max_restarts == 0 {
             return err("dispatch.max_restarts", "expected at least 1".into());
+        }
+        if d.max_restarts > 10_000 {
+            return err("dispatch.max_restarts", "expected 1 to 10000".into());
         }
         if d.restart_window_ms == 0 || d.restart_window_ms > 86_400_000 {
             return err(
@@ -477,6 +559,21 @@ impl Config {
                     ),
                 );
             }
+            if !(1..=1_000_000).contains(&tcp.max_connections) {
+                return err(
+                    "sources.tcp.max_connections",
+                    "expected 1 to 1000000".into(),
+                );
+            }
+            if !(1..=86_400_000).contains(&tcp.idle_timeout_ms) {
+                return err(
+                    "sources.tcp.idle_timeout_ms",
+                    "expected 1 to 86400000".into(),
+                );
+            }
+            if !(1..=65_536).contains(&tcp.max_pending) {
+                return err("sources.tcp.max_pending", "expected 1 to 65536".into());
+            }
         }
         for (i, sc) in self.schedule.iter().enumerate() {
             let key = format!("schedule[{i}]");
@@ -498,7 +595,9 @@ impl Config {
             capacity: self.dispatch.capacity,
             result_ttl: Duration::from_millis(self.dispatch.result_ttl_ms),
             max_results: self.dispatch.max_results,
+            max_result_bytes: self.dispatch.max_result_bytes,
             max_dead_letters: self.dispatch.max_dead_letters,
+            max_dead_letter_bytes: self.dispatch.max_dead_letter_bytes,
             max_delay: Duration::from_millis(self.dispatch.max_delay_ms),
             io: IoSettings {
                 arbiters: self.pools.io.arbiters,
@@ -557,11 +656,19 @@ impl Config {
 
     /// The TCP source's limits.
     pub fn tcp_settings(&self) -> TcpSettings {
+        let tcp = self
+            .sources
+            .tcp
+            .clone()
+            .unwrap_or_else(|| TcpConfig::on(""));
         TcpSettings {
             max_line_bytes: self.server.max_body_bytes,
             max_json_depth: self.server.max_json_depth,
             max_wait: None,
             tokens: self.server.tokens.clone(),
+            max_connections: tcp.max_connections,
+            idle_timeout: Duration::from_millis(tcp.idle_timeout_ms),
+            max_pending: tcp.max_pending,
         }
     }
 }

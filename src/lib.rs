@@ -41,16 +41,17 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// Binds the addresses `config` names.
+    /// Binds the addresses `config` names, with `server.backlog` as their listen backlog.
     pub fn bind(config: &Config) -> io::Result<Listeners> {
-        let http = TcpListener::bind(&config.server.bind).map_err(|e| {
+        let backlog = config.server.backlog;
+        let http = listen(&config.server.bind, backlog).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!("cannot listen on {}: {e}", config.server.bind),
             )
         })?;
         let tcp = match &config.sources.tcp {
-            Some(t) => Some(TcpListener::bind(&t.bind).map_err(|e| {
+            Some(t) => Some(listen(&t.bind, backlog).map_err(|e| {
                 io::Error::new(
                     e.kind(),
                     format!("cannot listen on {} (TCP source): {e}", t.bind),
@@ -60,6 +61,21 @@ impl Listeners {
         };
         Ok(Listeners { http, tcp })
     }
+}
+
+/// A listener on `addr` with a listen backlog of `backlog` (the standard library's `bind` uses
+/// 128, which drops connections when a thousand clients connect at once). The kernel caps it at
+/// `net.core.somaxconn`.
+pub fn listen(addr: &str, backlog: u32) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let addr: std::net::SocketAddr = addr
+        .parse()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{addr:?}: {e}")))?;
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog.min(i32::MAX as u32) as i32)?;
+    Ok(socket.into())
 }
 
 /// Why the service could not start. Each variant's message already says the whole of its cause,
@@ -152,6 +168,7 @@ pub async fn run(
         max_depth: s.max_json_depth,
         max_wait: Duration::from_millis(s.max_wait_ms),
         tokens: s.tokens.clone(),
+        body_timeout: Duration::from_millis(s.body_timeout_ms),
     });
     let workers = if s.workers == 0 {
         std::thread::available_parallelism().map_or(2, |n| n.get())
@@ -166,6 +183,7 @@ pub async fn run(
             .configure(api::configure)
     })
     .workers(workers)
+    .max_connections(s.max_connections.div_ceil(workers))
     .disable_signals()
     .shutdown_timeout(s.shutdown_timeout_ms.div_ceil(1000).max(1))
     .listen(listeners.http)?

@@ -34,9 +34,12 @@ pub enum ApiError {
     /// 404: an unknown id or path.
     #[error("{0}")]
     NotFound(String),
-    /// 405: the path exists, the method does not.
-    #[error("method not allowed on this path")]
-    MethodNotAllowed,
+    /// 405: the path exists, the method does not; the methods it has (the `Allow` header).
+    #[error("method not allowed on this path (allowed: {0})")]
+    MethodNotAllowed(&'static str),
+    /// 408: the request body did not arrive in time.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// 409: a cancel that came too late.
     #[error("{0}")]
     Conflict(String),
@@ -65,7 +68,8 @@ impl ApiError {
             ApiError::BadRequest(_) => ("bad-request", "Bad request"),
             ApiError::Unauthorized => ("unauthorized", "Unauthorized"),
             ApiError::NotFound(_) => ("not-found", "Not found"),
-            ApiError::MethodNotAllowed => ("method-not-allowed", "Method not allowed"),
+            ApiError::MethodNotAllowed(_) => ("method-not-allowed", "Method not allowed"),
+            ApiError::RequestTimeout(_) => ("request-timeout", "Request timeout"),
             ApiError::Conflict(_) => ("conflict", "Conflict"),
             ApiError::TooLarge(_) => ("too-large", "Payload too large"),
             ApiError::UnsupportedMediaType(_) => {
@@ -94,7 +98,8 @@ impl ResponseError for ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -109,6 +114,9 @@ impl ResponseError for ApiError {
         match self {
             ApiError::Unavailable { retry_after, .. } => {
                 res.insert_header((header::RETRY_AFTER, retry_after.to_string()));
+            }
+            ApiError::MethodNotAllowed(allow) => {
+                res.insert_header((header::ALLOW, *allow));
             }
             ApiError::Unauthorized => {
                 res.insert_header((

@@ -1,14 +1,17 @@
 //! Dead letters: messages that failed on every one of their attempts, kept with their payload and
-//! the error of each attempt so they can be inspected and replayed. Bounded: past
-//! `max_dead_letters` the oldest is dropped, with a warning in the log.
+//! the error of each attempt so they can be inspected and replayed. Bounded by count
+//! (`max_dead_letters`) and by bytes (`max_dead_letter_bytes`): past either, the oldest are
+//! dropped, with a warning in the log. Kept in id order, so they are listed a page at a time
+//! (`after` an id).
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::envelope::{ErrorInfo, Kind, MessageId, Source};
+use crate::envelope::{approx_bytes, ErrorInfo, Kind, MessageId, Source};
 
 /// A message that exhausted its retries.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -37,47 +40,153 @@ pub struct DeadLetter {
 }
 
 pub(crate) struct DeadLetters {
-    list: Mutex<VecDeque<DeadLetter>>,
+    inner: Mutex<Held>,
     cap: usize,
+    max_bytes: usize,
+}
+
+/// The dead letters in id order (oldest accepted first), and their bytes.
+#[derive(Default)]
+struct Held {
+    list: VecDeque<Arc<DeadLetter>>,
+    bytes: usize,
+}
+
+impl DeadLetter {
+    /// About how many bytes the payload takes (its text, plus a little per JSON node).
+    pub fn payload_bytes(&self) -> usize {
+        approx_bytes(&self.payload)
+    }
+
+    /// About how many bytes this dead letter holds (payload and errors).
+    pub(crate) fn approx_bytes(&self) -> usize {
+        self.payload_bytes()
+            + self
+                .errors
+                .iter()
+                .map(|e| e.message.len() + 32)
+                .sum::<usize>()
+            + 128
+    }
+}
+
+impl Held {
+    fn insert(&mut self, dl: Arc<DeadLetter>) {
+        self.bytes += dl.approx_bytes();
+        let at = self.list.partition_point(|d| d.id < dl.id);
+        self.list.insert(at, dl);
+    }
+
+    fn remove(&mut self, at: usize) -> Option<Arc<DeadLetter>> {
+        let dl = self.list.remove(at)?;
+        self.bytes -= dl.approx_bytes();
+        Some(dl)
+    }
+
+    fn position(&self, id: MessageId) -> Result<usize, usize> {
+        self.list.binary_search_by(|d| d.id.cmp(&id))
+    }
 }
 
 impl DeadLetters {
-    pub(crate) fn new(cap: usize) -> DeadLetters {
+    /// At most `cap` dead letters and `max_bytes` of them; past either the oldest are dropped.
+    pub(crate) fn new(cap: usize, max_bytes: usize) -> DeadLetters {
         DeadLetters {
-            list: Mutex::new(VecDeque::new()),
+            inner: Mutex::new(Held::default()),
             cap: cap.max(1),
+            max_bytes,
         }
     }
 
-    /// Files a dead letter; when the list is full the oldest is dropped and returned.
-    pub(crate) fn push(&self, dl: DeadLetter) -> Option<DeadLetter> {
-        let mut list = self.list.lock();
-        let dropped = if list.len() >= self.cap {
-            list.pop_front()
-        } else {
-            None
-        };
-        list.push_back(dl);
+    /// Files a dead letter; returns the oldest ones dropped to stay within the bounds (never
+    /// the new one itself, even when it alone is over the byte bound).
+    pub(crate) fn push(&self, dl: DeadLetter) -> Vec<Arc<DeadLetter>> {
+        let id = dl.id;
+        let mut held = self.inner.lock();
+        held.insert(Arc::new(dl));
+        let mut dropped = Vec::new();
+        while held.list.len() > self.cap || (held.bytes > self.max_bytes && held.list.len() > 1) {
+            let at = usize::from(held.list[0].id == id);
+            dropped.extend(held.remove(at));
+        }
         dropped
     }
 
-    pub(crate) fn list(&self) -> Vec<DeadLetter> {
-        self.list.lock().iter().cloned().collect()
+    /// Up to `limit` dead letters with ids after `after` (from the oldest when `None`).
+    pub(crate) fn page(&self, after: Option<MessageId>, limit: usize) -> Vec<Arc<DeadLetter>> {
+        let held = self.inner.lock();
+        let from = match after {
+            None => 0,
+            Some(a) => match held.position(a) {
+                Ok(i) => i + 1,
+                Err(i) => i,
+            },
+        };
+        held.list.iter().skip(from).take(limit).cloned().collect()
     }
 
-    pub(crate) fn take(&self, id: MessageId) -> Option<DeadLetter> {
-        let mut list = self.list.lock();
-        let i = list.iter().position(|d| d.id == id)?;
-        list.remove(i)
+    pub(crate) fn get(&self, id: MessageId) -> Option<Arc<DeadLetter>> {
+        let held = self.inner.lock();
+        held.position(id).ok().map(|i| held.list[i].clone())
     }
 
-    pub(crate) fn restore(&self, dl: DeadLetter) {
-        let mut list = self.list.lock();
-        let at = list.partition_point(|d| d.id < dl.id);
-        list.insert(at, dl);
+    pub(crate) fn take(&self, id: MessageId) -> Option<Arc<DeadLetter>> {
+        let mut held = self.inner.lock();
+        let at = held.position(id).ok()?;
+        held.remove(at)
+    }
+
+    pub(crate) fn restore(&self, dl: Arc<DeadLetter>) {
+        self.inner.lock().insert(dl);
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.list.lock().len()
+        self.inner.lock().list.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::{ErrorClass, Kind};
+
+    fn dl(bytes: usize) -> DeadLetter {
+        DeadLetter {
+            id: MessageId::next(),
+            kind: Kind::new("k").unwrap(),
+            payload: Value::String("x".repeat(bytes)),
+            attempts: 1,
+            errors: vec![ErrorInfo::new(ErrorClass::Error, "e")],
+            died_at_ms: 0,
+            source: Source::Library,
+            replay_of: None,
+        }
+    }
+
+    #[test]
+    fn bounded_by_count_and_bytes_oldest_first_and_paged_by_id() {
+        let d = DeadLetters::new(3, 10_000);
+        let ids: Vec<MessageId> = (0..4)
+            .map(|_| {
+                let x = dl(10);
+                let id = x.id;
+                d.push(x);
+                id
+            })
+            .collect();
+        assert_eq!(d.len(), 3, "count bound");
+        assert!(d.get(ids[0]).is_none(), "the oldest went first");
+        let page = d.page(None, 2);
+        assert_eq!(page.iter().map(|x| x.id).collect::<Vec<_>>(), ids[1..3]);
+        let next = d.page(Some(ids[2]), 2);
+        assert_eq!(next.iter().map(|x| x.id).collect::<Vec<_>>(), ids[3..4]);
+        let big = dl(20_000);
+        let big_id = big.id;
+        let dropped = d.push(big);
+        assert_eq!(dropped.len(), 3, "bytes bound: the others made room");
+        assert_eq!(d.len(), 1);
+        assert!(d.get(big_id).is_some(), "the new one is kept");
+        assert!(d.take(big_id).is_some());
+        assert_eq!(d.inner.lock().bytes, 0);
     }
 }

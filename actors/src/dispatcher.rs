@@ -132,12 +132,12 @@ impl Core {
             .is_some()
         {
             tracing::warn!(%id, %kind, attempts, "message is dead after its last attempt");
-            if let Some(old) = dropped {
-                tracing::warn!(id = %old.id, kind = %old.kind, "dead letters are full: dropped the oldest");
+            for old in dropped {
+                tracing::warn!(id = %old.id, kind = %old.kind, "dead letters are full (count or bytes): dropped the oldest");
             }
         } else {
             self.dead.take(id);
-            if let Some(old) = dropped {
+            for old in dropped {
                 self.dead.restore(old);
             }
         }
@@ -545,9 +545,15 @@ impl Dispatcher {
         }
     }
 
-    /// The dead letters, oldest first.
-    pub fn dead_letters(&self) -> Vec<DeadLetter> {
-        self.core.dead.list()
+    /// Up to `limit` dead letters, oldest first, starting after the id `after` (from the
+    /// oldest when `None`): pass the last id of a page to get the next.
+    pub fn dead_letters(&self, after: Option<MessageId>, limit: usize) -> Vec<Arc<DeadLetter>> {
+        self.core.dead.page(after, limit)
+    }
+
+    /// One dead letter, whole.
+    pub fn dead_letter(&self, id: MessageId) -> Option<Arc<DeadLetter>> {
+        self.core.dead.get(id)
     }
 
     /// Replays a dead letter as a new message (new id, `replay_of` naming the original) and
@@ -716,6 +722,25 @@ impl DispatcherBuilder {
         if s.restart.max_restarts == 0 {
             return bad("restart.max_restarts", "must be at least 1");
         }
+        let needed = crate::supervision::time_to_degrade(&s.restart);
+        if needed >= s.restart.window {
+            return Err(BuildError::Setting {
+                name: "restart".to_owned(),
+                reason: format!(
+                    "{} restarts need at least {} ms of restart backoff, longer than the {} ms \
+                     window: a crash-looping route would never be degraded (lower max_restarts \
+                     or the backoff, or widen the window)",
+                    s.restart.max_restarts + 1,
+                    needed.as_millis(),
+                    s.restart.window.as_millis()
+                ),
+            });
+        }
+        for (name, d) in [("max_delay", s.max_delay), ("max_timeout", s.max_timeout)] {
+            if d > Duration::from_secs(365 * 86_400) {
+                return bad(name, "must be at most a year");
+            }
+        }
         Ok(())
     }
 
@@ -757,6 +782,17 @@ impl DispatcherBuilder {
                 // jobs over as they come, with no wake-up per finished job.
                 Pool::Cpu => capacity,
             });
+            if rs
+                .timeout
+                .is_some_and(|t| t.is_zero() || t > Duration::from_secs(365 * 86_400))
+                || rs.backoff > Duration::from_secs(365 * 86_400)
+            {
+                return Err(BuildError::Setting {
+                    name: format!("routes.{name}"),
+                    reason: "timeout must be between 1 ms and a year, backoff at most a year"
+                        .into(),
+                });
+            }
             if concurrency == 0 || rs.capacity == Some(0) {
                 return Err(BuildError::Setting {
                     name: format!("routes.{name}"),
@@ -802,11 +838,15 @@ impl DispatcherBuilder {
                 handle
             })
             .collect();
-        let store = self
-            .store
-            .unwrap_or_else(|| Arc::new(MemoryStore::new(s.result_ttl, s.max_results)));
+        let store = self.store.unwrap_or_else(|| {
+            Arc::new(MemoryStore::new(
+                s.result_ttl,
+                s.max_results,
+                s.max_result_bytes,
+            ))
+        });
         let core = Arc::new(Core {
-            dead: DeadLetters::new(s.max_dead_letters),
+            dead: DeadLetters::new(s.max_dead_letters, s.max_dead_letter_bytes),
             settings: self.settings.clone(),
             routes,
             by_kind,

@@ -394,13 +394,40 @@ pub struct ErrorInfo {
 }
 
 impl ErrorInfo {
-    /// An error of `class` saying `message`.
+    /// Longest error message kept, in bytes: a processor (or a panic) that fails with a
+    /// megabyte of text is recorded with its first 4 KiB and "…".
+    pub const MAX_MESSAGE_BYTES: usize = 4096;
+
+    /// An error of `class` saying `message` (cut to [`ErrorInfo::MAX_MESSAGE_BYTES`]).
     pub fn new(class: ErrorClass, message: impl Into<String>) -> ErrorInfo {
-        ErrorInfo {
-            class,
-            message: message.into(),
+        let mut message = message.into();
+        if message.len() > Self::MAX_MESSAGE_BYTES {
+            message = crate::source::truncated(&message, Self::MAX_MESSAGE_BYTES).into_owned();
+        }
+        ErrorInfo { class, message }
+    }
+}
+
+/// About how many bytes `v` takes in memory (strings and numbers by their text, plus a small
+/// fixed cost per node): what the byte budgets of kept outcomes and dead letters count.
+pub(crate) fn approx_bytes(v: &Value) -> usize {
+    const NODE: usize = 32;
+    let mut total = 0;
+    let mut stack = vec![v];
+    while let Some(v) = stack.pop() {
+        total += NODE;
+        match v {
+            Value::String(s) => total += s.len(),
+            Value::Number(n) => total += n.as_str().len(),
+            Value::Array(a) => stack.extend(a.iter()),
+            Value::Object(o) => {
+                total += o.keys().map(|k| k.len() + NODE).sum::<usize>();
+                stack.extend(o.values());
+            }
+            Value::Null | Value::Bool(_) => {}
         }
     }
+    total
 }
 
 /// How long a message spent in each phase, in milliseconds.

@@ -7,8 +7,9 @@
 //! `Dispatch` and `DispatchBatch` from the dispatcher (after admission) and from settling
 //! attempts (retries); `Forget` when a delayed message is cancelled; `DropDelayedAfter` at
 //! shutdown. Waiting envelopes sit in a min-heap keyed by `(not_before, arrival)`, with one timer
-//! armed for the earliest, so they fire in order and never early. A cancelled envelope is
-//! skipped when its time comes (the store has already recorded it as cancelled). The first router
+//! armed for the earliest, so they fire in order and never early. A cancelled envelope is freed at
+//! once; its heap entry is skipped when its time comes, and the heap is pruned whenever stale
+//! entries outnumber live ones. The first router
 //! also sweeps expired outcomes from the store once a second.
 //!
 //! A router holds no state that a crash could corrupt beyond
@@ -170,6 +171,14 @@ impl Handler<Forget> for Router {
     type Result = ();
     fn handle(&mut self, msg: Forget, _: &mut Context<Self>) {
         self.waiting.remove(&msg.0);
+        // The heap entry of a cancelled envelope would stay until its due time (up to the
+        // longest delay): rebuild the heap once it holds as many stale entries as live ones, so
+        // memory follows what is still waiting (amortised O(1) per cancel).
+        if self.heap.len() > 2 * self.waiting.len() + 64 {
+            let waiting = &self.waiting;
+            self.heap
+                .retain(|Reverse((_, _, id))| waiting.contains_key(id));
+        }
     }
 }
 

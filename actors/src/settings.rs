@@ -13,8 +13,13 @@ pub struct Settings {
     pub result_ttl: Duration,
     /// How many finished outcomes are kept at most (the oldest are evicted first).
     pub max_results: usize,
+    /// About how many bytes of finished outcomes (results and errors) are kept at most; past
+    /// it the oldest are evicted first, like past `max_results`.
+    pub max_result_bytes: usize,
     /// How many dead letters are kept at most (the oldest are dropped first, with a warning).
     pub max_dead_letters: usize,
+    /// About how many bytes of dead letters (payloads and errors) are kept at most.
+    pub max_dead_letter_bytes: usize,
     /// The longest delay a message may ask for.
     pub max_delay: Duration,
     /// The longest run timeout a message may ask for.
@@ -35,7 +40,9 @@ impl Default for Settings {
             capacity: 10_000,
             result_ttl: Duration::from_secs(600),
             max_results: 100_000,
+            max_result_bytes: 256 * 1024 * 1024,
             max_dead_letters: 10_000,
+            max_dead_letter_bytes: 64 * 1024 * 1024,
             max_delay: Duration::from_secs(24 * 3600),
             max_timeout: Duration::from_secs(3600),
             io: IoSettings::default(),
@@ -125,7 +132,7 @@ pub struct RestartPolicy {
 impl Default for RestartPolicy {
     fn default() -> Self {
         RestartPolicy {
-            max_restarts: 100,
+            max_restarts: 10,
             window: Duration::from_secs(10),
             backoff: Duration::from_millis(5),
             max_backoff: Duration::from_secs(1),

@@ -6,9 +6,9 @@
 //! state" hold: whoever wins [`Store::finish`] or [`Store::cancel`] gets the outcome, every later
 //! attempt gets `None`/an error and does nothing. Waiters are told the outcome once, by the winner.
 //!
-//! [`MemoryStore`], the default, keeps records in sharded hash maps. It is bounded by count and
-//! TTL and evicts finished outcomes only, oldest first (per shard); unfinished messages are never
-//! evicted (the route capacities bound them).
+//! [`MemoryStore`], the default, keeps records in sharded hash maps. It is bounded by count, by
+//! bytes of kept outcomes and by TTL, and evicts finished outcomes only, oldest first (per shard);
+//! unfinished messages are never evicted (the route capacities bound them).
 
 use std::any::Any;
 use std::collections::{HashMap, VecDeque};
@@ -23,7 +23,9 @@ use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-use crate::envelope::{millis, ErrorInfo, Kind, MessageId, Outcome, Source, Status, Timings};
+use crate::envelope::{
+    approx_bytes, millis, ErrorInfo, Kind, MessageId, Outcome, Source, Status, Timings,
+};
 use crate::error::CancelError;
 
 /// What the dispatcher records when it accepts a message.
@@ -373,7 +375,16 @@ impl Cell {
 #[derive(Default)]
 struct Shard {
     cells: IdMap<Arc<Cell>>,
-    finished: VecDeque<(Instant, MessageId)>,
+    /// Finished ids in the order they finished, with when and about how many bytes they hold.
+    finished: VecDeque<(Instant, MessageId, usize)>,
+    /// The bytes of the outcomes in `finished`.
+    bytes: usize,
+}
+
+/// About how many bytes a finished outcome holds (its result and error, and the record).
+fn outcome_bytes(o: &Outcome) -> usize {
+    256 + o.result.as_ref().map_or(0, approx_bytes)
+        + o.error.as_ref().map_or(0, |e| e.message.len())
 }
 
 const SHARDS: usize = 32;
@@ -388,16 +399,19 @@ pub struct MemoryStore {
     keys: Mutex<HashMap<(Kind, String), MessageId>>,
     ttl: Duration,
     per_shard_max: usize,
+    per_shard_bytes: usize,
 }
 
 impl MemoryStore {
-    /// A store that keeps finished outcomes for `ttl`, and at most about `max_results` of them.
-    pub fn new(ttl: Duration, max_results: usize) -> MemoryStore {
+    /// A store that keeps finished outcomes for `ttl`, and at most about `max_results` of them
+    /// holding at most about `max_bytes` (results and errors, as counted by their JSON text).
+    pub fn new(ttl: Duration, max_results: usize, max_bytes: usize) -> MemoryStore {
         MemoryStore {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             keys: Mutex::new(HashMap::new()),
             ttl,
             per_shard_max: max_results.div_ceil(SHARDS).max(1),
+            per_shard_bytes: (max_bytes / SHARDS).max(1),
         }
     }
 
@@ -425,7 +439,12 @@ impl MemoryStore {
         waiters: Waiters,
         now: Instant,
     ) -> Finished {
-        self.shard(id).lock().finished.push_back((now, id));
+        let bytes = outcome_bytes(&outcome);
+        {
+            let mut shard = self.shard(id).lock();
+            shard.finished.push_back((now, id, bytes));
+            shard.bytes += bytes;
+        }
         Finished {
             outcome,
             waiters: Some(waiters),
@@ -436,13 +455,15 @@ impl MemoryStore {
     /// by the caller after the shard lock is released.
     fn evict(&self, shard: &mut Shard, now: Instant, evicted: &mut Vec<Arc<Cell>>) {
         // Every evicted cell is pushed here so it is dropped (freed) after the shard lock.
-        while let Some(&(at, id)) = shard.finished.front() {
+        while let Some(&(at, id, bytes)) = shard.finished.front() {
             if now.saturating_duration_since(at) < self.ttl
                 && shard.finished.len() <= self.per_shard_max
+                && shard.bytes <= self.per_shard_bytes
             {
                 break;
             }
             shard.finished.pop_front();
+            shard.bytes -= bytes;
             if let Some(cell) = shard.cells.remove(&id) {
                 evicted.push(cell);
             }
@@ -645,7 +666,7 @@ mod tests {
 
     #[test]
     fn only_the_first_terminal_transition_wins() {
-        let store = MemoryStore::new(Duration::from_secs(60), 100);
+        let store = MemoryStore::new(Duration::from_secs(60), 100, usize::MAX);
         let r = rec("echo", None);
         let id = r.id;
         let (w, mut rx) = Waiter::channel();
@@ -672,7 +693,7 @@ mod tests {
 
     #[test]
     fn evicts_oldest_finished_beyond_the_bound_and_forgets_their_keys() {
-        let store = MemoryStore::new(Duration::from_secs(60), SHARDS);
+        let store = MemoryStore::new(Duration::from_secs(60), SHARDS, usize::MAX);
         let mut ids = Vec::new();
         for i in 0..(SHARDS * 4) {
             let r = rec("echo", Some(&format!("k{i}")));
@@ -690,8 +711,30 @@ mod tests {
     }
 
     #[test]
+    fn evicts_oldest_finished_beyond_the_byte_budget() {
+        // 64 KiB over 32 shards: 2 KiB a shard, so one 1 KiB result fits a shard and two do not.
+        let store = MemoryStore::new(Duration::from_secs(60), 1_000_000, 64 * 1024);
+        let mut ids = Vec::new();
+        for _ in 0..(SHARDS * 8) {
+            let r = rec("echo", None);
+            ids.push(r.id);
+            let t = store.insert(r, None).unwrap();
+            store.start(&t).unwrap();
+            let big = Value::String("x".repeat(1024));
+            store
+                .finish(&t, Status::Completed, Some(big), None)
+                .unwrap();
+        }
+        store.sweep();
+        let bytes: usize = store.shards.iter().map(|s| s.lock().bytes).sum();
+        assert!(bytes <= 64 * 1024, "{bytes} bytes kept");
+        assert!(store.len() <= SHARDS * 2, "held {}", store.len());
+        assert!(store.get(*ids.last().unwrap()).is_some(), "newest is kept");
+    }
+
+    #[test]
     fn abandoned_waiters_do_not_pile_up() {
-        let store = MemoryStore::new(Duration::from_secs(60), 100);
+        let store = MemoryStore::new(Duration::from_secs(60), 100, usize::MAX);
         let r = rec("sleep", None);
         let id = r.id;
         store.insert(r, None).unwrap();
@@ -721,7 +764,7 @@ mod tests {
 
     #[test]
     fn a_duplicate_key_returns_the_first_id() {
-        let store = MemoryStore::new(Duration::from_secs(60), 100);
+        let store = MemoryStore::new(Duration::from_secs(60), 100, usize::MAX);
         let a = rec("echo", Some("same"));
         let first = a.id;
         store.insert(a, None).unwrap();

@@ -66,6 +66,20 @@ impl RestartWindow {
     }
 }
 
+/// The least time `policy` lets `max_restarts + 1` restarts take (the sum of the backoffs
+/// before them): if it is not shorter than the window, a crash-looping processor can never go
+/// over the budget and its route is never degraded.
+pub(crate) fn time_to_degrade(policy: &RestartPolicy) -> Duration {
+    (2..=policy.max_restarts.saturating_add(1))
+        .map(|n| {
+            policy
+                .backoff
+                .saturating_mul(1u32 << (n - 2).min(20))
+                .min(policy.max_backoff)
+        })
+        .fold(Duration::ZERO, Duration::saturating_add)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,6 +114,19 @@ mod tests {
                 degrade: false
             }
         );
+    }
+
+    #[test]
+    fn the_default_budget_degrades_a_crash_loop_within_its_window() {
+        let policy = RestartPolicy::default();
+        // 5 + 10 + … + 640 + 1000 + 1000 ms of backoff before the 11th restart.
+        assert_eq!(time_to_degrade(&policy), Duration::from_millis(3275));
+        assert!(time_to_degrade(&policy) < policy.window);
+        let hundred = RestartPolicy {
+            max_restarts: 100,
+            ..policy
+        };
+        assert!(time_to_degrade(&hundred) > hundred.window, "unreachable");
     }
 
     #[test]

@@ -282,8 +282,12 @@ fn collect_until_exit(
     let deadline = Instant::now() + max;
     loop {
         if let Some(status) = child.try_wait().unwrap() {
-            std::thread::sleep(Duration::from_millis(50));
-            let logs: Vec<String> = rx.try_iter().collect();
+            // Every line up to the end of its stderr (the reader thread then drops the sender).
+            let mut logs = Vec::new();
+            while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                logs.push(line);
+            }
             return (status.code().unwrap_or(-1), logs.join("\n"));
         }
         if Instant::now() > deadline {
@@ -325,7 +329,19 @@ async fn sigterm_drains_in_flight_messages_and_exits_zero() {
         .unwrap();
     // While draining: not ready, and new submissions are refused (503, or the connection once
     // the listener has closed).
-    actix_rt::time::sleep(Duration::from_millis(100)).await;
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .finish();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match client.get(format!("{base}/readyz")).send().await {
+            Ok(r) if r.status() == 503 => break,
+            Err(_) => break, // the listener has closed
+            Ok(_) => {}
+        }
+        assert!(Instant::now() < deadline, "/readyz never turned 503");
+        actix_rt::time::sleep(Duration::from_millis(5)).await;
+    }
     let (status, body) = post(&format!("{base}/v1/messages"), json!({"kind": "echo"})).await;
     assert!(status == 503 || status == 0, "{status} {body}");
     let (code, logs) = actix_rt::task::spawn_blocking(move || {

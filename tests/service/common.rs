@@ -3,7 +3,7 @@
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
-use mailroom::config::{Config, TcpConfig};
+use mailroom::config::Config;
 use mailroom::{Listeners, ServeError};
 use mailroom_actors::ShutdownReport;
 use serde_json::Value;
@@ -36,9 +36,9 @@ pub async fn start(mut config: Config) -> TestServer {
         .map(|_| TcpListener::bind("127.0.0.1:0").unwrap());
     let tcp_addr = tcp.as_ref().map(|l| l.local_addr().unwrap());
     if let Some(a) = tcp_addr {
-        config.sources.tcp = Some(TcpConfig {
-            bind: a.to_string(),
-        });
+        if let Some(t) = config.sources.tcp.as_mut() {
+            t.bind = a.to_string();
+        }
     }
     let (tx, rx) = oneshot::channel::<()>();
     let done = actix_rt::spawn(mailroom::run(Listeners { http, tcp }, config, async move {
@@ -51,7 +51,8 @@ pub async fn start(mut config: Config) -> TestServer {
         done,
     };
     // Ready when /healthz answers.
-    for _ in 0..200 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
         if server.get("/healthz").await.status == 200 {
             return server;
         }

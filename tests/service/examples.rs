@@ -82,11 +82,12 @@ fn gather_sleep_overlaps_and_keeps_order() {
 }
 
 #[test]
-fn concurrent_fetch_is_faster_than_one_at_a_time() {
+fn concurrent_fetch_has_every_fetch_in_flight_at_once() {
     let out = run("concurrent_fetch");
     assert!(out.contains("16/16 fetches answered 200"), "{out}");
+    // The upstream holds each request until all have arrived: a fact, not a timing.
     assert!(
-        number_after(&out, "speed-up over one at a time:") > 3.0,
+        out.contains("16 fetches were in flight at the upstream at once"),
         "{out}"
     );
     assert!(
@@ -130,7 +131,7 @@ fn cpu_pool_uses_more_than_one_core_and_io_stays_responsive() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     assert_eq!(number_after(&out, "jobs ran on"), cores, "{out}");
     assert_eq!(number_after(&out, "at most"), cores, "{out}");
-    assert!(number_after(&out, "speed-up :") > 0.0, "{out}");
+    assert!(out.contains("speed-up :"), "{out}");
     assert!(
         number_after(&out, "while the pool was busy,") >= 1.0,
         "{out}"

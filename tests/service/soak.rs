@@ -1,8 +1,13 @@
 //! Overload and soak: drive several times the configured capacity with mixed kinds (including
-//! `chaos` panics and errors) against the built binary for a bounded time, then check that every
-//! response was a documented success or a documented rejection, that no accepted message is
-//! missing or unfinished, that the ledger identity holds exactly, and that memory comes back
-//! below a stated bound.
+//! `chaos` panics and errors) against the built binary, bounded both in requests and in time,
+//! then check that every response was a documented success or a documented rejection, that no
+//! accepted message is missing or unfinished, that the ledger identity holds exactly, and that
+//! memory comes back below a stated bound.
+//!
+//! Nothing here depends on how fast the machine is: the load stops at `MAX_REQUESTS` (fewer than
+//! the store keeps, so every accepted id can be checked) or after `LOAD_FOR`, whichever comes
+//! first, and the 503 path is shown by filling a route deterministically, not by hoping the load
+//! outruns the workers.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,6 +20,9 @@ use crate::binary::serve;
 
 const CLIENTS: usize = 64;
 const LOAD_FOR: Duration = Duration::from_secs(8);
+/// At most this many requests in the load: below `max_results` (20,000) less the warm-up and the
+/// held messages, so no accepted outcome can be evicted before it is checked.
+const MAX_REQUESTS: u64 = 12_000;
 /// RSS bound after the load has drained (the store keeps at most 20,000 outcomes here).
 const RSS_BOUND_MB: f64 = 160.0;
 
@@ -62,6 +70,9 @@ concurrency = 8
 processor = "chaos"
 retries = 1
 backoff_ms = 5
+[routes.held]
+processor = "echo"
+capacity = 4
 "#,
     );
     let base = served.base.clone();
@@ -70,14 +81,52 @@ backoff_ms = 5
         .timeout(Duration::from_secs(20))
         .finish();
     // Warm up, then take the idle figure.
+    // (The chaos route may already be degraded by the warm-up's panics: count what was taken.)
+    let mut warmed = 0;
     for i in 0..200 {
         let r = client
             .post(format!("{base}/v1/messages?wait=true"))
             .send_json(&body(i))
-            .await;
-        assert!(r.is_ok());
+            .await
+            .expect("the server answers");
+        match r.status().as_u16() {
+            200 | 202 => warmed += 1,
+            503 => {}
+            other => panic!("undocumented answer {other} in the warm-up"),
+        }
     }
     let idle = rss_mb(pid);
+
+    // A full route answers 503 with Retry-After and a problem+json body: four far-delayed
+    // messages fill `held`, the fifth is refused; then the four are cancelled (they finish).
+    let mut held = Vec::new();
+    for i in 0..5 {
+        let mut res = client
+            .post(format!("{base}/v1/messages"))
+            .send_json(&json!({"kind": "held", "payload": i, "delay_ms": 3_600_000}))
+            .await
+            .unwrap();
+        let v: Value = res.json().await.unwrap();
+        if i < 4 {
+            assert_eq!(res.status(), 202, "{v}");
+            held.push(v["id"].as_str().unwrap().to_owned());
+        } else {
+            assert_eq!(res.status(), 503, "{v}");
+            assert!(res.headers().get("retry-after").is_some());
+            assert_eq!(
+                res.headers().get("content-type").unwrap(),
+                "application/problem+json"
+            );
+        }
+    }
+    for id in &held {
+        let res = client
+            .delete(format!("{base}/v1/messages/{id}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+    }
 
     let counter = Arc::new(AtomicU64::new(0));
     let end = Instant::now() + LOAD_FOR;
@@ -88,6 +137,9 @@ backoff_ms = 5
             let mut codes: HashMap<u16, u64> = HashMap::new();
             while Instant::now() < end {
                 let n = counter.fetch_add(1, Ordering::Relaxed);
+                if n >= MAX_REQUESTS {
+                    break;
+                }
                 let wait = c % 2 == 0;
                 let url = if wait {
                     format!("{base}/v1/messages?wait=true")
@@ -131,11 +183,11 @@ backoff_ms = 5
         }
     }
     let sent: u64 = codes.values().sum();
-    assert!(
-        codes.get(&503).copied().unwrap_or(0) > 0,
-        "the load exceeded capacity: {codes:?}"
+    assert!(!accepted.is_empty(), "{codes:?}");
+    assert_eq!(
+        sent,
+        accepted.len() as u64 + codes.get(&503).copied().unwrap_or(0)
     );
-    assert!(accepted.len() > 1000, "{codes:?}");
 
     // Everything accepted finishes.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -163,7 +215,7 @@ backoff_ms = 5
     };
     // The ledger identity, exactly, for every kind; and it accounts for every accepted message.
     let mut total_accepted = 0.0;
-    for kind in ["echo", "sleep", "primes", "chaos", "flaky"] {
+    for kind in ["echo", "sleep", "primes", "chaos", "flaky", "held"] {
         let get = |k: String| metrics[&k];
         let acc = get(format!(
             "mailroom_messages_accepted_total{{kind=\"{kind}\"}}"
@@ -184,14 +236,13 @@ backoff_ms = 5
     }
     assert_eq!(
         total_accepted,
-        accepted.len() as f64 + 200.0,
+        (accepted.len() + warmed + held.len()) as f64,
         "every 200/202 is one accepted message"
     );
     assert!(metrics["mailroom_processor_restarts_total{processor=\"chaos\"}"] > 0.0);
 
-    // Every accepted id is known and finished (the store keeps 20,000; check the newest ones).
-    let recent: Vec<&String> = accepted.iter().rev().take(2000).collect();
-    for chunk in recent.chunks(64) {
+    // Every accepted id is known and finished (fewer were accepted than the store keeps).
+    for chunk in accepted.chunks(64) {
         let checks = chunk.iter().map(|id| {
             let (client, base) = (client.clone(), base.clone());
             async move {

@@ -7,6 +7,14 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::common::{config, start};
 
+/// The next line, within 10 s.
+async fn next_line(lines: &mut tokio::io::Lines<BufReader<OwnedReadHalf>>) -> Option<String> {
+    actix_rt::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .expect("an answer within 10 s")
+        .unwrap()
+}
+
 /// Sends `input`, closes the sending side, and reads every answer line until the server closes.
 async fn exchange(read: OwnedReadHalf, mut write: OwnedWriteHalf, input: &str) -> Vec<Value> {
     write.write_all(input.as_bytes()).await.unwrap();
@@ -26,9 +34,7 @@ async fn exchange(read: OwnedReadHalf, mut write: OwnedWriteHalf, input: &str) -
 #[actix_rt::test]
 async fn tcp_lines_get_one_answer_each_and_bad_lines_do_not_close_the_connection() {
     let mut c = config();
-    c.sources.tcp = Some(TcpConfig {
-        bind: "127.0.0.1:0".into(),
-    });
+    c.sources.tcp = Some(TcpConfig::on("127.0.0.1:0"));
     c.server.max_body_bytes = 2048;
     let s = start(c).await;
     let stream = tokio::net::TcpStream::connect(s.tcp.unwrap())
@@ -39,15 +45,43 @@ async fn tcp_lines_get_one_answer_each_and_bad_lines_do_not_close_the_connection
         "{{\"kind\":\"echo\",\"payload\":\"{}\"}}\n",
         "x".repeat(3000)
     );
+    // "slow" is held (far delayed) until the test cancels it, after every other answer has
+    // arrived: it was sent first and is answered last, so answers come as messages finish.
     let input = format!(
         "{}\n{}\nnot json at all\n{}\n{long}{}\n\n{}\n",
-        json!({"kind": "sleep", "payload": {"ms": 80}, "ref": "slow"}),
+        json!({"kind": "echo", "payload": "held", "delay_ms": 3_600_000, "key": "held-1", "ref": "slow"}),
         json!({"kind": "echo", "payload": {"n": 1}, "ref": 1}),
         json!({"kind": "nope", "ref": "unknown"}),
         json!({"kind": "sleep", "payload": {"ms": "x"}, "ref": "bad"}),
         json!({"kind": "echo", "payload": "last", "ref": [1, 2]}),
     );
-    let answers = exchange(read, write, &input).await;
+    let (answers, slow) = {
+        let mut write = write;
+        write.write_all(input.as_bytes()).await.unwrap();
+        write.shutdown().await.unwrap();
+        let mut lines = BufReader::new(read).lines();
+        let mut answers = Vec::new();
+        for _ in 0..6 {
+            answers.push(
+                serde_json::from_str::<Value>(&next_line(&mut lines).await.unwrap()).unwrap(),
+            );
+        }
+        // The held message's id, by its idempotency key; cancelling it finishes it.
+        let dup = s
+            .post("/v1/messages", json!({"kind": "echo", "key": "held-1"}))
+            .await;
+        assert_eq!(dup.status, 202, "{}", dup.text);
+        let id = dup.body["id"].as_str().unwrap().to_owned();
+        let cancel = s.delete(&format!("/v1/messages/{id}")).await;
+        assert_eq!(cancel.status, 200, "{}", cancel.text);
+        let slow: Value = serde_json::from_str(&next_line(&mut lines).await.unwrap()).unwrap();
+        assert!(
+            next_line(&mut lines).await.is_none(),
+            "seven answers, then the server closes"
+        );
+        answers.push(slow.clone());
+        (answers, slow)
+    };
     assert_eq!(answers.len(), 7, "{answers:#?}");
     let by_ref = |r: Value| {
         answers
@@ -55,7 +89,11 @@ async fn tcp_lines_get_one_answer_each_and_bad_lines_do_not_close_the_connection
             .find(|a| a["ref"] == r)
             .unwrap_or_else(|| panic!("no answer for {r}"))
     };
-    assert_eq!(by_ref(json!("slow"))["result"], json!({"slept_ms": 80}));
+    assert_eq!(
+        slow["ref"], "slow",
+        "the held message is answered last: {slow}"
+    );
+    assert_eq!(slow["status"], "cancelled");
     assert_eq!(by_ref(json!(1))["result"], json!({"n": 1}));
     assert_eq!(by_ref(json!(1))["source"], "tcp");
     assert_eq!(by_ref(json!("unknown"))["code"], 422);
@@ -69,17 +107,13 @@ async fn tcp_lines_get_one_answer_each_and_bad_lines_do_not_close_the_connection
     );
     assert!(rejected_without_ref.iter().any(|a| a["code"] == 413));
     assert!(rejected_without_ref.iter().any(|a| a["code"] == 400));
-    // The slow one was sent first but finishes last: answers come back as they finish.
-    assert_eq!(answers.last().unwrap()["ref"], "slow");
     s.stop().await;
 }
 
 #[actix_rt::test]
 async fn many_tcp_connections_at_once() {
     let mut c = config();
-    c.sources.tcp = Some(TcpConfig {
-        bind: "127.0.0.1:0".into(),
-    });
+    c.sources.tcp = Some(TcpConfig::on("127.0.0.1:0"));
     let s = start(c).await;
     let addr = s.tcp.unwrap();
     let clients = (0..20).map(|conn| async move {
@@ -111,9 +145,7 @@ async fn many_tcp_connections_at_once() {
 #[actix_rt::test]
 async fn tcp_needs_the_servers_token_and_answers_with_the_outcome_past_max_wait() {
     let mut c = config();
-    c.sources.tcp = Some(TcpConfig {
-        bind: "127.0.0.1:0".into(),
-    });
+    c.sources.tcp = Some(TcpConfig::on("127.0.0.1:0"));
     c.server.tokens = vec!["s3cret".into()];
     c.server.max_wait_ms = 50; // caps ?wait=true on HTTP, not TCP answers
     let s = start(c).await;

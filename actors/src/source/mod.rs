@@ -63,6 +63,119 @@ pub fn token_accepted(tokens: &[String], given: &str) -> bool {
     })
 }
 
+/// Parses client JSON strictly, as HTTP bodies and TCP lines are read: malformed JSON, nesting
+/// deeper than `max_depth` (a scalar is depth 1) and an object that names a key twice are refused
+/// with a message saying which (serde_json alone would keep the last of two equal keys).
+/// Numbers are kept exactly as written (serde_json's `arbitrary_precision`).
+pub fn parse_json(bytes: &[u8], max_depth: usize) -> Result<Value, String> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    serde::de::DeserializeSeed::deserialize(
+        Strict {
+            depth: 1,
+            max_depth,
+        },
+        &mut de,
+    )
+    .and_then(|()| de.end())
+    .map_err(|e| format!("malformed JSON: {e}"))?;
+    serde_json::from_slice(bytes).map_err(|e| format!("malformed JSON: {e}"))
+}
+
+/// A pass over JSON that builds nothing: it refuses duplicate keys and nesting past the limit.
+#[derive(Clone, Copy)]
+struct Strict {
+    depth: usize,
+    max_depth: usize,
+}
+
+impl Strict {
+    fn inner(self) -> Strict {
+        Strict {
+            depth: self.depth + 1,
+            ..self
+        }
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Strict {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        if self.depth > self.max_depth {
+            return Err(serde::de::Error::custom(format_args!(
+                "JSON nested deeper than {} levels",
+                self.max_depth
+            )));
+        }
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Strict {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let inner = self.inner();
+        while seq.next_element_seed(inner)?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let inner = self.inner();
+        // Objects are small: a sorted vector of the keys seen beats a hash set.
+        let mut seen: Vec<std::borrow::Cow<'de, str>> = Vec::new();
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if seen.is_empty() && key == "$serde_json::private::Number" {
+                // With `arbitrary_precision` a number is handed over as a one-entry map.
+                return map.next_value::<serde::de::IgnoredAny>().map(|_| ());
+            }
+            match seen.binary_search(&key) {
+                Ok(_) => {
+                    return Err(serde::de::Error::custom(format_args!(
+                        "duplicate key {:?}",
+                        truncated(&key, 64)
+                    )))
+                }
+                Err(at) => seen.insert(at, key),
+            }
+            map.next_value_seed(inner)?;
+        }
+        Ok(())
+    }
+}
+
+/// `text` cut to at most `max` bytes (on a character boundary), with "…" when it was cut: for
+/// echoing client input in error messages without echoing all of it.
+pub fn truncated(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return text.into();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end]).into()
+}
+
 /// Depth of the deepest nesting in a JSON value (a scalar is depth 1).
 pub fn json_depth(v: &Value) -> usize {
     let mut deepest = 0;
@@ -93,6 +206,28 @@ mod tests {
         assert!(serde_json::from_value::<Submission>(json!({"kind": "x", "delay": 5})).is_err());
         assert!(serde_json::from_value::<Submission>(json!({"payload": 1})).is_err());
         assert!(serde_json::from_value::<Submission>(json!({"kind": 7})).is_err());
+    }
+
+    #[test]
+    fn strict_parsing_refuses_duplicate_keys_and_deep_nesting_and_keeps_numbers() {
+        let dup = parse_json(br#"{"kind": "echo", "payload": {"a": 1, "a": 2}}"#, 64);
+        assert!(dup.unwrap_err().contains("duplicate key \"a\""));
+        assert!(parse_json(br#"{"a": 1, "b": {"a": 2}}"#, 64).is_ok());
+        // A scalar is a level too, as in `json_depth`.
+        assert!(parse_json(b"[[[1]]]", 4).is_ok());
+        assert!(parse_json(b"[[[1]]]", 3)
+            .unwrap_err()
+            .contains("nested deeper than 3"));
+        assert!(parse_json(b"{} x", 4)
+            .unwrap_err()
+            .starts_with("malformed JSON"));
+        // Digits are kept as sent; an exponent is written with its sign (1e308 → 1e+308).
+        let text = r#"[0.9857104942746979,18446744073709551616,1e+308,-0.0,123456789012345678901234567890]"#;
+        let v = parse_json(text.as_bytes(), 4).unwrap();
+        assert_eq!(v.to_string(), text);
+        assert_eq!(parse_json(b"1e308", 1).unwrap().to_string(), "1e+308");
+        assert_eq!(truncated("abcdef", 3), "abc…");
+        assert_eq!(truncated("ééé", 3), "é…");
     }
 
     #[test]

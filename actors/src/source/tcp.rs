@@ -11,19 +11,28 @@
 //! `{"ref", "status": "rejected", "code", "error": {"class", "message"}}` and the connection
 //! lives on. A client that closes its side still gets every outstanding answer before the socket
 //! closes. When the listener fails, the source logs it and stops; connections already open go on.
+//!
+//! Bounds (see [`TcpSettings`]): at most `max_connections` connections (one more gets a single
+//! error line, code 503, and is closed); at most `max_pending` lines of a connection read and not
+//! yet answered — past that the connection is not read until its client reads answers
+//! (backpressure: a client that writes and never reads holds `max_pending` answers, not all of
+//! them); a connection with nothing pending that completes no line within `idle_timeout` is
+//! closed (so is one that holds half a line that long). Accept errors (out of file descriptors)
+//! pause accepting for 100 ms and are logged at most once a second.
 
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
-use super::{json_depth, token_accepted, Submission};
+use super::{parse_json, token_accepted, Submission};
 use crate::dispatcher::Dispatcher;
 use crate::envelope::{Outcome, Source};
 use crate::error::Rejected;
@@ -43,6 +52,13 @@ pub struct TcpSettings {
     /// Accepted tokens. Not empty: every line must carry one of them as `"token"`, or it is
     /// rejected with code 401 (class `unauthorized`). Empty (the default): no token needed.
     pub tokens: Vec<String>,
+    /// Most connections open at once (default 256).
+    pub max_connections: usize,
+    /// A connection with no answer pending that completes no line for this long is closed
+    /// (default 60 s).
+    pub idle_timeout: Duration,
+    /// Most lines of one connection read and not yet answered (default 256).
+    pub max_pending: usize,
 }
 
 impl Default for TcpSettings {
@@ -52,6 +68,9 @@ impl Default for TcpSettings {
             max_json_depth: 64,
             max_wait: None,
             tokens: Vec::new(),
+            max_connections: 256,
+            idle_timeout: Duration::from_secs(60),
+            max_pending: 256,
         }
     }
 }
@@ -66,6 +85,11 @@ pub struct TcpSource {
     dispatcher: Dispatcher,
     settings: Arc<TcpSettings>,
     listener: Option<std::net::TcpListener>,
+    /// Connections open now.
+    open: Arc<AtomicUsize>,
+    /// When an accept error was last logged, and how many were not logged since.
+    last_error_log: Option<Instant>,
+    errors_not_logged: u64,
 }
 
 impl TcpSource {
@@ -80,6 +104,9 @@ impl TcpSource {
             dispatcher,
             settings: Arc::new(settings),
             listener: Some(listener),
+            open: Arc::new(AtomicUsize::new(0)),
+            last_error_log: None,
+            errors_not_logged: 0,
         }))
     }
 }
@@ -105,8 +132,13 @@ impl Actor for TcpSource {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, "TCP source listening");
         }
+        // An accept error (EMFILE: out of file descriptors) pauses accepting instead of
+        // spinning on the same error.
         let accepts = futures_util::stream::unfold(listener, |l| async move {
             let r = l.accept().await.map(|(s, _)| s);
+            if r.is_err() {
+                actix_rt::time::sleep(Duration::from_millis(100)).await;
+            }
             Some((Accepted(r), l))
         });
         ctx.add_stream(accepts);
@@ -118,9 +150,30 @@ impl StreamHandler<Accepted> for TcpSource {
         match item.0 {
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);
-                Connection::start(self.dispatcher.clone(), self.settings.clone(), stream);
+                if self.open.load(SeqCst) >= self.settings.max_connections {
+                    refuse(stream, self.settings.max_connections);
+                    return;
+                }
+                let slot = OpenSlot::take(&self.open);
+                Connection::start(self.dispatcher.clone(), self.settings.clone(), stream, slot);
             }
-            Err(e) => tracing::warn!(error = %e, "TCP accept failed"),
+            Err(e) => {
+                let now = Instant::now();
+                if self
+                    .last_error_log
+                    .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+                {
+                    tracing::warn!(
+                        error = %e,
+                        not_logged = self.errors_not_logged,
+                        "TCP accept failed; accepting pauses for 100 ms (logged at most once a second)"
+                    );
+                    self.last_error_log = Some(now);
+                    self.errors_not_logged = 0;
+                } else {
+                    self.errors_not_logged += 1;
+                }
+            }
         }
     }
 }
@@ -133,10 +186,45 @@ impl Handler<StopAccepting> for TcpSource {
     }
 }
 
-/// One line read from a connection, or the reason it could not be read.
+/// Answers a connection over `max_connections` with one error line, then closes it.
+fn refuse(stream: TcpStream, max: usize) {
+    actix_rt::spawn(async move {
+        let line = json!({
+            "ref": null, "status": "rejected", "code": 503,
+            "error": {"class": "unavailable",
+                      "message": format!("too many connections (sources.tcp.max_connections = {max}); try again later")},
+        });
+        let mut stream = stream;
+        let write = async {
+            stream.write_all(format!("{line}\n").as_bytes()).await?;
+            stream.shutdown().await
+        };
+        let _ = actix_rt::time::timeout(Duration::from_secs(1), write).await;
+    });
+}
+
+/// One open connection counted in the source's `open`; given back when dropped (by the
+/// connection's writer, the last part of it to end).
+struct OpenSlot(Arc<AtomicUsize>);
+
+impl OpenSlot {
+    fn take(open: &Arc<AtomicUsize>) -> OpenSlot {
+        open.fetch_add(1, SeqCst);
+        OpenSlot(open.clone())
+    }
+}
+
+impl Drop for OpenSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, SeqCst);
+    }
+}
+
+/// One line read from a connection, or the reason it could not be read, with the pending place
+/// it holds until its answer is written.
 enum Line {
-    Text(Vec<u8>),
-    TooLong,
+    Text(Vec<u8>, OwnedSemaphorePermit),
+    TooLong(OwnedSemaphorePermit),
 }
 
 impl Message for Line {
@@ -147,27 +235,37 @@ impl Message for Line {
 pub struct Connection {
     dispatcher: Dispatcher,
     settings: Arc<TcpSettings>,
-    out: mpsc::UnboundedSender<String>,
+    /// Answer lines, each with the pending place of its line: at most `max_pending` are queued.
+    out: mpsc::UnboundedSender<(String, OwnedSemaphorePermit)>,
 }
 
 impl Connection {
-    fn start(dispatcher: Dispatcher, settings: Arc<TcpSettings>, stream: TcpStream) {
+    fn start(
+        dispatcher: Dispatcher,
+        settings: Arc<TcpSettings>,
+        stream: TcpStream,
+        slot: OpenSlot,
+    ) {
         let peer = stream.peer_addr().ok();
         let (read, mut write) = stream.into_split();
-        let (out, mut rx) = mpsc::unbounded_channel::<String>();
+        let (out, mut rx) = mpsc::unbounded_channel::<(String, OwnedSemaphorePermit)>();
         // The writer ends when the connection actor and every pending answer have dropped
-        // their senders, i.e. after the last answer is written.
+        // their senders, i.e. after the last answer is written. Each written answer gives its
+        // pending place back, which lets the reader read another line.
         actix_rt::spawn(async move {
-            while let Some(line) = rx.recv().await {
+            let _slot = slot;
+            while let Some((line, permit)) = rx.recv().await {
                 if write.write_all(line.as_bytes()).await.is_err() {
                     break;
                 }
+                drop(permit);
             }
             let _ = write.shutdown().await;
         });
-        let max = settings.max_line_bytes;
+        let pending = Arc::new(Semaphore::new(settings.max_pending));
+        let reader = lines(read, settings.clone(), pending);
         Connection::create(move |ctx| {
-            ctx.add_stream(lines(read, max));
+            ctx.add_stream(reader);
             tracing::debug!(?peer, "TCP connection opened");
             Connection {
                 dispatcher,
@@ -177,18 +275,25 @@ impl Connection {
         });
     }
 
-    fn reject(&self, reference: Value, code: u16, class: &str, message: String) {
+    fn reject(
+        &self,
+        permit: OwnedSemaphorePermit,
+        reference: Value,
+        code: u16,
+        class: &str,
+        message: String,
+    ) {
         let line = json!({
             "ref": reference, "status": "rejected", "code": code,
             "error": {"class": class, "message": message},
         });
-        let _ = self.out.send(format!("{line}\n"));
+        let _ = self.out.send((format!("{line}\n"), permit));
     }
 
-    fn submit(&self, text: &[u8]) {
-        let mut value: Value = match serde_json::from_slice(text) {
+    fn submit(&self, text: &[u8], permit: OwnedSemaphorePermit) {
+        let mut value: Value = match parse_json(text, self.settings.max_json_depth) {
             Ok(v) => v,
-            Err(e) => return self.reject(Value::Null, 400, "invalid", format!("not JSON: {e}")),
+            Err(e) => return self.reject(permit, Value::Null, 400, "invalid", e),
         };
         let (reference, token) = match value.as_object_mut() {
             Some(o) => (o.remove("ref").unwrap_or(Value::Null), o.remove("token")),
@@ -200,6 +305,7 @@ impl Connection {
             if !ok {
                 let what = if given.is_some() { "wrong" } else { "missing" };
                 return self.reject(
+                    permit,
                     reference,
                     401,
                     "unauthorized",
@@ -207,17 +313,9 @@ impl Connection {
                 );
             }
         }
-        if json_depth(&value) > self.settings.max_json_depth {
-            return self.reject(
-                reference,
-                400,
-                "invalid",
-                format!("JSON nested deeper than {}", self.settings.max_json_depth),
-            );
-        }
         let submission: Submission = match serde_json::from_value(value) {
             Ok(s) => s,
-            Err(e) => return self.reject(reference, 400, "invalid", e.to_string()),
+            Err(e) => return self.reject(permit, reference, 400, "invalid", e.to_string()),
         };
         let msg = submission.into_message(Source::Tcp);
         let (d, out, wait) = (
@@ -234,7 +332,7 @@ impl Connection {
                 Ok(outcome) => outcome_line(&outcome, reference),
                 Err(r) => rejection_line(&r, reference),
             };
-            let _ = out.send(line);
+            let _ = out.send((line, permit));
         });
     }
 }
@@ -256,45 +354,71 @@ fn rejection_line(r: &Rejected, reference: Value) -> String {
     format!("{v}\n")
 }
 
-/// Reads `\n`-terminated lines (a trailing `\r` is dropped); a line longer than `max` is reported
-/// as [`Line::TooLong`] and skipped up to its newline, and reading goes on.
-fn lines(read: OwnedReadHalf, max: usize) -> impl futures_util::Stream<Item = Line> {
-    futures_util::stream::unfold(Some(BufReader::new(read)), move |reader| async move {
-        let mut reader = reader?;
-        loop {
-            let mut buf = Vec::new();
-            let n = (&mut reader)
-                .take(max as u64 + 1)
-                .read_until(b'\n', &mut buf)
-                .await
-                .ok()?;
-            if n == 0 {
-                return None;
-            }
-            if buf.last() == Some(&b'\n') {
-                buf.pop();
-                if buf.last() == Some(&b'\r') {
-                    buf.pop();
-                }
-            } else if buf.len() > max {
-                // Skip the rest of the over-long line.
-                loop {
-                    let mut junk = Vec::new();
-                    let n = (&mut reader)
-                        .take(64 * 1024)
-                        .read_until(b'\n', &mut junk)
-                        .await
-                        .ok()?;
-                    if n == 0 || junk.last() == Some(&b'\n') {
-                        break;
+/// Reads `\n`-terminated lines (a trailing `\r` is dropped); a line longer than the limit is
+/// reported as [`Line::TooLong`] and skipped up to its newline, and reading goes on. Before each
+/// line it takes a pending place (waiting while `max_pending` answers are outstanding). It ends
+/// at end of input, on a read error, or when the connection is idle: nothing pending and no
+/// whole line within `idle_timeout`.
+fn lines(
+    read: OwnedReadHalf,
+    settings: Arc<TcpSettings>,
+    pending: Arc<Semaphore>,
+) -> impl futures_util::Stream<Item = Line> {
+    let state = Some(BufReader::new(read));
+    futures_util::stream::unfold(state, move |reader| {
+        let (settings, pending) = (settings.clone(), pending.clone());
+        async move {
+            let mut reader = reader?;
+            let max = settings.max_line_bytes;
+            let permit = pending.clone().acquire_owned().await.ok()?;
+            loop {
+                let mut buf = Vec::new();
+                let complete = loop {
+                    let room = (max + 1).saturating_sub(buf.len()) as u64;
+                    let mut limited = (&mut reader).take(room);
+                    let read = limited.read_until(b'\n', &mut buf);
+                    match actix_rt::time::timeout(settings.idle_timeout, read).await {
+                        Ok(Ok(0)) => return None, // end of input (a partial last line is dropped)
+                        Ok(Ok(_)) => break true,
+                        Ok(Err(_)) => return None,
+                        Err(_) => {
+                            // Only this line's own place is taken: no answer is pending.
+                            if pending.available_permits() + 1 >= settings.max_pending {
+                                tracing::debug!("TCP connection idle: closing");
+                                return None;
+                            }
+                            if buf.len() > max {
+                                break false;
+                            }
+                        }
                     }
+                };
+                if complete && buf.last() == Some(&b'\n') {
+                    buf.pop();
+                    if buf.last() == Some(&b'\r') {
+                        buf.pop();
+                    }
+                } else if buf.len() > max {
+                    // Skip the rest of the over-long line, holding 64 KiB at most.
+                    loop {
+                        let mut junk = Vec::new();
+                        let mut limited = (&mut reader).take(64 * 1024);
+                        let skip = limited.read_until(b'\n', &mut junk);
+                        let n = actix_rt::time::timeout(settings.idle_timeout, skip)
+                            .await
+                            .ok()?
+                            .ok()?;
+                        if n == 0 || junk.last() == Some(&b'\n') {
+                            break;
+                        }
+                    }
+                    return Some((Line::TooLong(permit), Some(reader)));
                 }
-                return Some((Line::TooLong, Some(reader)));
+                if buf.iter().all(u8::is_ascii_whitespace) {
+                    continue; // blank lines are ignored
+                }
+                return Some((Line::Text(buf, permit), Some(reader)));
             }
-            if buf.iter().all(u8::is_ascii_whitespace) {
-                continue; // blank lines are ignored
-            }
-            return Some((Line::Text(buf), Some(reader)));
         }
     })
 }
@@ -306,8 +430,9 @@ impl Actor for Connection {
 impl StreamHandler<Line> for Connection {
     fn handle(&mut self, line: Line, _: &mut Context<Self>) {
         match line {
-            Line::Text(text) => self.submit(&text),
-            Line::TooLong => self.reject(
+            Line::Text(text, permit) => self.submit(&text, permit),
+            Line::TooLong(permit) => self.reject(
+                permit,
                 Value::Null,
                 413,
                 "invalid",

@@ -1,14 +1,60 @@
-use mailroom_actors::{Dispatcher, Message, Rejected, RouteSettings, Status};
-use serde_json::json;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::Duration;
 
-use crate::common::{settings, settled};
+use mailroom_actors::{Dispatcher, Message, Processor, Rejected, RouteSettings, Status};
+use serde_json::{json, Value};
+use tokio::sync::Semaphore;
+
+use crate::common::{eventually, settings, settled};
+
+/// A gate the test opens, standing in for slow work: each message waits at it, and the gate
+/// counts how many wait at once (and the most that ever did).
+struct Gate {
+    permits: Semaphore,
+    running: AtomicUsize,
+    most: AtomicUsize,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Gate {
+            permits: Semaphore::new(0),
+            running: AtomicUsize::new(0),
+            most: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Gate {
+    fn open(&self) {
+        self.permits.add_permits(Semaphore::MAX_PERMITS / 2);
+    }
+}
+
+/// An async processor that waits at `gate`, then echoes its payload.
+fn gated(gate: &Arc<Gate>) -> Processor {
+    let gate = gate.clone();
+    Processor::from_fn("gated", move |_job, p: Value| {
+        let gate = gate.clone();
+        async move {
+            let now = gate.running.fetch_add(1, SeqCst) + 1;
+            gate.most.fetch_max(now, SeqCst);
+            let _permit = gate.permits.acquire().await.expect("never closed");
+            gate.running.fetch_sub(1, SeqCst);
+            Ok(p)
+        }
+    })
+}
 
 #[actix_rt::test]
 async fn a_full_route_rejects_and_hands_the_message_back() {
+    let gate = Arc::new(Gate::default());
     let d = Dispatcher::builder(settings())
+        .processor(gated(&gate))
         .route(
             "slow",
-            RouteSettings::new("sleep").capacity(5).concurrency(2),
+            RouteSettings::new("gated").capacity(5).concurrency(2),
         )
         .build()
         .unwrap();
@@ -28,8 +74,17 @@ async fn a_full_route_rejects_and_hands_the_message_back() {
         assert!(matches!(r, Rejected::QueueFull { capacity: 5, .. }));
         assert_eq!(r.into_message().payload(), &json!({"ms": 55 + i}));
     }
-    let routes = d.routes();
-    assert_eq!(routes[0].running + routes[0].queue_depth, 5);
+    // Two run (the concurrency), three wait; none can finish before the gate opens.
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let r = &d.routes()[0];
+            (r.running, r.queue_depth) == (2, 3)
+        })
+        .await,
+        "{:?}",
+        d.routes()
+    );
+    gate.open();
     let stats = settled(&d).await;
     let slow = stats.kind("slow").unwrap();
     assert_eq!(
@@ -45,29 +100,35 @@ async fn a_full_route_rejects_and_hands_the_message_back() {
 
 #[actix_rt::test]
 async fn concurrency_caps_running_messages_and_queues_the_rest() {
+    let gate = Arc::new(Gate::default());
     let d = Dispatcher::builder(settings())
-        .route("slow", RouteSettings::new("sleep").concurrency(3))
+        .processor(gated(&gate))
+        .route("slow", RouteSettings::new("gated").concurrency(3))
         .build()
         .unwrap();
-    let msgs = (0..9)
-        .map(|_| Message::new("slow", json!({"ms": 60})))
-        .collect();
-    let started = std::time::Instant::now();
+    let msgs = (0..9).map(|i| Message::new("slow", json!(i))).collect();
     let gathered = actix_rt::spawn({
         let d = d.clone();
         async move { d.gather(msgs).await }
     });
     assert!(
-        crate::common::eventually(std::time::Duration::from_secs(2), || d.routes()[0].running
-            == 3)
-        .await
+        eventually(Duration::from_secs(10), || {
+            let r = &d.routes()[0];
+            (r.running, r.queue_depth) == (3, 6)
+        })
+        .await,
+        "{:?}",
+        d.routes()
     );
-    assert_eq!(d.routes()[0].queue_depth, 6);
+    assert_eq!(
+        gate.running.load(SeqCst),
+        3,
+        "three at the gate, six queued"
+    );
+    gate.open();
     let outs = gathered.await.unwrap();
     assert!(outs
         .iter()
         .all(|o| o.as_ref().unwrap().status == Status::Completed));
-    // At most three at once: three waves of 60 ms (timers never fire early).
-    let took = started.elapsed().as_millis();
-    assert!(took >= 180, "took {took} ms");
+    assert_eq!(gate.most.load(SeqCst), 3, "never more than three at once");
 }

@@ -46,7 +46,7 @@ async fn retries_back_off_then_the_message_is_dead_and_can_be_replayed() {
     // Backoffs of 40 ms then 80 ms, each jittered within [half, full]: at least 20 + 40 ms.
     assert!(took >= Duration::from_millis(60), "took {took:?}");
 
-    let dead = d.dead_letters();
+    let dead = d.dead_letters(None, 100);
     assert_eq!(dead.len(), 1);
     let dl = &dead[0];
     assert_eq!(dl.id, out.id);
@@ -67,7 +67,7 @@ async fn retries_back_off_then_the_message_is_dead_and_can_be_replayed() {
         Some(json!({"call": 4, "payload": {"order": 7}}))
     );
     assert!(
-        d.dead_letters().is_empty(),
+        d.dead_letters(None, 100).is_empty(),
         "a replayed dead letter leaves the list"
     );
     assert!(matches!(d.replay(out.id), Err(ReplayError::Unknown(_))));
@@ -95,8 +95,11 @@ async fn a_panic_is_retried_like_an_error() {
         .unwrap();
     assert_eq!(out.status, Status::Dead);
     assert_eq!(out.attempts, 2);
-    assert_eq!(d.dead_letters()[0].errors.len(), 2);
-    assert_eq!(d.dead_letters()[0].errors[1].class, ErrorClass::Panic);
+    assert_eq!(d.dead_letters(None, 100)[0].errors.len(), 2);
+    assert_eq!(
+        d.dead_letters(None, 100)[0].errors[1].class,
+        ErrorClass::Panic
+    );
     let stats = settled(&d).await;
     assert_eq!(stats.kind("chaos").unwrap().restarts, 2);
 }

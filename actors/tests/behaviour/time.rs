@@ -33,8 +33,12 @@ async fn delayed_messages_fire_in_order_and_not_early() {
                 .unwrap()
         })
         .collect();
-    assert_eq!(d.status(ids[0]).unwrap().status, Status::Delayed);
-    assert_eq!(d.status(ids[4]).unwrap().status, Status::Queued);
+    let first = d.status(ids[0]).unwrap().status;
+    if t0.elapsed() < Duration::from_millis(120) {
+        assert_eq!(first, Status::Delayed, "not due yet");
+    }
+    // Without a delay it may run at once on another thread: anything but delayed.
+    assert_ne!(d.status(ids[4]).unwrap().status, Status::Delayed);
     settled(&d).await;
     let seen = seen.lock().clone();
     let order: Vec<i64> = seen.iter().map(|(i, _)| *i).collect();
