@@ -42,6 +42,54 @@ pub struct AppState {
     pub tokens: Vec<String>,
     /// `server.body_timeout_ms`
     pub body_timeout: Duration,
+    /// `server.max_buffered_body_bytes`: bytes of bodies being read now, over all workers.
+    pub buffered: BodyBudget,
+}
+
+/// A bound on the bytes of request bodies held at once by all connections together: each
+/// chunk read takes its size from it, given back when the body is dropped.
+#[derive(Debug)]
+pub struct BodyBudget {
+    used: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    max: usize,
+}
+
+impl BodyBudget {
+    /// A budget of `max` bytes.
+    pub fn new(max: usize) -> BodyBudget {
+        BodyBudget {
+            used: Default::default(),
+            max,
+        }
+    }
+
+    fn take(&self, n: usize, held: &mut Held) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let ok = self
+            .used
+            .fetch_update(Relaxed, Relaxed, |u| (u + n <= self.max).then_some(u + n))
+            .is_ok();
+        if ok {
+            held.bytes += n;
+            held.used = Some(self.used.clone());
+        }
+        ok
+    }
+}
+
+/// Bytes taken from a [`BodyBudget`], given back on drop.
+#[derive(Default)]
+struct Held {
+    bytes: usize,
+    used: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(u) = &self.used {
+            u.fetch_sub(self.bytes, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 impl AppState {
@@ -172,6 +220,7 @@ async fn json_body(
     if declared.is_some_and(|n| n > state.max_body) {
         return Err(too_large());
     }
+    let mut held = Held::default();
     let read = async {
         let mut body = BytesMut::new();
         while let Some(chunk) = payload.next().await {
@@ -179,6 +228,16 @@ async fn json_body(
                 chunk.map_err(|e| ApiError::BadRequest(format!("could not read the body: {e}")))?;
             if body.len() + chunk.len() > state.max_body {
                 return Err(too_large());
+            }
+            if !state.buffered.take(chunk.len(), &mut held) {
+                return Err(ApiError::Unavailable {
+                    detail: format!(
+                        "the server is reading server.max_buffered_body_bytes ({} bytes) of \
+                         bodies already; try again shortly",
+                        state.buffered.max
+                    ),
+                    retry_after: 1,
+                });
             }
             body.extend_from_slice(&chunk);
         }
@@ -240,11 +299,11 @@ fn submission(v: Value) -> Result<Submission, String> {
     responses(
         (status = 202, description = "Accepted (or the wait ran out first)", body = Accepted),
         (status = 200, description = "With ?wait=true: the outcome, whatever its terminal status", body = Outcome),
-        (status = 400, description = "Malformed JSON or envelope", body = Problem),
-        (status = 413, description = "Body over server.max_body_bytes", body = Problem),
-        (status = 415, description = "Not JSON", body = Problem),
-        (status = 422, description = "Unknown kind or invalid payload", body = Problem),
-        (status = 503, description = "Route full, degraded, or server draining (Retry-After)", body = Problem),
+        (status = 400, description = "Malformed JSON or envelope", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over server.max_body_bytes", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Unknown kind or invalid payload", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Route full, degraded, or server draining (Retry-After)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn submit(
     req: HttpRequest,
@@ -252,9 +311,10 @@ pub async fn submit(
     query: web::Query<SubmitQuery>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let value = json_body(&req, payload, &state).await?;
-    let msg = submission(value)
-        .map_err(ApiError::BadRequest)?
+    let msg = json_body(&req, payload, &state)
+        .await
+        .and_then(|v| submission(v).map_err(ApiError::BadRequest))
+        .inspect_err(|_| state.dispatcher.refused_malformed())?
         .into_message(Source::Http);
     if query.wait {
         let outcome = state
@@ -283,8 +343,8 @@ fn rejection(r: &Rejected) -> Value {
 #[utoipa::path(post, path = "/v1/batch", request_body = BatchRequest, params(SubmitQuery),
     responses(
         (status = 200, description = "One result per message", body = BatchResponse),
-        (status = 400, body = Problem), (status = 413, description = "Over server.max_batch", body = Problem),
-        (status = 415, body = Problem),
+        (status = 400, body = Problem, content_type = "application/problem+json"), (status = 413, description = "Over server.max_batch", body = Problem, content_type = "application/problem+json"),
+        (status = 415, body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn batch(
     req: HttpRequest,
@@ -292,9 +352,13 @@ pub async fn batch(
     query: web::Query<SubmitQuery>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let value = json_body(&req, payload, &state).await?;
-    let body: BatchRequest = serde_json::from_value(value)
-        .map_err(|e| ApiError::BadRequest(format!("invalid batch: {e}")))?;
+    let body: BatchRequest = json_body(&req, payload, &state)
+        .await
+        .and_then(|v| {
+            serde_json::from_value(v)
+                .map_err(|e| ApiError::BadRequest(format!("invalid batch: {e}")))
+        })
+        .inspect_err(|_| state.dispatcher.refused_malformed())?;
     if body.messages.len() > state.max_batch {
         return Err(ApiError::TooLarge(format!(
             "{} messages is more than server.max_batch ({})",
@@ -308,7 +372,10 @@ pub async fn batch(
     let items = body.messages.into_iter().map(|v| async move {
         let msg = match submission(v) {
             Ok(s) => s.into_message(Source::Http),
-            Err(e) => return rejected_item(400, "invalid", e),
+            Err(e) => {
+                d.refused_malformed();
+                return rejected_item(400, "invalid", e);
+            }
         };
         if wait {
             match d.send_timeout(msg, max).await {
@@ -331,7 +398,7 @@ pub async fn batch(
 
 /// A message's status, result or error, and timings; `?wait_ms=` long-polls.
 #[utoipa::path(get, path = "/v1/messages/{id}", params(("id" = String, Path, description = "Message id"), StatusQuery),
-    responses((status = 200, body = Outcome), (status = 404, body = Problem)))]
+    responses((status = 200, body = Outcome), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn get_message(
     state: web::Data<AppState>,
     id: web::Path<String>,
@@ -348,8 +415,8 @@ pub async fn get_message(
 
 /// Cancel a queued or delayed message.
 #[utoipa::path(delete, path = "/v1/messages/{id}", params(("id" = String, Path, description = "Message id")),
-    responses((status = 200, description = "Cancelled", body = Outcome), (status = 404, body = Problem),
-              (status = 409, description = "Running or already finished", body = Problem)))]
+    responses((status = 200, description = "Cancelled", body = Outcome), (status = 404, body = Problem, content_type = "application/problem+json"),
+              (status = 409, description = "Running or already finished", body = Problem, content_type = "application/problem+json")))]
 pub async fn cancel_message(
     state: web::Data<AppState>,
     id: web::Path<String>,
@@ -403,7 +470,7 @@ fn dead_letter_item(dl: &DeadLetter) -> Value {
 /// Messages that failed every attempt, oldest first, a page at a time. A payload over 64 KiB is
 /// left out of the list (`payload_truncated`); `GET /v1/dead-letters/{id}` has it whole.
 #[utoipa::path(get, path = "/v1/dead-letters", params(DeadLettersQuery),
-    responses((status = 200, body = DeadLettersResponse), (status = 400, body = Problem)))]
+    responses((status = 200, body = DeadLettersResponse), (status = 400, body = Problem, content_type = "application/problem+json")))]
 pub async fn list_dead_letters(
     state: web::Data<AppState>,
     query: web::Query<DeadLettersQuery>,
@@ -430,7 +497,7 @@ pub async fn list_dead_letters(
 
 /// One dead letter, with its whole payload.
 #[utoipa::path(get, path = "/v1/dead-letters/{id}", params(("id" = String, Path, description = "Dead letter id")),
-    responses((status = 200, body = DeadLetter), (status = 404, body = Problem)))]
+    responses((status = 200, body = DeadLetter), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn get_dead_letter(
     state: web::Data<AppState>,
     id: web::Path<String>,
@@ -445,7 +512,7 @@ pub async fn get_dead_letter(
 
 /// Replay a dead letter as a new message.
 #[utoipa::path(post, path = "/v1/dead-letters/{id}/retry", params(("id" = String, Path, description = "Dead letter id")),
-    responses((status = 202, body = Replayed), (status = 404, body = Problem), (status = 503, body = Problem)))]
+    responses((status = 202, body = Replayed), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 503, body = Problem, content_type = "application/problem+json")))]
 pub async fn retry_dead_letter(
     state: web::Data<AppState>,
     id: web::Path<String>,
@@ -481,7 +548,7 @@ pub async fn healthz() -> HttpResponse {
 
 /// Readiness: false while draining.
 #[utoipa::path(get, path = "/readyz", responses((status = 200, description = "Accepting messages"),
-    (status = 503, description = "Draining", body = Problem)))]
+    (status = 503, description = "Draining", body = Problem, content_type = "application/problem+json")))]
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     if state.dispatcher.is_draining() {
         return Err(ApiError::Unavailable {

@@ -70,6 +70,9 @@ pub struct ServerConfig {
     pub tokens: Vec<String>,
     /// A request body must arrive whole within this (else 408).
     pub body_timeout_ms: u64,
+    /// Bytes of request bodies being read at once, over all connections; past it a body gets
+    /// 503 (with `Retry-After`) instead of more memory.
+    pub max_buffered_body_bytes: usize,
     /// Most HTTP connections open at once (past it, new ones wait in the listen backlog).
     pub max_connections: usize,
     /// Listen backlog of the HTTP and TCP listeners.
@@ -88,6 +91,7 @@ impl Default for ServerConfig {
             shutdown_timeout_ms: 30_000,
             tokens: Vec::new(),
             body_timeout_ms: 10_000,
+            max_buffered_body_bytes: 256 * 1024 * 1024,
             max_connections: 10_000,
             backlog: 4096,
         }
@@ -434,6 +438,15 @@ impl Config {
         }
         if !(1..=3_600_000).contains(&s.body_timeout_ms) {
             return err("server.body_timeout_ms", "expected 1 to 3600000".into());
+        }
+        if s.max_buffered_body_bytes < s.max_body_bytes {
+            return err(
+                "server.max_buffered_body_bytes",
+                format!(
+                    "expected at least server.max_body_bytes ({})",
+                    s.max_body_bytes
+                ),
+            );
         }
         if !(1..=1_000_000).contains(&s.max_connections) {
             return err("server.max_connections", "expected 1 to 1000000".into());

@@ -169,6 +169,7 @@ pub async fn run(
         max_wait: Duration::from_millis(s.max_wait_ms),
         tokens: s.tokens.clone(),
         body_timeout: Duration::from_millis(s.body_timeout_ms),
+        buffered: api::BodyBudget::new(s.max_buffered_body_bytes),
     });
     let workers = if s.workers == 0 {
         std::thread::available_parallelism().map_or(2, |n| n.get())

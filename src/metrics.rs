@@ -70,6 +70,11 @@ pub fn render(s: &LedgerSnapshot) -> String {
         "mailroom_messages_rejected_total{{kind=\"\",reason=\"no_route\"}} {}",
         s.rejected_no_route
     );
+    let _ = writeln!(
+        o,
+        "mailroom_messages_rejected_total{{kind=\"\",reason=\"invalid\"}} {}",
+        s.rejected_malformed
+    );
     header(
         o,
         "mailroom_messages_finished_total",

@@ -49,6 +49,7 @@ pub(crate) struct Core {
     pub routers: OnceLock<Vec<Addr<Router>>>,
     pub draining: AtomicBool,
     pub rejected_no_route: AtomicU64,
+    pub rejected_malformed: AtomicU64,
     pub epoch: Instant,
     pub io_arbiters: Vec<ArbiterHandle>,
     pub timers: Mutex<Vec<Addr<TimerSource>>>,
@@ -530,6 +531,12 @@ impl Dispatcher {
             .collect()
     }
 
+    /// Counts a submission a source refused before it could be admitted (malformed JSON, a
+    /// missing or mistyped field): it shows in [`LedgerSnapshot::rejected_malformed`].
+    pub fn refused_malformed(&self) {
+        self.core.rejected_malformed.fetch_add(1, Relaxed);
+    }
+
     /// The ledger: per-kind counters, gauges and latency histograms.
     pub fn stats(&self) -> LedgerSnapshot {
         LedgerSnapshot {
@@ -540,6 +547,7 @@ impl Dispatcher {
                 .map(|r| r.stats.snapshot(r.kind, &r.processor))
                 .collect(),
             rejected_no_route: self.core.rejected_no_route.load(Relaxed),
+            rejected_malformed: self.core.rejected_malformed.load(Relaxed),
             stored: self.core.store.len() as u64,
             dead_letters: self.core.dead.len() as u64,
         }
@@ -854,6 +862,7 @@ impl DispatcherBuilder {
             routers: OnceLock::new(),
             draining: AtomicBool::new(false),
             rejected_no_route: AtomicU64::new(0),
+            rejected_malformed: AtomicU64::new(0),
             epoch: Instant::now(),
             io_arbiters,
             timers: Mutex::new(Vec::new()),

@@ -9,7 +9,7 @@ use crate::envelope::{Message, MessageId, Status};
 #[derive(Debug, thiserror::Error)]
 pub enum Rejected {
     /// No route is registered for the message's kind.
-    #[error("no route for kind {:?}", .0.kind())]
+    #[error("no route for kind {:?}", crate::source::truncated(.0.kind(), 64))]
     NoRoute(Box<Message>),
     /// The route already holds its capacity of queued + delayed + running messages.
     #[error("route {:?} is full (capacity {capacity})", .message.kind())]

@@ -234,6 +234,9 @@ pub struct LedgerSnapshot {
     /// Submissions refused because no route has their kind (not labelled by kind, to keep
     /// arbitrary client input out of metric labels).
     pub rejected_no_route: u64,
+    /// Submissions refused before they named a routable kind: malformed JSON or envelope (a
+    /// source reports them with [`Dispatcher::refused_malformed`](crate::Dispatcher::refused_malformed)).
+    pub rejected_malformed: u64,
     /// Outcomes currently held by the store.
     pub stored: u64,
     /// Dead letters currently held.

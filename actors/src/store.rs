@@ -456,9 +456,11 @@ impl MemoryStore {
     fn evict(&self, shard: &mut Shard, now: Instant, evicted: &mut Vec<Arc<Cell>>) {
         // Every evicted cell is pushed here so it is dropped (freed) after the shard lock.
         while let Some(&(at, id, bytes)) = shard.finished.front() {
+            // Over the byte budget, the newest outcome of a shard stays even when it alone is
+            // over: so a large result can always be read once it is announced.
             if now.saturating_duration_since(at) < self.ttl
                 && shard.finished.len() <= self.per_shard_max
-                && shard.bytes <= self.per_shard_bytes
+                && (shard.bytes <= self.per_shard_bytes || shard.finished.len() == 1)
             {
                 break;
             }

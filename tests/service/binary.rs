@@ -197,30 +197,56 @@ async fn check_config_reports_good_and_bad_files() {
     assert!(r.stderr.contains("not found"));
 }
 
+/// The resident set size of process `pid`, in MiB.
+pub(crate) fn rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    kb / 1024.0
+}
+
 /// A `mailroom serve` child process on ephemeral ports.
 pub(crate) struct Served {
     pub child: std::process::Child,
     pub base: String,
-    tcp: Option<String>,
-    logs: mpsc::Receiver<String>,
+    pub tcp: Option<String>,
+    pub logs: mpsc::Receiver<String>,
     _dir: tempfile::TempDir,
 }
 
 /// Starts `mailroom serve` with `toml` on ephemeral ports (HTTP always; TCP when the config has
 /// `[sources.tcp]`), reading the addresses from its log.
 pub(crate) fn serve(toml: &str) -> Served {
+    serve_limited(toml, None)
+}
+
+/// [`serve`], with the server's open-file limit set to `max_files` when given (`ulimit -n`).
+pub(crate) fn serve_limited(toml: &str, max_files: Option<u32>) -> Served {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.toml");
     std::fs::write(&path, toml).unwrap();
     let want_tcp = toml.contains("[sources.tcp]");
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--config",
-            path.to_str().unwrap(),
-            "--bind",
-            "127.0.0.1:0",
-        ])
+    let serve_args = [
+        "serve",
+        "--config",
+        path.to_str().unwrap(),
+        "--bind",
+        "127.0.0.1:0",
+    ];
+    let mut command = match max_files {
+        None => Command::new(BIN),
+        Some(n) => {
+            let mut c = Command::new("sh");
+            c.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\""), BIN]);
+            c
+        }
+    };
+    let mut child = command
+        .args(serve_args)
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())

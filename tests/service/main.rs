@@ -4,6 +4,7 @@
 mod common;
 
 mod api;
+mod attacks;
 mod auth;
 mod backpressure;
 mod bad_input;

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::binary::serve;
+use crate::binary::{rss_mb, serve};
 
 const CLIENTS: usize = 64;
 const LOAD_FOR: Duration = Duration::from_secs(8);
@@ -25,17 +25,6 @@ const LOAD_FOR: Duration = Duration::from_secs(8);
 const MAX_REQUESTS: u64 = 12_000;
 /// RSS bound after the load has drained (the store keeps at most 20,000 outcomes here).
 const RSS_BOUND_MB: f64 = 160.0;
-
-fn rss_mb(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|n| n.parse().ok())
-        .unwrap();
-    kb / 1024.0
-}
 
 fn body(n: u64) -> Value {
     match n % 8 {

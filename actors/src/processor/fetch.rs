@@ -103,10 +103,28 @@ pub fn is_internal(ip: IpAddr) -> bool {
                 return is_internal(IpAddr::V4(v4));
             }
             let s = v6.segments();
+            let o = v6.octets();
+            let v4_at = |i: usize| IpAddr::V4([o[i], o[i + 1], o[i + 2], o[i + 3]].into());
+            // IPv4-compatible (::a.b.c.d, deprecated but routed by some stacks), NAT64
+            // (64:ff9b::/96 and the local-use 64:ff9b:1::/48) and 6to4 (2002:a.b.c.d::/48) carry an
+            // IPv4 address that reaches the same hosts: judge them by it.
+            let embedded = if s[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified() {
+                Some(v4_at(12))
+            } else if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] || s[..3] == [0x64, 0xff9b, 1] {
+                Some(v4_at(12))
+            } else if s[0] == 0x2002 {
+                Some(v4_at(2))
+            } else {
+                None
+            };
+            if embedded.is_some_and(is_internal) {
+                return true;
+            }
             v6.is_loopback()
                 || v6.is_unspecified()
                 || (s[0] & 0xfe00) == 0xfc00
                 || (s[0] & 0xffc0) == 0xfe80
+                || (s[0] & 0xffc0) == 0xfec0 // site-local (deprecated, still private)
         }
     }
 }
@@ -186,8 +204,13 @@ fn check_target(args: &FetchArgs, allow: &AllowList) -> Result<Target, String> {
             .map_err(|_| format!("method {m:?} is not an HTTP method"))?,
     };
     for (name, value) in &args.headers {
-        awc::http::header::HeaderName::from_bytes(name.as_bytes())
+        let header = awc::http::header::HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| format!("header name {name:?} is not valid"))?;
+        // The host is the URL's: a `Host` header would send the request to one virtual host
+        // while the guard checked another.
+        if header == awc::http::header::HOST {
+            return Err("header \"Host\" is not allowed: the host is the URL's".into());
+        }
         awc::http::header::HeaderValue::from_str(value)
             .map_err(|_| format!("header {name:?} has a value that is not valid"))?;
     }
@@ -391,10 +414,23 @@ mod tests {
             "fe80::1",
             "fd00::1",
             "::ffff:127.0.0.1",
+            "::127.0.0.1",
+            "::10.0.0.1",
+            "64:ff9b::7f00:1",
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b:1::c0a8:101",
+            "2002:7f00:1::1",
+            "fec0::1",
         ] {
             assert!(is_internal(ip.parse().unwrap()), "{ip} is internal");
         }
-        for ip in ["93.184.216.34", "2606:2800:220:1::1", "172.32.0.1"] {
+        for ip in [
+            "93.184.216.34",
+            "2606:2800:220:1::1",
+            "172.32.0.1",
+            "64:ff9b::5db8:d822",
+            "2002:5db8:d822::1",
+        ] {
             assert!(!is_internal(ip.parse().unwrap()), "{ip} is public");
         }
     }
@@ -410,5 +446,12 @@ mod tests {
         let allow = AllowList::new(&["127.0.0.1".into()]);
         assert!(check_target(&args("http://127.0.0.1:9/x"), &allow).is_ok());
         assert!(check_target(&args("http://127.0.0.2:9/x"), &allow).is_err());
+        assert!(check_target(&args("http://[::127.0.0.1]/"), &none).is_err());
+        assert!(check_target(&args("http://[64:ff9b::7f00:1]/"), &none).is_err());
+        let host =
+            parse(&json!({"url": "http://example.com/", "headers": {"HoSt": "10.0.0.1"}})).unwrap();
+        assert!(check_target(&host, &none)
+            .err()
+            .is_some_and(|e| e.contains("\"Host\" is not allowed")));
     }
 }

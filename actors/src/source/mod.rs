@@ -26,14 +26,37 @@ pub struct Submission {
     #[serde(default)]
     pub payload: Value,
     /// Run no earlier than this many milliseconds after acceptance.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_ms")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>, minimum = 0))]
     pub delay_ms: Option<u64>,
     /// The message's own run timeout, in milliseconds.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_ms")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>, minimum = 0))]
     pub timeout_ms: Option<u64>,
     /// Idempotency key.
     #[serde(default)]
     pub key: Option<String>,
+}
+
+/// A count of milliseconds: any JSON number with an integral value from 0 to 2^64-1 (`757`,
+/// `757.0`, `7.57e2`), as JSON Schema's `integer` allows; `null` is none.
+fn whole_ms<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    use serde::de::Error;
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    if let Some(v) = n.as_u64() {
+        return Ok(Some(v));
+    }
+    match n.as_f64() {
+        Some(f) if f.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&f) => {
+            Ok(Some(f as u64))
+        }
+        _ => Err(D::Error::custom(format_args!(
+            "expected a whole number of milliseconds from 0 to 18446744073709551615, got {}",
+            crate::source::truncated(n.as_str(), 64)
+        ))),
+    }
 }
 
 impl Submission {
@@ -206,6 +229,18 @@ mod tests {
         assert!(serde_json::from_value::<Submission>(json!({"kind": "x", "delay": 5})).is_err());
         assert!(serde_json::from_value::<Submission>(json!({"payload": 1})).is_err());
         assert!(serde_json::from_value::<Submission>(json!({"kind": 7})).is_err());
+        let whole = |v: &str| {
+            parse_json(format!(r#"{{"kind": "k", "delay_ms": {v}}}"#).as_bytes(), 4)
+                .and_then(|j| serde_json::from_value::<Submission>(j).map_err(|e| e.to_string()))
+                .map(|s| s.delay_ms)
+        };
+        assert_eq!(whole("757"), Ok(Some(757)));
+        assert_eq!(whole("757.0"), Ok(Some(757)));
+        assert_eq!(whole("7.57e2"), Ok(Some(757)));
+        assert_eq!(whole("null"), Ok(None));
+        assert!(whole("757.5").is_err());
+        assert!(whole("-1").is_err());
+        assert!(whole("1e30").is_err());
     }
 
     #[test]

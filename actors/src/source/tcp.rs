@@ -287,6 +287,9 @@ impl Connection {
             "ref": reference, "status": "rejected", "code": code,
             "error": {"class": class, "message": message},
         });
+        if code == 400 || code == 413 {
+            self.dispatcher.refused_malformed();
+        }
         let _ = self.out.send((format!("{line}\n"), permit));
     }
 
