@@ -108,9 +108,9 @@ pub fn is_internal(ip: IpAddr) -> bool {
             // IPv4-compatible (::a.b.c.d, deprecated but routed by some stacks), NAT64
             // (64:ff9b::/96 and the local-use 64:ff9b:1::/48) and 6to4 (2002:a.b.c.d::/48) carry an
             // IPv4 address that reaches the same hosts: judge them by it.
-            let embedded = if s[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified() {
-                Some(v4_at(12))
-            } else if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] || s[..3] == [0x64, 0xff9b, 1] {
+            let compatible = s[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified();
+            let nat64 = s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] || s[..3] == [0x64, 0xff9b, 1];
+            let embedded = if compatible || nat64 {
                 Some(v4_at(12))
             } else if s[0] == 0x2002 {
                 Some(v4_at(2))
