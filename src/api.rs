@@ -16,8 +16,8 @@ use actix_web::web::{self, BytesMut};
 use actix_web::{HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use mailroom_actors::{
-    parse_json, token_accepted, truncated, DeadLetter, Dispatcher, ErrorClass, ErrorInfo,
-    MessageId, Outcome, Pool, Rejected, RouteInfo, Source, Status, Submission, Timings,
+    client_name, parse_json, token_accepted, truncated, DeadLetter, Dispatcher, ErrorClass,
+    ErrorInfo, MessageId, Outcome, Pool, Rejected, RouteInfo, Source, Status, Submission, Timings,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -316,6 +316,7 @@ pub async fn submit(
         .and_then(|v| submission(v).map_err(ApiError::BadRequest))
         .inspect_err(|_| state.dispatcher.refused_malformed())?
         .into_message(Source::Http);
+    let msg = with_client(msg, &req, &state);
     if query.wait {
         let outcome = state
             .dispatcher
@@ -329,6 +330,28 @@ pub async fn submit(
         .status(id)
         .map_or(Status::Queued, |o| o.status);
     Ok(accepted(id, status))
+}
+
+/// Names the message's client (its token, or its address), for `routes.KIND.max_per_client`.
+fn with_client(
+    msg: mailroom_actors::Message,
+    req: &HttpRequest,
+    state: &AppState,
+) -> mailroom_actors::Message {
+    let token = bearer(req);
+    match client_name(&state.tokens, token, req.peer_addr().map(|a| a.ip())) {
+        Some(c) => msg.client(c),
+        None => msg,
+    }
+}
+
+/// The bearer token of a request, if it has one.
+fn bearer(req: &HttpRequest) -> Option<&str> {
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
 }
 
 fn rejected_item(code: u16, class: &str, message: String) -> Value {
@@ -367,11 +390,13 @@ pub async fn batch(
         )));
     }
     let wait = body.wait || query.wait;
+    let req = &req;
+    let state_ref = &state;
     let max = state.wait_for(query.wait_ms);
     let d = &state.dispatcher;
     let items = body.messages.into_iter().map(|v| async move {
         let msg = match submission(v) {
-            Ok(s) => s.into_message(Source::Http),
+            Ok(s) => with_client(s.into_message(Source::Http), req, state_ref),
             Err(e) => {
                 d.refused_malformed();
                 return rejected_item(400, "invalid", e);
@@ -615,12 +640,7 @@ pub async fn auth(
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     if let Some(state) = req.app_data::<web::Data<AppState>>() {
         if !state.tokens.is_empty() && !matches!(req.path(), "/healthz" | "/readyz") {
-            let given = req
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .map(str::trim);
+            let given = bearer(req.request());
             let ok = given.is_some_and(|g| token_accepted(&state.tokens, g));
             if !ok {
                 return Err(ApiError::Unauthorized.into());

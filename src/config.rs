@@ -228,6 +228,9 @@ pub struct RouteConfig {
     /// Cap on messages running at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<usize>,
+    /// Most unfinished messages of one client (its token, or its address without tokens).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_per_client: Option<usize>,
 }
 
 fn default_backoff() -> u64 {
@@ -552,6 +555,9 @@ impl Config {
                     "capacity and concurrency must be at least 1".into(),
                 ));
             }
+            if r.max_per_client == Some(0) {
+                return Err((at("max_per_client"), "expected at least 1".into()));
+            }
             if r.timeout_ms.is_some_and(|t| t == 0 || t > 3_600_000) {
                 return Err((at("timeout_ms"), "expected 1 to 3600000".into()));
             }
@@ -647,6 +653,7 @@ impl Config {
                 rs.retries = r.retries;
                 rs.backoff = Duration::from_millis(r.backoff_ms);
                 rs.concurrency = r.concurrency;
+                rs.max_per_client = r.max_per_client;
                 (kind, rs)
             })
             .collect()

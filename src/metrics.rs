@@ -57,6 +57,7 @@ pub fn render(s: &LedgerSnapshot) -> String {
             ("degraded", k.rejected.degraded),
             ("draining", k.rejected.draining),
             ("invalid", k.rejected.invalid),
+            ("client_share", k.rejected.client_share),
         ] {
             let _ = writeln!(
                 o,

@@ -52,6 +52,9 @@ pub enum ApiError {
     /// 422: an unknown kind, or a payload its processor rejects.
     #[error("{0}")]
     Unprocessable(String),
+    /// 429: the client holds its share of the route (`routes.KIND.max_per_client`).
+    #[error("{0}")]
+    TooManyRequests(String),
     /// 503: a full or degraded route, or the server is draining.
     #[error("{detail}")]
     Unavailable {
@@ -76,6 +79,7 @@ impl ApiError {
                 ("unsupported-media-type", "Unsupported media type")
             }
             ApiError::Unprocessable(_) => ("unprocessable", "Unprocessable message"),
+            ApiError::TooManyRequests(_) => ("too-many-requests", "Too many requests"),
             ApiError::Unavailable { .. } => ("unavailable", "Service unavailable"),
         }
     }
@@ -104,6 +108,7 @@ impl ResponseError for ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -114,6 +119,9 @@ impl ResponseError for ApiError {
         match self {
             ApiError::Unavailable { retry_after, .. } => {
                 res.insert_header((header::RETRY_AFTER, retry_after.to_string()));
+            }
+            ApiError::TooManyRequests(_) => {
+                res.insert_header((header::RETRY_AFTER, "1"));
             }
             ApiError::MethodNotAllowed(allow) => {
                 res.insert_header((header::ALLOW, *allow));
@@ -135,6 +143,7 @@ impl From<Rejected> for ApiError {
         let detail = r.to_string();
         match r {
             Rejected::NoRoute(_) | Rejected::Invalid { .. } => ApiError::Unprocessable(detail),
+            Rejected::ClientShareFull { .. } => ApiError::TooManyRequests(detail),
             Rejected::QueueFull { .. } => ApiError::Unavailable {
                 detail,
                 retry_after: 1,
@@ -189,6 +198,10 @@ mod tests {
                 retry_after_ms: 1500,
             },
             Rejected::ShuttingDown(m()),
+            Rejected::ClientShareFull {
+                message: m(),
+                limit: 3,
+            },
             Rejected::Invalid {
                 message: m(),
                 reason: "x".into(),

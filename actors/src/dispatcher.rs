@@ -31,7 +31,7 @@ use crate::metrics::{LedgerSnapshot, RejectReason, RouteStats};
 use crate::processor::cpu::CpuPool;
 use crate::processor::worker::{Exec, Worker};
 use crate::processor::{builtin, fetch, Make, Pool, Processor};
-use crate::route::{Route, RouteInfo};
+use crate::route::{Route, RouteInfo, Shares};
 use crate::router::{Dispatch, DispatchBatch, DropDelayedAfter, Forget, Router};
 use crate::settings::{RouteSettings, Settings};
 use crate::source::timer::{Schedule, ScheduleError, ScheduleHandle, TimerSource};
@@ -222,6 +222,19 @@ impl Core {
                 reason,
             });
         }
+        let share = match (&route.shares, &msg.client) {
+            (Some(shares), Some(client)) => match shares.take(client) {
+                Some(slot) => Some(slot),
+                None => {
+                    route.stats.rejected(RejectReason::ClientShare);
+                    return Err(Rejected::ClientShareFull {
+                        limit: shares.max(),
+                        message: Box::new(msg),
+                    });
+                }
+            },
+            _ => None,
+        };
         if !route.try_reserve() {
             route.stats.rejected(RejectReason::Full);
             return Err(Rejected::QueueFull {
@@ -268,6 +281,7 @@ impl Core {
             route: index,
             ticket,
             history: Vec::new(),
+            _share: share,
         }))
     }
 
@@ -531,6 +545,15 @@ impl Dispatcher {
             .collect()
     }
 
+    /// Messages accepted and not finished, over every route (atomics only).
+    fn in_flight(&self) -> u64 {
+        self.core
+            .routes
+            .iter()
+            .map(|r| r.stats.in_flight.load(Relaxed))
+            .sum()
+    }
+
     /// Counts a submission a source refused before it could be admitted (malformed JSON, a
     /// missing or mistyped field): it shows in [`LedgerSnapshot::rejected_malformed`].
     pub fn refused_malformed(&self) {
@@ -611,19 +634,20 @@ impl Dispatcher {
         // Admissions that passed the draining check before it was set finish handing their
         // message on; after this no new message can be accepted.
         while self.core.admitting.load(SeqCst) > 0 {
-            std::thread::yield_now();
+            actix_rt::time::sleep(Duration::from_millis(1)).await;
         }
         for timer in self.core.timers.lock().drain(..) {
             timer.do_send(crate::source::timer::StopTimer);
         }
-        let before = self.stats().in_flight();
+        let before = self.in_flight();
         let mut unfinished = Vec::new();
         for router in self.core.routers() {
             let dropped = router.send(DropDelayedAfter(started + deadline)).await;
             unfinished.extend(dropped.unwrap_or_default());
         }
-        while self.stats().in_flight() > 0 && started.elapsed() < deadline {
-            actix_rt::time::sleep(Duration::from_millis(2)).await;
+        // The routes' counters only (no store lock), every 10 ms.
+        while self.in_flight() > 0 && started.elapsed() < deadline {
+            actix_rt::time::sleep(Duration::from_millis(10)).await;
         }
         for id in self.core.store.unfinished() {
             let error = ErrorInfo::new(
@@ -801,10 +825,10 @@ impl DispatcherBuilder {
                         .into(),
                 });
             }
-            if concurrency == 0 || rs.capacity == Some(0) {
+            if concurrency == 0 || rs.capacity == Some(0) || rs.max_per_client == Some(0) {
                 return Err(BuildError::Setting {
                     name: format!("routes.{name}"),
-                    reason: "capacity and concurrency must be at least 1".into(),
+                    reason: "capacity, concurrency and max_per_client must be at least 1".into(),
                 });
             }
             makes.push(match &p.make {
@@ -835,6 +859,7 @@ impl DispatcherBuilder {
                     Pool::Cpu => s.io.arbiters,
                 },
                 lane: Default::default(),
+                shares: rs.max_per_client.map(Shares::new),
             });
         }
         let io_arbiters: Vec<ArbiterHandle> = (0..s.io.arbiters)

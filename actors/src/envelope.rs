@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
@@ -193,6 +193,7 @@ pub struct Message {
     pub(crate) key: Option<String>,
     pub(crate) source: Source,
     pub(crate) replay_of: Option<MessageId>,
+    pub(crate) client: Option<Arc<str>>,
 }
 
 impl Message {
@@ -206,6 +207,7 @@ impl Message {
             key: None,
             source: Source::Library,
             replay_of: None,
+            client: None,
         }
     }
 
@@ -225,6 +227,14 @@ impl Message {
     /// second submission returns the first one's id instead of running again.
     pub fn key(mut self, key: impl Into<String>) -> Message {
         self.key = Some(key.into());
+        self
+    }
+
+    /// Names who submitted the message (a token, an address, a tenant): a route with
+    /// [`RouteSettings::max_per_client`](crate::RouteSettings::max_per_client) holds at most
+    /// that many unfinished messages of one client.
+    pub fn client(mut self, client: impl Into<Arc<str>>) -> Message {
+        self.client = Some(client.into());
         self
     }
 
@@ -279,6 +289,9 @@ pub struct Envelope {
     pub(crate) ticket: crate::store::Ticket,
     /// The error of every failed attempt so far (kept only on routes that retry).
     pub(crate) history: Vec<ErrorInfo>,
+    /// The message's place in its client's share of the route, given back when the envelope
+    /// is dropped (the message has ended).
+    pub(crate) _share: Option<crate::route::ShareSlot>,
 }
 
 /// Where a message is in its lifecycle:

@@ -27,6 +27,14 @@ pub enum Rejected {
         /// When the route may accept again.
         retry_after_ms: u64,
     },
+    /// The message's client already has the route's `max_per_client` unfinished messages in it.
+    #[error("client share of route {:?} is full ({limit} unfinished messages per client)", .message.kind())]
+    ClientShareFull {
+        /// The message, handed back.
+        message: Box<Message>,
+        /// The route's per-client limit.
+        limit: u64,
+    },
     /// The dispatcher is shutting down and accepts nothing new.
     #[error("the dispatcher is shutting down")]
     ShuttingDown(Box<Message>),
@@ -46,6 +54,7 @@ impl Rejected {
         match self {
             Rejected::NoRoute(m) | Rejected::ShuttingDown(m) => *m,
             Rejected::QueueFull { message, .. }
+            | Rejected::ClientShareFull { message, .. }
             | Rejected::Degraded { message, .. }
             | Rejected::Invalid { message, .. } => *message,
         }
@@ -56,6 +65,7 @@ impl Rejected {
         match self {
             Rejected::NoRoute(m) | Rejected::ShuttingDown(m) => m,
             Rejected::QueueFull { message, .. }
+            | Rejected::ClientShareFull { message, .. }
             | Rejected::Degraded { message, .. }
             | Rejected::Invalid { message, .. } => message,
         }
@@ -67,6 +77,7 @@ impl Rejected {
     pub fn code(&self) -> u16 {
         match self {
             Rejected::NoRoute(_) | Rejected::Invalid { .. } => 422,
+            Rejected::ClientShareFull { .. } => 429,
             Rejected::QueueFull { .. } | Rejected::Degraded { .. } | Rejected::ShuttingDown(_) => {
                 503
             }
@@ -78,6 +89,7 @@ impl Rejected {
         match self {
             Rejected::NoRoute(_) => "no_route",
             Rejected::QueueFull { .. } => "full",
+            Rejected::ClientShareFull { .. } => "client_share",
             Rejected::Degraded { .. } => "degraded",
             Rejected::ShuttingDown(_) => "draining",
             Rejected::Invalid { .. } => "invalid",

@@ -49,5 +49,5 @@ pub use settings::{
 };
 pub use source::tcp::{StopAccepting, TcpSettings, TcpSource};
 pub use source::timer::{Every, Schedule, ScheduleError, ScheduleHandle};
-pub use source::{json_depth, parse_json, token_accepted, truncated, Submission};
+pub use source::{client_name, json_depth, parse_json, token_accepted, truncated, Submission};
 pub use store::{MemoryStore, Store};

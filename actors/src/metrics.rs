@@ -70,6 +70,7 @@ pub(crate) enum RejectReason {
     Degraded,
     Draining,
     Invalid,
+    ClientShare,
 }
 
 /// The live counters of one route.
@@ -86,6 +87,7 @@ pub(crate) struct RouteStats {
     pub rejected_degraded: AtomicU64,
     pub rejected_draining: AtomicU64,
     pub rejected_invalid: AtomicU64,
+    pub rejected_client_share: AtomicU64,
     /// queued + delayed + running; also the admission counter checked against capacity.
     pub in_flight: AtomicU64,
     pub running: AtomicU64,
@@ -100,6 +102,7 @@ impl RouteStats {
             RejectReason::Degraded => &self.rejected_degraded,
             RejectReason::Draining => &self.rejected_draining,
             RejectReason::Invalid => &self.rejected_invalid,
+            RejectReason::ClientShare => &self.rejected_client_share,
         };
         c.fetch_add(1, Relaxed);
     }
@@ -144,6 +147,7 @@ impl RouteStats {
                 degraded: self.rejected_degraded.load(Relaxed),
                 draining: self.rejected_draining.load(Relaxed),
                 invalid: self.rejected_invalid.load(Relaxed),
+                client_share: self.rejected_client_share.load(Relaxed),
             },
             in_flight,
             running,
@@ -165,6 +169,8 @@ pub struct Rejections {
     pub draining: u64,
     /// The payload or timing was invalid.
     pub invalid: u64,
+    /// The message's client held its share of the route.
+    pub client_share: u64,
 }
 
 /// One kind's ledger at one moment.

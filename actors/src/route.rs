@@ -2,8 +2,9 @@
 //! admission path, the router and the route's worker: its limits are fixed at build time, its
 //! counters are atomics, and its worker address is set once when the worker starts.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use actix::Recipient;
@@ -36,6 +37,57 @@ pub(crate) struct Route {
     pub router: usize,
     /// A CPU route's hand-off counters (unused by async routes).
     pub lane: Lane,
+    /// Per-client limits, when the route has `max_per_client`.
+    pub shares: Option<Shares>,
+}
+
+/// Each client's count of unfinished messages in a route, against the route's `max_per_client`.
+/// A client's entry is shared with the [`ShareSlot`]s of its messages; entries back at zero are
+/// pruned whenever the map has doubled since the last pruning, so the map follows the clients
+/// that have messages in flight.
+#[derive(Debug)]
+pub(crate) struct Shares {
+    max: u64,
+    clients: Mutex<HashMap<Arc<str>, Arc<AtomicU64>>>,
+    prune_at: AtomicUsize,
+}
+
+/// One message's place in its client's share; given back on drop.
+#[derive(Debug)]
+pub(crate) struct ShareSlot(Arc<AtomicU64>);
+
+impl Drop for ShareSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+impl Shares {
+    pub(crate) fn new(max: usize) -> Shares {
+        Shares {
+            max: max as u64,
+            clients: Mutex::new(HashMap::new()),
+            prune_at: AtomicUsize::new(1024),
+        }
+    }
+
+    /// The route's limit.
+    pub(crate) fn max(&self) -> u64 {
+        self.max
+    }
+
+    /// A place for one more message of `client`, or `None` when it holds its share already.
+    pub(crate) fn take(&self, client: &Arc<str>) -> Option<ShareSlot> {
+        let mut clients = self.clients.lock();
+        if clients.len() >= self.prune_at.load(Relaxed) {
+            clients.retain(|_, n| n.load(Relaxed) > 0);
+            self.prune_at.store((clients.len() * 2).max(1024), Relaxed);
+        }
+        let n = clients.entry(client.clone()).or_default();
+        n.fetch_update(Relaxed, Relaxed, |c| (c < self.max).then_some(c + 1))
+            .ok()
+            .map(|_| ShareSlot(n.clone()))
+    }
 }
 
 /// How a CPU route's worker and the pool threads share its concurrency limit without a message

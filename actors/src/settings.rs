@@ -161,6 +161,8 @@ pub struct RouteSettings {
     /// taking every thread. A CPU job that times out keeps its slot until its thread returns
     /// (a processor that ignores [`Job::check`](crate::Job::check) holds it to the end).
     pub concurrency: Option<usize>,
+    /// Most unfinished messages of one client in this route (`None`: no per-client limit).
+    pub max_per_client: Option<usize>,
 }
 
 impl RouteSettings {
@@ -173,6 +175,7 @@ impl RouteSettings {
             retries: 0,
             backoff: Duration::from_millis(100),
             concurrency: None,
+            max_per_client: None,
         }
     }
 
@@ -198,6 +201,16 @@ impl RouteSettings {
     /// Sets the concurrency cap.
     pub fn concurrency(mut self, concurrency: usize) -> Self {
         self.concurrency = Some(concurrency);
+        self
+    }
+
+    /// At most `max` unfinished messages of one client (see
+    /// [`Message::client`](crate::Message::client)) in this route, so one client cannot take
+    /// all of its capacity; messages without a client are not limited by it. A message's place
+    /// is given back when its envelope is dropped after it ends (a cancelled one: when the
+    /// router or worker holding it next runs).
+    pub fn max_per_client(mut self, max: usize) -> Self {
+        self.max_per_client = Some(max);
         self
     }
 }

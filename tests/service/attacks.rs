@@ -543,3 +543,39 @@ fn a_crash_looping_route_is_degraded_quickly_with_the_shipped_settings() {
         "the budget is 10 restarts: {panicked} panics"
     );
 }
+
+#[test]
+fn one_client_cannot_fill_a_route_for_the_others() {
+    // Before: one client's 10,000 delayed messages filled `echo`; everyone else got 503 for 24 h.
+    let s = serve(
+        "[server]\ntokens = [\"alice\", \"bob\"]\n[routes.echo]\ncapacity = 10\nmax_per_client = 5\n",
+    );
+    let addr = addr_of(&s.base);
+    let submit = |token: &str| {
+        let mut c = TcpStream::connect(&addr).unwrap();
+        let body = r#"{"kind":"echo","payload":1,"delay_ms":3600000}"#;
+        write!(
+            c,
+            "POST /v1/messages HTTP/1.1\r\nHost: t\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut text = String::new();
+        c.read_to_string(&mut text).unwrap();
+        text
+    };
+    for _ in 0..5 {
+        assert!(submit("alice").starts_with("HTTP/1.1 202"));
+    }
+    let refused = submit("alice");
+    assert!(refused.starts_with("HTTP/1.1 429"), "{refused}");
+    assert!(
+        refused.to_ascii_lowercase().contains("retry-after: 1"),
+        "{refused}"
+    );
+    assert!(refused.contains("client share of route"), "{refused}");
+    for _ in 0..5 {
+        let t = submit("bob");
+        assert!(t.starts_with("HTTP/1.1 202"), "bob still gets in: {t}");
+    }
+}

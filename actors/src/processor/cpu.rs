@@ -15,7 +15,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use parking_lot::Mutex;
@@ -42,6 +42,9 @@ pub(crate) struct Handoff {
 struct HandoffState {
     env: Option<Envelope>,
     began: Option<Instant>,
+    /// A timed-out attempt that will be retried: its retry waits here until the thread returns
+    /// from the attempt, so two attempts of one message never run at once.
+    parked: Option<(Envelope, Duration)>,
 }
 
 /// What the worker's timer found when a job's deadline came.
@@ -60,14 +63,10 @@ impl Handoff {
             state: Mutex::new(HandoffState {
                 env: Some(env),
                 began: None,
+                parked: None,
             }),
             cancel,
         }
-    }
-
-    /// Thread side: takes the envelope to settle the attempt, if the timer has not.
-    fn take(&self) -> Option<Envelope> {
-        self.state.lock().env.take()
     }
 
     pub(crate) fn is_settled(&self) -> bool {
@@ -84,12 +83,37 @@ impl Handoff {
         }
     }
 
-    /// Timer side: takes the envelope of a job that has run past its timeout and raises its
-    /// cancel flag; `None` if the thread settled it meanwhile.
-    pub(crate) fn time_out(&self) -> Option<Envelope> {
-        let env = self.state.lock().env.take()?;
+    /// Timer side: a job has run past its `timeout`: raises its cancel flag and takes its
+    /// envelope to settle it as timed out now — unless `will_retry` says the attempt would be
+    /// retried, in which case the envelope is parked for the thread to settle when it returns
+    /// (the retry must not run beside the attempt it replaces). `None` when there is nothing
+    /// for the timer to settle (parked, or the thread settled it meanwhile).
+    pub(crate) fn time_out(
+        &self,
+        timeout: Duration,
+        will_retry: impl FnOnce(&Envelope) -> bool,
+    ) -> Option<Envelope> {
+        let mut st = self.state.lock();
+        let env = st.env.take()?;
         self.cancel.cancel();
+        if will_retry(&env) {
+            st.parked = Some((env, timeout));
+            return None;
+        }
         Some(env)
+    }
+
+    /// Thread side, after the job: the attempt to settle, with what happened to it — the
+    /// thread's own result, or the timeout that was parked for it; `None` if the timer
+    /// settled it already.
+    fn finish(&self, result: JobResult) -> Option<(Envelope, JobResult)> {
+        let mut st = self.state.lock();
+        if let Some(env) = st.env.take() {
+            return Some((env, result));
+        }
+        st.parked
+            .take()
+            .map(|(env, t)| (env, JobResult::TimedOut(t)))
     }
 
     /// Thread side: marks the message running and returns its attempt number, or `None` when
@@ -170,7 +194,7 @@ impl Handler<RunCpu> for CpuPool {
                     JobResult::Panicked(text)
                 }
             };
-            if let Some(env) = handoff.take() {
+            if let Some((env, result)) = handoff.finish(result) {
                 core.routes[route].stats.running.fetch_sub(1, Relaxed);
                 settle(&core, env, result);
             }

@@ -342,8 +342,12 @@ impl Worker {
                 Expiry::Waiting => now + d.timeout,
                 Expiry::Running(began) if began + d.timeout > now => began + d.timeout,
                 Expiry::Running(_) => {
-                    let Some(env) = d.handoff.time_out() else {
-                        continue; // the pool thread settled it just now
+                    let retries = self.core.routes[self.route].retries;
+                    let will_retry = |env: &Envelope| retries > 0 && env.attempt <= retries;
+                    let Some(env) = d.handoff.time_out(d.timeout, will_retry) else {
+                        // Settled by the pool thread just now, or parked for it to retry
+                        // when it returns.
+                        continue;
                     };
                     // It had begun, so its thread counted it as running.
                     self.core.routes[self.route]

@@ -199,6 +199,25 @@ pub fn truncated(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
     format!("{}…", &text[..end]).into()
 }
 
+/// Who a submission comes from, for per-client limits: the token it showed (by its place in
+/// `tokens`, never its text) when tokens are set, else its address. HTTP and TCP name clients
+/// alike, so one client has one share over both.
+pub fn client_name(
+    tokens: &[String],
+    token: Option<&str>,
+    peer: Option<std::net::IpAddr>,
+) -> Option<String> {
+    if let Some(given) = token {
+        if let Some(i) = tokens
+            .iter()
+            .position(|t| token_accepted(std::slice::from_ref(t), given))
+        {
+            return Some(format!("token#{i}"));
+        }
+    }
+    peer.map(|ip| ip.to_string())
+}
+
 /// Depth of the deepest nesting in a JSON value (a scalar is depth 1).
 pub fn json_depth(v: &Value) -> usize {
     let mut deepest = 0;

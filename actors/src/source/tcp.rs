@@ -32,7 +32,7 @@ use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
-use super::{parse_json, token_accepted, Submission};
+use super::{client_name, parse_json, token_accepted, Submission};
 use crate::dispatcher::Dispatcher;
 use crate::envelope::{Outcome, Source};
 use crate::error::Rejected;
@@ -234,6 +234,8 @@ impl Message for Line {
 /// One client connection.
 pub struct Connection {
     dispatcher: Dispatcher,
+    /// The client's address, which names it for per-client limits when tokens are not set.
+    peer: Option<std::net::IpAddr>,
     settings: Arc<TcpSettings>,
     /// Answer lines, each with the pending place of its line: at most `max_pending` are queued.
     out: mpsc::UnboundedSender<(String, OwnedSemaphorePermit)>,
@@ -269,6 +271,7 @@ impl Connection {
             tracing::debug!(?peer, "TCP connection opened");
             Connection {
                 dispatcher,
+                peer: peer.map(|p| p.ip()),
                 settings,
                 out,
             }
@@ -320,7 +323,11 @@ impl Connection {
             Ok(s) => s,
             Err(e) => return self.reject(permit, reference, 400, "invalid", e.to_string()),
         };
-        let msg = submission.into_message(Source::Tcp);
+        let mut msg = submission.into_message(Source::Tcp);
+        let token = token.as_ref().and_then(Value::as_str);
+        if let Some(c) = client_name(&self.settings.tokens, token, self.peer) {
+            msg = msg.client(c);
+        }
         let (d, out, wait) = (
             self.dispatcher.clone(),
             self.out.clone(),

@@ -132,3 +132,47 @@ async fn concurrency_caps_running_messages_and_queues_the_rest() {
         .all(|o| o.as_ref().unwrap().status == Status::Completed));
     assert_eq!(gate.most.load(SeqCst), 3, "never more than three at once");
 }
+
+#[actix_rt::test]
+async fn one_client_cannot_take_a_whole_route() {
+    let d = Dispatcher::builder(settings())
+        .builtin_routes()
+        .route(
+            "shared",
+            RouteSettings::new("echo").capacity(10).max_per_client(3),
+        )
+        .build()
+        .unwrap();
+    let later = |client: &str| {
+        Message::new("shared", json!(client))
+            .delay(Duration::from_secs(3600))
+            .client(client.to_owned())
+    };
+    let a: Vec<_> = (0..3).map(|_| d.submit(later("a")).unwrap()).collect();
+    let r = d.submit(later("a")).unwrap_err();
+    assert_eq!((r.code(), r.reason()), (429, "client_share"));
+    assert_eq!(
+        r.to_string(),
+        "client share of route \"shared\" is full (3 unfinished messages per client)"
+    );
+    assert_eq!(r.into_message().payload(), &json!("a"), "handed back");
+    // Another client, and messages without a client, still get in.
+    for _ in 0..3 {
+        d.submit(later("b")).unwrap();
+    }
+    d.submit(Message::new("shared", json!(0)).delay(Duration::from_secs(3600)))
+        .unwrap();
+    // A message that ends gives its client's place back (once its envelope is dropped: for a
+    // cancelled delayed message, on the router's next turn).
+    d.cancel(a[0]).unwrap();
+    let mut again = None;
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            again = d.submit(later("a")).ok();
+            again.is_some()
+        })
+        .await
+    );
+    assert!(d.stats().kind("shared").unwrap().rejected.client_share >= 1);
+    d.shutdown(Duration::ZERO).await;
+}

@@ -1,6 +1,7 @@
 //! The CPU pool's hand-off: a message stays `queued` until a thread begins it, a run timeout
 //! counts from then and ends the message at the deadline whether or not its processor
-//! cooperates, a timed-out attempt is retried like any failure, and a route's `concurrency`
+//! cooperates, a timed-out attempt is retried once its thread has returned from it (never two
+//! attempts of one message at once), and a route's `concurrency`
 //! caps its share of the pool.
 //! A gate the test opens stands in for long CPU work, so nothing here depends on timing.
 
@@ -24,6 +25,8 @@ struct Gate {
     calls: AtomicUsize,
     /// How many of the jobs saw their cancel flag raised when the gate let them go.
     saw_cancel: AtomicUsize,
+    /// How many jobs have seen their cancel flag raised while they waited at the gate.
+    cancelled_while_waiting: AtomicUsize,
 }
 
 impl Gate {
@@ -39,8 +42,14 @@ fn gated(gate: &Arc<Gate>) -> Processor {
     Processor::cpu_fn("gated", move |job, p: Value| {
         gate.calls.fetch_add(1, SeqCst);
         let mut open = gate.open.lock();
+        let mut noted = false;
         while !*open {
-            gate.cv.wait(&mut open);
+            // Looks at the flag now and then only to report it; it keeps waiting regardless.
+            gate.cv.wait_for(&mut open, Duration::from_millis(5));
+            if job.is_cancelled() && !noted {
+                noted = true;
+                gate.cancelled_while_waiting.fetch_add(1, SeqCst);
+            }
         }
         if job.is_cancelled() {
             gate.saw_cancel.fetch_add(1, SeqCst);
@@ -162,7 +171,7 @@ async fn a_cpu_run_timeout_counts_from_when_a_thread_begins_the_job() {
 }
 
 #[actix_rt::test]
-async fn a_cpu_timeout_with_retries_ends_dead_after_its_attempts() {
+async fn a_timed_out_cpu_attempt_is_retried_only_after_its_thread_returns() {
     let gate = Arc::new(Gate::default());
     let d = Dispatcher::builder(one_thread())
         .processor(gated(&gate))
@@ -174,20 +183,23 @@ async fn a_cpu_timeout_with_retries_ends_dead_after_its_attempts() {
         )
         .build()
         .unwrap();
-    // The first attempt holds the only thread past its timeout and is retried; the retry waits
-    // in the pool's queue (its clock not running) until the thread returns, then runs.
+    // The first attempt holds the only thread past its timeout: it is told to stop, and its
+    // retry waits until the thread returns from it, so two attempts never run at once.
     let sent = actix_rt::spawn({
         let d = d.clone();
         async move { d.send(Message::new("gated", json!(1))).await }
     });
     assert!(
-        eventually(Duration::from_secs(5), || d
-            .stats()
-            .kind("gated")
-            .unwrap()
-            .retried
+        eventually(Duration::from_secs(10), || gate
+            .cancelled_while_waiting
+            .load(SeqCst)
             == 1)
         .await
+    );
+    assert_eq!(
+        d.stats().kind("gated").unwrap().retried,
+        0,
+        "not retried yet"
     );
     assert_eq!(gate.calls.load(SeqCst), 1, "the retry waits for the thread");
     gate.open();
