@@ -44,6 +44,8 @@ pub struct AppState {
     pub body_timeout: Duration,
     /// `server.max_buffered_body_bytes`: bytes of bodies being read now, over all workers.
     pub buffered: BodyBudget,
+    /// `/openapi.json`, made once at start-up by [`openapi`].
+    pub openapi: web::Bytes,
 }
 
 /// A bound on the bytes of request bodies held at once by all connections together: each
@@ -93,10 +95,16 @@ impl Drop for Held {
 }
 
 impl AppState {
-    fn wait_for(&self, wait_ms: Option<u64>) -> Duration {
-        wait_ms.map_or(self.max_wait, |ms| {
-            Duration::from_millis(ms).min(self.max_wait)
-        })
+    /// How long a `?wait_ms=` asks to wait (capped by `server.max_wait_ms`); more than an
+    /// hour is refused.
+    fn wait_for(&self, wait_ms: Option<u32>) -> Result<Duration, ApiError> {
+        match wait_ms {
+            None => Ok(self.max_wait),
+            Some(ms) if ms > 3_600_000 => Err(ApiError::BadRequest(format!(
+                "wait_ms must be 0 to 3600000, got {ms}"
+            ))),
+            Some(ms) => Ok(Duration::from_millis(ms.into()).min(self.max_wait)),
+        }
     }
 }
 
@@ -113,29 +121,35 @@ pub struct Accepted {
 
 /// `?wait=true&wait_ms=N` on submission.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitQuery {
     /// Wait for the outcome (answer `200` with it), up to `wait_ms`.
     #[serde(default)]
     pub wait: bool,
-    /// How long to wait, capped by `server.max_wait_ms` (default: that cap).
-    pub wait_ms: Option<u64>,
+    /// How long to wait, capped by `server.max_wait_ms` (default: that cap); at most an hour.
+    #[param(minimum = 0, maximum = 3600000)]
+    pub wait_ms: Option<u32>,
 }
 
 /// `?wait_ms=N` on status reads: long-poll until the message finishes or the time is up.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct StatusQuery {
-    /// How long to wait for the message to finish, capped by `server.max_wait_ms`.
-    pub wait_ms: Option<u64>,
+    /// How long to wait for the message to finish, capped by `server.max_wait_ms`; at most an
+    /// hour.
+    #[param(minimum = 0, maximum = 3600000)]
+    pub wait_ms: Option<u32>,
 }
 
 /// `POST /v1/batch` body.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
-    /// Submissions (each the body of `POST /v1/messages`).
-    #[schema(value_type = Vec<Object>)]
+    /// Submissions, each the body of `POST /v1/messages`. Any JSON is taken here: an item that
+    /// is not a valid submission gets its own `rejected` result and does not sink the others.
+    #[schema(value_type = Vec<serde_json::Value>)]
     pub messages: Vec<Value>,
     /// Wait for every outcome (asyncio's `gather`), up to `server.max_wait_ms`.
     #[serde(default)]
@@ -268,9 +282,31 @@ async fn json_body(
     })
 }
 
+/// Whether `raw` is written as a message id is: 26 characters of Crockford's base 32 (any
+/// case, without the letters I, L, O and U that decoders would read as others), the first 0-7.
+/// The OpenAPI document's pattern for ids says the same.
+fn is_id_text(raw: &str) -> bool {
+    let b = raw.as_bytes();
+    b.len() == 26
+        && (b'0'..=b'7').contains(&b[0])
+        && b.iter().all(|c| {
+            c.is_ascii_digit()
+                || (c.is_ascii_alphabetic()
+                    && !matches!(c.to_ascii_uppercase(), b'I' | b'L' | b'O' | b'U'))
+        })
+}
+
 fn parse_id(raw: &str) -> Result<MessageId, ApiError> {
-    raw.parse()
-        .map_err(|_| ApiError::NotFound(format!("no message with id {raw:?} (not a message id)")))
+    let bad = || {
+        ApiError::NotFound(format!(
+            "no message with id {:?} (not a message id)",
+            truncated(raw, 64)
+        ))
+    };
+    if !is_id_text(raw) {
+        return Err(bad());
+    }
+    raw.parse().map_err(|_| bad())
 }
 
 fn accepted(id: MessageId, status: Status) -> HttpResponse {
@@ -311,6 +347,7 @@ pub async fn submit(
     query: web::Query<SubmitQuery>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
+    let max_wait = state.wait_for(query.wait_ms)?;
     let msg = json_body(&req, payload, &state)
         .await
         .and_then(|v| submission(v).map_err(ApiError::BadRequest))
@@ -318,10 +355,7 @@ pub async fn submit(
         .into_message(Source::Http);
     let msg = with_client(msg, &req, &state);
     if query.wait {
-        let outcome = state
-            .dispatcher
-            .send_timeout(msg, state.wait_for(query.wait_ms))
-            .await?;
+        let outcome = state.dispatcher.send_timeout(msg, max_wait).await?;
         return Ok(answer(&outcome));
     }
     let id = state.dispatcher.submit(msg)?;
@@ -392,7 +426,7 @@ pub async fn batch(
     let wait = body.wait || query.wait;
     let req = &req;
     let state_ref = &state;
-    let max = state.wait_for(query.wait_ms);
+    let max = state.wait_for(query.wait_ms)?;
     let d = &state.dispatcher;
     let items = body.messages.into_iter().map(|v| async move {
         let msg = match submission(v) {
@@ -431,7 +465,7 @@ pub async fn get_message(
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&id)?;
     let found = match query.wait_ms {
-        Some(ms) => state.dispatcher.wait(id, state.wait_for(Some(ms))).await,
+        Some(ms) => state.dispatcher.wait(id, state.wait_for(Some(ms))?).await,
         None => state.dispatcher.status(id),
     };
     let outcome = found.ok_or_else(|| ApiError::NotFound(format!("no message with id {id}")))?;
@@ -461,11 +495,14 @@ pub async fn list_routes(state: web::Data<AppState>) -> HttpResponse {
 
 /// `?limit=&after=` on the dead-letter list.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DeadLettersQuery {
     /// Most dead letters in one page, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
     /// Start after this id (the `next` of the previous page).
+    #[param(pattern = "^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")]
     pub after: Option<String>,
 }
 
@@ -507,9 +544,14 @@ pub async fn list_dead_letters(
         )));
     }
     let after = match &query.after {
-        Some(a) => Some(a.parse::<MessageId>().map_err(|_| {
-            ApiError::BadRequest(format!("after: not a message id: {:?}", truncated(a, 64)))
-        })?),
+        Some(a) => Some(
+            Some(a)
+                .filter(|a| is_id_text(a))
+                .and_then(|a| a.parse::<MessageId>().ok())
+                .ok_or_else(|| {
+                    ApiError::BadRequest(format!("after: not a message id: {:?}", truncated(a, 64)))
+                })?,
+        ),
         None => None,
     };
     let page = state.dispatcher.dead_letters(after, limit);
@@ -586,8 +628,93 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
 
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", responses((status = 200, description = "OpenAPI 3 description")))]
-pub async fn openapi_json() -> HttpResponse {
-    HttpResponse::Ok().json(ApiDoc::openapi())
+pub async fn openapi_json(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(state.openapi.clone())
+}
+
+/// The OpenAPI document of this server: [`ApiDoc`], with the submission described exactly for
+/// the routes it serves — `kind` one of them, and for each its processor's payload schema, with
+/// the configured limits on `delay_ms` and `timeout_ms`.
+pub fn openapi(dispatcher: &Dispatcher, max_delay_ms: u64, max_timeout_ms: u64) -> Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    let variants: Vec<Value> = dispatcher
+        .routes()
+        .iter()
+        .map(|r| {
+            let mut required = vec!["kind"];
+            if r.payload_schema != json!({}) {
+                required.push("payload");
+            }
+            json!({
+                "type": "object",
+                "title": r.kind,
+                "properties": {
+                    "kind": {"type": "string", "const": r.kind},
+                    "payload": r.payload_schema,
+                    "delay_ms": {"type": ["integer", "null"], "minimum": 0, "maximum": max_delay_ms},
+                    "timeout_ms": {"type": ["integer", "null"], "minimum": 1, "maximum": max_timeout_ms},
+                    "key": {"type": ["string", "null"], "minLength": 1, "maxLength": 256},
+                },
+                "required": required,
+                "additionalProperties": false,
+            })
+        })
+        .collect();
+    // The answers every operation may give besides its own: 401 (when server.tokens is set),
+    // 400 for a malformed query string, and for a body: 400, 408 (too slow), 413, 415 and 503
+    // (the server's body budget is in use).
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        for (path, item) in paths.iter_mut() {
+            let Some(ops) = item.as_object_mut() else {
+                continue;
+            };
+            for op in ops.values_mut() {
+                let has_query = op["parameters"]
+                    .as_array()
+                    .is_some_and(|ps| ps.iter().any(|p| p["in"] == "query"));
+                let has_body = op.get("requestBody").is_some();
+                let mut extra: Vec<(&str, &str)> = Vec::new();
+                if !matches!(path.as_str(), "/healthz" | "/readyz") {
+                    extra.push(("401", "A bearer token is required (server.tokens)"));
+                }
+                if has_query || has_body {
+                    extra.push(("400", "Malformed query string or body"));
+                }
+                if has_body {
+                    extra.push((
+                        "408",
+                        "The body did not arrive within server.body_timeout_ms",
+                    ));
+                    extra.push(("413", "Body over server.max_body_bytes"));
+                    extra.push(("415", "Not JSON"));
+                    extra.push(("503", "Busy, full, degraded or draining (Retry-After)"));
+                }
+                if path == "/v1/messages" && has_body {
+                    extra.push((
+                        "429",
+                        "The client holds its share of the route (Retry-After)",
+                    ));
+                }
+                let responses = &mut op["responses"];
+                for (code, description) in extra {
+                    if responses.get(code).is_none() {
+                        responses[code] = json!({
+                            "description": description,
+                            "content": {"application/problem+json": {
+                                "schema": {"$ref": "#/components/schemas/Problem"}}},
+                        });
+                    }
+                }
+            }
+        }
+    }
+    doc["components"]["schemas"]["Submission"] = json!({
+        "description": "A message: one of the routed kinds, with a payload its processor accepts.",
+        "oneOf": variants,
+    });
+    doc
 }
 
 /// The OpenAPI description, generated from the handlers above.

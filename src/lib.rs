@@ -170,6 +170,13 @@ pub async fn run(
         tokens: s.tokens.clone(),
         body_timeout: Duration::from_millis(s.body_timeout_ms),
         buffered: api::BodyBudget::new(s.max_buffered_body_bytes),
+        openapi: serde_json::to_vec(&api::openapi(
+            &dispatcher,
+            config.dispatch.max_delay_ms,
+            config.settings().max_timeout.as_millis() as u64,
+        ))
+        .unwrap_or_default()
+        .into(),
     });
     let workers = if s.workers == 0 {
         std::thread::available_parallelism().map_or(2, |n| n.get())

@@ -305,8 +305,8 @@ impl Core {
             }
         }
         if let Some(key) = &msg.key {
-            if key.is_empty() || key.len() > 256 {
-                return Err("key must be 1 to 256 bytes".to_owned());
+            if key.is_empty() || key.chars().count() > 256 {
+                return Err("key must be 1 to 256 characters".to_owned());
             }
         }
         match &route.validate {
@@ -540,6 +540,7 @@ impl Dispatcher {
                     running: s.running,
                     restarts: s.restarts,
                     degraded: r.degraded_for(since).is_some(),
+                    payload_schema: r.schema.clone().unwrap_or_else(|| serde_json::json!({})),
                 }
             })
             .collect()
@@ -848,6 +849,7 @@ impl DispatcherBuilder {
                 retries: rs.retries,
                 backoff: rs.backoff,
                 validate: p.validate.clone(),
+                schema: p.schema.clone(),
                 stats: RouteStats::default(),
                 degraded_until: AtomicU64::new(0),
                 restarts: Default::default(),

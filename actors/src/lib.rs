@@ -51,3 +51,43 @@ pub use source::tcp::{StopAccepting, TcpSettings, TcpSource};
 pub use source::timer::{Every, Schedule, ScheduleError, ScheduleHandle};
 pub use source::{client_name, json_depth, parse_json, token_accepted, truncated, Submission};
 pub use store::{MemoryStore, Store};
+
+/// Entry points for the fuzz targets in `fuzz/` (feature `fuzzing`): the parsing that a client's
+/// bytes go through, with no server around it, and the properties it must keep. Not part of the
+/// library's API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    use crate::source::tcp::{read_line, TcpSettings};
+    use crate::source::{parse_json, Submission};
+    use crate::{Kind, Source};
+
+    /// A submission body as HTTP reads it: strict JSON within 64 levels, then the envelope.
+    /// Whatever parses must print back to the same value (numbers exactly as sent).
+    pub fn submission(bytes: &[u8]) {
+        let Ok(value) = parse_json(bytes, 64) else {
+            return;
+        };
+        let printed = value.to_string();
+        let again = parse_json(printed.as_bytes(), 64).expect("what parsed prints as valid JSON");
+        assert_eq!(again, value, "a value survives printing and reading");
+        assert!(crate::json_depth(&value) <= 64);
+        if let Ok(s) = serde_json::from_value::<Submission>(value) {
+            let _ = Kind::is_valid(&s.kind);
+            let _ = s.into_message(Source::Http);
+        }
+    }
+
+    /// A TCP line, with a token required: a line is taken only with the right token, and a
+    /// refused one names a documented code.
+    pub fn tcp_line(bytes: &[u8]) {
+        let settings = TcpSettings {
+            tokens: vec!["s3cret".into()],
+            ..TcpSettings::default()
+        };
+        match read_line(bytes, &settings) {
+            Ok(line) => assert_eq!(line.token.as_deref(), Some("s3cret")),
+            Err(r) => assert!(matches!(r.code, 400 | 401), "code {}", r.code),
+        }
+    }
+}

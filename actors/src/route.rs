@@ -28,6 +28,7 @@ pub(crate) struct Route {
     pub retries: u32,
     pub backoff: Duration,
     pub validate: Option<Validator>,
+    pub schema: Option<serde_json::Value>,
     pub stats: RouteStats,
     /// Milliseconds since the dispatcher's epoch until which the route rejects new messages.
     pub degraded_until: AtomicU64,
@@ -175,4 +176,7 @@ pub struct RouteInfo {
     pub restarts: u64,
     /// Whether the route is rejecting new messages because its processor keeps crashing.
     pub degraded: bool,
+    /// The payloads its processor accepts, as a JSON Schema (`{}`: any JSON).
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub payload_schema: serde_json::Value,
 }

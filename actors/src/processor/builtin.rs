@@ -26,6 +26,17 @@ pub(crate) fn parse<T: for<'de> Deserialize<'de>>(payload: &Value) -> Result<T, 
     T::deserialize(payload).map_err(|e| e.to_string())
 }
 
+/// JSON Schema of an object with exactly these `properties`, `required` ones among them.
+pub(crate) fn object(properties: Value, required: &[&str]) -> Value {
+    json!({"type": "object", "properties": properties, "required": required,
+           "additionalProperties": false})
+}
+
+/// JSON Schema of an integer from `lo` to `hi`.
+pub(crate) fn int(lo: u64, hi: u64) -> Value {
+    json!({"type": "integer", "minimum": lo, "maximum": hi})
+}
+
 fn in_range(name: &str, v: u64, lo: u64, hi: u64) -> Result<(), String> {
     if (lo..=hi).contains(&v) {
         Ok(())
@@ -42,6 +53,7 @@ pub fn echo() -> Processor {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SleepArgs {
+    #[serde(deserialize_with = "crate::source::whole")]
     ms: u64,
 }
 
@@ -56,11 +68,13 @@ pub fn sleep() -> Processor {
         let a: SleepArgs = parse(p)?;
         in_range("ms", a.ms, 0, MAX_SLEEP_MS)
     })
+    .schema(object(json!({"ms": int(0, MAX_SLEEP_MS)}), &["ms"]))
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PrimesArgs {
+    #[serde(deserialize_with = "crate::source::whole")]
     limit: u64,
 }
 
@@ -98,12 +112,17 @@ pub fn primes() -> Processor {
         let a: PrimesArgs = parse(p)?;
         in_range("limit", a.limit, 0, MAX_PRIMES_LIMIT)
     })
+    .schema(object(
+        json!({"limit": int(0, MAX_PRIMES_LIMIT)}),
+        &["limit"],
+    ))
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct HashArgs {
     data: String,
+    #[serde(deserialize_with = "crate::source::whole")]
     rounds: u64,
 }
 
@@ -132,6 +151,10 @@ pub fn hash() -> Processor {
         let a: HashArgs = parse(p)?;
         in_range("rounds", a.rounds, 1, MAX_HASH_ROUNDS)
     })
+    .schema(object(
+        json!({"data": {"type": "string"}, "rounds": int(1, MAX_HASH_ROUNDS)}),
+        &["data", "rounds"],
+    ))
 }
 
 #[derive(Deserialize)]
@@ -149,7 +172,7 @@ struct ChaosArgs {
     mode: ChaosMode,
     #[serde(default)]
     message: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::source::whole_ms")]
     ms: Option<u64>,
 }
 
@@ -174,6 +197,15 @@ pub fn chaos() -> Processor {
         let a: ChaosArgs = parse(p)?;
         in_range("ms", a.ms.unwrap_or(0), 0, MAX_SLEEP_MS)
     })
+    .schema(json!({
+        "type": "object",
+        "properties": {
+            "mode": {"type": "string", "enum": ["echo", "error", "panic", "sleep"]},
+            "message": {"type": ["string", "null"]},
+            "ms": {"type": ["integer", "null"], "minimum": 0, "maximum": MAX_SLEEP_MS},
+        },
+        "required": ["mode"],
+    }))
 }
 
 #[cfg(test)]

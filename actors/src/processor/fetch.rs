@@ -46,7 +46,7 @@ struct FetchArgs {
     headers: BTreeMap<String, String>,
     #[serde(default)]
     body: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::source::whole_ms")]
     timeout_ms: Option<u64>,
 }
 
@@ -235,6 +235,18 @@ pub fn fetch(settings: FetchSettings) -> Processor {
             check_target(&args, &check).map(|_| ())
         },
     )
+    .schema(super::builtin::object(
+        json!({
+            "url": {"type": "string", "format": "uri",
+                    "description": "absolute http(s) URL; loopback, private and link-local \
+                                    targets are refused unless fetch.allow_hosts names them"},
+            "method": {"type": ["string", "null"]},
+            "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+            "body": {"type": ["string", "null"]},
+            "timeout_ms": {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_FETCH_TIMEOUT_MS},
+        }),
+        &["url"],
+    ))
 }
 
 struct Fetch {

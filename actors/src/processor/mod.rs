@@ -203,6 +203,7 @@ pub(crate) enum Make {
 pub struct Processor {
     pub(crate) name: String,
     pub(crate) validate: Option<Validator>,
+    pub(crate) schema: Option<Value>,
     pub(crate) make: Make,
 }
 
@@ -257,6 +258,7 @@ impl Processor {
         Processor {
             name: name.into(),
             validate: None,
+            schema: None,
             make: Make::Async(Arc::new(move || Box::new(factory()))),
         }
     }
@@ -279,6 +281,7 @@ impl Processor {
         Processor {
             name: name.into(),
             validate: None,
+            schema: None,
             make: Make::Cpu(Arc::new(move || Box::new(factory()))),
         }
     }
@@ -290,6 +293,14 @@ impl Processor {
         V: Fn(&Value) -> Result<(), String> + Send + Sync + 'static,
     {
         self.validate = Some(Arc::new(v));
+        self
+    }
+
+    /// Describes the payloads the processor accepts, as a JSON Schema: shown in
+    /// [`RouteInfo::payload_schema`](crate::RouteInfo::payload_schema) (and so in the service's
+    /// `/v1/routes` and OpenAPI document). It documents; `validate` decides.
+    pub fn schema(mut self, schema: Value) -> Processor {
+        self.schema = Some(schema);
         self
     }
 

@@ -38,9 +38,10 @@ pub struct Submission {
     pub key: Option<String>,
 }
 
-/// A count of milliseconds: any JSON number with an integral value from 0 to 2^64-1 (`757`,
-/// `757.0`, `7.57e2`), as JSON Schema's `integer` allows; `null` is none.
-fn whole_ms<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+/// For `#[serde(deserialize_with)]`: a count (of milliseconds, rounds, …) written as any JSON
+/// number with an integral value from 0 to 2^64-1 (`757`, `757.0`, `7.57e2`), as JSON Schema's
+/// `integer` allows; `null` is none.
+pub(crate) fn whole_ms<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     use serde::de::Error;
     let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
         return Ok(None);
@@ -57,6 +58,11 @@ fn whole_ms<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Er
             crate::source::truncated(n.as_str(), 64)
         ))),
     }
+}
+
+/// [`whole_ms`] for a required count.
+pub(crate) fn whole<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    whole_ms(d)?.ok_or_else(|| serde::de::Error::custom("expected a whole number, got null"))
 }
 
 impl Submission {

@@ -297,35 +297,13 @@ impl Connection {
     }
 
     fn submit(&self, text: &[u8], permit: OwnedSemaphorePermit) {
-        let mut value: Value = match parse_json(text, self.settings.max_json_depth) {
-            Ok(v) => v,
-            Err(e) => return self.reject(permit, Value::Null, 400, "invalid", e),
+        let line = match read_line(text, &self.settings) {
+            Ok(line) => line,
+            Err(r) => return self.reject(permit, r.reference, r.code, r.class, r.message),
         };
-        let (reference, token) = match value.as_object_mut() {
-            Some(o) => (o.remove("ref").unwrap_or(Value::Null), o.remove("token")),
-            None => (Value::Null, None),
-        };
-        if !self.settings.tokens.is_empty() {
-            let given = token.as_ref().and_then(Value::as_str);
-            let ok = given.is_some_and(|g| token_accepted(&self.settings.tokens, g));
-            if !ok {
-                let what = if given.is_some() { "wrong" } else { "missing" };
-                return self.reject(
-                    permit,
-                    reference,
-                    401,
-                    "unauthorized",
-                    format!("{what} token: this source needs \"token\" on every line"),
-                );
-            }
-        }
-        let submission: Submission = match serde_json::from_value(value) {
-            Ok(s) => s,
-            Err(e) => return self.reject(permit, reference, 400, "invalid", e.to_string()),
-        };
-        let mut msg = submission.into_message(Source::Tcp);
-        let token = token.as_ref().and_then(Value::as_str);
-        if let Some(c) = client_name(&self.settings.tokens, token, self.peer) {
+        let reference = line.reference;
+        let mut msg = line.submission.into_message(Source::Tcp);
+        if let Some(c) = client_name(&self.settings.tokens, line.token.as_deref(), self.peer) {
             msg = msg.client(c);
         }
         let (d, out, wait) = (
@@ -344,6 +322,67 @@ impl Connection {
             };
             let _ = out.send((line, permit));
         });
+    }
+}
+
+/// A line that can be submitted: its submission, the `ref` to echo and the token it showed.
+#[derive(Debug)]
+pub(crate) struct LineRequest {
+    pub reference: Value,
+    pub token: Option<String>,
+    pub submission: Submission,
+}
+
+/// Why a line is refused before it is submitted: the answer's `ref`, code, class and message.
+#[derive(Debug)]
+pub(crate) struct LineRefused {
+    pub reference: Value,
+    pub code: u16,
+    pub class: &'static str,
+    pub message: String,
+}
+
+/// Reads one line (without its newline): strict JSON within the depth limit, the token check
+/// when tokens are set, then the submission's fields. No I/O and no admission: what a line asks
+/// for, or why it is refused.
+pub(crate) fn read_line(text: &[u8], settings: &TcpSettings) -> Result<LineRequest, LineRefused> {
+    let refused = |reference, code, class, message| LineRefused {
+        reference,
+        code,
+        class,
+        message,
+    };
+    let mut value = parse_json(text, settings.max_json_depth)
+        .map_err(|e| refused(Value::Null, 400, "invalid", e))?;
+    let (reference, token) = match value.as_object_mut() {
+        Some(o) => (o.remove("ref").unwrap_or(Value::Null), o.remove("token")),
+        None => (Value::Null, None),
+    };
+    let token = match token {
+        Some(Value::String(t)) => Some(t),
+        _ => None,
+    };
+    if !settings.tokens.is_empty() {
+        let ok = token
+            .as_deref()
+            .is_some_and(|g| token_accepted(&settings.tokens, g));
+        if !ok {
+            let what = if token.is_some() { "wrong" } else { "missing" };
+            return Err(refused(
+                reference,
+                401,
+                "unauthorized",
+                format!("{what} token: this source needs \"token\" on every line"),
+            ));
+        }
+    }
+    match serde_json::from_value::<Submission>(value) {
+        Ok(submission) => Ok(LineRequest {
+            reference,
+            token,
+            submission,
+        }),
+        Err(e) => Err(refused(reference, 400, "invalid", e.to_string())),
     }
 }
 
