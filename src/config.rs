@@ -265,7 +265,7 @@ pub struct TcpConfig {
 }
 
 fn default_tcp_connections() -> usize {
-    1024
+    256
 }
 
 fn default_tcp_idle() -> u64 {
