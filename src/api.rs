@@ -351,7 +351,11 @@ pub async fn submit(
     let msg = json_body(&req, payload, &state)
         .await
         .and_then(|v| submission(v).map_err(ApiError::BadRequest))
-        .inspect_err(|_| state.dispatcher.refused_malformed())?
+        .inspect_err(|e| {
+            if e.is_malformed_input() {
+                state.dispatcher.refused_malformed();
+            }
+        })?
         .into_message(Source::Http);
     let msg = with_client(msg, &req, &state);
     if query.wait {
@@ -415,7 +419,11 @@ pub async fn batch(
             serde_json::from_value(v)
                 .map_err(|e| ApiError::BadRequest(format!("invalid batch: {e}")))
         })
-        .inspect_err(|_| state.dispatcher.refused_malformed())?;
+        .inspect_err(|e| {
+            if e.is_malformed_input() {
+                state.dispatcher.refused_malformed();
+            }
+        })?;
     if body.messages.len() > state.max_batch {
         return Err(ApiError::TooLarge(format!(
             "{} messages is more than server.max_batch ({})",

@@ -273,7 +273,7 @@ fn default_tcp_idle() -> u64 {
 }
 
 fn default_tcp_pending() -> usize {
-    256
+    64
 }
 
 impl TcpConfig {
@@ -507,6 +507,21 @@ impl Config {
             return err(
                 "dispatch.restart_max_backoff_ms",
                 "expected at most 3600000".into(),
+            );
+        }
+        let needed = mailroom_actors::supervision::time_to_degrade(&self.settings().restart);
+        if needed.as_millis() >= u128::from(d.restart_window_ms) {
+            return err(
+                "dispatch.max_restarts",
+                format!(
+                    "{} restarts need at least {} ms of restart backoff (restart_backoff_ms \
+                     doubling up to restart_max_backoff_ms), longer than restart_window_ms \
+                     ({}): a crash-looping route would never be degraded; lower it (10 with \
+                     the other defaults)",
+                    d.max_restarts + 1,
+                    needed.as_millis(),
+                    d.restart_window_ms
+                ),
             );
         }
         if !(1..=64).contains(&self.pools.io.arbiters) {

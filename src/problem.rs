@@ -66,6 +66,15 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// Whether the client sent something that is not a submission (400, 413, 415): counted as
+    /// `mailroom_messages_rejected_total{kind="",reason="invalid"}`.
+    pub fn is_malformed_input(&self) -> bool {
+        matches!(
+            self,
+            ApiError::BadRequest(_) | ApiError::TooLarge(_) | ApiError::UnsupportedMediaType(_)
+        )
+    }
+
     fn slug(&self) -> (&'static str, &'static str) {
         match self {
             ApiError::BadRequest(_) => ("bad-request", "Bad request"),

@@ -147,7 +147,25 @@ impl Core {
     /// Hands a newly accepted envelope to the router on its route worker's thread (which
     /// forwards it at once, or holds it until its delay is over): no extra thread wake-up.
     fn hand_off(&self, env: Envelope) {
-        self.router(env.route).do_send(Dispatch(env));
+        let router = self.router(env.route);
+        if router.connected() {
+            router.do_send(Dispatch(env));
+        } else {
+            self.undeliverable(vec![env], "router");
+        }
+    }
+
+    /// Fails messages whose router or worker has stopped for good (which only a bug outside
+    /// the processors' panic guard can cause), so they end now rather than at shutdown.
+    pub(crate) fn undeliverable(&self, envs: Vec<Envelope>, what: &str) {
+        for env in envs {
+            tracing::error!(id = %env.id, kind = %env.kind, "the route's {what} has stopped: failing the message");
+            let error = ErrorInfo::new(
+                ErrorClass::Error,
+                format!("the route's {what} has stopped; the message could not be delivered"),
+            );
+            self.finish(env.route, &env.ticket, Status::Failed, None, Some(error));
+        }
     }
 
     /// [`Core::hand_off`] for many: one `DispatchBatch` per router.
@@ -161,8 +179,14 @@ impl Core {
             per_router[r].push(env);
         }
         for (r, batch) in per_router.into_iter().enumerate() {
-            if !batch.is_empty() {
-                self.routers()[r].do_send(DispatchBatch(batch));
+            if batch.is_empty() {
+                continue;
+            }
+            let router = &self.routers()[r];
+            if router.connected() {
+                router.do_send(DispatchBatch(batch));
+            } else {
+                self.undeliverable(batch, "router");
             }
         }
     }
@@ -195,7 +219,7 @@ impl Core {
         }
         env.not_before =
             Some(due.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365)));
-        self.router(env.route).do_send(Dispatch(env));
+        self.hand_off(env);
     }
 
     fn admit(&self, msg: Message, waiter: Option<Waiter>) -> Result<Admitted, Rejected> {

@@ -95,13 +95,18 @@ impl Router {
         }
     }
 
-    /// Hands envelopes of one route to its worker.
+    /// Hands envelopes of one route to its worker; if the worker has stopped for good (a bug
+    /// outside the processor's panic guard), they fail at once instead of waiting for shutdown.
     fn send(&self, route: usize, batch: Vec<Envelope>) {
-        self.core.routes[route]
+        let worker = self.core.routes[route]
             .worker
             .get()
-            .expect("workers are started in build()")
-            .do_send(Run(batch));
+            .expect("workers are started in build()");
+        if worker.connected() {
+            worker.do_send(Run(batch));
+        } else {
+            self.core.undeliverable(batch, "worker");
+        }
     }
 
     /// Arms the timer for the earliest waiting envelope, if it is earlier than the armed one.

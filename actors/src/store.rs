@@ -230,6 +230,10 @@ pub trait Store: Send + Sync + 'static {
         result: Option<Value>,
         error: Option<ErrorInfo>,
     ) -> Option<Finished>;
+    /// Whether the message has reached its terminal state.
+    fn is_finished(&self, ticket: &Ticket) -> bool {
+        self.get(ticket.id).is_none_or(|o| o.status.is_terminal())
+    }
     /// The ticket of a message that is still held (`None` if unknown or evicted).
     fn ticket(&self, id: MessageId) -> Option<Ticket>;
     /// queued | delayed → cancelled. Running and finished messages cannot be cancelled.
@@ -578,6 +582,10 @@ impl Store for MemoryStore {
 
     fn ticket(&self, id: MessageId) -> Option<Ticket> {
         self.cell(id).map(|c| Ticket::new(id, c))
+    }
+
+    fn is_finished(&self, ticket: &Ticket) -> bool {
+        self.cell_of(ticket).state.lock().status.is_terminal()
     }
 
     fn cancel(&self, id: MessageId, error: ErrorInfo) -> Result<Finished, CancelError> {

@@ -69,7 +69,7 @@ impl RestartWindow {
 /// The least time `policy` lets `max_restarts + 1` restarts take (the sum of the backoffs
 /// before them): if it is not shorter than the window, a crash-looping processor can never go
 /// over the budget and its route is never degraded.
-pub(crate) fn time_to_degrade(policy: &RestartPolicy) -> Duration {
+pub fn time_to_degrade(policy: &RestartPolicy) -> Duration {
     (2..=policy.max_restarts.saturating_add(1))
         .map(|n| {
             policy

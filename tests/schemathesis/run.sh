@@ -5,7 +5,8 @@
 #
 #   bash tests/schemathesis/run.sh [EXAMPLES]      (default 50 per operation)
 #
-# Needs the `st` command: SCHEMATHESIS=/path/to/st, else `st` on PATH. .ci/run installs it in a
+# Needs the `st` command: SCHEMATHESIS=/path/to/st, else `st` on PATH (SCHEMATHESIS_PHASES picks
+# its phases; all four by default). .ci/run installs it in a
 # virtual environment. Excluded, each for a documented reason:
 #   use_after_free — DELETE /v1/messages/{id} cancels; the message stays readable (status
 #                    "cancelled"), as the API documents.
@@ -29,5 +30,6 @@ done
 echo "== schemathesis against http://$addr ($examples examples per operation)"
 "$st" run "http://$addr/openapi.json" \
   --checks all --exclude-checks use_after_free \
+  --phases "${SCHEMATHESIS_PHASES:-examples,coverage,fuzzing,stateful}" \
   --max-examples "$examples" --workers 2 --seed 1 \
   --generation-deterministic 2>&1

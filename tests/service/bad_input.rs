@@ -47,6 +47,11 @@ async fn every_bad_input_gets_its_documented_status_and_the_server_keeps_serving
         ("bad wait flag", "/v1/messages?wait=maybe", Some((j, br#"{"kind": "echo"}"#.to_vec())), 400),
         ("batch over the limit", "/v1/batch", Some((j, br#"{"messages": [{"kind":"echo"},{"kind":"echo"},{"kind":"echo"},{"kind":"echo"}]}"#.to_vec())), 413),
         ("batch without messages", "/v1/batch", Some((j, br#"{"msgs": []}"#.to_vec())), 400),
+        ("duplicate key", "/v1/messages", Some((j, br#"{"kind": "echo", "kind": "sleep"}"#.to_vec())), 400),
+        ("fetch Host header", "/v1/messages", Some((j, br#"{"kind": "fetch", "payload": {"url": "http://example.com/", "headers": {"Host": "10.0.0.1"}}}"#.to_vec())), 422),
+        ("fetch IPv4-compatible loopback", "/v1/messages", Some((j, br#"{"kind": "fetch", "payload": {"url": "http://[::127.0.0.1]/"}}"#.to_vec())), 422),
+        ("fetch NAT64 loopback", "/v1/messages", Some((j, br#"{"kind": "fetch", "payload": {"url": "http://[64:ff9b::7f00:1]/"}}"#.to_vec())), 422),
+        ("wait_ms over an hour", "/v1/messages?wait=true&wait_ms=3600001", Some((j, br#"{"kind": "echo"}"#.to_vec())), 400),
     ];
     for (name, path, body, status) in cases {
         let r = s.request("POST", path, body, None).await;
@@ -69,11 +74,37 @@ async fn every_bad_input_gets_its_documented_status_and_the_server_keeps_serving
         ),
         ("unknown path", "GET", "/v2/nothing", 404),
         ("wrong method", "PUT", "/v1/messages", 405),
+        (
+            "dead letters past the page limit",
+            "GET",
+            "/v1/dead-letters?limit=1001",
+            400,
+        ),
     ] {
         let r = s.request(method, path, None, None).await;
         assert_eq!(r.status, status, "{name}: {}", r.text);
         r.assert_problem(status);
     }
+    // A 405 says what the path allows.
+    let r = s
+        .request("PUT", "/v1/messages/01M85WFMW30003QCEC9V9P033C", None, None)
+        .await;
+    assert_eq!(r.header("allow"), Some("GET, DELETE"));
+    // A long kind is not echoed back whole.
+    let long = s
+        .post("/v1/messages", json!({"kind": "k".repeat(3_000)}))
+        .await;
+    long.assert_problem(422);
+    assert!(long.text.len() < 1000, "{} bytes", long.text.len());
+    // Integral numbers are whole numbers wherever a count is asked for.
+    let r = s
+        .post(
+            "/v1/messages?wait=true",
+            json!({"kind": "sleep", "payload": {"ms": 1.0}, "delay_ms": 0.0}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["result"], json!({"slept_ms": 1}));
     // Cancelling a finished message is a conflict.
     let done = s
         .post(
@@ -95,13 +126,19 @@ async fn every_bad_input_gets_its_documented_status_and_the_server_keeps_serving
     assert_eq!(ok.body["result"], "still here");
     let m = s.metrics().await;
     assert_eq!(m["mailroom_messages_accepted_total{kind=\"echo\"}"], 2.0);
+    assert_eq!(m["mailroom_messages_accepted_total{kind=\"sleep\"}"], 1.0);
     assert_eq!(
         m["mailroom_messages_rejected_total{kind=\"\",reason=\"no_route\"}"],
-        2.0
+        3.0
     );
     assert_eq!(
         m["mailroom_messages_rejected_total{kind=\"sleep\",reason=\"invalid\"}"],
         3.0
+    );
+    // Envelopes refused before they named a routable kind: the 400s (and 413, 415) above.
+    assert_eq!(
+        m["mailroom_messages_rejected_total{kind=\"\",reason=\"invalid\"}"],
+        14.0
     );
     s.stop().await;
 }

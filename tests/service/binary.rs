@@ -158,6 +158,19 @@ async fn check_config_reports_good_and_bad_files() {
         r.stderr.trim(),
         "mailroom: MAILROOM_DISPATCH__RESTART_MAX_BACKOFF_MS: dispatch.restart_max_backoff_ms: expected at most 3600000"
     );
+    // A restart budget the backoff can never exhaust within its window is refused, by key.
+    let r = mailroom(
+        args(&["check-config", &shipped]),
+        vec![("MAILROOM_DISPATCH__MAX_RESTARTS", "100".into())],
+    )
+    .await;
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.starts_with("mailroom: MAILROOM_DISPATCH__MAX_RESTARTS: dispatch.max_restarts: 101 restarts need at least"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("would never be degraded"), "{}", r.stderr);
     // A schedule whose payload its route refuses would be rejected at every tick: check-config
     // says so (and serve refuses to start), without running anything.
     let dir = tempfile::tempdir().unwrap();

@@ -204,3 +204,17 @@ where
     }
     false
 }
+
+/// Runs the tests that load the machine (attacks, soak) one at a time, so each one's figures
+/// (RSS, `/healthz` latency) are its own; and raises this process's open-file limit to its hard
+/// limit once (the attack tests open a thousand sockets; the servers they start inherit it).
+pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    static RAISED: std::sync::Once = std::sync::Once::new();
+    RAISED.call_once(|| {
+        if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+            eprintln!("could not raise the open-file limit: {e}");
+        }
+    });
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -37,8 +37,12 @@ fn body(n: u64) -> Value {
     }
 }
 
+// The guard only keeps the heavy tests from running at once; each test has its own runtime and
+// thread, so holding it across awaits cannot deadlock.
+#[allow(clippy::await_holding_lock)]
 #[actix_rt::test]
 async fn overload_with_panics_loses_nothing_and_memory_comes_back() {
+    let _heavy = crate::common::heavy();
     let served = serve(
         r#"
 [server]

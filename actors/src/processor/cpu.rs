@@ -111,9 +111,12 @@ impl Handoff {
         if let Some(env) = st.env.take() {
             return Some((env, result));
         }
-        st.parked
-            .take()
-            .map(|(env, t)| (env, JobResult::TimedOut(t)))
+        // A parked attempt ended by its timeout; a panic on the way out still counts as one
+        // (against the restart budget).
+        st.parked.take().map(|(env, t)| match result {
+            JobResult::Panicked(text) => (env, JobResult::Panicked(text)),
+            _ => (env, JobResult::TimedOut(t)),
+        })
     }
 
     /// Thread side: marks the message running and returns its attempt number, or `None` when

@@ -463,6 +463,14 @@ impl Handler<Run> for Worker {
             self.prune();
         }
         self.backlog.extend(msg.0);
+        // Only cancelled messages can take the backlog past the route's capacity (a cancel
+        // frees its place at once, its envelope stays here until reached): drop them then, so
+        // submitting and cancelling behind a busy route does not grow it.
+        let capacity = self.core.routes[self.route].capacity as usize;
+        if self.backlog.len() > capacity {
+            let store = &self.core.store;
+            self.backlog.retain(|env| !store.is_finished(&env.ticket));
+        }
         self.pump(ctx);
     }
 }

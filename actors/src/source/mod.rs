@@ -170,21 +170,32 @@ impl<'de> serde::de::Visitor<'de> for Strict {
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let inner = self.inner();
-        // Objects are small: a sorted vector of the keys seen beats a hash set.
-        let mut seen: Vec<std::borrow::Cow<'de, str>> = Vec::new();
+        // Most objects are small: a linear look through a short vector of the keys seen beats
+        // hashing; past 16 keys, a hash set (so a body of many keys stays linear to check).
+        let mut few: Vec<std::borrow::Cow<'de, str>> = Vec::new();
+        let mut many: std::collections::HashSet<std::borrow::Cow<'de, str>> = Default::default();
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            if seen.is_empty() && key == "$serde_json::private::Number" {
+            if few.is_empty() && key == "$serde_json::private::Number" {
                 // With `arbitrary_precision` a number is handed over as a one-entry map.
                 return map.next_value::<serde::de::IgnoredAny>().map(|_| ());
             }
-            match seen.binary_search(&key) {
-                Ok(_) => {
-                    return Err(serde::de::Error::custom(format_args!(
-                        "duplicate key {:?}",
-                        truncated(&key, 64)
-                    )))
+            let duplicate = if few.len() < 16 {
+                let seen = few.contains(&key);
+                if !seen {
+                    few.push(key.clone());
                 }
-                Err(at) => seen.insert(at, key),
+                seen
+            } else {
+                if many.is_empty() {
+                    many.extend(few.iter().cloned());
+                }
+                !many.insert(key.clone())
+            };
+            if duplicate {
+                return Err(serde::de::Error::custom(format_args!(
+                    "duplicate key {:?}",
+                    truncated(&key, 64)
+                )));
             }
             map.next_value_seed(inner)?;
         }
@@ -206,8 +217,9 @@ pub fn truncated(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
 }
 
 /// Who a submission comes from, for per-client limits: the token it showed (by its place in
-/// `tokens`, never its text) when tokens are set, else its address. HTTP and TCP name clients
-/// alike, so one client has one share over both.
+/// `tokens`, never its text) when tokens are set, else its address — for IPv6 its /64, which one
+/// host commonly holds whole. HTTP and TCP name clients alike, so one client has one share over
+/// both.
 pub fn client_name(
     tokens: &[String],
     token: Option<&str>,
@@ -221,7 +233,16 @@ pub fn client_name(
             return Some(format!("token#{i}"));
         }
     }
-    peer.map(|ip| ip.to_string())
+    peer.map(|ip| match ip {
+        std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or_else(String::new, |v4| v4.to_string()),
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+    })
 }
 
 /// Depth of the deepest nesting in a JSON value (a scalar is depth 1).
@@ -273,6 +294,16 @@ mod tests {
         let dup = parse_json(br#"{"kind": "echo", "payload": {"a": 1, "a": 2}}"#, 64);
         assert!(dup.unwrap_err().contains("duplicate key \"a\""));
         assert!(parse_json(br#"{"a": 1, "b": {"a": 2}}"#, 64).is_ok());
+        // Many keys, in descending order: linear, and a late duplicate is still found.
+        let keys: Vec<String> = (0..100_000).rev().map(|i| format!("\"k{i}\":0")).collect();
+        let body = format!("{{{}}}", keys.join(","));
+        let started = std::time::Instant::now();
+        assert!(parse_json(body.as_bytes(), 4).is_ok());
+        let dup = format!("{{{},\"k5\":1}}", keys.join(","));
+        assert!(parse_json(dup.as_bytes(), 4)
+            .unwrap_err()
+            .contains("duplicate key \"k5\""));
+        println!("100,000 keys checked twice in {:?}", started.elapsed());
         // A scalar is a level too, as in `json_depth`.
         assert!(parse_json(b"[[[1]]]", 4).is_ok());
         assert!(parse_json(b"[[[1]]]", 3)
@@ -288,6 +319,33 @@ mod tests {
         assert_eq!(parse_json(b"1e308", 1).unwrap().to_string(), "1e+308");
         assert_eq!(truncated("abcdef", 3), "abc…");
         assert_eq!(truncated("ééé", 3), "é…");
+    }
+
+    #[test]
+    fn clients_are_named_by_token_else_address() {
+        let tokens = ["a".to_owned(), "b".to_owned()];
+        let ip = |s: &str| Some(s.parse().unwrap());
+        assert_eq!(
+            client_name(&tokens, Some("b"), ip("10.0.0.1")).unwrap(),
+            "token#1"
+        );
+        assert_eq!(
+            client_name(&tokens, None, ip("10.0.0.1")).unwrap(),
+            "10.0.0.1"
+        );
+        assert_eq!(
+            client_name(&[], None, ip("2001:db8:1:2:3:4:5:6")).unwrap(),
+            "2001:db8:1:2::/64"
+        );
+        assert_eq!(
+            client_name(&[], None, ip("2001:db8:1:2:ffff::1")).unwrap(),
+            "2001:db8:1:2::/64"
+        );
+        assert_eq!(
+            client_name(&[], None, ip("::ffff:10.0.0.1")).unwrap(),
+            "10.0.0.1"
+        );
+        assert_eq!(client_name(&[], None, None), None);
     }
 
     #[test]

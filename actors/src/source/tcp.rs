@@ -57,7 +57,7 @@ pub struct TcpSettings {
     /// A connection with no answer pending that completes no line for this long is closed
     /// (default 60 s).
     pub idle_timeout: Duration,
-    /// Most lines of one connection read and not yet answered (default 256).
+    /// Most lines of one connection read and not yet answered (default 64).
     pub max_pending: usize,
 }
 
@@ -70,7 +70,7 @@ impl Default for TcpSettings {
             tokens: Vec::new(),
             max_connections: 256,
             idle_timeout: Duration::from_secs(60),
-            max_pending: 256,
+            max_pending: 64,
         }
     }
 }
@@ -197,7 +197,12 @@ fn refuse(stream: TcpStream, max: usize) {
         let mut stream = stream;
         let write = async {
             stream.write_all(format!("{line}\n").as_bytes()).await?;
-            stream.shutdown().await
+            stream.shutdown().await?;
+            // Read what the client sent until it closes (for a second at most): closing with
+            // unread input would reset the connection and could lose the line just written.
+            let mut sink = [0u8; 4096];
+            while stream.read(&mut sink).await? > 0 {}
+            Ok::<_, io::Error>(())
         };
         let _ = actix_rt::time::timeout(Duration::from_secs(1), write).await;
     });
@@ -254,17 +259,27 @@ impl Connection {
         // The writer ends when the connection actor and every pending answer have dropped
         // their senders, i.e. after the last answer is written. Each written answer gives its
         // pending place back, which lets the reader read another line.
+        // An answer that cannot be written within the idle timeout (a client that stopped
+        // reading) ends the connection: its pending answers are dropped, and its reader ends
+        // when it next waits for a pending place.
+        let stall = settings.idle_timeout;
+        let pending = Arc::new(Semaphore::new(settings.max_pending));
+        let closing = pending.clone();
         actix_rt::spawn(async move {
             let _slot = slot;
             while let Some((line, permit)) = rx.recv().await {
-                if write.write_all(line.as_bytes()).await.is_err() {
-                    break;
+                match actix_rt::time::timeout(stall, write.write_all(line.as_bytes())).await {
+                    Ok(Ok(())) => drop(permit),
+                    Ok(Err(_)) => break,
+                    Err(_) => {
+                        tracing::debug!("TCP client is not reading its answers: closing");
+                        break;
+                    }
                 }
-                drop(permit);
             }
+            closing.close();
             let _ = write.shutdown().await;
         });
-        let pending = Arc::new(Semaphore::new(settings.max_pending));
         let reader = lines(read, settings.clone(), pending);
         Connection::create(move |ctx| {
             ctx.add_stream(reader);
@@ -419,6 +434,7 @@ fn lines(
         async move {
             let mut reader = reader?;
             let max = settings.max_line_bytes;
+            // Closed by the writer when the client stopped reading: the connection ends.
             let permit = pending.clone().acquire_owned().await.ok()?;
             loop {
                 let mut buf = Vec::new();
