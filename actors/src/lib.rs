@@ -18,12 +18,15 @@
 //! - [`metrics`] — the ledger snapshot.
 //! - [`source`] — event sources as actors (the timer; the TCP source).
 //! - [`settings`] — plain settings structs; the library reads no files.
+//! - [`journal`] — the on-disk log (checksummed records, group commit) that the durable store
+//!   is built on.
 
 mod alarm;
 pub mod dead_letters;
 pub mod dispatcher;
 pub mod envelope;
 pub mod error;
+pub mod journal;
 pub mod metrics;
 pub mod processor;
 pub mod route;

@@ -1,0 +1,635 @@
+//! The journal's log: records appended to segment files on disk, each with a checksum, written
+//! by one thread that shares each fsync among every record waiting for it (group commit).
+//!
+//! A segment is `NNNNNNNNNNNNNNNN.log` (its sequence number) in the journal's folder: an 8-byte
+//! header (`MRJRNL01`), then records, each `length (u32 LE) · crc32 of the bytes (u32 LE) ·
+//! bytes`. Records are opaque bytes here; what they mean is the store's business.
+//!
+//! Failure: [`scan`] reads every segment in order. A record cut short at the very end of the
+//! last segment — a crash in the middle of a write — is a *torn tail*: reported (file, offset,
+//! bytes) and dropped by [`Log::open`], which truncates the file there and goes on. Anything
+//! else that does not check out (a bad checksum with records after it, a short record in an
+//! earlier segment, a bad header) is corruption: [`ScanError::Corrupt`] names the file and
+//! offset, and nothing is opened. A write or fsync that fails is reported to every record of
+//! its batch and the segment is cut back to its last good length, so a later write that
+//! succeeds follows whole records only.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+/// The first bytes of every segment.
+const MAGIC: &[u8; 8] = b"MRJRNL01";
+/// Longest record accepted (a message is at most a megabyte or so; this leaves room).
+pub const MAX_RECORD: u32 = 64 * 1024 * 1024;
+/// A segment is closed and the next begun once it holds this many bytes.
+const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// Most bytes written between two fsyncs of one batch.
+const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
+
+/// When appended records reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fsync {
+    /// Each record is acknowledged after an fsync that covers it (records waiting at the same
+    /// time share one).
+    Always,
+    /// Records are acknowledged once written; an fsync runs at least this often while records
+    /// arrive.
+    Interval(Duration),
+    /// Records are acknowledged once written; the operating system decides when they reach
+    /// the disk.
+    Never,
+}
+
+/// A torn tail found by [`scan`]: where the last whole record ends, and what follows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Torn {
+    /// The segment.
+    pub file: PathBuf,
+    /// Offset of the first byte that is not part of a whole record.
+    pub offset: u64,
+    /// Bytes from there to the end of the file.
+    pub bytes: u64,
+}
+
+/// What [`scan`] found.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// Every whole record, oldest first.
+    pub records: Vec<Vec<u8>>,
+    /// The segments, oldest first.
+    pub segments: Vec<PathBuf>,
+    /// A torn tail of the last segment, if there is one.
+    pub torn: Option<Torn>,
+    /// Bytes of whole records and headers.
+    pub bytes: u64,
+}
+
+/// Why a journal cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    /// The folder or a segment could not be read.
+    #[error("cannot read the journal: {0}")]
+    Io(#[from] io::Error),
+    /// A segment holds something that is not a whole record, and not at the end.
+    #[error("journal corrupt: {file} at offset {offset}: {reason}")]
+    Corrupt {
+        /// The segment.
+        file: PathBuf,
+        /// Where the bad record begins.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn segment_name(seq: u64) -> String {
+    format!("{seq:016}.log")
+}
+
+/// The segment files of `dir`, oldest first, with their sequence numbers.
+fn segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        let seq = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".log"))
+            .filter(|n| n.len() == 16)
+            .and_then(|n| n.parse::<u64>().ok());
+        if let Some(seq) = seq {
+            found.push((seq, path));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Reads every record of the journal in `dir` (which must exist), checking each checksum.
+pub fn scan(dir: &Path) -> Result<Scan, ScanError> {
+    let files = segments(dir)?;
+    let mut scan = Scan::default();
+    let last = files.len().saturating_sub(1);
+    for (i, (_, path)) in files.iter().enumerate() {
+        let mut data = Vec::new();
+        File::open(path)?.read_to_end(&mut data)?;
+        let corrupt = |offset: usize, reason: String| ScanError::Corrupt {
+            file: path.clone(),
+            offset: offset as u64,
+            reason,
+        };
+        let is_last = i == last;
+        if data.len() < MAGIC.len() {
+            // A segment begun just before a crash may not even have its header yet.
+            if is_last && MAGIC.starts_with(&data) {
+                scan.torn = Some(Torn {
+                    file: path.clone(),
+                    offset: 0,
+                    bytes: data.len() as u64,
+                });
+                scan.segments.push(path.clone());
+                continue;
+            }
+            return Err(corrupt(0, "shorter than a segment header".into()));
+        }
+        if &data[..MAGIC.len()] != MAGIC {
+            return Err(corrupt(0, "not a Mailroom journal segment".into()));
+        }
+        scan.segments.push(path.clone());
+        scan.bytes += MAGIC.len() as u64;
+        let mut at = MAGIC.len();
+        while at < data.len() {
+            let rest = data.len() - at;
+            let torn_here = || Torn {
+                file: path.clone(),
+                offset: at as u64,
+                bytes: rest as u64,
+            };
+            if rest < 8 {
+                if is_last {
+                    scan.torn = Some(torn_here());
+                    break;
+                }
+                return Err(corrupt(
+                    at,
+                    format!("{rest} bytes, less than a record header"),
+                ));
+            }
+            let len = u32::from_le_bytes(data[at..at + 4].try_into().expect("4 bytes"));
+            let crc = u32::from_le_bytes(data[at + 4..at + 8].try_into().expect("4 bytes"));
+            let end = at + 8 + len as usize;
+            if len == 0 || len > MAX_RECORD {
+                if is_last && data[at..].iter().all(|&b| b == 0) {
+                    scan.torn = Some(torn_here()); // zeros where a record was being written
+                    break;
+                }
+                return Err(corrupt(at, format!("record length {len} is not valid")));
+            }
+            if end > data.len() {
+                if is_last {
+                    scan.torn = Some(torn_here());
+                    break;
+                }
+                return Err(corrupt(at, format!("record of {len} bytes cut short")));
+            }
+            let bytes = &data[at + 8..end];
+            if crc32fast::hash(bytes) != crc {
+                if is_last && end == data.len() {
+                    scan.torn = Some(torn_here()); // the last write did not finish
+                    break;
+                }
+                return Err(corrupt(at, "checksum mismatch".into()));
+            }
+            scan.records.push(bytes.to_vec());
+            scan.bytes += 8 + u64::from(len);
+            at = end;
+        }
+    }
+    Ok(scan)
+}
+
+/// Counts of what the writer has done, for metrics and benchmarks.
+#[derive(Debug, Default)]
+pub struct LogStats {
+    /// Records written.
+    pub records: AtomicU64,
+    /// Batches written (each one write, and one fsync with [`Fsync::Always`]).
+    pub batches: AtomicU64,
+    /// fsyncs done.
+    pub fsyncs: AtomicU64,
+    /// Writes or fsyncs that failed.
+    pub failures: AtomicU64,
+}
+
+/// The answer to an append: `Ok` once the record is as durable as the [`Fsync`] mode promises.
+pub type Ack = oneshot::Receiver<Result<(), Arc<io::Error>>>;
+
+struct Append {
+    bytes: Vec<u8>,
+    ack: Option<oneshot::Sender<Result<(), Arc<io::Error>>>>,
+}
+
+/// An open journal: appends go to a writer thread.
+pub struct Log {
+    tx: Option<mpsc::Sender<Append>>,
+    thread: Option<JoinHandle<()>>,
+    stats: Arc<LogStats>,
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log").field("stats", &self.stats).finish()
+    }
+}
+
+impl Log {
+    /// Opens the journal in `dir` (created if missing): scans it, drops a torn tail (cutting the
+    /// last segment back to its last whole record, with a warning), and starts the writer
+    /// thread, which appends to the last segment. Returns the log and what the scan read.
+    pub fn open(dir: &Path, fsync: Fsync) -> Result<(Log, Scan), ScanError> {
+        fs::create_dir_all(dir)?;
+        let scan = scan(dir)?;
+        if let Some(torn) = &scan.torn {
+            tracing::warn!(
+                file = %torn.file.display(),
+                offset = torn.offset,
+                bytes = torn.bytes,
+                "journal: dropping a torn tail (a write cut short by a crash)"
+            );
+            let f = OpenOptions::new().write(true).open(&torn.file)?;
+            f.set_len(torn.offset)?;
+            f.sync_all()?;
+        }
+        let seq = segments(dir)?.last().map_or(1, |(seq, _)| *seq);
+        let segment = Segment::open(dir, seq)?;
+        let stats = Arc::new(LogStats::default());
+        let (tx, rx) = mpsc::channel();
+        let writer = Writer {
+            dir: dir.to_owned(),
+            segment,
+            fsync,
+            stats: stats.clone(),
+            last_sync: Instant::now(),
+            dirty: false,
+        };
+        let thread = std::thread::Builder::new()
+            .name("mailroom-journal".into())
+            .spawn(move || writer.run(rx))?;
+        Ok((
+            Log {
+                tx: Some(tx),
+                thread: Some(thread),
+                stats,
+            },
+            scan,
+        ))
+    }
+
+    /// Appends a record; the returned [`Ack`] resolves when it is durable (see [`Fsync`]), or
+    /// with the error that kept it from being written.
+    pub fn append(&self, bytes: Vec<u8>) -> Ack {
+        let (tx, rx) = oneshot::channel();
+        self.send(Append {
+            bytes,
+            ack: Some(tx),
+        });
+        rx
+    }
+
+    /// Appends a record nobody waits for.
+    pub fn append_detached(&self, bytes: Vec<u8>) {
+        self.send(Append { bytes, ack: None });
+    }
+
+    fn send(&self, append: Append) {
+        if let Some(tx) = &self.tx {
+            // The writer only stops when the log is dropped; a failed send drops the ack,
+            // which the waiter sees as an error.
+            let _ = tx.send(append);
+        }
+    }
+
+    /// What the writer has done so far.
+    pub fn stats(&self) -> &LogStats {
+        &self.stats
+    }
+}
+
+impl Drop for Log {
+    /// Lets the writer finish what was appended (and fsync it), then joins it.
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The segment being appended to.
+struct Segment {
+    seq: u64,
+    out: BufWriter<File>,
+    /// Length of the file up to its last whole record.
+    good: u64,
+}
+
+impl Segment {
+    fn open(dir: &Path, seq: u64) -> io::Result<Segment> {
+        let path = dir.join(segment_name(seq));
+        let mut file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&path)?;
+        let mut good = file.seek(SeekFrom::End(0))?;
+        if good == 0 {
+            file.write_all(MAGIC)?;
+            file.sync_all()?;
+            // The new file's name must survive a crash too.
+            File::open(dir)?.sync_all()?;
+            good = MAGIC.len() as u64;
+        }
+        Ok(Segment {
+            seq,
+            out: BufWriter::with_capacity(256 * 1024, file),
+            good,
+        })
+    }
+}
+
+struct Writer {
+    dir: PathBuf,
+    segment: Segment,
+    fsync: Fsync,
+    stats: Arc<LogStats>,
+    last_sync: Instant,
+    /// Written since the last fsync.
+    dirty: bool,
+}
+
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<Append>) {
+        loop {
+            let first = match self.fsync {
+                Fsync::Interval(every) if self.dirty => {
+                    match rx.recv_timeout(every.saturating_sub(self.last_sync.elapsed())) {
+                        Ok(a) => a,
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            let _ = self.sync();
+                            continue;
+                        }
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+                _ => match rx.recv() {
+                    Ok(a) => a,
+                    Err(_) => break,
+                },
+            };
+            // Everything already waiting joins this batch: one write, one fsync.
+            let mut batch = vec![first];
+            let mut bytes = batch[0].bytes.len();
+            while bytes < MAX_BATCH_BYTES {
+                match rx.try_recv() {
+                    Ok(a) => {
+                        bytes += a.bytes.len();
+                        batch.push(a);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let result = self.write(&batch).map_err(Arc::new);
+            for a in batch {
+                if let Some(ack) = a.ack {
+                    let _ = ack.send(result.clone());
+                }
+            }
+        }
+        if self.dirty {
+            let _ = self.sync();
+        }
+    }
+
+    /// Writes a batch (and fsyncs it, as the mode says). On failure the segment is cut back to
+    /// its last whole record.
+    fn write(&mut self, batch: &[Append]) -> io::Result<()> {
+        let attempt = (|| {
+            let mut added = 0u64;
+            for a in batch {
+                let len = u32::try_from(a.bytes.len())
+                    .ok()
+                    .filter(|&l| l > 0 && l <= MAX_RECORD)
+                    .ok_or_else(|| {
+                        io::Error::new(io::ErrorKind::InvalidInput, "record empty or too long")
+                    })?;
+                self.segment.out.write_all(&len.to_le_bytes())?;
+                self.segment
+                    .out
+                    .write_all(&crc32fast::hash(&a.bytes).to_le_bytes())?;
+                self.segment.out.write_all(&a.bytes)?;
+                added += 8 + u64::from(len);
+            }
+            self.segment.out.flush()?;
+            self.dirty = true;
+            if self.fsync == Fsync::Always {
+                self.sync()?;
+            }
+            Ok(added)
+        })();
+        match attempt {
+            Ok(added) => {
+                self.segment.good += added;
+                self.stats.records.fetch_add(batch.len() as u64, Relaxed);
+                self.stats.batches.fetch_add(1, Relaxed);
+                if let Fsync::Interval(every) = self.fsync {
+                    if self.last_sync.elapsed() >= every {
+                        self.sync()?;
+                    }
+                }
+                if self.segment.good >= SEGMENT_BYTES {
+                    self.rotate()?;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.stats.failures.fetch_add(1, Relaxed);
+                tracing::error!(error = %e, records = batch.len(), "journal: write failed; the records were not accepted");
+                self.recover();
+                Err(e)
+            }
+        }
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        self.segment.out.get_ref().sync_data()?;
+        self.stats.fsyncs.fetch_add(1, Relaxed);
+        self.last_sync = Instant::now();
+        self.dirty = false;
+        Ok(())
+    }
+
+    /// After a failed write: drops whatever of it is buffered or on disk, so the segment ends
+    /// with its last whole record again.
+    fn recover(&mut self) {
+        let path = self.dir.join(segment_name(self.segment.seq));
+        let reopened = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&path)
+            .and_then(|f| {
+                f.set_len(self.segment.good)?;
+                Ok(f)
+            });
+        match reopened {
+            // The old writer (and what it buffered) is dropped without flushing into the file.
+            Ok(f) => {
+                let old = std::mem::replace(&mut self.segment.out, BufWriter::new(f));
+                let _ = old.into_parts();
+            }
+            Err(e) => {
+                tracing::error!(error = %e, file = %path.display(), "journal: cannot cut the segment back after a failed write");
+            }
+        }
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        self.sync()?;
+        self.segment = Segment::open(&self.dir, self.segment.seq + 1)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block_on(ack: Ack) -> Result<Result<(), Arc<io::Error>>, oneshot::error::RecvError> {
+        ack.blocking_recv()
+    }
+
+    #[test]
+    fn records_come_back_in_order_after_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (log, scan) = Log::open(dir.path(), Fsync::Always).unwrap();
+            assert!(scan.records.is_empty());
+            let acks: Vec<Ack> = (0..100)
+                .map(|i| log.append(format!("record {i}").into_bytes()))
+                .collect();
+            for a in acks {
+                block_on(a).unwrap().unwrap();
+            }
+            let s = log.stats();
+            assert_eq!(s.records.load(Relaxed), 100);
+            assert!(s.fsyncs.load(Relaxed) >= 1);
+            assert!(s.fsyncs.load(Relaxed) <= 100, "group commit shares fsyncs");
+        }
+        let (log, scan) = Log::open(dir.path(), Fsync::Never).unwrap();
+        assert_eq!(scan.records.len(), 100);
+        assert_eq!(scan.records[7], b"record 7");
+        assert!(scan.torn.is_none());
+        block_on(log.append(b"one more".to_vec())).unwrap().unwrap();
+        drop(log);
+        assert_eq!(scan_dir(dir.path()).records.last().unwrap(), b"one more");
+    }
+
+    fn scan_dir(dir: &Path) -> Scan {
+        scan(dir).unwrap()
+    }
+
+    fn only_segment(dir: &Path) -> PathBuf {
+        segments(dir).unwrap().pop().unwrap().1
+    }
+
+    #[test]
+    fn a_torn_tail_is_dropped_and_writing_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (log, _) = Log::open(dir.path(), Fsync::Always).unwrap();
+            for i in 0..3 {
+                block_on(log.append(vec![i + 1; 100])).unwrap().unwrap();
+            }
+        }
+        let seg = only_segment(dir.path());
+        let whole = fs::metadata(&seg).unwrap().len();
+        // Half of a fourth record, as a crash in the middle of its write would leave.
+        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+        f.write_all(&100u32.to_le_bytes()).unwrap();
+        f.write_all(&[0xAB; 30]).unwrap();
+        drop(f);
+        let found = scan_dir(dir.path());
+        assert_eq!(found.records.len(), 3);
+        assert_eq!(
+            found.torn,
+            Some(Torn {
+                file: seg.clone(),
+                offset: whole,
+                bytes: 34
+            })
+        );
+        let (log, scan) = Log::open(dir.path(), Fsync::Always).unwrap();
+        assert_eq!(scan.records.len(), 3);
+        assert_eq!(fs::metadata(&seg).unwrap().len(), whole, "cut back");
+        block_on(log.append(vec![9; 10])).unwrap().unwrap();
+        drop(log);
+        let after = scan_dir(dir.path());
+        assert_eq!(after.records.len(), 4);
+        assert!(after.torn.is_none());
+    }
+
+    #[test]
+    fn corruption_in_the_middle_names_the_file_and_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (log, _) = Log::open(dir.path(), Fsync::Always).unwrap();
+            for i in 0..3 {
+                block_on(log.append(vec![i + 1; 100])).unwrap().unwrap();
+            }
+        }
+        let seg = only_segment(dir.path());
+        let mut data = fs::read(&seg).unwrap();
+        let second = 8 + (8 + 100); // header, first record
+        data[second + 8 + 50] ^= 0xFF; // a bit flip inside the second record's bytes
+        fs::write(&seg, &data).unwrap();
+        match scan(dir.path()) {
+            Err(ScanError::Corrupt {
+                file,
+                offset,
+                reason,
+            }) => {
+                assert_eq!((file, offset), (seg.clone(), second as u64));
+                assert_eq!(reason, "checksum mismatch");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            Log::open(dir.path(), Fsync::Always).is_err(),
+            "nothing is opened"
+        );
+        let text = scan(dir.path()).unwrap_err().to_string();
+        assert!(text.contains(&format!("at offset {second}")), "{text}");
+    }
+
+    #[test]
+    fn a_failed_write_leaves_whole_records_only_and_writing_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = Log::open(dir.path(), Fsync::Always).unwrap();
+        block_on(log.append(b"first".to_vec())).unwrap().unwrap();
+        // An empty record cannot be written: its batch fails (whatever else was in it).
+        let maybe = log.append(b"second".to_vec());
+        let bad = log.append(Vec::new());
+        assert!(block_on(bad).unwrap().is_err());
+        let second_ok = block_on(maybe).unwrap().is_ok();
+        block_on(log.append(b"third".to_vec())).unwrap().unwrap();
+        assert!(log.stats().failures.load(Relaxed) >= 1);
+        drop(log);
+        let found = scan_dir(dir.path());
+        assert!(found.torn.is_none());
+        let mut want: Vec<&[u8]> = vec![b"first"];
+        if second_ok {
+            want.push(b"second");
+        }
+        want.push(b"third");
+        assert_eq!(
+            found.records, want,
+            "a record is on disk exactly when it was acknowledged"
+        );
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_journal_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(segment_name(1)), b"hello, world").unwrap();
+        assert!(matches!(
+            scan(dir.path()),
+            Err(ScanError::Corrupt { offset: 0, .. })
+        ));
+    }
+}
