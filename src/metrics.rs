@@ -1,5 +1,5 @@
 //! `GET /metrics`: the library's ledger rendered as Prometheus text (format 0.0.4). The metric
-//! names are part of the API contract (DESIGN.md): dashboards and alerts rely on them.
+//! names are part of the API contract (README, "Metric names"): dashboards and alerts rely on them.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;

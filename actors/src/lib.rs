@@ -2,7 +2,7 @@
 //!
 //! # Layout
 //!
-//! The modules follow the diagram in DESIGN.md, source to outcome:
+//! The modules follow the data path drawn in `docs/ARCHITECTURE.md`, source to outcome:
 //!
 //! - [`envelope`] — ids, kinds, [`Message`], [`Envelope`], [`Status`], [`Outcome`]: the shared types.
 //! - [`dispatcher`] — [`Dispatcher`], the public handle, and its builder. Admission control lives

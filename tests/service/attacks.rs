@@ -614,7 +614,7 @@ fn a_burst_of_a_thousand_connections_overflows_no_listen_queue() {
     // Before: the listeners had the standard library's backlog of 128; 1,000 clients connecting
     // at once overflowed it (514 drops in one 6 s run) and waited for the 1 s SYN retransmit.
     let s = serve("[sources.tcp]\nbind = \"127.0.0.1:0\"\n"); // the default backlog, 4096
-    // The kernel caps a backlog at net.core.somaxconn (4,096 on these machines).
+                                                              // The kernel caps a backlog at net.core.somaxconn (4,096 on these machines).
     let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
         .unwrap()
         .trim()

@@ -1,4 +1,4 @@
-//! The built-in processors, exactly as DESIGN.md defines them: `echo`, `sleep` and `chaos`
+//! The built-in processors, as the README's "Built-in kinds" table defines them: `echo`, `sleep` and `chaos`
 //! (async), `primes` and `hash` (CPU). `fetch` lives in [`super::fetch`].
 //!
 //! Every built-in validates its payload at admission (shape and ranges), so a bad payload is a
