@@ -16,7 +16,7 @@ use actix_web::web::{self, BytesMut};
 use actix_web::{HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use mailroom_actors::{
-    client_name, parse_json, token_accepted, truncated, DeadLetter, Dispatcher, ErrorClass,
+    client_id, parse_json, token_accepted, truncated, DeadLetter, Dispatcher, ErrorClass,
     ErrorInfo, MessageId, Outcome, Pool, Rejected, RouteInfo, Source, Status, Submission, Timings,
 };
 use serde::{Deserialize, Serialize};
@@ -377,7 +377,7 @@ fn with_client(
     state: &AppState,
 ) -> mailroom_actors::Message {
     let token = bearer(req);
-    match client_name(&state.tokens, token, req.peer_addr().map(|a| a.ip())) {
+    match client_id(&state.tokens, token, req.peer_addr().map(|a| a.ip())) {
         Some(c) => msg.client(c),
         None => msg,
     }

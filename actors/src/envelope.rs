@@ -193,7 +193,7 @@ pub struct Message {
     pub(crate) key: Option<String>,
     pub(crate) source: Source,
     pub(crate) replay_of: Option<MessageId>,
-    pub(crate) client: Option<Arc<str>>,
+    pub(crate) client: Option<ClientId>,
 }
 
 impl Message {
@@ -233,7 +233,7 @@ impl Message {
     /// Names who submitted the message (a token, an address, a tenant): a route with
     /// [`RouteSettings::max_per_client`](crate::RouteSettings::max_per_client) holds at most
     /// that many unfinished messages of one client.
-    pub fn client(mut self, client: impl Into<Arc<str>>) -> Message {
+    pub fn client(mut self, client: impl Into<ClientId>) -> Message {
         self.client = Some(client.into());
         self
     }
@@ -418,6 +418,58 @@ impl ErrorInfo {
             message = crate::source::truncated(&message, Self::MAX_MESSAGE_BYTES).into_owned();
         }
         ErrorInfo { class, message }
+    }
+}
+
+/// Who submitted a message, for per-client limits
+/// ([`RouteSettings::max_per_client`](crate::RouteSettings::max_per_client)). Made without an
+/// allocation for the service's own kinds (a token's place, an address), so naming every
+/// message's client costs nothing on the hot path.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ClientId {
+    /// A name the application gives (a tenant, a user).
+    Named(Arc<str>),
+    /// The n-th of the server's accepted tokens (never the token's text).
+    Token(usize),
+    /// An IPv4 address, or an IPv6 /64 (the low 64 bits zeroed), which one host commonly holds
+    /// whole.
+    Address(std::net::IpAddr),
+}
+
+impl ClientId {
+    /// The client of `peer`'s address: IPv4 (or IPv4-mapped) as is, IPv6 by its /64.
+    pub fn address(peer: std::net::IpAddr) -> ClientId {
+        use std::net::{IpAddr, Ipv6Addr};
+        ClientId::Address(match peer {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
+            },
+            v4 => v4,
+        })
+    }
+}
+
+impl fmt::Display for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientId::Named(n) => f.write_str(n),
+            ClientId::Token(i) => write!(f, "token#{i}"),
+            ClientId::Address(std::net::IpAddr::V6(v6)) => write!(f, "{v6}/64"),
+            ClientId::Address(ip) => write!(f, "{ip}"),
+        }
+    }
+}
+
+impl From<&str> for ClientId {
+    fn from(name: &str) -> ClientId {
+        ClientId::Named(name.into())
+    }
+}
+
+impl From<String> for ClientId {
+    fn from(name: String) -> ClientId {
+        ClientId::Named(name.into())
     }
 }
 

@@ -39,7 +39,8 @@ pub mod supervision;
 pub use dead_letters::DeadLetter;
 pub use dispatcher::{Dispatcher, DispatcherBuilder, ShutdownReport};
 pub use envelope::{
-    Envelope, ErrorClass, ErrorInfo, Kind, Message, MessageId, Outcome, Source, Status, Timings,
+    ClientId, Envelope, ErrorClass, ErrorInfo, Kind, Message, MessageId, Outcome, Source, Status,
+    Timings,
 };
 pub use error::{BuildError, CancelError, Rejected, ReplayError};
 pub use metrics::{KindStats, LedgerSnapshot};
@@ -52,7 +53,7 @@ pub use settings::{
 };
 pub use source::tcp::{StopAccepting, TcpSettings, TcpSource};
 pub use source::timer::{Every, Schedule, ScheduleError, ScheduleHandle};
-pub use source::{client_name, json_depth, parse_json, token_accepted, truncated, Submission};
+pub use source::{client_id, json_depth, parse_json, token_accepted, truncated, Submission};
 pub use store::{MemoryStore, Store};
 
 /// Entry points for the fuzz targets in `fuzz/` (feature `fuzzing`): the parsing that a client's

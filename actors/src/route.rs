@@ -11,7 +11,7 @@ use actix::Recipient;
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use crate::envelope::Kind;
+use crate::envelope::{ClientId, Kind};
 use crate::metrics::RouteStats;
 use crate::processor::worker::Run;
 use crate::processor::{Pool, Validator};
@@ -49,7 +49,7 @@ pub(crate) struct Route {
 #[derive(Debug)]
 pub(crate) struct Shares {
     max: u64,
-    clients: Mutex<HashMap<Arc<str>, Arc<AtomicU64>>>,
+    clients: Mutex<HashMap<ClientId, Arc<AtomicU64>>>,
     prune_at: AtomicUsize,
 }
 
@@ -78,7 +78,7 @@ impl Shares {
     }
 
     /// A place for one more message of `client`, or `None` when it holds its share already.
-    pub(crate) fn take(&self, client: &Arc<str>) -> Option<ShareSlot> {
+    pub(crate) fn take(&self, client: &ClientId) -> Option<ShareSlot> {
         let mut clients = self.clients.lock();
         if clients.len() >= self.prune_at.load(Relaxed) {
             clients.retain(|_, n| n.load(Relaxed) > 0);

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::envelope::{Message, Source};
+use crate::envelope::{ClientId, Message, Source};
 
 /// The object a client submits over HTTP (`POST /v1/messages`) or TCP (one per line):
 /// `{"kind", "payload"?, "delay_ms"?, "timeout_ms"?, "key"?}`. Unknown fields are refused, so a
@@ -220,29 +220,20 @@ pub fn truncated(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
 /// `tokens`, never its text) when tokens are set, else its address — for IPv6 its /64, which one
 /// host commonly holds whole. HTTP and TCP name clients alike, so one client has one share over
 /// both.
-pub fn client_name(
+pub fn client_id(
     tokens: &[String],
     token: Option<&str>,
     peer: Option<std::net::IpAddr>,
-) -> Option<String> {
+) -> Option<ClientId> {
     if let Some(given) = token {
         if let Some(i) = tokens
             .iter()
             .position(|t| token_accepted(std::slice::from_ref(t), given))
         {
-            return Some(format!("token#{i}"));
+            return Some(ClientId::Token(i));
         }
     }
-    peer.map(|ip| match ip {
-        std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
-            let s = v6.segments();
-            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
-        }
-        std::net::IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map_or_else(String::new, |v4| v4.to_string()),
-        std::net::IpAddr::V4(v4) => v4.to_string(),
-    })
+    peer.map(ClientId::address)
 }
 
 /// Depth of the deepest nesting in a JSON value (a scalar is depth 1).
@@ -325,27 +316,20 @@ mod tests {
     fn clients_are_named_by_token_else_address() {
         let tokens = ["a".to_owned(), "b".to_owned()];
         let ip = |s: &str| Some(s.parse().unwrap());
+        let name = |t, p| client_id(&tokens, t, p).map(|c| c.to_string());
+        assert_eq!(name(Some("b"), ip("10.0.0.1")).unwrap(), "token#1");
+        assert_eq!(name(None, ip("10.0.0.1")).unwrap(), "10.0.0.1");
         assert_eq!(
-            client_name(&tokens, Some("b"), ip("10.0.0.1")).unwrap(),
-            "token#1"
-        );
-        assert_eq!(
-            client_name(&tokens, None, ip("10.0.0.1")).unwrap(),
-            "10.0.0.1"
-        );
-        assert_eq!(
-            client_name(&[], None, ip("2001:db8:1:2:3:4:5:6")).unwrap(),
+            name(None, ip("2001:db8:1:2:3:4:5:6")).unwrap(),
             "2001:db8:1:2::/64"
         );
         assert_eq!(
-            client_name(&[], None, ip("2001:db8:1:2:ffff::1")).unwrap(),
-            "2001:db8:1:2::/64"
+            client_id(&[], None, ip("2001:db8:1:2:ffff::1")),
+            client_id(&[], None, ip("2001:db8:1:2:3:4:5:6")),
+            "one /64, one client"
         );
-        assert_eq!(
-            client_name(&[], None, ip("::ffff:10.0.0.1")).unwrap(),
-            "10.0.0.1"
-        );
-        assert_eq!(client_name(&[], None, None), None);
+        assert_eq!(name(None, ip("::ffff:10.0.0.1")).unwrap(), "10.0.0.1");
+        assert_eq!(client_id(&[], None, None), None);
     }
 
     #[test]

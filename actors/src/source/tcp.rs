@@ -32,7 +32,7 @@ use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
-use super::{client_name, parse_json, token_accepted, Submission};
+use super::{client_id, parse_json, token_accepted, Submission};
 use crate::dispatcher::Dispatcher;
 use crate::envelope::{Outcome, Source};
 use crate::error::Rejected;
@@ -318,7 +318,7 @@ impl Connection {
         };
         let reference = line.reference;
         let mut msg = line.submission.into_message(Source::Tcp);
-        if let Some(c) = client_name(&self.settings.tokens, line.token.as_deref(), self.peer) {
+        if let Some(c) = client_id(&self.settings.tokens, line.token.as_deref(), self.peer) {
             msg = msg.client(c);
         }
         let (d, out, wait) = (
