@@ -6,6 +6,7 @@
 //! invalid UTF-8, nesting too deep, a missing or mistyped field — is an [`ApiError`] with its
 //! documented status and a problem+json body.
 
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use actix_web::body::MessageBody;
@@ -17,7 +18,8 @@ use actix_web::{HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use mailroom_actors::{
     client_id, parse_json, token_accepted, truncated, DeadLetter, Dispatcher, ErrorClass,
-    ErrorInfo, MessageId, Outcome, Pool, Rejected, RouteInfo, Source, Status, Submission, Timings,
+    ErrorInfo, JsonError, MessageId, Outcome, Pool, Rejected, RouteInfo, Source, Status,
+    Submission, Timings,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -52,7 +54,7 @@ pub struct AppState {
 /// chunk read takes its size from it, given back when the body is dropped.
 #[derive(Debug)]
 pub struct BodyBudget {
-    used: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    used: AtomicUsize,
     max: usize,
 }
 
@@ -65,32 +67,36 @@ impl BodyBudget {
         }
     }
 
-    fn take(&self, n: usize, held: &mut Held) -> bool {
-        use std::sync::atomic::Ordering::Relaxed;
+    /// Takes `n` more bytes for `held`, if the budget has them.
+    fn take(&self, n: usize, held: &mut Held<'_>) -> bool {
         let ok = self
             .used
             .fetch_update(Relaxed, Relaxed, |u| (u + n <= self.max).then_some(u + n))
             .is_ok();
         if ok {
             held.bytes += n;
-            held.used = Some(self.used.clone());
         }
         ok
+    }
+
+    /// A holding of no bytes yet.
+    fn hold(&self) -> Held<'_> {
+        Held {
+            budget: self,
+            bytes: 0,
+        }
     }
 }
 
 /// Bytes taken from a [`BodyBudget`], given back on drop.
-#[derive(Default)]
-struct Held {
+struct Held<'a> {
+    budget: &'a BodyBudget,
     bytes: usize,
-    used: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
 }
 
-impl Drop for Held {
+impl Drop for Held<'_> {
     fn drop(&mut self) {
-        if let Some(u) = &self.used {
-            u.fetch_sub(self.bytes, std::sync::atomic::Ordering::Relaxed);
-        }
+        self.budget.used.fetch_sub(self.bytes, Relaxed);
     }
 }
 
@@ -234,7 +240,7 @@ async fn json_body(
     if declared.is_some_and(|n| n > state.max_body) {
         return Err(too_large());
     }
-    let mut held = Held::default();
+    let mut held = state.buffered.hold();
     let read = async {
         let mut body = BytesMut::new();
         while let Some(chunk) = payload.next().await {
@@ -271,13 +277,11 @@ async fn json_body(
         ));
     }
     parse_json(&body, state.max_depth).map_err(|e| {
-        ApiError::BadRequest(if e.contains("nested deeper") {
-            format!(
-                "JSON nested deeper than server.max_json_depth ({})",
-                state.max_depth
-            )
-        } else {
-            e
+        ApiError::BadRequest(match e {
+            JsonError::TooDeep(max) => {
+                format!("JSON nested deeper than server.max_json_depth ({max})")
+            }
+            other => other.to_string(),
         })
     })
 }
@@ -552,14 +556,9 @@ pub async fn list_dead_letters(
         )));
     }
     let after = match &query.after {
-        Some(a) => Some(
-            Some(a)
-                .filter(|a| is_id_text(a))
-                .and_then(|a| a.parse::<MessageId>().ok())
-                .ok_or_else(|| {
-                    ApiError::BadRequest(format!("after: not a message id: {:?}", truncated(a, 64)))
-                })?,
-        ),
+        Some(a) => Some(parse_id(a).map_err(|_| {
+            ApiError::BadRequest(format!("after: not a message id: {:?}", truncated(a, 64)))
+        })?),
         None => None,
     };
     let page = state.dispatcher.dead_letters(after, limit);

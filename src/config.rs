@@ -509,20 +509,10 @@ impl Config {
                 "expected at most 3600000".into(),
             );
         }
-        let needed = mailroom_actors::supervision::time_to_degrade(&self.settings().restart);
-        if needed.as_millis() >= u128::from(d.restart_window_ms) {
-            return err(
-                "dispatch.max_restarts",
-                format!(
-                    "{} restarts need at least {} ms of restart backoff (restart_backoff_ms \
-                     doubling up to restart_max_backoff_ms), longer than restart_window_ms \
-                     ({}): a crash-looping route would never be degraded; lower it (10 with \
-                     the other defaults)",
-                    d.max_restarts + 1,
-                    needed.as_millis(),
-                    d.restart_window_ms
-                ),
-            );
+        if let Err(reason) =
+            mailroom_actors::supervision::check_restart_budget(&self.settings().restart)
+        {
+            return err("dispatch.max_restarts", reason);
         }
         if !(1..=64).contains(&self.pools.io.arbiters) {
             return err("pools.io.arbiters", "expected 1 to 64".into());

@@ -779,18 +779,10 @@ impl DispatcherBuilder {
         if s.restart.max_restarts == 0 {
             return bad("restart.max_restarts", "must be at least 1");
         }
-        let needed = crate::supervision::time_to_degrade(&s.restart);
-        if needed >= s.restart.window {
+        if let Err(reason) = crate::supervision::check_restart_budget(&s.restart) {
             return Err(BuildError::Setting {
-                name: "restart".to_owned(),
-                reason: format!(
-                    "{} restarts need at least {} ms of restart backoff, longer than the {} ms \
-                     window: a crash-looping route would never be degraded (lower max_restarts \
-                     or the backoff, or widen the window)",
-                    s.restart.max_restarts + 1,
-                    needed.as_millis(),
-                    s.restart.window.as_millis()
-                ),
+                name: "restart.max_restarts".to_owned(),
+                reason,
             });
         }
         for (name, d) in [("max_delay", s.max_delay), ("max_timeout", s.max_timeout)] {

@@ -53,7 +53,7 @@ pub use settings::{
 };
 pub use source::tcp::{StopAccepting, TcpSettings, TcpSource};
 pub use source::timer::{Every, Schedule, ScheduleError, ScheduleHandle};
-pub use source::{client_id, json_depth, parse_json, token_accepted, truncated, Submission};
+pub use source::{client_id, parse_json, token_accepted, truncated, JsonError, Submission};
 pub use store::{MemoryStore, Store};
 
 /// Entry points for the fuzz targets in `fuzz/` (feature `fuzzing`): the parsing that a client's
@@ -75,7 +75,7 @@ pub mod fuzzing {
         let printed = value.to_string();
         let again = parse_json(printed.as_bytes(), 64).expect("what parsed prints as valid JSON");
         assert_eq!(again, value, "a value survives printing and reading");
-        assert!(crate::json_depth(&value) <= 64);
+        assert!(crate::source::json_depth(&value) <= 64);
         if let Ok(s) = serde_json::from_value::<Submission>(value) {
             let _ = Kind::is_valid(&s.kind);
             let _ = s.into_message(Source::Http);

@@ -80,6 +80,23 @@ pub fn time_to_degrade(policy: &RestartPolicy) -> Duration {
         .fold(Duration::ZERO, Duration::saturating_add)
 }
 
+/// Whether `policy` can degrade a crash-looping route at all: `Err` says why not, in words that
+/// name the settings (the library's check and the service's config check both use it).
+pub fn check_restart_budget(policy: &RestartPolicy) -> Result<(), String> {
+    let needed = time_to_degrade(policy);
+    if needed < policy.window {
+        return Ok(());
+    }
+    Err(format!(
+        "{} restarts need at least {} ms of restart backoff (the backoff doubling up to its \
+         maximum), longer than the {} ms window: a crash-looping route would never be degraded \
+         (lower max_restarts or the backoff, or widen the window)",
+        policy.max_restarts.saturating_add(1),
+        needed.as_millis(),
+        policy.window.as_millis()
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

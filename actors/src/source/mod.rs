@@ -92,33 +92,49 @@ pub fn token_accepted(tokens: &[String], given: &str) -> bool {
     })
 }
 
+/// Why [`parse_json`] refused a text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JsonError {
+    /// Nested deeper than the limit (a scalar is a level).
+    #[error("JSON nested deeper than {0} levels")]
+    TooDeep(usize),
+    /// Not JSON, or an object that names a key twice.
+    #[error("malformed JSON: {0}")]
+    Malformed(String),
+}
+
 /// Parses client JSON strictly, as HTTP bodies and TCP lines are read: malformed JSON, nesting
 /// deeper than `max_depth` (a scalar is depth 1) and an object that names a key twice are refused
-/// with a message saying which (serde_json alone would keep the last of two equal keys).
-/// Numbers are kept exactly as written (serde_json's `arbitrary_precision`).
-pub fn parse_json(bytes: &[u8], max_depth: usize) -> Result<Value, String> {
+/// (serde_json alone would keep the last of two equal keys). Numbers are kept exactly as written
+/// (serde_json's `arbitrary_precision`).
+pub fn parse_json(bytes: &[u8], max_depth: usize) -> Result<Value, JsonError> {
+    let too_deep = std::cell::Cell::new(false);
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    serde::de::DeserializeSeed::deserialize(
-        Strict {
-            depth: 1,
-            max_depth,
-        },
-        &mut de,
-    )
-    .and_then(|()| de.end())
-    .map_err(|e| format!("malformed JSON: {e}"))?;
-    serde_json::from_slice(bytes).map_err(|e| format!("malformed JSON: {e}"))
+    let strict = Strict {
+        depth: 1,
+        max_depth,
+        too_deep: &too_deep,
+    };
+    serde::de::DeserializeSeed::deserialize(strict, &mut de)
+        .and_then(|()| de.end())
+        .map_err(|e| match too_deep.get() {
+            true => JsonError::TooDeep(max_depth),
+            false => JsonError::Malformed(e.to_string()),
+        })?;
+    serde_json::from_slice(bytes).map_err(|e| JsonError::Malformed(e.to_string()))
 }
 
-/// A pass over JSON that builds nothing: it refuses duplicate keys and nesting past the limit.
+/// A pass over JSON that builds nothing: it refuses duplicate keys and nesting past the limit
+/// (and says which in `too_deep`).
 #[derive(Clone, Copy)]
-struct Strict {
+struct Strict<'a> {
     depth: usize,
     max_depth: usize,
+    too_deep: &'a std::cell::Cell<bool>,
 }
 
-impl Strict {
-    fn inner(self) -> Strict {
+impl Strict<'_> {
+    fn inner(self) -> Self {
         Strict {
             depth: self.depth + 1,
             ..self
@@ -126,10 +142,11 @@ impl Strict {
     }
 }
 
-impl<'de> serde::de::DeserializeSeed<'de> for Strict {
+impl<'de> serde::de::DeserializeSeed<'de> for Strict<'_> {
     type Value = ();
     fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         if self.depth > self.max_depth {
+            self.too_deep.set(true);
             return Err(serde::de::Error::custom(format_args!(
                 "JSON nested deeper than {} levels",
                 self.max_depth
@@ -139,7 +156,7 @@ impl<'de> serde::de::DeserializeSeed<'de> for Strict {
     }
 }
 
-impl<'de> serde::de::Visitor<'de> for Strict {
+impl<'de> serde::de::Visitor<'de> for Strict<'_> {
     type Value = ();
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
@@ -236,8 +253,10 @@ pub fn client_id(
     peer.map(ClientId::address)
 }
 
-/// Depth of the deepest nesting in a JSON value (a scalar is depth 1).
-pub fn json_depth(v: &Value) -> usize {
+/// Depth of the deepest nesting in a JSON value (a scalar is depth 1): what [`parse_json`]
+/// limits, for checking it.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn json_depth(v: &Value) -> usize {
     let mut deepest = 0;
     let mut stack = vec![(v, 1usize)];
     while let Some((v, d)) = stack.pop() {
@@ -268,6 +287,7 @@ mod tests {
         assert!(serde_json::from_value::<Submission>(json!({"kind": 7})).is_err());
         let whole = |v: &str| {
             parse_json(format!(r#"{{"kind": "k", "delay_ms": {v}}}"#).as_bytes(), 4)
+                .map_err(|e| e.to_string())
                 .and_then(|j| serde_json::from_value::<Submission>(j).map_err(|e| e.to_string()))
                 .map(|s| s.delay_ms)
         };
@@ -283,7 +303,7 @@ mod tests {
     #[test]
     fn strict_parsing_refuses_duplicate_keys_and_deep_nesting_and_keeps_numbers() {
         let dup = parse_json(br#"{"kind": "echo", "payload": {"a": 1, "a": 2}}"#, 64);
-        assert!(dup.unwrap_err().contains("duplicate key \"a\""));
+        assert!(dup.unwrap_err().to_string().contains("duplicate key \"a\""));
         assert!(parse_json(br#"{"a": 1, "b": {"a": 2}}"#, 64).is_ok());
         // Many keys, in descending order: linear, and a late duplicate is still found.
         let keys: Vec<String> = (0..100_000).rev().map(|i| format!("\"k{i}\":0")).collect();
@@ -293,15 +313,18 @@ mod tests {
         let dup = format!("{{{},\"k5\":1}}", keys.join(","));
         assert!(parse_json(dup.as_bytes(), 4)
             .unwrap_err()
+            .to_string()
             .contains("duplicate key \"k5\""));
         println!("100,000 keys checked twice in {:?}", started.elapsed());
         // A scalar is a level too, as in `json_depth`.
         assert!(parse_json(b"[[[1]]]", 4).is_ok());
         assert!(parse_json(b"[[[1]]]", 3)
             .unwrap_err()
+            .to_string()
             .contains("nested deeper than 3"));
         assert!(parse_json(b"{} x", 4)
             .unwrap_err()
+            .to_string()
             .starts_with("malformed JSON"));
         // Digits are kept as sent; an exponent is written with its sign (1e308 → 1e+308).
         let text = r#"[0.9857104942746979,18446744073709551616,1e+308,-0.0,123456789012345678901234567890]"#;

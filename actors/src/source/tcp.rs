@@ -368,7 +368,7 @@ pub(crate) fn read_line(text: &[u8], settings: &TcpSettings) -> Result<LineReque
         message,
     };
     let mut value = parse_json(text, settings.max_json_depth)
-        .map_err(|e| refused(Value::Null, 400, "invalid", e))?;
+        .map_err(|e| refused(Value::Null, 400, "invalid", e.to_string()))?;
     let (reference, token) = match value.as_object_mut() {
         Some(o) => (o.remove("ref").unwrap_or(Value::Null), o.remove("token")),
         None => (Value::Null, None),
