@@ -26,7 +26,7 @@ impl AsyncProcessor for Moody {
         self.seen.set(self.seen.get() + 1);
         let seen = self.seen.get();
         Box::pin(async move {
-            if seen % 3 == 0 {
+            if seen.is_multiple_of(3) {
                 panic!(
                     "moody processor gave up on message {} (attempt {})",
                     payload, job.attempt

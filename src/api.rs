@@ -366,7 +366,7 @@ pub async fn submit(
         let outcome = state.dispatcher.send_timeout(msg, max_wait).await?;
         return Ok(answer(&outcome));
     }
-    let id = state.dispatcher.submit(msg)?;
+    let id = state.dispatcher.accept(msg).await?;
     let status = state
         .dispatcher
         .status(id)
@@ -455,7 +455,7 @@ pub async fn batch(
                 Err(r) => rejection(&r),
             }
         } else {
-            match d.submit(msg) {
+            match d.accept(msg).await {
                 Ok(id) => {
                     json!({"id": id, "status": d.status(id).map_or(Status::Queued, |o| o.status)})
                 }
@@ -592,7 +592,7 @@ pub async fn retry_dead_letter(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let replay_of = parse_id(&id)?;
-    let id = state.dispatcher.replay(replay_of)?;
+    let id = state.dispatcher.replay(replay_of).await?;
     let status = state
         .dispatcher
         .status(id)

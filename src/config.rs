@@ -10,11 +10,13 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use mailroom_actors::processor::fetch::MAX_FETCH_TIMEOUT_MS;
+use mailroom_actors::storage::{Fsync, Journal, JournalSettings, Memory, Storage, StorageError};
 use mailroom_actors::{
     CpuSettings, Every, FetchSettings, IoSettings, Kind, RestartPolicy, RouteSettings, Schedule,
     Settings, TcpSettings,
@@ -46,6 +48,58 @@ pub struct Config {
     pub sources: SourcesConfig,
     /// Timer schedules.
     pub schedule: Vec<ScheduleConfig>,
+    /// Where accepted work is kept so it survives a crash and a restart.
+    pub storage: StorageConfig,
+}
+
+/// `storage.kind`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StorageKind {
+    /// The embedded journal in `storage.path` (the default).
+    Journal,
+    /// Nothing on disk: message state is gone with the process.
+    Memory,
+}
+
+/// `storage.fsync`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncMode {
+    /// Acknowledge a message only once its record is on disk (concurrent ones share an fsync).
+    Always,
+    /// fsync every `fsync_interval_ms`; acknowledge once written.
+    Interval,
+    /// Leave it to the operating system; acknowledge once written.
+    Never,
+}
+
+/// `[storage]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// `journal` or `memory`.
+    pub kind: StorageKind,
+    /// The journal's folder (relative to the working directory), created if missing.
+    pub path: PathBuf,
+    /// When a record counts as written.
+    pub fsync: FsyncMode,
+    /// With `fsync = "interval"`: how often.
+    pub fsync_interval_ms: u64,
+    /// A journal segment file is closed (and may be compacted) once it holds this many bytes.
+    pub segment_bytes: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            kind: StorageKind::Journal,
+            path: PathBuf::from("data"),
+            fsync: FsyncMode::Always,
+            fsync_interval_ms: 100,
+            segment_bytes: 64 * 1024 * 1024,
+        }
+    }
 }
 
 /// `[server]`
@@ -411,6 +465,28 @@ impl Config {
     /// Checks ranges and cross-references; `Err((key, what was expected))`.
     pub fn check(&self) -> Result<(), (String, String)> {
         let err = |k: &str, r: String| Err((k.to_owned(), r));
+        let st = &self.storage;
+        if st.path.as_os_str().is_empty() {
+            return err(
+                "storage.path",
+                "expected a folder, got an empty path".into(),
+            );
+        }
+        if !(1..=60_000).contains(&st.fsync_interval_ms) {
+            return err(
+                "storage.fsync_interval_ms",
+                format!("expected 1 to 60000, got {}", st.fsync_interval_ms),
+            );
+        }
+        if !(65_536..=1 << 30).contains(&st.segment_bytes) {
+            return err(
+                "storage.segment_bytes",
+                format!(
+                    "expected 65536 (64 KiB) to 1073741824 (1 GiB), got {}",
+                    st.segment_bytes
+                ),
+            );
+        }
         let s = &self.server;
         if s.bind.parse::<SocketAddr>().is_err() {
             return err(
@@ -611,6 +687,32 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The storage this configuration names, opened (the journal's folder is created, read
+    /// back and locked against a second server).
+    pub fn open_storage(&self) -> Result<Arc<dyn Storage>, StorageError> {
+        let st = &self.storage;
+        Ok(match st.kind {
+            StorageKind::Memory => Arc::new(Memory),
+            StorageKind::Journal => {
+                let fsync = match st.fsync {
+                    FsyncMode::Always => Fsync::Always,
+                    FsyncMode::Interval => {
+                        Fsync::Interval(Duration::from_millis(st.fsync_interval_ms))
+                    }
+                    FsyncMode::Never => Fsync::Never,
+                };
+                Arc::new(Journal::open(
+                    &st.path,
+                    JournalSettings {
+                        fsync,
+                        segment_bytes: st.segment_bytes,
+                        ..JournalSettings::default()
+                    },
+                )?)
+            }
+        })
     }
 
     /// The library's settings for this configuration.

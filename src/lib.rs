@@ -21,6 +21,7 @@ pub mod problem;
 use std::future::Future;
 use std::io;
 use std::net::TcpListener;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{middleware, web, App, HttpServer};
@@ -91,6 +92,9 @@ pub enum ServeError {
     /// A listener could not be used.
     #[error("{0}")]
     Io(io::Error),
+    /// The storage (`[storage]`) could not be opened or read back.
+    #[error("cannot open the storage: {0}")]
+    Storage(mailroom_actors::StorageError),
 }
 
 impl From<BuildError> for ServeError {
@@ -111,9 +115,11 @@ impl From<io::Error> for ServeError {
     }
 }
 
-/// Builds the dispatcher that `config` describes (routes and schedules).
+/// Builds the dispatcher that `config` describes (storage, routes and schedules). With a
+/// journal, what it holds is recovered first.
 pub fn dispatcher(config: &Config) -> Result<Dispatcher, ServeError> {
-    let d = with_routes(config)?;
+    let storage = config.open_storage().map_err(ServeError::Storage)?;
+    let d = with_routes(config, Some(storage))?;
     for s in config.schedules() {
         d.schedule(s)?;
     }
@@ -124,7 +130,7 @@ pub fn dispatcher(config: &Config) -> Result<Dispatcher, ServeError> {
 /// checks every schedule (a routed kind, a payload its route accepts), then shuts the dispatcher
 /// down. Must run inside an actix `System`.
 pub async fn check(config: &Config) -> Result<(), ServeError> {
-    let d = with_routes(config)?;
+    let d = with_routes(config, None)?;
     let checked = config
         .schedules()
         .iter()
@@ -133,9 +139,16 @@ pub async fn check(config: &Config) -> Result<(), ServeError> {
     Ok(checked?)
 }
 
-/// The dispatcher with `config`'s settings and routes, no schedules yet.
-fn with_routes(config: &Config) -> Result<Dispatcher, ServeError> {
+/// The dispatcher with `config`'s settings and routes, no schedules yet; in memory when no
+/// storage is given.
+fn with_routes(
+    config: &Config,
+    storage: Option<Arc<dyn mailroom_actors::Storage>>,
+) -> Result<Dispatcher, ServeError> {
     let mut b = Dispatcher::builder(config.settings());
+    if let Some(storage) = storage {
+        b = b.storage(storage);
+    }
     for (kind, route) in config.route_settings() {
         b = b.route(kind, route);
     }
@@ -218,7 +231,15 @@ pub async fn run(
         .shutdown(Duration::from_millis(s.shutdown_timeout_ms))
         .await;
     handle.stop(true).await;
-    if report.unfinished.is_empty() {
+    if !report.kept.is_empty() {
+        tracing::info!(
+            drained = report.drained,
+            kept = report.kept.len(),
+            "shutdown: {} messages could not finish within the shutdown timeout and stay in the \
+             journal; they run after the next start (delayed ones at their due time)",
+            report.kept.len()
+        );
+    } else if report.unfinished.is_empty() {
         tracing::info!(drained = report.drained, "drained every message; exiting");
     } else {
         let ids: Vec<String> = report.unfinished.iter().map(|id| id.to_string()).collect();

@@ -58,6 +58,7 @@ pub fn render(s: &LedgerSnapshot) -> String {
             ("draining", k.rejected.draining),
             ("invalid", k.rejected.invalid),
             ("client_share", k.rejected.client_share),
+            ("storage", k.rejected.storage),
         ] {
             let _ = writeln!(
                 o,
@@ -193,5 +194,34 @@ pub fn render(s: &LedgerSnapshot) -> String {
         "Dead letters held.",
     );
     let _ = writeln!(out, "mailroom_dead_letters {}", s.dead_letters);
+    for (name, kind, help, value) in [
+        (
+            "mailroom_journal_records_total",
+            "counter",
+            "Records written to the journal (0 with storage.kind = \"memory\").",
+            s.storage.records,
+        ),
+        (
+            "mailroom_journal_fsyncs_total",
+            "counter",
+            "fsyncs of the journal (each shared by every record waiting for it).",
+            s.storage.fsyncs,
+        ),
+        (
+            "mailroom_journal_write_failures_total",
+            "counter",
+            "Journal writes or fsyncs that failed (their messages were refused).",
+            s.storage.failures,
+        ),
+        (
+            "mailroom_journal_bytes",
+            "gauge",
+            "Bytes of the journal's files on disk.",
+            s.storage.bytes,
+        ),
+    ] {
+        header(&mut out, name, kind, help);
+        let _ = writeln!(out, "{name} {value}");
+    }
     out
 }

@@ -63,6 +63,10 @@ pub enum ApiError {
         /// Seconds after which a retry may succeed.
         retry_after: u64,
     },
+    /// 503 (type `urn:mailroom:problem:storage`): the message's record could not be written
+    /// (a full disk, an I/O error); nothing of it was kept.
+    #[error("{0}")]
+    Storage(String),
 }
 
 impl ApiError {
@@ -90,6 +94,7 @@ impl ApiError {
             ApiError::Unprocessable(_) => ("unprocessable", "Unprocessable message"),
             ApiError::TooManyRequests(_) => ("too-many-requests", "Too many requests"),
             ApiError::Unavailable { .. } => ("unavailable", "Service unavailable"),
+            ApiError::Storage(_) => ("storage", "Storage unavailable"),
         }
     }
 
@@ -118,7 +123,7 @@ impl ResponseError for ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable { .. } | ApiError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -129,7 +134,7 @@ impl ResponseError for ApiError {
             ApiError::Unavailable { retry_after, .. } => {
                 res.insert_header((header::RETRY_AFTER, retry_after.to_string()));
             }
-            ApiError::TooManyRequests(_) => {
+            ApiError::TooManyRequests(_) | ApiError::Storage(_) => {
                 res.insert_header((header::RETRY_AFTER, "1"));
             }
             ApiError::MethodNotAllowed(allow) => {
@@ -165,6 +170,7 @@ impl From<Rejected> for ApiError {
                 detail: "the server is shutting down and accepts no new messages".into(),
                 retry_after: 5,
             },
+            Rejected::Storage { .. } => ApiError::Storage(detail),
         }
     }
 }
@@ -215,12 +221,19 @@ mod tests {
                 message: m(),
                 reason: "x".into(),
             },
+            Rejected::Storage {
+                message: m(),
+                error: mailroom_actors::storage::StorageError::Closed,
+            },
         ] {
             let code = r.code();
             let e = ApiError::from(r);
             assert_eq!(e.status_code().as_u16(), code, "{e:?}");
             if code == 503 {
-                assert!(matches!(e, ApiError::Unavailable { retry_after, .. } if retry_after >= 1));
+                assert!(
+                    matches!(e, ApiError::Unavailable { retry_after, .. } if retry_after >= 1)
+                        || matches!(e, ApiError::Storage(_))
+                );
             }
         }
     }

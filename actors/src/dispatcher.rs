@@ -31,11 +31,13 @@ use crate::metrics::{LedgerSnapshot, RejectReason, RouteStats};
 use crate::processor::cpu::CpuPool;
 use crate::processor::worker::{Exec, Worker};
 use crate::processor::{builtin, fetch, Make, Pool, Processor};
+use crate::recovery::Recovered;
 use crate::route::{Route, RouteInfo, Shares};
 use crate::router::{Dispatch, DispatchBatch, DropDelayedAfter, Forget, Router};
 use crate::settings::{RouteSettings, Settings};
 use crate::source::timer::{Schedule, ScheduleError, ScheduleHandle, TimerSource};
-use crate::store::{Gathered, MemoryStore, NewRecord, Store, Ticket, Waiter};
+use crate::storage::{Accepted, Memory, Receipt, Record, Storage, StorageError};
+use crate::store::{Finished, Gathered, MemoryStore, NewRecord, Store, Ticket, Waiter};
 
 /// State shared by the dispatcher handle, the router and the workers.
 pub(crate) struct Core {
@@ -43,6 +45,10 @@ pub(crate) struct Core {
     pub routes: Vec<Route>,
     pub by_kind: HashMap<&'static str, usize>,
     pub store: Arc<dyn Store>,
+    /// Where every change of a message's state is written (see [`crate::storage`]).
+    pub storage: Arc<dyn Storage>,
+    /// Whether `storage` outlives the process (records are only made when it does).
+    pub durable: bool,
     pub dead: DeadLetters,
     /// One router per thread that hosts route workers: one per I/O arbiter, then (when there
     /// are CPU routes) one on the System arbiter. A route's `router` indexes it.
@@ -58,6 +64,8 @@ pub(crate) struct Core {
     pub admitting: AtomicU64,
     /// Set when shutdown begins: the moment after which nothing more may run.
     pub drain_deadline: Mutex<Option<Instant>>,
+    /// With durable storage, messages shutdown keeps stored rather than running them.
+    pub kept: AtomicU64,
 }
 
 /// Counts an admission in progress for as long as it lives.
@@ -102,8 +110,37 @@ impl Core {
         error: Option<ErrorInfo>,
     ) -> Option<Arc<Outcome>> {
         let finished = self.store.finish(ticket, status, result, error)?;
-        self.count_finished(&self.routes[route].stats, finished.outcome());
-        Some(finished.publish())
+        Some(self.ended(Some(route), finished))
+    }
+
+    /// The last step of every terminal transition: counts it, writes it to storage and tells
+    /// the waiters (in that order, so whoever is woken sees it counted).
+    pub(crate) fn ended(&self, route: Option<usize>, finished: Finished) -> Arc<Outcome> {
+        let outcome = finished.outcome();
+        let route = route.or_else(|| self.by_kind.get(outcome.kind.as_str()).copied());
+        if let Some(route) = route {
+            self.count_finished(&self.routes[route].stats, outcome);
+        }
+        if self.durable {
+            // Not waited for: an outcome lost in a crash means the message runs again.
+            let _ = self.storage.append(&Record::Finished {
+                outcome: outcome.clone(),
+                key: finished.key().map(str::to_owned),
+            });
+        }
+        finished.publish()
+    }
+
+    /// queued | delayed → running, written to storage (so `attempts` survives a restart).
+    pub(crate) fn start(&self, ticket: &Ticket) -> Result<u32, Status> {
+        let attempt = self.store.start(ticket)?;
+        if self.durable {
+            let _ = self.storage.append(&Record::Started {
+                id: ticket.id,
+                attempt,
+            });
+        }
+        Ok(attempt)
     }
 
     fn count_finished(&self, stats: &RouteStats, outcome: &Outcome) {
@@ -118,7 +155,7 @@ impl Core {
     /// already finished (a shutdown raced it).
     pub(crate) fn bury(&self, env: Envelope, error: ErrorInfo) {
         let (id, kind, route, attempts) = (env.id, env.kind, env.route, env.attempt);
-        let dropped = self.dead.push(DeadLetter {
+        let letter = DeadLetter {
             id,
             kind,
             payload: env.payload,
@@ -127,7 +164,11 @@ impl Core {
             died_at_ms: unix_ms(),
             source: env.source,
             replay_of: env.replay_of,
-        });
+        };
+        if self.durable {
+            let _ = self.storage.append(&Record::Dead(letter.clone()));
+        }
+        let dropped = self.dead.push(letter);
         if self
             .finish(route, &env.ticket, Status::Dead, None, Some(error))
             .is_some()
@@ -169,7 +210,7 @@ impl Core {
     }
 
     /// [`Core::hand_off`] for many: one `DispatchBatch` per router.
-    fn hand_off_batch(&self, envs: Vec<Envelope>) {
+    pub(crate) fn hand_off_batch(&self, envs: Vec<Envelope>) {
         let mut per_router: Vec<Vec<Envelope>> = Vec::new();
         for env in envs {
             let r = self.routes[env.route].router;
@@ -208,6 +249,11 @@ impl Core {
         // While draining, a retry that cannot come due before the deadline ends now.
         let deadline = *self.drain_deadline.lock();
         if let (Some(deadline), Some(due)) = (deadline, due) {
+            if due > deadline && self.durable {
+                // Stays stored (delayed); it runs after the next start.
+                self.kept.fetch_add(1, SeqCst);
+                return;
+            }
             if due > deadline {
                 let error = ErrorInfo::new(
                     ErrorClass::Shutdown,
@@ -238,6 +284,15 @@ impl Core {
                 message: Box::new(msg),
                 retry_after_ms: left.as_millis() as u64,
             });
+        }
+        if self.durable {
+            if let Err(error) = self.storage.admitting() {
+                route.stats.rejected(RejectReason::Storage);
+                return Err(Rejected::Storage {
+                    message: Box::new(msg),
+                    error,
+                });
+            }
         }
         if let Err(reason) = self.check(route, &msg) {
             route.stats.rejected(RejectReason::Invalid);
@@ -277,6 +332,7 @@ impl Core {
             replay_of: msg.replay_of,
             accepted_at_ms: id.timestamp_ms(),
             accepted: now,
+            attempts: 0,
         };
         let ticket = match self.store.insert(record, waiter) {
             Ok(ticket) => ticket,
@@ -291,7 +347,7 @@ impl Core {
             }
         };
         route.stats.accepted.fetch_add(1, Relaxed);
-        Ok(Admitted::New(Envelope {
+        let mut env = Envelope {
             id,
             kind: route.kind,
             payload: msg.payload,
@@ -306,7 +362,50 @@ impl Core {
             ticket,
             history: Vec::new(),
             _share: share,
-        }))
+        };
+        let receipt = self
+            .durable
+            .then(|| self.write_accepted(&mut env, msg.delay.map(|d| unix_ms() + millis_u64(d))));
+        Ok(Admitted::New(env, receipt))
+    }
+
+    /// Writes an envelope's `Accepted` record. The payload is lent to the record, not copied.
+    fn write_accepted(&self, env: &mut Envelope, due_ms: Option<u64>) -> Receipt {
+        let record = Record::Accepted(Accepted {
+            id: env.id,
+            kind: env.kind,
+            payload: std::mem::take(&mut env.payload),
+            source: env.source,
+            key: env.key.clone(),
+            due_ms,
+            timeout_ms: env.timeout.map(millis_u64),
+            replay_of: env.replay_of,
+            attempts: env.attempt,
+        });
+        let receipt = self.storage.append(&record);
+        if let Record::Accepted(a) = record {
+            env.payload = a.payload;
+        }
+        receipt
+    }
+
+    /// Takes back a message whose record could not be stored: it was never acknowledged, so it
+    /// leaves no trace (its place, its key and its record in the index are given back).
+    fn withdraw(&self, env: Envelope, error: StorageError) -> Rejected {
+        let route = &self.routes[env.route];
+        self.store.remove(&env.ticket);
+        route.stats.accepted.fetch_sub(1, Relaxed);
+        route.stats.rejected(RejectReason::Storage);
+        route.release();
+        let mut msg = Message::new(env.kind.as_str(), env.payload);
+        msg.source = env.source;
+        msg.key = env.key;
+        msg.timeout = env.timeout;
+        msg.replay_of = env.replay_of;
+        Rejected::Storage {
+            message: Box::new(msg),
+            error,
+        }
     }
 
     pub(crate) fn check(&self, route: &Route, msg: &Message) -> Result<(), String> {
@@ -343,9 +442,14 @@ impl Core {
 }
 
 enum Admitted {
-    New(Envelope),
+    /// A new message, with the receipt of its `Accepted` record when storage is durable.
+    New(Envelope, Option<Receipt>),
     /// An idempotency key that is already known: the earlier message.
     Duplicate(MessageId, Kind),
+}
+
+fn millis_u64(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn lost_outcome(id: MessageId, kind: Kind) -> Outcome {
@@ -386,8 +490,12 @@ impl std::fmt::Debug for Dispatcher {
 pub struct ShutdownReport {
     /// Messages that finished normally while draining.
     pub drained: u64,
-    /// Messages cancelled because they could not finish in time (class `shutdown`).
+    /// Messages cancelled because they could not finish in time (class `shutdown`); with
+    /// durable storage, none: see `kept`.
     pub unfinished: Vec<MessageId>,
+    /// With durable storage: messages that could not finish in time and stay stored, to run
+    /// after the next start (delayed ones at their due time; running ones again).
+    pub kept: Vec<MessageId>,
     /// How long the drain took.
     pub elapsed: Duration,
 }
@@ -400,7 +508,7 @@ impl Dispatcher {
             settings,
             processors: HashMap::new(),
             routes: Vec::new(),
-            store: None,
+            storage: None,
         };
         for p in [
             builtin::echo(),
@@ -420,7 +528,31 @@ impl Dispatcher {
     fn enqueue(&self, msg: Message, waiter: Option<Waiter>) -> Result<(MessageId, Kind), Rejected> {
         let _admitting = Admitting::enter(&self.core.admitting);
         match self.core.admit(msg, waiter)? {
-            Admitted::New(env) => {
+            Admitted::New(env, _) => {
+                let (id, kind) = (env.id, env.kind);
+                self.core.hand_off(env);
+                Ok((id, kind))
+            }
+            Admitted::Duplicate(id, kind) => Ok((id, kind)),
+        }
+    }
+
+    /// [`Dispatcher::enqueue`] that, with durable storage, hands the message on only once its
+    /// record is durable, and refuses it ([`Rejected::Storage`]) when the record cannot be
+    /// written.
+    async fn enqueue_durably(
+        &self,
+        msg: Message,
+        waiter: Option<Waiter>,
+    ) -> Result<(MessageId, Kind), Rejected> {
+        let _admitting = Admitting::enter(&self.core.admitting);
+        match self.core.admit(msg, waiter)? {
+            Admitted::New(env, receipt) => {
+                if let Some(receipt) = receipt {
+                    if let Err(e) = receipt.durable().await {
+                        return Err(self.core.withdraw(env, e));
+                    }
+                }
                 let (id, kind) = (env.id, env.kind);
                 self.core.hand_off(env);
                 Ok((id, kind))
@@ -431,14 +563,26 @@ impl Dispatcher {
 
     /// Submits a message and returns its id once it is accepted. With an idempotency key that is
     /// already known, returns the earlier message's id.
+    ///
+    /// With durable storage (a journal), the message's record is on its way to disk but may not
+    /// be there yet when this returns: use [`Dispatcher::accept`] for a promise that survives a
+    /// crash.
     pub fn submit(&self, msg: Message) -> Result<MessageId, Rejected> {
         self.enqueue(msg, None).map(|(id, _)| id)
+    }
+
+    /// Submits a message and returns its id once it is accepted and, with durable storage, once
+    /// its record is on disk (as durable as the storage's fsync mode promises): an `Ok` here
+    /// survives a crash. Concurrent calls share one fsync. A record that cannot be written
+    /// refuses the message with [`Rejected::Storage`]; nothing of it is kept.
+    pub async fn accept(&self, msg: Message) -> Result<MessageId, Rejected> {
+        self.enqueue_durably(msg, None).await.map(|(id, _)| id)
     }
 
     /// Submits a message and waits for its outcome (asyncio's `await`).
     pub async fn send(&self, msg: Message) -> Result<Arc<Outcome>, Rejected> {
         let (waiter, rx) = Waiter::channel();
-        let (id, kind) = self.enqueue(msg, Some(waiter))?;
+        let (id, kind) = self.enqueue_durably(msg, Some(waiter)).await?;
         Ok(rx
             .await
             .unwrap_or_else(|_| Arc::new(lost_outcome(id, kind))))
@@ -452,7 +596,7 @@ impl Dispatcher {
         max: Duration,
     ) -> Result<Arc<Outcome>, Rejected> {
         let (waiter, rx) = Waiter::channel();
-        let (id, kind) = self.enqueue(msg, Some(waiter))?;
+        let (id, kind) = self.enqueue_durably(msg, Some(waiter)).await?;
         Ok(match actix_rt::time::timeout(max, rx).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(_)) => Arc::new(lost_outcome(id, kind)),
@@ -483,7 +627,9 @@ impl Dispatcher {
         let admitting = Admitting::enter(&self.core.admitting);
         for (i, msg) in msgs.into_iter().enumerate() {
             match self.core.admit(msg, Some(Waiter::slot(&gathered, i))) {
-                Ok(Admitted::New(env)) => {
+                // Not waited for: the outcomes are the answer, and a message that ran needs no
+                // promise that it will run.
+                Ok(Admitted::New(env, _)) => {
                     batch.push(env);
                     if batch.len() == CHUNK {
                         let full = std::mem::replace(&mut batch, Vec::with_capacity(CHUNK));
@@ -536,11 +682,9 @@ impl Dispatcher {
             ErrorInfo::new(ErrorClass::Cancelled, "cancelled before it ran"),
         )?;
         if let Some(&route) = self.core.by_kind.get(finished.outcome().kind.as_str()) {
-            self.core
-                .count_finished(&self.core.routes[route].stats, finished.outcome());
             self.core.router(route).do_send(Forget(id));
         }
-        Ok(finished.publish())
+        Ok(self.core.ended(None, finished))
     }
 
     /// The routing table with live queue depths and restart counts.
@@ -598,6 +742,7 @@ impl Dispatcher {
             rejected_malformed: self.core.rejected_malformed.load(Relaxed),
             stored: self.core.store.len() as u64,
             dead_letters: self.core.dead.len() as u64,
+            storage: self.core.storage.stats(),
         }
     }
 
@@ -613,13 +758,19 @@ impl Dispatcher {
     }
 
     /// Replays a dead letter as a new message (new id, `replay_of` naming the original) and
-    /// removes it from the dead letters. If the replay is refused, the dead letter stays.
-    pub fn replay(&self, id: MessageId) -> Result<MessageId, ReplayError> {
+    /// removes it from the dead letters. If the replay is refused, the dead letter stays. Like
+    /// [`Dispatcher::accept`], returns once the new message is durable.
+    pub async fn replay(&self, id: MessageId) -> Result<MessageId, ReplayError> {
         let dl = self.core.dead.take(id).ok_or(ReplayError::Unknown(id))?;
         let mut msg = Message::new(dl.kind.as_str(), dl.payload.clone()).source(Source::Replay);
         msg.replay_of = Some(dl.id);
-        match self.submit(msg) {
+        match self.accept(msg).await {
             Ok(new) => {
+                if self.core.durable {
+                    // A crash before this is written leaves the dead letter as well as its
+                    // replay: at least once, never lost.
+                    let _ = self.core.storage.append(&Record::Replayed { id: dl.id });
+                }
                 tracing::info!(id = %new, replay_of = %dl.id, kind = %dl.kind, "dead letter replayed");
                 Ok(new)
             }
@@ -664,45 +815,64 @@ impl Dispatcher {
         for timer in self.core.timers.lock().drain(..) {
             timer.do_send(crate::source::timer::StopTimer);
         }
+        let keep = self.core.durable;
         let before = self.in_flight();
         let mut unfinished = Vec::new();
         for router in self.core.routers() {
-            let dropped = router.send(DropDelayedAfter(started + deadline)).await;
+            let dropped = router
+                .send(DropDelayedAfter {
+                    deadline: started + deadline,
+                    keep,
+                })
+                .await;
             unfinished.extend(dropped.unwrap_or_default());
         }
-        // The routes' counters only (no store lock), every 10 ms.
-        while self.in_flight() > 0 && started.elapsed() < deadline {
+        // The routes' counters only (no store lock), every 10 ms. Kept messages stay counted.
+        while self.in_flight().saturating_sub(self.core.kept.load(SeqCst)) > 0
+            && started.elapsed() < deadline
+        {
             actix_rt::time::sleep(Duration::from_millis(10)).await;
         }
-        for id in self.core.store.unfinished() {
-            let error = ErrorInfo::new(
-                ErrorClass::Shutdown,
-                "the dispatcher shut down before the message could finish",
-            );
-            let Some(ticket) = self.core.store.ticket(id) else {
-                continue;
-            };
-            if let Some(f) = self
-                .core
-                .store
-                .finish(&ticket, Status::Cancelled, None, Some(error))
-            {
-                if let Some(route) = self.core.route_of(f.outcome().kind) {
-                    self.core.count_finished(&route.stats, f.outcome());
+        let mut kept = Vec::new();
+        if keep {
+            // Whatever has not finished stays stored; the running ones are interrupted when the
+            // process exits and run again after the next start.
+            kept = self.core.store.unfinished();
+            unfinished.clear();
+            let flushed = self.core.storage.flush().durable().await;
+            if let Err(e) = flushed {
+                tracing::error!(error = %e, "storage: the last records could not be flushed");
+            }
+        } else {
+            for id in self.core.store.unfinished() {
+                let error = ErrorInfo::new(
+                    ErrorClass::Shutdown,
+                    "the dispatcher shut down before the message could finish",
+                );
+                let Some(ticket) = self.core.store.ticket(id) else {
+                    continue;
+                };
+                if let Some(f) =
+                    self.core
+                        .store
+                        .finish(&ticket, Status::Cancelled, None, Some(error))
+                {
+                    self.core.ended(None, f);
+                    unfinished.push(id);
                 }
-                f.publish();
-                unfinished.push(id);
             }
         }
         unfinished.sort_unstable();
         let report = ShutdownReport {
-            drained: before.saturating_sub(unfinished.len() as u64),
+            drained: before.saturating_sub((unfinished.len() + kept.len()) as u64),
             unfinished,
+            kept,
             elapsed: started.elapsed(),
         };
         tracing::info!(
             drained = report.drained,
             unfinished = report.unfinished.len(),
+            kept = report.kept.len(),
             elapsed_ms = report.elapsed.as_millis() as u64,
             "dispatcher drained"
         );
@@ -715,7 +885,7 @@ pub struct DispatcherBuilder {
     settings: Settings,
     processors: HashMap<String, Processor>,
     routes: Vec<(String, RouteSettings)>,
-    store: Option<Arc<dyn Store>>,
+    storage: Option<Arc<dyn Storage>>,
 }
 
 impl std::fmt::Debug for DispatcherBuilder {
@@ -748,9 +918,11 @@ impl DispatcherBuilder {
         self
     }
 
-    /// Replaces the default in-memory store.
-    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
-        self.store = Some(store);
+    /// Where accepted work is written so that it survives the process (by default
+    /// [`Memory`]: nowhere). With a durable storage such as a
+    /// [`Journal`](crate::storage::Journal), `build` first recovers what it holds.
+    pub fn storage(mut self, storage: Arc<dyn Storage>) -> Self {
+        self.storage = Some(storage);
         self
     }
 
@@ -889,19 +1061,29 @@ impl DispatcherBuilder {
                 handle
             })
             .collect();
-        let store = self.store.unwrap_or_else(|| {
-            Arc::new(MemoryStore::new(
-                s.result_ttl,
-                s.max_results,
-                s.max_result_bytes,
-            ))
-        });
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new(
+            s.result_ttl,
+            s.max_results,
+            s.max_result_bytes,
+        ));
+        let storage = self.storage.unwrap_or_else(|| Arc::new(Memory));
+        let durable = storage.is_durable();
+        let recovered = if durable {
+            let records = storage
+                .load()
+                .map_err(|e| BuildError::Storage(e.to_string()))?;
+            Some(Recovered::fold(records))
+        } else {
+            None
+        };
         let core = Arc::new(Core {
             dead: DeadLetters::new(s.max_dead_letters, s.max_dead_letter_bytes),
             settings: self.settings.clone(),
             routes,
             by_kind,
             store,
+            storage,
+            durable,
             routers: OnceLock::new(),
             draining: AtomicBool::new(false),
             rejected_no_route: AtomicU64::new(0),
@@ -911,6 +1093,7 @@ impl DispatcherBuilder {
             timers: Mutex::new(Vec::new()),
             admitting: AtomicU64::new(0),
             drain_deadline: Mutex::new(None),
+            kept: AtomicU64::new(0),
         });
         // actix forwards every message to a SyncArbiter through a future on the System arbiter;
         // the CPU routes' workers live there too (below), so a hand-off wakes one thread.
@@ -961,6 +1144,10 @@ impl DispatcherBuilder {
             let addr =
                 Supervisor::start_in_arbiter(arbiter, move |_| Worker::new(worker_core, i, exec));
             let _ = core.routes[i].worker.set(addr.recipient());
+        }
+        if let Some(recovered) = recovered {
+            crate::recovery::restore(&core, recovered);
+            crate::recovery::start_compactor(&core);
         }
         tracing::info!(
             routes = core.routes.len(),

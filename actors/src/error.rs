@@ -46,6 +46,15 @@ pub enum Rejected {
         /// What is wrong, in words.
         reason: String,
     },
+    /// The message's record could not be written to storage (a full disk, an I/O error);
+    /// nothing of it was kept. It may be accepted once writes succeed again.
+    #[error("the message could not be stored: {error}")]
+    Storage {
+        /// The message, handed back.
+        message: Box<Message>,
+        /// What the storage reported.
+        error: crate::storage::StorageError,
+    },
 }
 
 impl Rejected {
@@ -56,6 +65,7 @@ impl Rejected {
             Rejected::QueueFull { message, .. }
             | Rejected::ClientShareFull { message, .. }
             | Rejected::Degraded { message, .. }
+            | Rejected::Storage { message, .. }
             | Rejected::Invalid { message, .. } => *message,
         }
     }
@@ -67,6 +77,7 @@ impl Rejected {
             Rejected::QueueFull { message, .. }
             | Rejected::ClientShareFull { message, .. }
             | Rejected::Degraded { message, .. }
+            | Rejected::Storage { message, .. }
             | Rejected::Invalid { message, .. } => message,
         }
     }
@@ -78,9 +89,10 @@ impl Rejected {
         match self {
             Rejected::NoRoute(_) | Rejected::Invalid { .. } => 422,
             Rejected::ClientShareFull { .. } => 429,
-            Rejected::QueueFull { .. } | Rejected::Degraded { .. } | Rejected::ShuttingDown(_) => {
-                503
-            }
+            Rejected::QueueFull { .. }
+            | Rejected::Degraded { .. }
+            | Rejected::ShuttingDown(_)
+            | Rejected::Storage { .. } => 503,
         }
     }
 
@@ -92,6 +104,7 @@ impl Rejected {
             Rejected::ClientShareFull { .. } => "client_share",
             Rejected::Degraded { .. } => "degraded",
             Rejected::ShuttingDown(_) => "draining",
+            Rejected::Storage { .. } => "storage",
             Rejected::Invalid { .. } => "invalid",
         }
     }
@@ -156,4 +169,7 @@ pub enum BuildError {
     /// `build` was called outside a running actix `System`.
     #[error("a Dispatcher must be built inside a running actix System (e.g. in #[actix::main])")]
     NoSystem,
+    /// The storage could not be read back (an I/O error, or a corrupt record: file and offset).
+    #[error("{0}")]
+    Storage(String),
 }

@@ -28,8 +28,8 @@ use tokio::sync::oneshot;
 const MAGIC: &[u8; 8] = b"MRJRNL01";
 /// Longest record accepted (a message is at most a megabyte or so; this leaves room).
 pub const MAX_RECORD: u32 = 64 * 1024 * 1024;
-/// A segment is closed and the next begun once it holds this many bytes.
-const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// By default a segment is closed and the next begun once it holds this many bytes.
+pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// Most bytes written between two fsyncs of one batch.
 const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
 
@@ -63,6 +63,9 @@ pub struct Torn {
 pub struct Scan {
     /// Every whole record, oldest first.
     pub records: Vec<Vec<u8>>,
+    /// Where each record of `records` begins: its segment (an index into `segments`) and the
+    /// offset of its header in that file.
+    pub positions: Vec<(usize, u64)>,
     /// The segments, oldest first.
     pub segments: Vec<PathBuf>,
     /// A torn tail of the last segment, if there is one.
@@ -188,6 +191,7 @@ pub fn scan(dir: &Path) -> Result<Scan, ScanError> {
                 return Err(corrupt(at, "checksum mismatch".into()));
             }
             scan.records.push(bytes.to_vec());
+            scan.positions.push((scan.segments.len() - 1, at as u64));
             scan.bytes += 8 + u64::from(len);
             at = end;
         }
@@ -206,6 +210,10 @@ pub struct LogStats {
     pub fsyncs: AtomicU64,
     /// Writes or fsyncs that failed.
     pub failures: AtomicU64,
+    /// The sequence number of the segment being appended to.
+    pub segment: AtomicU64,
+    /// Bytes of records appended and not yet written.
+    pub backlog: AtomicU64,
 }
 
 /// The answer to an append: `Ok` once the record is as durable as the [`Fsync`] mode promises.
@@ -218,6 +226,7 @@ struct Append {
 
 /// An open journal: appends go to a writer thread.
 pub struct Log {
+    dir: PathBuf,
     tx: Option<mpsc::Sender<Append>>,
     thread: Option<JoinHandle<()>>,
     stats: Arc<LogStats>,
@@ -234,6 +243,15 @@ impl Log {
     /// last segment back to its last whole record, with a warning), and starts the writer
     /// thread, which appends to the last segment. Returns the log and what the scan read.
     pub fn open(dir: &Path, fsync: Fsync) -> Result<(Log, Scan), ScanError> {
+        Log::open_with(dir, fsync, SEGMENT_BYTES)
+    }
+
+    /// [`Log::open`] with segments closed once they hold `segment_bytes` (at least 4 KiB).
+    pub fn open_with(
+        dir: &Path,
+        fsync: Fsync,
+        segment_bytes: u64,
+    ) -> Result<(Log, Scan), ScanError> {
         fs::create_dir_all(dir)?;
         let scan = scan(dir)?;
         if let Some(torn) = &scan.torn {
@@ -250,10 +268,12 @@ impl Log {
         let seq = segments(dir)?.last().map_or(1, |(seq, _)| *seq);
         let segment = Segment::open(dir, seq)?;
         let stats = Arc::new(LogStats::default());
+        stats.segment.store(seq, Relaxed);
         let (tx, rx) = mpsc::channel();
         let writer = Writer {
             dir: dir.to_owned(),
             segment,
+            segment_bytes: segment_bytes.max(4096),
             fsync,
             stats: stats.clone(),
             last_sync: Instant::now(),
@@ -264,6 +284,7 @@ impl Log {
             .spawn(move || writer.run(rx))?;
         Ok((
             Log {
+                dir: dir.to_owned(),
                 tx: Some(tx),
                 thread: Some(thread),
                 stats,
@@ -276,6 +297,11 @@ impl Log {
     /// with the error that kept it from being written.
     pub fn append(&self, bytes: Vec<u8>) -> Ack {
         let (tx, rx) = oneshot::channel();
+        if bytes.is_empty() {
+            let e = io::Error::new(io::ErrorKind::InvalidInput, "an empty record");
+            let _ = tx.send(Err(Arc::new(e)));
+            return rx;
+        }
         self.send(Append {
             bytes,
             ack: Some(tx),
@@ -283,12 +309,29 @@ impl Log {
         rx
     }
 
+    /// Resolves once every record appended before it is on disk (an fsync, whatever the mode).
+    pub fn sync(&self) -> Ack {
+        let (tx, rx) = oneshot::channel();
+        // An empty append is a barrier: nothing is written, and its batch is fsynced.
+        self.send(Append {
+            bytes: Vec::new(),
+            ack: Some(tx),
+        });
+        rx
+    }
+
     /// Appends a record nobody waits for.
     pub fn append_detached(&self, bytes: Vec<u8>) {
+        if bytes.is_empty() {
+            return; // an empty record would be a barrier
+        }
         self.send(Append { bytes, ack: None });
     }
 
     fn send(&self, append: Append) {
+        self.stats
+            .backlog
+            .fetch_add(append.bytes.len() as u64, Relaxed);
         if let Some(tx) = &self.tx {
             // The writer only stops when the log is dropped; a failed send drops the ack,
             // which the waiter sees as an error.
@@ -300,6 +343,62 @@ impl Log {
     pub fn stats(&self) -> &LogStats {
         &self.stats
     }
+
+    /// The folder the log is in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The segments the writer has closed (every one but the one it appends to), oldest
+    /// first: these can be compacted.
+    pub fn closed_segments(&self) -> io::Result<Vec<PathBuf>> {
+        let active = self.stats.segment.load(Relaxed);
+        Ok(segments(&self.dir)?
+            .into_iter()
+            .filter(|(seq, _)| *seq < active)
+            .map(|(_, path)| path)
+            .collect())
+    }
+
+    /// Deletes a closed segment (after what it holds that is still needed was appended again),
+    /// and makes the deletion durable.
+    pub fn remove_segment(&self, path: &Path) -> io::Result<()> {
+        fs::remove_file(path)?;
+        File::open(&self.dir)?.sync_all()
+    }
+}
+
+/// The records of one closed segment, checked as [`scan`] checks them (nothing may be torn).
+pub fn read_segment(path: &Path) -> Result<Vec<Vec<u8>>, ScanError> {
+    let mut data = Vec::new();
+    File::open(path)?.read_to_end(&mut data)?;
+    let corrupt = |offset: usize, reason: &str| ScanError::Corrupt {
+        file: path.to_owned(),
+        offset: offset as u64,
+        reason: reason.to_owned(),
+    };
+    if data.len() < MAGIC.len() || &data[..MAGIC.len()] != MAGIC {
+        return Err(corrupt(0, "not a Mailroom journal segment"));
+    }
+    let mut records = Vec::new();
+    let mut at = MAGIC.len();
+    while at < data.len() {
+        if data.len() - at < 8 {
+            return Err(corrupt(at, "less than a record header"));
+        }
+        let len = u32::from_le_bytes(data[at..at + 4].try_into().expect("4 bytes"));
+        let crc = u32::from_le_bytes(data[at + 4..at + 8].try_into().expect("4 bytes"));
+        let end = at + 8 + len as usize;
+        if len == 0 || len > MAX_RECORD || end > data.len() {
+            return Err(corrupt(at, "record length is not valid"));
+        }
+        if crc32fast::hash(&data[at + 8..end]) != crc {
+            return Err(corrupt(at, "checksum mismatch"));
+        }
+        records.push(data[at + 8..end].to_vec());
+        at = end;
+    }
+    Ok(records)
 }
 
 impl Drop for Log {
@@ -347,6 +446,7 @@ impl Segment {
 struct Writer {
     dir: PathBuf,
     segment: Segment,
+    segment_bytes: u64,
     fsync: Fsync,
     stats: Arc<LogStats>,
     last_sync: Instant,
@@ -386,6 +486,7 @@ impl Writer {
                 }
             }
             let result = self.write(&batch).map_err(Arc::new);
+            self.stats.backlog.fetch_sub(bytes as u64, Relaxed);
             for a in batch {
                 if let Some(ack) = a.ack {
                     let _ = ack.send(result.clone());
@@ -402,7 +503,12 @@ impl Writer {
     fn write(&mut self, batch: &[Append]) -> io::Result<()> {
         let attempt = (|| {
             let mut added = 0u64;
+            let mut barrier = false;
             for a in batch {
+                if a.bytes.is_empty() {
+                    barrier = true;
+                    continue;
+                }
                 let len = u32::try_from(a.bytes.len())
                     .ok()
                     .filter(|&l| l > 0 && l <= MAX_RECORD)
@@ -417,8 +523,8 @@ impl Writer {
                 added += 8 + u64::from(len);
             }
             self.segment.out.flush()?;
-            self.dirty = true;
-            if self.fsync == Fsync::Always {
+            self.dirty |= added > 0;
+            if (self.fsync == Fsync::Always || barrier) && self.dirty {
                 self.sync()?;
             }
             Ok(added)
@@ -426,14 +532,15 @@ impl Writer {
         match attempt {
             Ok(added) => {
                 self.segment.good += added;
-                self.stats.records.fetch_add(batch.len() as u64, Relaxed);
+                let records = batch.iter().filter(|a| !a.bytes.is_empty()).count();
+                self.stats.records.fetch_add(records as u64, Relaxed);
                 self.stats.batches.fetch_add(1, Relaxed);
                 if let Fsync::Interval(every) = self.fsync {
                     if self.last_sync.elapsed() >= every {
                         self.sync()?;
                     }
                 }
-                if self.segment.good >= SEGMENT_BYTES {
+                if self.segment.good >= self.segment_bytes {
                     self.rotate()?;
                 }
                 Ok(())
@@ -482,6 +589,7 @@ impl Writer {
     fn rotate(&mut self) -> io::Result<()> {
         self.sync()?;
         self.segment = Segment::open(&self.dir, self.segment.seq + 1)?;
+        self.stats.segment.store(self.segment.seq, Relaxed);
         Ok(())
     }
 }
@@ -602,9 +710,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (log, _) = Log::open(dir.path(), Fsync::Always).unwrap();
         block_on(log.append(b"first".to_vec())).unwrap().unwrap();
-        // An empty record cannot be written: its batch fails (whatever else was in it).
+        // A record over the limit cannot be written: its batch fails (whatever else was in it).
         let maybe = log.append(b"second".to_vec());
-        let bad = log.append(Vec::new());
+        let bad = log.append(vec![0; MAX_RECORD as usize + 1]);
         assert!(block_on(bad).unwrap().is_err());
         let second_ok = block_on(maybe).unwrap().is_ok();
         block_on(log.append(b"third".to_vec())).unwrap().unwrap();

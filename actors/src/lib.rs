@@ -13,7 +13,10 @@
 //!   runs one route), `cpu` (the `SyncArbiter` pool), [`processor::builtin`] and
 //!   [`processor::fetch`].
 //! - [`supervision`] — panic text and the restart budget.
-//! - [`store`] — the [`Store`] trait (message state, transitions, waiters) and [`MemoryStore`].
+//! - `store` — message state in memory (transitions, waiters): the index the dispatcher reads.
+//! - [`storage`] — the [`Storage`] trait: where every change of a message's state is written so
+//!   it survives the process; [`Memory`] (nowhere) and [`Journal`] (on local disk), and
+//!   recovery from it at start-up.
 //! - [`dead_letters`] — messages that failed every attempt.
 //! - [`metrics`] — the ledger snapshot.
 //! - [`source`] — event sources as actors (the timer; the TCP source).
@@ -29,11 +32,13 @@ pub mod error;
 pub mod journal;
 pub mod metrics;
 pub mod processor;
+mod recovery;
 pub mod route;
 pub mod router;
 pub mod settings;
 pub mod source;
-pub mod store;
+pub mod storage;
+pub(crate) mod store;
 pub mod supervision;
 
 pub use dead_letters::DeadLetter;
@@ -54,7 +59,7 @@ pub use settings::{
 pub use source::tcp::{StopAccepting, TcpSettings, TcpSource};
 pub use source::timer::{Every, Schedule, ScheduleError, ScheduleHandle};
 pub use source::{client_id, parse_json, token_accepted, truncated, JsonError, Submission};
-pub use store::{MemoryStore, Store};
+pub use storage::{Journal, JournalSettings, Memory, Storage, StorageError};
 
 /// Entry points for the fuzz targets in `fuzz/` (feature `fuzzing`): the parsing that a client's
 /// bytes go through, with no server around it, and the properties it must keep. Not part of the

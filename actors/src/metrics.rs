@@ -71,6 +71,7 @@ pub(crate) enum RejectReason {
     Draining,
     Invalid,
     ClientShare,
+    Storage,
 }
 
 /// The live counters of one route.
@@ -88,6 +89,7 @@ pub(crate) struct RouteStats {
     pub rejected_draining: AtomicU64,
     pub rejected_invalid: AtomicU64,
     pub rejected_client_share: AtomicU64,
+    pub rejected_storage: AtomicU64,
     /// queued + delayed + running; also the admission counter checked against capacity.
     pub in_flight: AtomicU64,
     pub running: AtomicU64,
@@ -103,6 +105,7 @@ impl RouteStats {
             RejectReason::Draining => &self.rejected_draining,
             RejectReason::Invalid => &self.rejected_invalid,
             RejectReason::ClientShare => &self.rejected_client_share,
+            RejectReason::Storage => &self.rejected_storage,
         };
         c.fetch_add(1, Relaxed);
     }
@@ -148,6 +151,7 @@ impl RouteStats {
                 draining: self.rejected_draining.load(Relaxed),
                 invalid: self.rejected_invalid.load(Relaxed),
                 client_share: self.rejected_client_share.load(Relaxed),
+                storage: self.rejected_storage.load(Relaxed),
             },
             in_flight,
             running,
@@ -171,6 +175,8 @@ pub struct Rejections {
     pub invalid: u64,
     /// The message's client held its share of the route.
     pub client_share: u64,
+    /// The message's record could not be written to storage.
+    pub storage: u64,
 }
 
 /// One kind's ledger at one moment.
@@ -247,6 +253,8 @@ pub struct LedgerSnapshot {
     pub stored: u64,
     /// Dead letters currently held.
     pub dead_letters: u64,
+    /// What the storage has written (all zero in memory).
+    pub storage: crate::storage::StorageStats,
 }
 
 impl LedgerSnapshot {

@@ -42,11 +42,15 @@ pub(crate) struct DispatchBatch(pub Vec<Envelope>);
 #[rtype(result = "()")]
 pub(crate) struct Forget(pub MessageId);
 
-/// Shutdown: cancel (class `shutdown`) every waiting envelope due after the deadline; returns
-/// their ids.
+/// Shutdown: cancel (class `shutdown`) every waiting envelope due after the deadline and
+/// return their ids; with `keep` (durable storage), drop them without ending them (they stay
+/// stored, to run after the next start) and return nothing.
 #[derive(Message)]
 #[rtype(result = "Vec<MessageId>")]
-pub(crate) struct DropDelayedAfter(pub Instant);
+pub(crate) struct DropDelayedAfter {
+    pub deadline: Instant,
+    pub keep: bool,
+}
 
 pub(crate) struct Router {
     core: Arc<Core>,
@@ -193,12 +197,18 @@ impl Handler<DropDelayedAfter> for Router {
         let late: Vec<MessageId> = self
             .waiting
             .iter()
-            .filter(|(_, env)| env.not_before.is_some_and(|at| at > msg.0))
+            .filter(|(_, env)| env.not_before.is_some_and(|at| at > msg.deadline))
             .map(|(id, _)| *id)
             .collect();
         let mut dropped = Vec::with_capacity(late.len());
         for id in late {
             let env = self.waiting.remove(&id).expect("listed above");
+            if msg.keep {
+                self.core
+                    .kept
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                continue;
+            }
             let error = ErrorInfo::new(
                 ErrorClass::Shutdown,
                 "the dispatcher shut down before the message was due",

@@ -1,5 +1,6 @@
-//! Message state behind one trait, [`Store`], so a durable journal or an external broker can
-//! replace the default without touching the router or the processors.
+//! Message state in memory: the index the dispatcher reads and changes. What must outlive the
+//! process is written separately, as records, to [`crate::storage`]; this index is rebuilt
+//! from them at start-up.
 //!
 //! The store is the single source of truth for a message's status. Every transition is a
 //! compare-and-set under the record's shard lock, which is what makes "exactly one terminal
@@ -47,6 +48,8 @@ pub struct NewRecord {
     pub accepted_at_ms: u64,
     /// Acceptance time, monotonic.
     pub accepted: Instant,
+    /// Attempts already started (a message recovered after a restart).
+    pub attempts: u32,
 }
 
 /// Someone waiting for a message's outcome. Told exactly once, by the terminal transition.
@@ -170,6 +173,7 @@ impl Ticket {
 /// by an outcome also sees it counted. Dropping it publishes too.
 pub struct Finished {
     outcome: Arc<Outcome>,
+    key: Option<String>,
     waiters: Option<Waiters>,
 }
 
@@ -177,6 +181,11 @@ impl Finished {
     /// The outcome.
     pub fn outcome(&self) -> &Arc<Outcome> {
         &self.outcome
+    }
+
+    /// The message's idempotency key.
+    pub fn key(&self) -> Option<&str> {
+        self.key.as_deref()
     }
 
     /// Tells the waiters and returns the outcome.
@@ -247,12 +256,14 @@ pub trait Store: Send + Sync + 'static {
     fn unfinished(&self) -> Vec<MessageId>;
     /// Records held (finished and not).
     fn len(&self) -> usize;
-    /// Whether no record is held.
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
     /// Evicts finished outcomes older than the TTL.
     fn sweep(&self);
+    /// Forgets a message that was never acknowledged (its record could not be stored), with
+    /// its key.
+    fn remove(&self, ticket: &Ticket);
+    /// Puts back the outcome of a message that finished before a restart, `age` ago, and
+    /// remembers its key.
+    fn restore(&self, outcome: Outcome, key: Option<String>, age: Duration);
 }
 
 #[derive(Default, Clone, Copy)]
@@ -438,11 +449,12 @@ impl MemoryStore {
     /// freeing old ones. The waiters are told by the returned [`Finished`].
     fn ended(
         &self,
-        id: MessageId,
+        cell: &Cell,
         outcome: Arc<Outcome>,
         waiters: Waiters,
         now: Instant,
     ) -> Finished {
+        let id = cell.id;
         let bytes = outcome_bytes(&outcome);
         {
             let mut shard = self.shard(id).lock();
@@ -451,6 +463,7 @@ impl MemoryStore {
         }
         Finished {
             outcome,
+            key: cell.key.clone(),
             waiters: Some(waiters),
         }
     }
@@ -524,7 +537,7 @@ impl Store for MemoryStore {
                 } else {
                     Status::Queued
                 },
-                attempts: 0,
+                attempts: rec.attempts,
                 started: None,
                 outcome: None,
                 waiters: waiter.map_or(Waiters::None, Waiters::One),
@@ -573,11 +586,11 @@ impl Store for MemoryStore {
     ) -> Option<Finished> {
         debug_assert!(status.is_terminal());
         let now = Instant::now();
-        let (outcome, waiters) = self
-            .cell_of(ticket)
+        let cell = self.cell_of(ticket);
+        let (outcome, waiters) = cell
             .end(status, result, error, |s| !s.is_terminal(), now)
             .ok()?;
-        Some(self.ended(ticket.id, outcome, waiters, now))
+        Some(self.ended(cell, outcome, waiters, now))
     }
 
     fn ticket(&self, id: MessageId) -> Option<Ticket> {
@@ -600,7 +613,7 @@ impl Store for MemoryStore {
                 now,
             )
             .map_err(|status| CancelError::TooLate { id, status })?;
-        Ok(self.ended(id, outcome, waiters, now))
+        Ok(self.ended(&cell, outcome, waiters, now))
     }
 
     fn get(&self, id: MessageId) -> Option<Arc<Outcome>> {
@@ -655,6 +668,51 @@ impl Store for MemoryStore {
             self.forget(evicted);
         }
     }
+
+    fn remove(&self, ticket: &Ticket) {
+        let removed = self.shard(ticket.id).lock().cells.remove(&ticket.id);
+        self.forget(removed.into_iter().collect());
+    }
+
+    fn restore(&self, outcome: Outcome, key: Option<String>, age: Duration) {
+        let now = Instant::now();
+        let finished = now.checked_sub(age).unwrap_or(now);
+        let accepted = finished
+            .checked_sub(Duration::from_secs_f64(
+                outcome.timings.total_ms.max(0.0) / 1000.0,
+            ))
+            .unwrap_or(finished);
+        let id = outcome.id;
+        let bytes = outcome_bytes(&outcome);
+        let cell = Arc::new(Cell {
+            id,
+            kind: outcome.kind,
+            source: outcome.source,
+            accepted_at_ms: outcome.accepted_at_ms,
+            accepted,
+            key: key.clone(),
+            replay_of: outcome.replay_of,
+            state: Mutex::new(CellState {
+                status: outcome.status,
+                attempts: outcome.attempts,
+                started: None,
+                outcome: Some(Arc::new(outcome)),
+                waiters: Waiters::None,
+            }),
+        });
+        if let Some(key) = key {
+            self.keys.lock().insert((cell.kind, key), id);
+        }
+        let mut evicted = Vec::new();
+        {
+            let mut shard = self.shard(id).lock();
+            shard.cells.insert(id, cell);
+            shard.finished.push_back((finished, id, bytes));
+            shard.bytes += bytes;
+            self.evict(&mut shard, now, &mut evicted);
+        }
+        self.forget(evicted);
+    }
 }
 
 #[cfg(test)]
@@ -671,6 +729,7 @@ mod tests {
             replay_of: None,
             accepted_at_ms: 0,
             accepted: Instant::now(),
+            attempts: 0,
         }
     }
 

@@ -17,12 +17,12 @@ use serde_json::{json, Value};
 
 use crate::binary::{rss_mb, serve, serve_limited, Served};
 
-fn addr_of(base: &str) -> String {
+pub(crate) fn addr_of(base: &str) -> String {
     base.trim_start_matches("http://").to_owned()
 }
 
 /// One plain HTTP/1.1 exchange on a fresh connection: the status and the body.
-fn http(
+pub(crate) fn http(
     addr: &str,
     method: &str,
     path: &str,
@@ -101,7 +101,7 @@ impl Watchdog {
     }
 }
 
-fn wait_until(what: &str, max: Duration, mut cond: impl FnMut() -> bool) {
+pub(crate) fn wait_until(what: &str, max: Duration, mut cond: impl FnMut() -> bool) {
     let end = Instant::now() + max;
     while !cond() {
         assert!(Instant::now() < end, "timed out waiting for {what}");

@@ -2,6 +2,7 @@
 //! `check-config`, and SIGTERM draining.
 
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -195,7 +196,8 @@ async fn check_config_reports_good_and_bad_files() {
             "--bind",
             "127.0.0.1:0",
         ]),
-        vec![],
+        // No journal in the working directory (the repository's).
+        vec![("MAILROOM_STORAGE__KIND", "memory".into())],
     )
     .await;
     assert_eq!(r.code, 2, "{}", r.stderr);
@@ -228,7 +230,9 @@ pub(crate) struct Served {
     pub base: String,
     pub tcp: Option<String>,
     pub logs: mpsc::Receiver<String>,
-    _dir: tempfile::TempDir,
+    /// The lines read from `logs` while waiting for the server to come up.
+    pub startup: Vec<String>,
+    _dir: Option<tempfile::TempDir>,
 }
 
 /// Starts `mailroom serve` with `toml` on ephemeral ports (HTTP always; TCP when the config has
@@ -240,7 +244,16 @@ pub(crate) fn serve(toml: &str) -> Served {
 /// [`serve`], with the server's open-file limit set to `max_files` when given (`ulimit -n`).
 pub(crate) fn serve_limited(toml: &str, max_files: Option<u32>) -> Served {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("config.toml");
+    let mut served = serve_in(dir.path(), toml, max_files).unwrap_or_else(|e| panic!("{e}"));
+    served._dir = Some(dir);
+    served
+}
+
+/// Starts `mailroom serve` in the folder `dir` (its working directory, where the default
+/// journal `./data` lives), which outlives the server: a test can start another on it. Returns
+/// the log when the server does not come up (it exited, or took over 20 s).
+pub(crate) fn serve_in(dir: &Path, toml: &str, max_files: Option<u32>) -> Result<Served, String> {
+    let path = dir.join("config.toml");
     std::fs::write(&path, toml).unwrap();
     let want_tcp = toml.contains("[sources.tcp]");
     let serve_args = [
@@ -260,6 +273,8 @@ pub(crate) fn serve_limited(toml: &str, max_files: Option<u32>) -> Served {
     };
     let mut child = command
         .args(serve_args)
+        // The default journal (./data) goes to the test's own folder.
+        .current_dir(dir)
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
@@ -282,28 +297,38 @@ pub(crate) fn serve_limited(toml: &str, max_files: Option<u32>) -> Served {
             .to_owned()
     };
     let (mut base, mut tcp) = (None, None);
+    let mut startup = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
-        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
-            if line.contains("mailroom is serving") {
-                base = Some(format!("http://{}", addr_in(&line)));
-            } else if line.contains("TCP source listening") {
-                tcp = Some(addr_in(&line));
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(line) => {
+                if line.contains("mailroom is serving") {
+                    base = Some(format!("http://{}", addr_in(&line)));
+                } else if line.contains("TCP source listening") {
+                    tcp = Some(addr_in(&line));
+                }
+                startup.push(line);
             }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break, // it exited
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
         if let Some(base) = base.clone().filter(|_| tcp.is_some() || !want_tcp) {
-            return Served {
+            return Ok(Served {
                 child,
                 base,
                 tcp,
                 logs: rx,
-                _dir: dir,
-            };
+                startup,
+                _dir: None,
+            });
         }
     }
     let _ = child.kill();
-    let _ = child.wait();
-    panic!("mailroom serve did not start");
+    let status = child.wait().ok().and_then(|s| s.code());
+    Err(format!(
+        "mailroom serve did not start (exit {status:?}):\n{}",
+        startup.join("\n")
+    ))
 }
 
 impl Drop for Served {
@@ -313,7 +338,7 @@ impl Drop for Served {
     }
 }
 
-fn collect_until_exit(
+pub(crate) fn collect_until_exit(
     child: &mut std::process::Child,
     rx: &mpsc::Receiver<String>,
     max: Duration,
@@ -398,7 +423,7 @@ async fn sigterm_drains_in_flight_messages_and_exits_zero() {
 
 #[actix_rt::test]
 async fn sigterm_past_the_timeout_cancels_what_is_left_and_still_exits_zero() {
-    let mut served = serve("[server]\nshutdown_timeout_ms = 300\n");
+    let mut served = serve("[server]\nshutdown_timeout_ms = 300\n[storage]\nkind = \"memory\"\n");
     let base = served.base.clone();
     let (status, accepted) = post(
         &format!("{base}/v1/messages"),

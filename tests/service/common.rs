@@ -3,7 +3,7 @@
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
-use mailroom::config::Config;
+use mailroom::config::{Config, StorageConfig};
 use mailroom::{Listeners, ServeError};
 use mailroom_actors::ShutdownReport;
 use serde_json::Value;
@@ -22,11 +22,21 @@ pub fn config() -> Config {
 pub struct TestServer {
     pub base: String,
     pub tcp: Option<SocketAddr>,
+    /// The journal's folder when the test kept the default one (removed with the server).
+    _journal: Option<tempfile::TempDir>,
     stop: Option<oneshot::Sender<()>>,
     done: actix_rt::task::JoinHandle<Result<ShutdownReport, ServeError>>,
 }
 
+/// Starts the server in this process. With the default storage (a journal in `./data`), the
+/// journal goes to a folder of its own, removed with the server: the tests run against the
+/// journal, as the service does by default.
 pub async fn start(mut config: Config) -> TestServer {
+    let journal = (config.storage.path == StorageConfig::default().path).then(|| {
+        let dir = tempfile::tempdir().unwrap();
+        config.storage.path = dir.path().to_owned();
+        dir
+    });
     let http = TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://{}", http.local_addr().unwrap());
     let tcp = config
@@ -47,6 +57,7 @@ pub async fn start(mut config: Config) -> TestServer {
     let server = TestServer {
         base,
         tcp: tcp_addr,
+        _journal: journal,
         stop: Some(tx),
         done,
     };

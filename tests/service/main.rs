@@ -10,6 +10,7 @@ mod backpressure;
 mod bad_input;
 mod binary;
 mod config;
+mod durability;
 mod examples;
 mod soak;
 mod tcp;

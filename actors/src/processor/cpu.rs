@@ -125,7 +125,7 @@ impl Handoff {
     fn begin(&self, core: &Core, route: usize) -> Option<u32> {
         let mut st = self.state.lock();
         let env = st.env.as_mut()?;
-        match core.store.start(&env.ticket) {
+        match core.start(&env.ticket) {
             Ok(attempt) => {
                 env.attempt = attempt;
                 core.routes[route].stats.running.fetch_add(1, Relaxed);

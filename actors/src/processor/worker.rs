@@ -190,12 +190,12 @@ impl Worker {
             // A CPU message stays queued until a pool thread begins it (see `cpu.rs`).
             Exec::Cpu(pool, _) if !pool.connected() => {
                 // The attempt fails without ever running.
-                env.attempt = core.store.start(&env.ticket).ok()?;
+                env.attempt = core.start(&env.ticket).ok()?;
                 return Some((env, JobResult::Lost("its threads are gone".into())));
             }
             Exec::Cpu(..) => {}
             Exec::Async(_) => {
-                match core.store.start(&env.ticket) {
+                match core.start(&env.ticket) {
                     Ok(attempt) => env.attempt = attempt,
                     Err(_) => return None, // cancelled while it waited (already counted), or shut down
                 }

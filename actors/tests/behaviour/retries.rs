@@ -56,7 +56,7 @@ async fn retries_back_off_then_the_message_is_dead_and_can_be_replayed() {
     assert_eq!(messages, ["failure 1", "failure 2", "failure 3"]);
     assert!(dl.errors.iter().all(|e| e.class == ErrorClass::Error));
 
-    let replay = d.replay(out.id).unwrap();
+    let replay = d.replay(out.id).await.unwrap();
     assert_ne!(replay, out.id);
     let replayed = d.wait(replay, Duration::from_secs(5)).await.unwrap();
     assert_eq!(replayed.status, Status::Completed);
@@ -70,7 +70,10 @@ async fn retries_back_off_then_the_message_is_dead_and_can_be_replayed() {
         d.dead_letters(None, 100).is_empty(),
         "a replayed dead letter leaves the list"
     );
-    assert!(matches!(d.replay(out.id), Err(ReplayError::Unknown(_))));
+    assert!(matches!(
+        d.replay(out.id).await,
+        Err(ReplayError::Unknown(_))
+    ));
 
     let stats = settled(&d).await;
     let k = stats.kind("flaky").unwrap();

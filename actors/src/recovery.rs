@@ -1,0 +1,264 @@
+//! Recovery and compaction: turning the records in [`crate::storage`] back into message state
+//! at start-up, and telling the storage which records are still needed.
+//!
+//! Recovery folds the records, oldest first, into what each message last was: every message
+//! that had not finished is admitted again under its own id, kind, payload, key, attempt count
+//! and acceptance time (a delayed one keeps its due time; one that was running at the crash
+//! runs again, its `attempts` showing it); finished outcomes within `result_ttl` come back with
+//! their idempotency keys; dead letters come back unless they were replayed. A message whose
+//! kind has no route any more fails at once, with an error saying so, rather than being lost.
+//!
+//! Compaction keeps an `Accepted` record only while its message is unfinished (rewritten with
+//! its current attempt count), a `Finished` one only while the outcome is held, a dead letter
+//! only while it is filed; `Started` and `Replayed` records are never needed once older records
+//! are gone. What changed while a segment was being compacted is written again after the
+//! copies, so the last record of a message is always its latest state.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use crate::dead_letters::DeadLetter;
+use crate::dispatcher::Core;
+use crate::envelope::{unix_ms, Envelope, ErrorClass, ErrorInfo, MessageId, Outcome, Status};
+use crate::storage::{Accepted, Record};
+use crate::store::NewRecord;
+
+/// What the records say, message by message.
+#[derive(Debug, Default)]
+pub(crate) struct Recovered {
+    unfinished: BTreeMap<MessageId, Accepted>,
+    finished: Vec<(Arc<Outcome>, Option<String>)>,
+    dead: BTreeMap<MessageId, DeadLetter>,
+}
+
+impl Recovered {
+    /// Folds records, oldest first. A message's `Finished` record wins over any `Accepted` copy
+    /// of it, wherever the copy is.
+    pub(crate) fn fold(records: Vec<Record>) -> Recovered {
+        let mut r = Recovered::default();
+        let mut finished_ids = HashSet::new();
+        for record in records {
+            match record {
+                Record::Accepted(a) => {
+                    if finished_ids.contains(&a.id) {
+                        continue;
+                    }
+                    let attempts = a.attempts;
+                    r.unfinished
+                        .entry(a.id)
+                        .and_modify(|e| e.attempts = e.attempts.max(attempts))
+                        .or_insert(a);
+                }
+                Record::Started { id, attempt } => {
+                    if let Some(a) = r.unfinished.get_mut(&id) {
+                        a.attempts = a.attempts.max(attempt);
+                    }
+                }
+                Record::Finished { outcome, key } => {
+                    r.unfinished.remove(&outcome.id);
+                    if finished_ids.insert(outcome.id) {
+                        r.finished.push((outcome, key));
+                    }
+                }
+                Record::Dead(d) => {
+                    r.dead.insert(d.id, d);
+                }
+                Record::Replayed { id } => {
+                    r.dead.remove(&id);
+                }
+            }
+        }
+        r.finished.sort_by_key(|(o, _)| finished_at_ms(o));
+        r
+    }
+}
+
+fn finished_at_ms(o: &Outcome) -> u64 {
+    o.accepted_at_ms + o.timings.total_ms.max(0.0) as u64
+}
+
+/// Puts recovered state back into a freshly built dispatcher and hands the unfinished
+/// messages to their routers. Logs what it did, by state.
+pub(crate) fn restore(core: &Core, recovered: Recovered) {
+    let started = Instant::now();
+    let now_ms = unix_ms();
+    let ttl_ms = u64::try_from(core.settings.result_ttl.as_millis()).unwrap_or(u64::MAX);
+    let mut outcomes = 0usize;
+    for (outcome, key) in recovered.finished {
+        let age = now_ms.saturating_sub(finished_at_ms(&outcome));
+        if age < ttl_ms {
+            let outcome = Arc::try_unwrap(outcome).unwrap_or_else(|a| Outcome::clone(&a));
+            core.store.restore(outcome, key, Duration::from_millis(age));
+            outcomes += 1;
+        }
+    }
+    let dead_letters = recovered.dead.len();
+    for d in recovered.dead.into_values() {
+        core.dead.push(d);
+    }
+    let (mut queued, mut delayed, mut rerun, mut unroutable) = (0usize, 0usize, 0usize, 0usize);
+    let now = Instant::now();
+    let mut envs = Vec::with_capacity(recovered.unfinished.len());
+    for a in recovered.unfinished.into_values() {
+        let route = core.by_kind.get(a.kind.as_str()).copied();
+        let age = Duration::from_millis(now_ms.saturating_sub(a.id.timestamp_ms()));
+        let due = a
+            .due_ms
+            .filter(|&d| d > now_ms)
+            .map(|d| now + Duration::from_millis(d - now_ms));
+        let mut record = NewRecord {
+            id: a.id,
+            kind: a.kind,
+            source: a.source,
+            key: a.key.clone(),
+            delayed: due.is_some(),
+            replay_of: a.replay_of,
+            accepted_at_ms: a.id.timestamp_ms(),
+            accepted: now.checked_sub(age).unwrap_or(now),
+            attempts: a.attempts,
+        };
+        let ticket = match core.store.insert(record.clone(), None) {
+            Ok(t) => t,
+            Err(_) => {
+                // Its key now names another message (which cannot happen unless records were
+                // edited): it runs without the key rather than not at all.
+                record.key = None;
+                core.store
+                    .insert(record, None)
+                    .unwrap_or_else(|_| unreachable!("a record without a key is never refused"))
+            }
+        };
+        let Some(index) = route else {
+            unroutable += 1;
+            let error = ErrorInfo::new(
+                ErrorClass::Error,
+                format!(
+                    "no route for kind {} after the restart; the message could not run",
+                    a.kind
+                ),
+            );
+            if let Some(f) = core
+                .store
+                .finish(&ticket, Status::Failed, None, Some(error))
+            {
+                core.ended(None, f);
+            }
+            continue;
+        };
+        let stats = &core.routes[index].stats;
+        stats.accepted.fetch_add(1, Relaxed);
+        // Over the route's capacity if need be: these were accepted before.
+        stats.in_flight.fetch_add(1, Relaxed);
+        match (due.is_some(), a.attempts > 0) {
+            (true, _) => delayed += 1,
+            (false, true) => rerun += 1,
+            (false, false) => queued += 1,
+        }
+        envs.push(Envelope {
+            id: a.id,
+            kind: a.kind,
+            payload: a.payload,
+            source: a.source,
+            attempt: a.attempts,
+            enqueued_at: std::time::UNIX_EPOCH + Duration::from_millis(a.id.timestamp_ms()),
+            not_before: due,
+            timeout: a.timeout_ms.map(Duration::from_millis),
+            key: a.key,
+            replay_of: a.replay_of,
+            route: index,
+            ticket,
+            history: Vec::new(),
+            _share: None,
+        });
+    }
+    core.hand_off_batch(envs);
+    tracing::info!(
+        queued,
+        delayed,
+        rerun,
+        unroutable,
+        outcomes,
+        dead_letters,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "storage: recovered {} unfinished messages ({queued} queued, {delayed} delayed, {rerun} running at the stop, run again; {unroutable} with no route, failed), {outcomes} outcomes, {dead_letters} dead letters",
+        queued + delayed + rerun + unroutable,
+    );
+}
+
+/// Compacts the storage once: asks it to drop what is no longer needed, then writes again the
+/// latest state of any message that changed while its records were being copied.
+pub(crate) fn compact(core: &Core) {
+    let store = &core.store;
+    let dead = &core.dead;
+    let mut keep = |record: Record| -> Option<Record> {
+        match record {
+            Record::Accepted(mut a) => {
+                let now = store.get(a.id)?;
+                if now.status.is_terminal() {
+                    return None;
+                }
+                a.attempts = now.attempts;
+                Some(Record::Accepted(a))
+            }
+            Record::Finished { outcome, key } => {
+                let now = store.get(outcome.id)?;
+                now.status
+                    .is_terminal()
+                    .then_some(Record::Finished { outcome, key })
+            }
+            Record::Dead(d) => dead.get(d.id).map(|_| Record::Dead(d)),
+            Record::Started { .. } | Record::Replayed { .. } => None,
+        }
+    };
+    match core.storage.compact(&mut keep) {
+        Ok(done) => {
+            for record in &done.kept {
+                match record {
+                    Record::Accepted(a) => {
+                        if let Some(now) = store.get(a.id).filter(|o| o.status.is_terminal()) {
+                            let _ = core.storage.append(&Record::Finished {
+                                outcome: now,
+                                key: a.key.clone(),
+                            });
+                        }
+                    }
+                    Record::Dead(d) if dead.get(d.id).is_none() => {
+                        let _ = core.storage.append(&Record::Replayed { id: d.id });
+                    }
+                    _ => {}
+                }
+            }
+            if done.segments > 0 {
+                tracing::debug!(
+                    segments = done.segments,
+                    read = done.read,
+                    kept = done.kept.len(),
+                    "storage: compacted"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "storage: compaction failed; it is tried again later"),
+    }
+}
+
+/// Starts the thread that compacts the storage every second, until the dispatcher is gone or
+/// shutting down. A thread of its own: compaction reads and writes files.
+pub(crate) fn start_compactor(core: &Arc<Core>) {
+    let weak: Weak<Core> = Arc::downgrade(core);
+    let spawned = std::thread::Builder::new()
+        .name("mailroom-compactor".into())
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_secs(1));
+            let Some(core) = weak.upgrade() else { return };
+            if core.draining.load(Relaxed) {
+                return;
+            }
+            core.store.sweep();
+            compact(&core);
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "storage: cannot start the compactor thread; the journal will not be compacted");
+    }
+}

@@ -1,0 +1,464 @@
+//! Storage: where accepted work is written so that it outlives the process. One public trait,
+//! [`Storage`], with two implementations here: [`Memory`] (nothing is written; today's
+//! in-memory behaviour) and [`Journal`] (an append-only log on local disk, see
+//! [`crate::journal`]). A cluster backend (a NATS JetStream stream) fits the same trait: records
+//! are published to a stream, a receipt is the stream's acknowledgement.
+//!
+//! The storage is a write-ahead log of [`Record`]s, not the index the dispatcher reads: the
+//! dispatcher keeps message state in memory and writes every change of it here. At start-up
+//! [`Storage::load`] hands back what was written, and the dispatcher rebuilds its state from it
+//! (see `docs/ARCHITECTURE.md`, "Storage").
+//!
+//! Failure: an append that cannot be made durable resolves its [`Receipt`] with a
+//! [`StorageError`]; the dispatcher then refuses the message it was admitting (nothing is lost:
+//! the message was never acknowledged). [`Storage::load`] fails on a record that does not check
+//! out, naming the file and offset, so start-up stops rather than silently losing work.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::dead_letters::DeadLetter;
+use crate::envelope::{Kind, MessageId, Outcome, Source};
+use crate::journal::{self, Log, Scan, ScanError};
+
+pub use crate::journal::Fsync;
+
+/// A message as it was accepted: everything needed to run it again after a restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Accepted {
+    /// Its id (which also gives its acceptance time).
+    pub id: MessageId,
+    /// Its kind.
+    pub kind: Kind,
+    /// Its payload.
+    pub payload: Value,
+    /// Where it came from.
+    pub source: Source,
+    /// Its idempotency key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// When it may run, Unix milliseconds (a delayed message).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due_ms: Option<u64>,
+    /// Its own run timeout, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// The dead letter it replays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_of: Option<MessageId>,
+    /// Attempts already started (non-zero when compaction writes the record again).
+    #[serde(default)]
+    pub attempts: u32,
+}
+
+/// One change of a message's state, as written to storage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Record {
+    /// A message was accepted.
+    Accepted(Accepted),
+    /// An attempt began.
+    Started {
+        /// The message.
+        id: MessageId,
+        /// The attempt's number (1 for the first).
+        attempt: u32,
+    },
+    /// A message reached its terminal state.
+    Finished {
+        /// Its outcome (shared with the index, not copied).
+        outcome: Arc<Outcome>,
+        /// Its idempotency key, remembered as long as the outcome is.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
+    },
+    /// A message was filed in the dead letters (its `Finished` record follows).
+    Dead(DeadLetter),
+    /// A dead letter was replayed and left the dead letters.
+    Replayed {
+        /// The dead letter's id.
+        id: MessageId,
+    },
+}
+
+impl Record {
+    /// The record's bytes as stored (JSON text: the journal can be read with ordinary tools).
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a record always serializes")
+    }
+
+    /// Reads a record back.
+    pub fn decode(bytes: &[u8]) -> Result<Record, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+
+    /// The message the record is about.
+    pub fn id(&self) -> MessageId {
+        match self {
+            Record::Accepted(a) => a.id,
+            Record::Started { id, .. } | Record::Replayed { id } => *id,
+            Record::Finished { outcome, .. } => outcome.id,
+            Record::Dead(d) => d.id,
+        }
+    }
+}
+
+/// Why storage could not do what was asked.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StorageError {
+    /// A write, an fsync or a read failed (a full disk, an I/O error).
+    #[error("storage I/O error: {0}")]
+    Io(Arc<io::Error>),
+    /// What was read back does not check out.
+    #[error("storage corrupt: {file} at offset {offset}: {reason}")]
+    Corrupt {
+        /// The file.
+        file: PathBuf,
+        /// Where the bad record begins.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The storage was closed.
+    #[error("storage is closed")]
+    Closed,
+    /// Records wait to be written faster than the disk takes them: admission pauses until the
+    /// backlog shrinks below its bound.
+    #[error("the journal is {0} bytes behind; try again shortly")]
+    Backlog(u64),
+    /// Another process has the journal open.
+    #[error("the journal in {0} is in use by another process (its LOCK file is locked)")]
+    InUse(PathBuf),
+}
+
+impl From<io::Error> for StorageError {
+    fn from(e: io::Error) -> Self {
+        StorageError::Io(Arc::new(e))
+    }
+}
+
+impl From<ScanError> for StorageError {
+    fn from(e: ScanError) -> Self {
+        match e {
+            ScanError::Io(e) => e.into(),
+            ScanError::Corrupt {
+                file,
+                offset,
+                reason,
+            } => StorageError::Corrupt {
+                file,
+                offset,
+                reason,
+            },
+        }
+    }
+}
+
+/// The answer to [`Storage::append`]: resolves once the record is as durable as the storage
+/// promises.
+#[derive(Debug)]
+pub struct Receipt(ReceiptInner);
+
+#[derive(Debug)]
+enum ReceiptInner {
+    Ready(Result<(), StorageError>),
+    Journal(journal::Ack),
+}
+
+impl Receipt {
+    /// A receipt that is already settled.
+    pub fn ready(result: Result<(), StorageError>) -> Receipt {
+        Receipt(ReceiptInner::Ready(result))
+    }
+
+    /// Waits until the record is durable, or for the error that kept it from being written.
+    pub async fn durable(self) -> Result<(), StorageError> {
+        match self.0 {
+            ReceiptInner::Ready(r) => r,
+            ReceiptInner::Journal(ack) => match ack.await {
+                Ok(r) => r.map_err(StorageError::Io),
+                Err(_) => Err(StorageError::Closed),
+            },
+        }
+    }
+
+    /// [`Receipt::durable`] for a thread that may block (never an async arbiter).
+    pub fn wait_blocking(self) -> Result<(), StorageError> {
+        match self.0 {
+            ReceiptInner::Ready(r) => r,
+            ReceiptInner::Journal(ack) => match ack.blocking_recv() {
+                Ok(r) => r.map_err(StorageError::Io),
+                Err(_) => Err(StorageError::Closed),
+            },
+        }
+    }
+}
+
+/// What compaction did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Compacted {
+    /// Segments (or equivalent units) removed.
+    pub segments: usize,
+    /// Records read from them.
+    pub read: usize,
+    /// Records written again because they were still needed.
+    pub kept: Vec<Record>,
+}
+
+/// Counters of a storage, for metrics and benchmarks.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct StorageStats {
+    /// Records written.
+    pub records: u64,
+    /// fsyncs done.
+    pub fsyncs: u64,
+    /// Writes or fsyncs that failed.
+    pub failures: u64,
+    /// Bytes on disk.
+    pub bytes: u64,
+}
+
+/// Where accepted work is written so it survives the process.
+///
+/// The dispatcher calls [`Storage::load`] once when it is built, then [`Storage::append`] for
+/// every change of a message's state, from any thread, and [`Storage::compact`] now and then
+/// from a thread of its own that may block.
+pub trait Storage: Send + Sync + 'static {
+    /// Whether records outlive the process. When false, nothing is recovered at start-up and
+    /// shutdown cancels what it could not finish.
+    fn is_durable(&self) -> bool;
+    /// Appends a record, in order after every record appended before it returned.
+    fn append(&self, record: &Record) -> Receipt;
+    /// Every record written and not compacted away, oldest first. Called once, before the
+    /// first append.
+    fn load(&self) -> Result<Vec<Record>, StorageError>;
+    /// Drops records that are no longer needed: `keep` is asked about each record of the
+    /// oldest data and answers with the record to write again (maybe updated), or `None`.
+    /// Returns what was kept so the caller can write again anything that changed meanwhile.
+    fn compact(
+        &self,
+        keep: &mut dyn FnMut(Record) -> Option<Record>,
+    ) -> Result<Compacted, StorageError> {
+        let _ = keep;
+        Ok(Compacted::default())
+    }
+    /// Resolves once every record appended before it is durable, whatever the fsync mode
+    /// (shutdown calls it last).
+    fn flush(&self) -> Receipt {
+        Receipt::ready(Ok(()))
+    }
+    /// What has been written so far.
+    fn stats(&self) -> StorageStats {
+        StorageStats::default()
+    }
+    /// Whether a new message may be admitted now: an error when records already wait to be
+    /// written beyond the storage's bound (so a slow disk cannot make memory grow without
+    /// bound). Records of messages already accepted are always taken.
+    fn admitting(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
+}
+
+/// No storage: message state lives in memory only and is gone with the process.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Memory;
+
+impl Storage for Memory {
+    fn is_durable(&self) -> bool {
+        false
+    }
+
+    fn append(&self, _record: &Record) -> Receipt {
+        Receipt::ready(Ok(()))
+    }
+
+    fn load(&self) -> Result<Vec<Record>, StorageError> {
+        Ok(Vec::new())
+    }
+}
+
+/// How a [`Journal`] writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JournalSettings {
+    /// When records reach the disk, and when an append is acknowledged.
+    pub fsync: Fsync,
+    /// A segment file is closed (and may be compacted) once it holds this many bytes.
+    pub segment_bytes: u64,
+    /// Most bytes of records waiting to be written before new messages are refused
+    /// ([`StorageError::Backlog`]).
+    pub max_backlog_bytes: u64,
+}
+
+impl Default for JournalSettings {
+    fn default() -> Self {
+        JournalSettings {
+            fsync: Fsync::Always,
+            segment_bytes: journal::SEGMENT_BYTES,
+            max_backlog_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl JournalSettings {
+    /// `fsync = "interval"` every `every`.
+    pub fn interval(every: Duration) -> JournalSettings {
+        JournalSettings {
+            fsync: Fsync::Interval(every),
+            ..JournalSettings::default()
+        }
+    }
+}
+
+/// The embedded journal: records in checksummed segment files in one folder, written by one
+/// thread with group commit (see [`crate::journal`]). Compaction reads a closed segment, writes
+/// again what is still needed and deletes the file.
+#[derive(Debug)]
+pub struct Journal {
+    log: Log,
+    scan: Mutex<Option<Scan>>,
+    max_backlog_bytes: u64,
+    /// Holds the folder's lock for as long as the journal is open.
+    _lock: std::fs::File,
+}
+
+impl Journal {
+    /// Opens (or creates) the journal in `dir`. A torn tail is dropped with a warning; a
+    /// corrupt record stops it with [`StorageError::Corrupt`].
+    /// Only one process may have a journal open: a second gets [`StorageError::InUse`].
+    pub fn open(dir: impl AsRef<Path>, settings: JournalSettings) -> Result<Journal, StorageError> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir)?;
+        let lock = std::fs::File::create(dir.join("LOCK"))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StorageError::InUse(dir.to_owned()))
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
+        }
+        let (log, scan) = Log::open_with(dir, settings.fsync, settings.segment_bytes)?;
+        Ok(Journal {
+            log,
+            scan: Mutex::new(Some(scan)),
+            max_backlog_bytes: settings.max_backlog_bytes,
+            _lock: lock,
+        })
+    }
+
+    /// The folder the journal is in.
+    pub fn dir(&self) -> &Path {
+        self.log.dir()
+    }
+
+    fn disk_bytes(&self) -> u64 {
+        std::fs::read_dir(self.log.dir())
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok()?.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+}
+
+impl Storage for Journal {
+    fn is_durable(&self) -> bool {
+        true
+    }
+
+    fn append(&self, record: &Record) -> Receipt {
+        Receipt(ReceiptInner::Journal(self.log.append(record.encode())))
+    }
+
+    fn load(&self) -> Result<Vec<Record>, StorageError> {
+        let Some(scan) = self.scan.lock().take() else {
+            return Ok(Vec::new());
+        };
+        scan.records
+            .iter()
+            .zip(&scan.positions)
+            .map(|(bytes, &(segment, offset))| {
+                Record::decode(bytes).map_err(|e| StorageError::Corrupt {
+                    file: scan.segments[segment].clone(),
+                    offset,
+                    reason: format!("the record's checksum is right but it does not decode: {e}"),
+                })
+            })
+            .collect()
+    }
+
+    fn compact(
+        &self,
+        keep: &mut dyn FnMut(Record) -> Option<Record>,
+    ) -> Result<Compacted, StorageError> {
+        let mut done = Compacted::default();
+        // Oldest first, and only a prefix: a record may need one in an older segment (a
+        // replay needs its dead letter), so a segment is never dropped while an older one
+        // stays.
+        for path in self.log.closed_segments()? {
+            let records = journal::read_segment(&path)?;
+            let total: usize = records.iter().map(Vec::len).sum();
+            let mut kept = Vec::new();
+            for bytes in &records {
+                let record = Record::decode(bytes).map_err(|e| StorageError::Corrupt {
+                    file: path.clone(),
+                    offset: 0,
+                    reason: format!("a record does not decode: {e}"),
+                })?;
+                if let Some(k) = keep(record) {
+                    kept.push((k.encode(), k));
+                }
+            }
+            // A segment that is still mostly needed waits: writing it again would only move it.
+            if kept.iter().map(|(b, _)| b.len()).sum::<usize>() * 2 > total {
+                break;
+            }
+            done.read += records.len();
+            let acks: Vec<_> = kept
+                .iter_mut()
+                .map(|(b, _)| self.log.append(std::mem::take(b)))
+                .collect();
+            // The segment goes only once what it still held is durable elsewhere.
+            for ack in acks {
+                match ack.blocking_recv() {
+                    Ok(r) => r.map_err(StorageError::Io)?,
+                    Err(_) => return Err(StorageError::Closed),
+                }
+            }
+            self.log.remove_segment(&path)?;
+            done.segments += 1;
+            done.kept.extend(kept.into_iter().map(|(_, k)| k));
+        }
+        Ok(done)
+    }
+
+    fn flush(&self) -> Receipt {
+        Receipt(ReceiptInner::Journal(self.log.sync()))
+    }
+
+    fn admitting(&self) -> Result<(), StorageError> {
+        let behind = self.log.stats().backlog.load(Relaxed);
+        if behind > self.max_backlog_bytes {
+            return Err(StorageError::Backlog(behind));
+        }
+        Ok(())
+    }
+
+    fn stats(&self) -> StorageStats {
+        let s = self.log.stats();
+        StorageStats {
+            records: s.records.load(Relaxed),
+            fsyncs: s.fsyncs.load(Relaxed),
+            failures: s.failures.load(Relaxed),
+            bytes: self.disk_bytes(),
+        }
+    }
+}
