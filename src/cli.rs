@@ -214,6 +214,27 @@ pub fn check_journal(path: &std::path::Path) -> ExitCode {
     }
     match mailroom_actors::journal::scan(path) {
         Ok(scan) => {
+            // Each record must also be one the service can read back.
+            let mut counts = std::collections::BTreeMap::<&str, usize>::new();
+            for (bytes, &(segment, offset)) in scan.records.iter().zip(&scan.positions) {
+                use mailroom_actors::storage::Record;
+                let what = match Record::decode(bytes) {
+                    Ok(Record::Accepted(_)) => "accepted",
+                    Ok(Record::Started { .. }) => "started",
+                    Ok(Record::Finished { .. }) => "finished",
+                    Ok(Record::Dead(_)) => "dead",
+                    Ok(Record::Replayed { .. }) => "replayed",
+                    Err(e) => {
+                        println!(
+                            "{}: journal corrupt: {} at offset {offset}: the record does not decode: {e}",
+                            path.display(),
+                            scan.segments[segment].display()
+                        );
+                        return ExitCode::from(1);
+                    }
+                };
+                *counts.entry(what).or_default() += 1;
+            }
             println!(
                 "{}: ok — {} segments, {} records, {} bytes",
                 path.display(),
@@ -221,6 +242,10 @@ pub fn check_journal(path: &std::path::Path) -> ExitCode {
                 scan.records.len(),
                 scan.bytes
             );
+            if !counts.is_empty() {
+                let by: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
+                println!("records: {}", by.join(", "));
+            }
             if let Some(t) = scan.torn {
                 println!(
                     "torn tail: {} at offset {} ({} bytes of a record cut short); opening the journal drops it",

@@ -56,9 +56,7 @@ enum Command {
         /// The file to check.
         path: Option<PathBuf>,
     },
-    /// Inspect a journal folder. (Hidden from the help until the journal is the service's
-    /// store: the log format and this check come first.)
-    #[command(hide = true)]
+    /// Inspect a journal folder (`storage.path`).
     Journal {
         #[command(subcommand)]
         command: JournalCommand,

@@ -262,3 +262,74 @@ pub(crate) fn start_compactor(core: &Arc<Core>) {
         tracing::error!(error = %e, "storage: cannot start the compactor thread; the journal will not be compacted");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::{Kind, Source, Timings};
+    use serde_json::json;
+
+    fn accepted(id: MessageId) -> Record {
+        Record::Accepted(Accepted {
+            id,
+            kind: Kind::new("echo").unwrap(),
+            payload: json!(1),
+            source: Source::Http,
+            key: None,
+            due_ms: None,
+            timeout_ms: None,
+            replay_of: None,
+            attempts: 0,
+        })
+    }
+
+    fn finished(id: MessageId) -> Record {
+        Record::Finished {
+            outcome: Arc::new(Outcome {
+                id,
+                kind: Kind::new("echo").unwrap(),
+                status: Status::Completed,
+                result: Some(json!(1)),
+                error: None,
+                attempts: 1,
+                source: Source::Http,
+                accepted_at_ms: id.timestamp_ms(),
+                timings: Timings::default(),
+                replay_of: None,
+            }),
+            key: Some("k".into()),
+        }
+    }
+
+    #[test]
+    fn the_latest_state_of_each_message_wins() {
+        let (a, b, c) = (MessageId::next(), MessageId::next(), MessageId::next());
+        let r = Recovered::fold(vec![
+            accepted(a),
+            accepted(b),
+            Record::Started { id: a, attempt: 1 },
+            Record::Started { id: a, attempt: 2 },
+            finished(b),
+            // A compaction copy written after the message finished does not bring it back.
+            accepted(b),
+            accepted(c),
+            Record::Dead(DeadLetter {
+                id: c,
+                kind: Kind::new("echo").unwrap(),
+                payload: json!(1),
+                attempts: 1,
+                errors: vec![],
+                died_at_ms: 0,
+                source: Source::Http,
+                replay_of: None,
+            }),
+            finished(c),
+            Record::Replayed { id: c },
+        ]);
+        assert_eq!(r.unfinished.keys().copied().collect::<Vec<_>>(), vec![a]);
+        assert_eq!(r.unfinished[&a].attempts, 2);
+        let done: Vec<MessageId> = r.finished.iter().map(|(o, _)| o.id).collect();
+        assert!(done.contains(&b) && done.contains(&c) && done.len() == 2);
+        assert!(r.dead.is_empty(), "a replayed dead letter stays replayed");
+    }
+}

@@ -518,14 +518,20 @@ async fn journal_check_reports_whole_torn_and_corrupt_journals() {
     let path = dir.path().to_str().unwrap().to_owned();
     {
         let (log, _) = Log::open(dir.path(), Fsync::Always).unwrap();
-        for i in 0..5u8 {
-            log.append(vec![i + 1; 40]).await.unwrap().unwrap();
+        for _ in 0..5 {
+            // 48 bytes of JSON each: {"replayed":{"id":"<26 characters>"}}
+            let record = mailroom_actors::storage::Record::Replayed {
+                id: mailroom_actors::MessageId::next(),
+            };
+            assert_eq!(record.encode().len(), 48);
+            log.append(record.encode()).await.unwrap().unwrap();
         }
     }
     let r = mailroom(args(&["journal", "check", &path]), vec![]).await;
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(
-        r.stdout.contains("ok — 1 segments, 5 records, 248 bytes"),
+        r.stdout
+            .contains("ok — 1 segments, 5 records, 288 bytes\nrecords: 5 replayed"),
         "{}",
         r.stdout
     );
@@ -542,18 +548,18 @@ async fn journal_check_reports_whole_torn_and_corrupt_journals() {
     let r = mailroom(args(&["journal", "check", &path]), vec![]).await;
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(
-        r.stdout.contains("torn tail:") && r.stdout.contains("at offset 248 (6 bytes"),
+        r.stdout.contains("torn tail:") && r.stdout.contains("at offset 288 (6 bytes"),
         "{}",
         r.stdout
     );
     // A flipped byte in the second record: corrupt, with its file and offset.
-    data[8 + 48 + 8 + 3] ^= 0x55;
+    data[8 + 56 + 8 + 3] ^= 0x55;
     std::fs::write(&segment, &data).unwrap();
     let r = mailroom(args(&["journal", "check", &path]), vec![]).await;
     assert_eq!(r.code, 1, "{}", r.stdout);
     assert!(
         r.stdout.contains(&format!(
-            "journal corrupt: {} at offset 56: checksum mismatch",
+            "journal corrupt: {} at offset 64: checksum mismatch",
             segment.display()
         )),
         "{}",

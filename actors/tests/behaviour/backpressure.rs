@@ -2,11 +2,11 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mailroom_actors::{Dispatcher, Message, Processor, Rejected, RouteSettings, Status};
+use mailroom_actors::{Message, Processor, Rejected, RouteSettings, Status};
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
-use crate::common::{eventually, settings, settled};
+use super::common::{builder, eventually, settings, settled};
 
 /// A gate the test opens, standing in for slow work: each message waits at it, and the gate
 /// counts how many wait at once (and the most that ever did).
@@ -50,7 +50,7 @@ fn gated(gate: &Arc<Gate>) -> Processor {
 #[actix_rt::test]
 async fn a_full_route_rejects_and_hands_the_message_back() {
     let gate = Arc::new(Gate::default());
-    let d = Dispatcher::builder(settings())
+    let d = builder(settings())
         .processor(gated(&gate))
         .route(
             "slow",
@@ -101,7 +101,7 @@ async fn a_full_route_rejects_and_hands_the_message_back() {
 #[actix_rt::test]
 async fn concurrency_caps_running_messages_and_queues_the_rest() {
     let gate = Arc::new(Gate::default());
-    let d = Dispatcher::builder(settings())
+    let d = builder(settings())
         .processor(gated(&gate))
         .route("slow", RouteSettings::new("gated").concurrency(3))
         .build()
@@ -135,7 +135,7 @@ async fn concurrency_caps_running_messages_and_queues_the_rest() {
 
 #[actix_rt::test]
 async fn one_client_cannot_take_a_whole_route() {
-    let d = Dispatcher::builder(settings())
+    let d = builder(settings())
         .builtin_routes()
         .route(
             "shared",

@@ -1,16 +1,13 @@
 use std::time::Duration;
 
-use mailroom_actors::{CancelError, Dispatcher, ErrorClass, Message, RouteSettings, Status};
+use mailroom_actors::{CancelError, ErrorClass, Message, RouteSettings, Status};
 use serde_json::json;
 
-use crate::common::{eventually, settings, settled};
+use super::common::{builder, eventually, settings, settled};
 
 #[actix_rt::test]
 async fn cancelling_a_delayed_message_means_it_never_runs() {
-    let d = Dispatcher::builder(settings())
-        .builtin_routes()
-        .build()
-        .unwrap();
+    let d = builder(settings()).builtin_routes().build().unwrap();
     let id = d
         .call_later(
             Duration::from_millis(100),
@@ -30,7 +27,7 @@ async fn cancelling_a_delayed_message_means_it_never_runs() {
 
 #[actix_rt::test]
 async fn cancelling_a_queued_message_skips_it() {
-    let d = Dispatcher::builder(settings())
+    let d = builder(settings())
         .route("slow", RouteSettings::new("sleep").concurrency(1))
         .build()
         .unwrap();
@@ -67,10 +64,7 @@ async fn cancelling_a_queued_message_skips_it() {
 
 #[actix_rt::test]
 async fn a_waiter_sees_the_cancellation() {
-    let d = Dispatcher::builder(settings())
-        .builtin_routes()
-        .build()
-        .unwrap();
+    let d = builder(settings()).builtin_routes().build().unwrap();
     let id = d
         .call_later(Duration::from_secs(60), Message::new("echo", json!(1)))
         .unwrap();

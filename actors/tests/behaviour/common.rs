@@ -2,7 +2,32 @@
 
 use std::time::{Duration, Instant};
 
-use mailroom_actors::{Dispatcher, LedgerSnapshot, Settings};
+use std::sync::Arc;
+
+use mailroom_actors::{
+    Dispatcher, DispatcherBuilder, Journal, JournalSettings, LedgerSnapshot, Settings,
+};
+
+/// Whether this run of the suite gives every dispatcher a journal: the suite is built twice,
+/// as `behaviour` (in memory) and `behaviour_journal` (each dispatcher with a journal of its
+/// own in a fresh folder), so the same behaviour is checked against both storage kinds.
+pub const JOURNAL: bool = matches!(env!("CARGO_CRATE_NAME").as_bytes(), b"behaviour_journal");
+
+/// `Dispatcher::builder(settings)`, with a journal in a fresh folder when [`JOURNAL`].
+pub fn builder(settings: Settings) -> DispatcherBuilder {
+    let b = Dispatcher::builder(settings);
+    if !JOURNAL {
+        return b;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("journal-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap()
+        .keep();
+    b.storage(Arc::new(
+        Journal::open(dir, JournalSettings::default()).unwrap(),
+    ))
+}
 
 /// Settings for tests: small pools, quick restarts.
 pub fn settings() -> Settings {

@@ -9,13 +9,11 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mailroom_actors::{
-    Dispatcher, ErrorClass, Message, Processor, RouteSettings, Settings, Status,
-};
+use mailroom_actors::{ErrorClass, Message, Processor, RouteSettings, Settings, Status};
 use parking_lot::{Condvar, Mutex};
 use serde_json::{json, Value};
 
-use crate::common::{eventually, settings, settled};
+use super::common::{builder, eventually, settings, settled};
 
 /// Blocks pool threads until the test opens it.
 #[derive(Default)]
@@ -67,7 +65,7 @@ fn one_thread() -> Settings {
 #[actix_rt::test]
 async fn a_cpu_message_stays_queued_until_a_thread_begins_it() {
     let gate = Arc::new(Gate::default());
-    let d = Dispatcher::builder(one_thread())
+    let d = builder(one_thread())
         .processor(gated(&gate))
         .route("gated", RouteSettings::new("gated"))
         .build()
@@ -103,7 +101,7 @@ async fn a_cpu_message_stays_queued_until_a_thread_begins_it() {
 #[actix_rt::test]
 async fn a_cpu_timeout_ends_the_message_at_the_deadline_even_if_the_processor_ignores_it() {
     let gate = Arc::new(Gate::default());
-    let d = Dispatcher::builder(one_thread())
+    let d = builder(one_thread())
         .processor(gated(&gate))
         .route(
             "gated",
@@ -141,7 +139,7 @@ async fn a_cpu_timeout_ends_the_message_at_the_deadline_even_if_the_processor_ig
 #[actix_rt::test]
 async fn a_cpu_run_timeout_counts_from_when_a_thread_begins_the_job() {
     let gate = Arc::new(Gate::default());
-    let d = Dispatcher::builder(one_thread())
+    let d = builder(one_thread())
         .processor(gated(&gate))
         .route("gated", RouteSettings::new("gated"))
         .route(
@@ -173,7 +171,7 @@ async fn a_cpu_run_timeout_counts_from_when_a_thread_begins_the_job() {
 #[actix_rt::test]
 async fn a_timed_out_cpu_attempt_is_retried_only_after_its_thread_returns() {
     let gate = Arc::new(Gate::default());
-    let d = Dispatcher::builder(one_thread())
+    let d = builder(one_thread())
         .processor(gated(&gate))
         .route(
             "gated",
@@ -219,7 +217,7 @@ async fn a_timed_out_cpu_attempt_is_retried_only_after_its_thread_returns() {
 #[actix_rt::test]
 async fn cpu_route_concurrency_caps_its_share_of_the_pool() {
     let gate = Arc::new(Gate::default());
-    let d = Dispatcher::builder(settings()) // two threads
+    let d = builder(settings()) // two threads
         .processor(gated(&gate))
         .route("gated", RouteSettings::new("gated").concurrency(1))
         .route("primes", RouteSettings::new("primes"))

@@ -2,10 +2,10 @@ use std::net::TcpListener;
 use std::time::Duration;
 
 use actix_web::{web, App, HttpResponse, HttpServer};
-use mailroom_actors::{Dispatcher, ErrorClass, Message, Rejected, Settings, Status};
+use mailroom_actors::{ErrorClass, Message, Rejected, Settings, Status};
 use serde_json::json;
 
-use crate::common::settings;
+use super::common::{builder, settings};
 
 /// Starts an upstream on 127.0.0.1 with `/ok`, `/missing`, `/slow` and `/big`; returns its port.
 fn upstream() -> u16 {
@@ -56,10 +56,7 @@ fn allow_loopback() -> Settings {
 #[actix_rt::test]
 async fn fetch_reads_status_headers_and_body() {
     let port = upstream();
-    let d = Dispatcher::builder(allow_loopback())
-        .builtin_routes()
-        .build()
-        .unwrap();
+    let d = builder(allow_loopback()).builtin_routes().build().unwrap();
     let ok = d
         .send(Message::new(
             "fetch",
@@ -120,10 +117,7 @@ async fn fetch_reads_status_headers_and_body() {
 #[actix_rt::test]
 async fn fetch_failures_have_their_own_classes() {
     let port = upstream();
-    let d = Dispatcher::builder(allow_loopback())
-        .builtin_routes()
-        .build()
-        .unwrap();
+    let d = builder(allow_loopback()).builtin_routes().build().unwrap();
     let slow = d
         .send(Message::new(
             "fetch",
@@ -159,10 +153,7 @@ async fn fetch_failures_have_their_own_classes() {
 async fn fetch_refuses_internal_targets_the_allow_list_does_not_name() {
     let port = upstream();
     // Only 127.0.0.1 is allowed: 127.0.0.2 (also loopback) is refused at admission.
-    let d = Dispatcher::builder(allow_loopback())
-        .builtin_routes()
-        .build()
-        .unwrap();
+    let d = builder(allow_loopback()).builtin_routes().build().unwrap();
     let err = d
         .submit(Message::new(
             "fetch",
@@ -182,10 +173,7 @@ async fn fetch_refuses_internal_targets_the_allow_list_does_not_name() {
     assert!(matches!(err, Rejected::Invalid { .. }));
 
     // With no allow-list, a host name that resolves to loopback is refused when it runs.
-    let d = Dispatcher::builder(settings())
-        .builtin_routes()
-        .build()
-        .unwrap();
+    let d = builder(settings()).builtin_routes().build().unwrap();
     let out = d
         .send(Message::new(
             "fetch",

@@ -1,13 +1,13 @@
 use std::time::{Duration, Instant};
 
-use mailroom_actors::{Dispatcher, ErrorClass, Message, Rejected, RouteSettings, Status};
+use mailroom_actors::{ErrorClass, Message, Rejected, RouteSettings, Status};
 use serde_json::json;
 
-use crate::common::{settings, settled};
+use super::common::{builder, settings, settled};
 
 #[actix_rt::test]
 async fn gather_returns_outcomes_in_order_and_one_failure_sinks_nothing() {
-    let d = Dispatcher::builder(settings())
+    let d = builder(settings())
         .builtin_routes()
         .route("chaos", RouteSettings::new("chaos"))
         .build()
@@ -49,10 +49,7 @@ async fn gather_returns_outcomes_in_order_and_one_failure_sinks_nothing() {
 
 #[actix_rt::test]
 async fn gather_of_many_echoes_keeps_every_payload_in_its_place() {
-    let d = Dispatcher::builder(settings())
-        .builtin_routes()
-        .build()
-        .unwrap();
+    let d = builder(settings()).builtin_routes().build().unwrap();
     let outs = d
         .gather(
             (0..5000)

@@ -3,12 +3,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mailroom_actors::{
-    Dispatcher, ErrorClass, Message, ProcessError, Processor, ReplayError, RouteSettings, Source,
-    Status,
+    ErrorClass, Message, ProcessError, Processor, ReplayError, RouteSettings, Source, Status,
 };
 use serde_json::json;
 
-use crate::common::{settings, settled};
+use super::common::{builder, settings, settled};
 
 #[actix_rt::test]
 async fn retries_back_off_then_the_message_is_dead_and_can_be_replayed() {
@@ -26,7 +25,7 @@ async fn retries_back_off_then_the_message_is_dead_and_can_be_replayed() {
             }
         }
     });
-    let d = Dispatcher::builder(settings())
+    let d = builder(settings())
         .processor(flaky)
         .route(
             "flaky",
@@ -82,7 +81,7 @@ async fn retries_back_off_then_the_message_is_dead_and_can_be_replayed() {
 
 #[actix_rt::test]
 async fn a_panic_is_retried_like_an_error() {
-    let d = Dispatcher::builder(settings())
+    let d = builder(settings())
         .route(
             "chaos",
             RouteSettings::new("chaos").retries(1, Duration::from_millis(1)),

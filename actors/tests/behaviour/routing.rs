@@ -1,13 +1,13 @@
 use std::time::Duration;
 
-use mailroom_actors::{Dispatcher, Message, Processor, Rejected, RouteSettings, Source, Status};
+use mailroom_actors::{Message, Processor, Rejected, RouteSettings, Source, Status};
 use serde_json::json;
 
-use crate::common::{settings, settled};
+use super::common::{builder, settings, settled};
 
 #[actix_rt::test]
 async fn each_kind_reaches_its_processor_and_returns_its_result() {
-    let d = Dispatcher::builder(settings())
+    let d = builder(settings())
         .builtin_routes()
         .route("slow", RouteSettings::new("sleep"))
         .build()
@@ -49,10 +49,7 @@ async fn each_kind_reaches_its_processor_and_returns_its_result() {
 
 #[actix_rt::test]
 async fn unknown_kind_is_rejected_and_handed_back() {
-    let d = Dispatcher::builder(settings())
-        .builtin_routes()
-        .build()
-        .unwrap();
+    let d = builder(settings()).builtin_routes().build().unwrap();
     let err = d
         .submit(Message::new("nope", json!({"keep": "me"})))
         .unwrap_err();
@@ -68,10 +65,7 @@ async fn unknown_kind_is_rejected_and_handed_back() {
 
 #[actix_rt::test]
 async fn invalid_payloads_are_rejected_before_acceptance() {
-    let d = Dispatcher::builder(settings())
-        .builtin_routes()
-        .build()
-        .unwrap();
+    let d = builder(settings()).builtin_routes().build().unwrap();
     for (kind, payload) in [
         ("sleep", json!({"ms": 3_600_001})),
         ("sleep", json!({"ms": "ten"})),
@@ -115,7 +109,7 @@ async fn a_processor_can_dispatch_and_await_another_message() {
             .map_err(|e| mailroom_actors::ProcessError::new(e.to_string()))?;
         Ok(json!({"inner": inner.result, "inner_id": inner.id.to_string()}))
     });
-    let d = Dispatcher::builder(settings())
+    let d = builder(settings())
         .processor(add_42)
         .processor(hello)
         .route("add_42", RouteSettings::new("add_42"))
@@ -130,10 +124,7 @@ async fn a_processor_can_dispatch_and_await_another_message() {
 
 #[actix_rt::test]
 async fn a_repeated_idempotency_key_returns_the_first_message() {
-    let d = Dispatcher::builder(settings())
-        .builtin_routes()
-        .build()
-        .unwrap();
+    let d = builder(settings()).builtin_routes().build().unwrap();
     let first = d
         .submit(Message::new("sleep", json!({"ms": 20})).key("k1"))
         .unwrap();
@@ -157,7 +148,7 @@ async fn a_repeated_idempotency_key_returns_the_first_message() {
 
 #[actix_rt::test]
 async fn building_refuses_bad_routes() {
-    let err = Dispatcher::builder(settings())
+    let err = builder(settings())
         .route("x", RouteSettings::new("missing"))
         .build()
         .unwrap_err();
@@ -165,12 +156,12 @@ async fn building_refuses_bad_routes() {
         err.to_string().contains("names processor \"missing\""),
         "{err}"
     );
-    let err = Dispatcher::builder(settings())
+    let err = builder(settings())
         .route("Bad Kind", RouteSettings::new("echo"))
         .build()
         .unwrap_err();
     assert!(err.to_string().contains("invalid kind"), "{err}");
-    let err = Dispatcher::builder(settings())
+    let err = builder(settings())
         .route("a", RouteSettings::new("echo"))
         .route("a", RouteSettings::new("sleep"))
         .build()
@@ -180,6 +171,6 @@ async fn building_refuses_bad_routes() {
 
 #[test]
 fn building_outside_a_system_is_an_error_not_a_panic() {
-    let err = Dispatcher::builder(settings()).build().unwrap_err();
+    let err = builder(settings()).build().unwrap_err();
     assert_eq!(err, mailroom_actors::BuildError::NoSystem);
 }

@@ -3,16 +3,16 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use mailroom_actors::{
-    AsyncProcessor, CpuProcessor, Dispatcher, ErrorClass, Job, Message, ProcessError,
-    ProcessResult, Processor, Rejected, RouteSettings, Status,
+    AsyncProcessor, CpuProcessor, ErrorClass, Job, Message, ProcessError, ProcessResult, Processor,
+    Rejected, RouteSettings, Status,
 };
 use serde_json::{json, Value};
 
-use crate::common::{eventually, settings, settled};
+use super::common::{builder, eventually, settings, settled};
 
 #[actix_rt::test]
 async fn panicking_async_processor_fails_the_message_and_is_restarted() {
-    let d = Dispatcher::builder(settings())
+    let d = builder(settings())
         .route("chaos", RouteSettings::new("chaos"))
         .build()
         .unwrap();
@@ -63,7 +63,7 @@ impl AsyncProcessor for Counter {
 
 #[actix_rt::test]
 async fn a_restarted_processor_starts_with_fresh_state() {
-    let d = Dispatcher::builder(settings())
+    let d = builder(settings())
         .processor(Processor::from_factory("counter", || Counter {
             seen: 0.into(),
         }))
@@ -86,7 +86,7 @@ async fn a_restarted_processor_starts_with_fresh_state() {
 
 #[actix_rt::test]
 async fn messages_queued_behind_a_panic_are_not_lost() {
-    let d = Dispatcher::builder(settings())
+    let d = builder(settings())
         .route("chaos", RouteSettings::new("chaos").concurrency(1))
         .build()
         .unwrap();
@@ -108,7 +108,7 @@ async fn a_crash_looping_route_is_degraded_and_rejects() {
     let mut s = settings();
     s.restart.max_restarts = 3;
     s.restart.window = Duration::from_secs(30);
-    let d = Dispatcher::builder(s)
+    let d = builder(s)
         .route("chaos", RouteSettings::new("chaos"))
         .build()
         .unwrap();
@@ -191,7 +191,7 @@ async fn cpu_pool_keeps_all_threads_through_50_panics() {
     // Fifty panics are the point here, not degradation: a budget they stay within.
     s.restart.max_restarts = 1000;
     s.restart.max_backoff = Duration::from_millis(1);
-    let d = Dispatcher::builder(s)
+    let d = builder(s)
         .processor(processor)
         .route("fragile", RouteSettings::new("fragile"))
         .build()

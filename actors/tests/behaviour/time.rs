@@ -2,13 +2,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mailroom_actors::{
-    Dispatcher, ErrorClass, Every, Message, Processor, RouteSettings, Schedule, ScheduleError,
-    Status,
+    ErrorClass, Every, Message, Processor, RouteSettings, Schedule, ScheduleError, Status,
 };
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
-use crate::common::{eventually, settings, settled};
+use super::common::{builder, eventually, settings, settled};
 
 #[actix_rt::test]
 async fn delayed_messages_fire_in_order_and_not_early() {
@@ -18,7 +17,7 @@ async fn delayed_messages_fire_in_order_and_not_early() {
         s.lock().push((p.as_i64().unwrap(), Instant::now()));
         async move { Ok(p) }
     });
-    let d = Dispatcher::builder(settings())
+    let d = builder(settings())
         .processor(record)
         .route("rec", RouteSettings::new("record"))
         .build()
@@ -63,7 +62,7 @@ async fn delayed_messages_fire_in_order_and_not_early() {
 
 #[actix_rt::test]
 async fn a_route_timeout_ends_a_slow_message_as_timed_out() {
-    let d = Dispatcher::builder(settings())
+    let d = builder(settings())
         .route(
             "slow",
             RouteSettings::new("sleep").timeout(Duration::from_millis(50)),
@@ -94,7 +93,7 @@ async fn a_route_timeout_ends_a_slow_message_as_timed_out() {
 async fn a_timeout_stops_cpu_work_and_frees_the_thread() {
     let mut s = settings();
     s.cpu.threads = 1;
-    let d = Dispatcher::builder(s)
+    let d = builder(s)
         .route("primes", RouteSettings::new("primes"))
         .build()
         .unwrap();
@@ -122,10 +121,7 @@ async fn a_timeout_stops_cpu_work_and_frees_the_thread() {
 
 #[actix_rt::test]
 async fn schedules_run_periodically_and_once() {
-    let d = Dispatcher::builder(settings())
-        .builtin_routes()
-        .build()
-        .unwrap();
+    let d = builder(settings()).builtin_routes().build().unwrap();
     let every = d
         .schedule(Schedule {
             kind: "echo".into(),
@@ -181,10 +177,7 @@ async fn schedules_run_periodically_and_once() {
 
 #[actix_rt::test]
 async fn a_schedule_every_tick_of_which_would_be_rejected_is_refused_up_front() {
-    let d = Dispatcher::builder(settings())
-        .builtin_routes()
-        .build()
-        .unwrap();
+    let d = builder(settings()).builtin_routes().build().unwrap();
     let bad = Schedule {
         kind: "sleep".into(),
         payload: json!({"ms": "soon"}),

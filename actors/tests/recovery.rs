@@ -1,0 +1,116 @@
+//! A dispatcher built again on the journal of one that stopped: what was left runs, under its
+//! own id, with its attempts counted; finished outcomes, keys and dead letters come back.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mailroom_actors::{
+    Dispatcher, Journal, JournalSettings, Message, MessageId, RouteSettings, Settings, Status,
+};
+use serde_json::json;
+
+fn dispatcher(dir: &std::path::Path) -> Dispatcher {
+    let mut s = Settings::default();
+    s.cpu.threads = 1;
+    let journal = Journal::open(dir, JournalSettings::default()).unwrap();
+    Dispatcher::builder(s)
+        .builtin_routes()
+        .route(
+            "chaos",
+            RouteSettings::new("chaos").retries(1, Duration::from_millis(1)),
+        )
+        .storage(Arc::new(journal))
+        .build()
+        .unwrap()
+}
+
+/// Runs `f` in an actix System of its own, which is stopped (and its dispatcher dropped, its
+/// journal closed) when `f` returns.
+fn in_system<T: Send + 'static>(f: impl AsyncFnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        let sys = actix::System::new();
+        let out = sys.block_on(f());
+        System::current().stop();
+        let _ = sys.run();
+        out
+    })
+    .join()
+    .unwrap()
+}
+
+use actix::System;
+
+#[test]
+fn a_dispatcher_rebuilt_on_its_journal_runs_what_was_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    let (done, keyed, dead, delayed, sleeping) = in_system({
+        let path = path.clone();
+        async move || {
+            let d = dispatcher(&path);
+            let done = d.send(Message::new("echo", json!("done"))).await.unwrap();
+            let keyed = d
+                .accept(Message::new("echo", json!(1)).key("order-1"))
+                .await
+                .unwrap();
+            let dead = d
+                .send(Message::new("chaos", json!({"mode": "error"})))
+                .await
+                .unwrap();
+            assert_eq!(dead.status, Status::Dead);
+            let delayed = d
+                .accept(Message::new("echo", json!("later")).delay(Duration::from_millis(1500)))
+                .await
+                .unwrap();
+            let sleeping = d
+                .accept(Message::new("sleep", json!({"ms": 100})))
+                .await
+                .unwrap();
+            // Wait until it runs, then stop before it can finish: it is interrupted.
+            let end = Instant::now() + Duration::from_secs(10);
+            while d.status(sleeping).unwrap().status != Status::Running {
+                assert!(Instant::now() < end);
+                actix_rt::time::sleep(Duration::from_millis(2)).await;
+            }
+            let report = d.shutdown(Duration::ZERO).await;
+            assert!(report.kept.contains(&delayed), "{report:?}");
+            assert!(report.unfinished.is_empty());
+            (done.id, keyed, dead.id, delayed, sleeping)
+        }
+    });
+    let accepted_delayed_at = delayed.timestamp_ms();
+    in_system(async move || {
+        let d = dispatcher(&path);
+        let o = d.status(done).expect("a finished outcome survives");
+        assert_eq!(
+            (o.status, o.result.clone()),
+            (Status::Completed, Some(json!("done")))
+        );
+        let again = d
+            .accept(Message::new("echo", json!(2)).key("order-1"))
+            .await
+            .unwrap();
+        assert_eq!(
+            again, keyed,
+            "a key names its first message after a restart"
+        );
+        assert_eq!(
+            d.dead_letter(dead).expect("a dead letter survives").id,
+            dead
+        );
+        assert_eq!(d.status(delayed).unwrap().status, Status::Delayed);
+        let o = d.wait(sleeping, Duration::from_secs(10)).await.unwrap();
+        assert_eq!(o.status, Status::Completed, "{o:?}");
+        assert_eq!(o.attempts, 2, "interrupted, then run again: {o:?}");
+        let o = d.wait(delayed, Duration::from_secs(10)).await.unwrap();
+        assert_eq!(o.status, Status::Completed);
+        assert!(
+            o.accepted_at_ms + o.timings.total_ms as u64 >= accepted_delayed_at + 1500,
+            "ran at its due time: {o:?}"
+        );
+        let replayed: MessageId = d.replay(dead).await.unwrap();
+        assert!(d.dead_letter(dead).is_none());
+        d.shutdown(Duration::from_secs(1)).await;
+        replayed
+    });
+}
