@@ -48,8 +48,10 @@ done
 MR_PIDS=()
 start_mailroom() { # ADDR, then extra env assignments
   local addr=$1; shift
+  # The journal (the service's default storage, fsync = "always") in a fresh folder per server.
+  rm -rf "$OUT/data-${addr##*:}"
   env MAILROOM_SERVER__BIND=$addr MAILROOM_DISPATCH__CAPACITY=100000 MAILROOM_POOLS__IO__CONCURRENCY=4096 \
-      MAILROOM_FETCH__ALLOW_HOSTS='["127.0.0.1"]' RUST_LOG=warn "$@" \
+      MAILROOM_FETCH__ALLOW_HOSTS='["127.0.0.1"]' MAILROOM_STORAGE__PATH="$OUT/data-${addr##*:}" RUST_LOG=warn "$@" \
       target/release/mailroom serve --config benches/load.toml >"$OUT/mailroom-${addr##*:}.log" 2>&1 &
   local pid=$!; PIDS+=("$pid"); MR_PIDS+=("$pid"); wait_up "$addr"
   kill -0 "$pid" 2>/dev/null || { echo "mailroom exited: $(cat "$OUT/mailroom-${addr##*:}.log")" >&2; exit 1; }

@@ -1,16 +1,18 @@
 //! In-process dispatch throughput: `Dispatcher::gather` of 10,000 `echo` messages, beside a raw
-//! tokio mpsc + oneshot request/reply loop with 256 requests in flight, measured in the same run.
+//! tokio mpsc + oneshot request/reply loop with 256 requests in flight, measured in the same run;
+//! and the same with a journal (`fsync = "always"`, in a temp folder on this disk): `gather`,
+//! and 10,000 concurrent `accept`s, each acknowledged only once its record is on disk.
 //!
 //! Run: `cargo bench -p mailroom-actors --bench gather`. Besides criterion's report, it prints
-//! the median rate of each and their ratio (Mailroom / raw loop), which is the figure to compare
-//! run to run on a noisy machine.
+//! the median rate of each and their ratios (Mailroom / raw loop; journal / memory), and the
+//! journal's fsyncs, which is what to compare run to run on a noisy machine.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use mailroom_actors::{Dispatcher, Message, Settings};
+use mailroom_actors::{Dispatcher, Journal, JournalSettings, Message, Settings};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
@@ -33,6 +35,22 @@ fn record(name: &'static str, elapsed: Duration, messages: usize) {
 
 fn payloads() -> Vec<Value> {
     (0..N).map(|i| json!({ "i": i })).collect()
+}
+
+/// 10,000 `accept`s at once: each resolves when its record is durable; then every outcome.
+async fn accept_once(d: &Dispatcher) -> Duration {
+    let msgs: Vec<Message> = payloads()
+        .into_iter()
+        .map(|p| Message::new("echo", p))
+        .collect();
+    let t = Instant::now();
+    let ids = futures_util::future::join_all(msgs.into_iter().map(|m| d.accept(m))).await;
+    let took = t.elapsed();
+    for id in ids {
+        let o = d.wait(id.unwrap(), Duration::from_secs(60)).await.unwrap();
+        assert!(o.is_completed());
+    }
+    took
 }
 
 async fn gather_once(d: &Dispatcher) -> Duration {
@@ -84,8 +102,17 @@ fn benches(c: &mut Criterion) {
         ..Settings::default()
     };
     let dispatcher = sys.block_on(async {
+        Dispatcher::builder(settings.clone())
+            .builtin_routes()
+            .build()
+            .unwrap()
+    });
+    let folder = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let journaled = sys.block_on(async {
+        let journal = Journal::open(folder.path(), JournalSettings::default()).unwrap();
         Dispatcher::builder(settings)
             .builtin_routes()
+            .storage(std::sync::Arc::new(journal))
             .build()
             .unwrap()
     });
@@ -115,6 +142,42 @@ fn benches(c: &mut Criterion) {
             })
         })
     });
+    let fsyncs_before = journaled.stats().storage.fsyncs;
+    let mut durable_messages = 0u64;
+    group.bench_function("mailroom_gather_echo_journal", |b| {
+        b.iter_custom(|iters| {
+            sys.block_on(async {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let took = gather_once(&journaled).await;
+                    record("mailroom_gather_echo_journal", took, N);
+                    total += took;
+                }
+                total
+            })
+        })
+    });
+    let fsyncs_mid = journaled.stats().storage.fsyncs;
+    group.bench_function("mailroom_accept_echo_journal", |b| {
+        b.iter_custom(|iters| {
+            sys.block_on(async {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let took = accept_once(&journaled).await;
+                    record("mailroom_accept_echo_journal", took, N);
+                    durable_messages += N as u64;
+                    total += took;
+                }
+                total
+            })
+        })
+    });
+    let fsyncs_accept = journaled.stats().storage.fsyncs - fsyncs_mid;
+    println!(
+        "journal: {} fsyncs during the gather runs; {fsyncs_accept} during {durable_messages} durable accepts ({:.0} messages per fsync)",
+        fsyncs_mid - fsyncs_before,
+        durable_messages as f64 / fsyncs_accept.max(1) as f64
+    );
     group.bench_function("raw_tokio_mpsc_oneshot_256", |b| {
         b.iter_custom(|iters| {
             sys.block_on(async {
@@ -157,4 +220,14 @@ fn main() {
     println!("  mailroom gather (echo):        {:>12.0} msg/s", m);
     println!("  raw tokio mpsc+oneshot (256):  {:>12.0} msg/s", r);
     println!("  ratio mailroom / raw:          {:>12.2}", m / r);
+    let (gj, aj) = (
+        of("mailroom_gather_echo_journal"),
+        of("mailroom_accept_echo_journal"),
+    );
+    if !gj.is_empty() && !aj.is_empty() {
+        let (gj, aj) = (median(gj), median(aj));
+        println!("  gather with a journal:         {:>12.0} msg/s", gj);
+        println!("  durable accepts (journal):     {:>12.0} msg/s", aj);
+        println!("  ratio gather journal / memory: {:>12.2}", gj / m);
+    }
 }

@@ -123,7 +123,7 @@ impl Core {
         }
         if self.durable {
             // Not waited for: an outcome lost in a crash means the message runs again.
-            let _ = self.storage.append(&Record::Finished {
+            self.storage.write(&Record::Finished {
                 outcome: outcome.clone(),
                 key: finished.key().map(str::to_owned),
             });
@@ -135,7 +135,7 @@ impl Core {
     pub(crate) fn start(&self, ticket: &Ticket) -> Result<u32, Status> {
         let attempt = self.store.start(ticket)?;
         if self.durable {
-            let _ = self.storage.append(&Record::Started {
+            self.storage.write(&Record::Started {
                 id: ticket.id,
                 attempt,
             });
@@ -166,7 +166,7 @@ impl Core {
             replay_of: env.replay_of,
         };
         if self.durable {
-            let _ = self.storage.append(&Record::Dead(letter.clone()));
+            self.storage.write(&Record::Dead(letter.clone()));
         }
         let dropped = self.dead.push(letter);
         if self
@@ -528,7 +528,8 @@ impl Dispatcher {
     fn enqueue(&self, msg: Message, waiter: Option<Waiter>) -> Result<(MessageId, Kind), Rejected> {
         let _admitting = Admitting::enter(&self.core.admitting);
         match self.core.admit(msg, waiter)? {
-            Admitted::New(env, _) => {
+            Admitted::New(env, receipt) => {
+                drop(receipt); // nobody waits: its record rides the next fsync
                 let (id, kind) = (env.id, env.kind);
                 self.core.hand_off(env);
                 Ok((id, kind))
@@ -629,7 +630,8 @@ impl Dispatcher {
             match self.core.admit(msg, Some(Waiter::slot(&gathered, i))) {
                 // Not waited for: the outcomes are the answer, and a message that ran needs no
                 // promise that it will run.
-                Ok(Admitted::New(env, _)) => {
+                Ok(Admitted::New(env, receipt)) => {
+                    drop(receipt); // nobody waits: its record rides the next fsync
                     batch.push(env);
                     if batch.len() == CHUNK {
                         let full = std::mem::replace(&mut batch, Vec::with_capacity(CHUNK));
@@ -769,7 +771,7 @@ impl Dispatcher {
                 if self.core.durable {
                     // A crash before this is written leaves the dead letter as well as its
                     // replay: at least once, never lost.
-                    let _ = self.core.storage.append(&Record::Replayed { id: dl.id });
+                    self.core.storage.write(&Record::Replayed { id: dl.id });
                 }
                 tracing::info!(id = %new, replay_of = %dl.id, kind = %dl.kind, "dead letter replayed");
                 Ok(new)

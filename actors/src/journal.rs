@@ -30,6 +30,9 @@ const MAGIC: &[u8; 8] = b"MRJRNL01";
 pub const MAX_RECORD: u32 = 64 * 1024 * 1024;
 /// By default a segment is closed and the next begun once it holds this many bytes.
 pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// With [`Fsync::Always`], how long the writer waits idle before it fsyncs records that nobody
+/// waited for.
+const IDLE_SYNC: Duration = Duration::from_millis(20);
 /// Most bytes written between two fsyncs of one batch.
 const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
 
@@ -37,7 +40,8 @@ const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fsync {
     /// Each record is acknowledged after an fsync that covers it (records waiting at the same
-    /// time share one).
+    /// time share one). Records appended without a waiter ([`Log::append_detached`], or whose
+    /// [`Ack`] was dropped) ride the next fsync, or one after 20 ms idle.
     Always,
     /// Records are acknowledged once written; an fsync runs at least this often while records
     /// arrive.
@@ -458,6 +462,16 @@ impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Append>) {
         loop {
             let first = match self.fsync {
+                // Records nobody waits for are fsynced by the next batch that has a waiter, or
+                // once the writer has been idle this long.
+                Fsync::Always if self.dirty => match rx.recv_timeout(IDLE_SYNC) {
+                    Ok(a) => a,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        let _ = self.sync();
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                },
                 Fsync::Interval(every) if self.dirty => {
                     match rx.recv_timeout(every.saturating_sub(self.last_sync.elapsed())) {
                         Ok(a) => a,
@@ -504,7 +518,9 @@ impl Writer {
         let attempt = (|| {
             let mut added = 0u64;
             let mut barrier = false;
+            let mut waited_for = false;
             for a in batch {
+                waited_for |= a.ack.as_ref().is_some_and(|t| !t.is_closed());
                 if a.bytes.is_empty() {
                     barrier = true;
                     continue;
@@ -524,7 +540,7 @@ impl Writer {
             }
             self.segment.out.flush()?;
             self.dirty |= added > 0;
-            if (self.fsync == Fsync::Always || barrier) && self.dirty {
+            if ((self.fsync == Fsync::Always && waited_for) || barrier) && self.dirty {
                 self.sync()?;
             }
             Ok(added)

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use crate::dead_letters::DeadLetter;
 use crate::dispatcher::Core;
 use crate::envelope::{unix_ms, Envelope, ErrorClass, ErrorInfo, MessageId, Outcome, Status};
-use crate::storage::{Accepted, Record};
+use crate::storage::{Accepted, Keep, Record, RecordKind};
 use crate::store::NewRecord;
 
 /// What the records say, message by message.
@@ -192,40 +192,34 @@ pub(crate) fn restore(core: &Core, recovered: Recovered) {
 pub(crate) fn compact(core: &Core) {
     let store = &core.store;
     let dead = &core.dead;
-    let mut keep = |record: Record| -> Option<Record> {
-        match record {
-            Record::Accepted(mut a) => {
-                let now = store.get(a.id)?;
-                if now.status.is_terminal() {
-                    return None;
-                }
-                a.attempts = now.attempts;
-                Some(Record::Accepted(a))
-            }
-            Record::Finished { outcome, key } => {
-                let now = store.get(outcome.id)?;
-                now.status
-                    .is_terminal()
-                    .then_some(Record::Finished { outcome, key })
-            }
-            Record::Dead(d) => dead.get(d.id).map(|_| Record::Dead(d)),
-            Record::Started { .. } | Record::Replayed { .. } => None,
+    let mut keep = |kind: RecordKind, id: MessageId| -> Keep {
+        match kind {
+            RecordKind::Accepted => match store.get(id) {
+                Some(now) if !now.status.is_terminal() => Keep::WithAttempts(now.attempts),
+                _ => Keep::Drop,
+            },
+            RecordKind::Finished => match store.get(id) {
+                Some(now) if now.status.is_terminal() => Keep::AsIs,
+                _ => Keep::Drop,
+            },
+            RecordKind::Dead if dead.get(id).is_some() => Keep::AsIs,
+            RecordKind::Dead | RecordKind::Started | RecordKind::Replayed => Keep::Drop,
         }
     };
     match core.storage.compact(&mut keep) {
         Ok(done) => {
-            for record in &done.kept {
-                match record {
-                    Record::Accepted(a) => {
-                        if let Some(now) = store.get(a.id).filter(|o| o.status.is_terminal()) {
-                            let _ = core.storage.append(&Record::Finished {
+            for &(kind, id) in &done.kept {
+                match kind {
+                    RecordKind::Accepted => {
+                        if let Some(now) = store.get(id).filter(|o| o.status.is_terminal()) {
+                            core.storage.write(&Record::Finished {
                                 outcome: now,
-                                key: a.key.clone(),
+                                key: store.key(id),
                             });
                         }
                     }
-                    Record::Dead(d) if dead.get(d.id).is_none() => {
-                        let _ = core.storage.append(&Record::Replayed { id: d.id });
+                    RecordKind::Dead if dead.get(id).is_none() => {
+                        core.storage.write(&Record::Replayed { id });
                     }
                     _ => {}
                 }

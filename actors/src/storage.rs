@@ -91,12 +91,25 @@ pub enum Record {
 impl Record {
     /// The record's bytes as stored (JSON text: the journal can be read with ordinary tools).
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("a record always serializes")
+        let mut out = Vec::with_capacity(256);
+        serde_json::to_writer(&mut out, self).expect("a record always serializes");
+        out
     }
 
     /// Reads a record back.
     pub fn decode(bytes: &[u8]) -> Result<Record, serde_json::Error> {
         serde_json::from_slice(bytes)
+    }
+
+    /// Which record this is.
+    pub fn kind(&self) -> RecordKind {
+        match self {
+            Record::Accepted(_) => RecordKind::Accepted,
+            Record::Started { .. } => RecordKind::Started,
+            Record::Finished { .. } => RecordKind::Finished,
+            Record::Dead(_) => RecordKind::Dead,
+            Record::Replayed { .. } => RecordKind::Replayed,
+        }
     }
 
     /// The message the record is about.
@@ -208,8 +221,60 @@ pub struct Compacted {
     pub segments: usize,
     /// Records read from them.
     pub read: usize,
-    /// Records written again because they were still needed.
-    pub kept: Vec<Record>,
+    /// Records written again because they were still needed: the kind and id of each.
+    pub kept: Vec<(RecordKind, MessageId)>,
+}
+
+/// Which [`Record`] a stored record is, without reading all of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordKind {
+    /// [`Record::Accepted`]
+    Accepted,
+    /// [`Record::Started`]
+    Started,
+    /// [`Record::Finished`]
+    Finished,
+    /// [`Record::Dead`]
+    Dead,
+    /// [`Record::Replayed`]
+    Replayed,
+}
+
+/// What compaction does with a record: drop it, write it again as it is, or (an `Accepted`
+/// record) write it again with this attempt count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// No longer needed.
+    Drop,
+    /// Still needed, unchanged.
+    AsIs,
+    /// Still needed, with `attempts` set to this.
+    WithAttempts(u32),
+}
+
+impl Record {
+    /// The kind and id of an encoded record, read from its first bytes: every record is written
+    /// as `{"<kind>":{…` with the message's id as the first `"id"` in it (the id leads each
+    /// struct). `None` for bytes that are not such a record.
+    pub fn peek(bytes: &[u8]) -> Option<(RecordKind, MessageId)> {
+        let rest = bytes.strip_prefix(b"{\"")?;
+        let end = rest.iter().position(|&b| b == b'"')?;
+        let kind = match &rest[..end] {
+            b"accepted" => RecordKind::Accepted,
+            b"started" => RecordKind::Started,
+            b"finished" => RecordKind::Finished,
+            b"dead" => RecordKind::Dead,
+            b"replayed" => RecordKind::Replayed,
+            _ => return None,
+        };
+        const ID: &[u8] = b"\"id\":\"";
+        let at = rest.windows(ID.len()).position(|w| w == ID)? + ID.len();
+        let id = std::str::from_utf8(rest.get(at..at + 26)?)
+            .ok()?
+            .parse()
+            .ok()?;
+        Some((kind, id))
+    }
 }
 
 /// Counters of a storage, for metrics and benchmarks.
@@ -236,15 +301,20 @@ pub trait Storage: Send + Sync + 'static {
     fn is_durable(&self) -> bool;
     /// Appends a record, in order after every record appended before it returned.
     fn append(&self, record: &Record) -> Receipt;
+    /// [`Storage::append`] for a record nobody waits for (it becomes durable with a later
+    /// record, or soon after; a crash before that loses it, which must be safe).
+    fn write(&self, record: &Record) {
+        drop(self.append(record));
+    }
     /// Every record written and not compacted away, oldest first. Called once, before the
     /// first append.
     fn load(&self) -> Result<Vec<Record>, StorageError>;
     /// Drops records that are no longer needed: `keep` is asked about each record of the
-    /// oldest data and answers with the record to write again (maybe updated), or `None`.
-    /// Returns what was kept so the caller can write again anything that changed meanwhile.
+    /// oldest data (by kind and id) and says what to do with it. Returns what was kept so the
+    /// caller can write again anything that changed meanwhile.
     fn compact(
         &self,
-        keep: &mut dyn FnMut(Record) -> Option<Record>,
+        keep: &mut dyn FnMut(RecordKind, MessageId) -> Keep,
     ) -> Result<Compacted, StorageError> {
         let _ = keep;
         Ok(Compacted::default())
@@ -316,6 +386,9 @@ impl JournalSettings {
     }
 }
 
+/// How long compaction leaves a segment alone after finding it still mostly needed.
+const RECHECK: Duration = Duration::from_secs(30);
+
 /// The embedded journal: records in checksummed segment files in one folder, written by one
 /// thread with group commit (see [`crate::journal`]). Compaction reads a closed segment, writes
 /// again what is still needed and deletes the file.
@@ -324,6 +397,10 @@ pub struct Journal {
     log: Log,
     scan: Mutex<Option<Scan>>,
     max_backlog_bytes: u64,
+    /// The segment compaction last found still mostly needed, when, and how many segments were
+    /// closed then: it is read again once another segment closes or after [`RECHECK`], not
+    /// every time compaction runs.
+    skipped: Mutex<Option<(PathBuf, std::time::Instant, usize)>>,
     /// Holds the folder's lock for as long as the journal is open.
     _lock: std::fs::File,
 }
@@ -348,6 +425,7 @@ impl Journal {
             log,
             scan: Mutex::new(Some(scan)),
             max_backlog_bytes: settings.max_backlog_bytes,
+            skipped: Mutex::new(None),
             _lock: lock,
         })
     }
@@ -378,6 +456,10 @@ impl Storage for Journal {
         Receipt(ReceiptInner::Journal(self.log.append(record.encode())))
     }
 
+    fn write(&self, record: &Record) {
+        self.log.append_detached(record.encode());
+    }
+
     fn load(&self) -> Result<Vec<Record>, StorageError> {
         let Some(scan) = self.scan.lock().take() else {
             return Ok(Vec::new());
@@ -397,28 +479,55 @@ impl Storage for Journal {
 
     fn compact(
         &self,
-        keep: &mut dyn FnMut(Record) -> Option<Record>,
+        keep: &mut dyn FnMut(RecordKind, MessageId) -> Keep,
     ) -> Result<Compacted, StorageError> {
         let mut done = Compacted::default();
         // Oldest first, and only a prefix: a record may need one in an older segment (a
         // replay needs its dead letter), so a segment is never dropped while an older one
         // stays.
-        for path in self.log.closed_segments()? {
+        let closed = self.log.closed_segments()?;
+        let count = closed.len();
+        for path in closed {
+            if let Some((skipped, at, then)) = &*self.skipped.lock() {
+                if *skipped == path && at.elapsed() < RECHECK && *then == count {
+                    break;
+                }
+            }
             let records = journal::read_segment(&path)?;
             let total: usize = records.iter().map(Vec::len).sum();
+            let corrupt = |e: String| StorageError::Corrupt {
+                file: path.clone(),
+                offset: 0,
+                reason: format!("a record does not decode: {e}"),
+            };
+            // Only the kind and id are read; only a kept `Accepted` record is decoded (to set
+            // its attempts), so compaction costs little beside what it copies.
             let mut kept = Vec::new();
-            for bytes in &records {
-                let record = Record::decode(bytes).map_err(|e| StorageError::Corrupt {
-                    file: path.clone(),
-                    offset: 0,
-                    reason: format!("a record does not decode: {e}"),
-                })?;
-                if let Some(k) = keep(record) {
-                    kept.push((k.encode(), k));
-                }
+            for bytes in records.iter() {
+                let (kind, id) = match Record::peek(bytes) {
+                    Some(p) => p,
+                    None => {
+                        let r = Record::decode(bytes).map_err(|e| corrupt(e.to_string()))?;
+                        (r.kind(), r.id())
+                    }
+                };
+                let copy = match keep(kind, id) {
+                    Keep::Drop => continue,
+                    Keep::AsIs => bytes.clone(),
+                    Keep::WithAttempts(n) => match Record::decode(bytes) {
+                        Ok(Record::Accepted(mut a)) => {
+                            a.attempts = n;
+                            Record::Accepted(a).encode()
+                        }
+                        Ok(_) => bytes.clone(),
+                        Err(e) => return Err(corrupt(e.to_string())),
+                    },
+                };
+                kept.push((copy, (kind, id)));
             }
             // A segment that is still mostly needed waits: writing it again would only move it.
             if kept.iter().map(|(b, _)| b.len()).sum::<usize>() * 2 > total {
+                *self.skipped.lock() = Some((path, std::time::Instant::now(), count));
                 break;
             }
             done.read += records.len();
@@ -500,12 +609,17 @@ mod tests {
             let before = j.stats().bytes;
             // Every tenth message is still needed.
             let done = j
-                .compact(&mut |r: Record| {
-                    (ids.iter().position(|i| *i == r.id()).unwrap() % 10 == 0).then_some(r)
+                .compact(&mut |kind, id| {
+                    assert_eq!(kind, RecordKind::Accepted);
+                    if ids.iter().position(|i| *i == id).unwrap() % 10 == 0 {
+                        Keep::WithAttempts(3)
+                    } else {
+                        Keep::Drop
+                    }
                 })
                 .unwrap();
             assert!(done.segments > 0);
-            assert!(done.kept.iter().all(|r| matches!(r, Record::Accepted(_))));
+            assert!(done.kept.iter().all(|(k, _)| *k == RecordKind::Accepted));
             assert!(
                 j.stats().bytes < before / 2,
                 "{} of {before}",
@@ -518,7 +632,11 @@ mod tests {
             ));
         }
         let j = Journal::open(dir.path(), settings).unwrap();
-        let mut back: Vec<MessageId> = j.load().unwrap().iter().map(Record::id).collect();
+        let loaded = j.load().unwrap();
+        assert!(loaded
+            .iter()
+            .any(|r| matches!(r, Record::Accepted(a) if a.attempts == 3)));
+        let mut back: Vec<MessageId> = loaded.iter().map(Record::id).collect();
         back.sort();
         back.dedup();
         // The needed ones are all there (the active segment's others too).
@@ -536,9 +654,22 @@ mod tests {
     }
 
     #[test]
-    fn a_record_reads_back_as_written() {
-        let r = accepted(MessageId::next());
+    fn a_record_reads_back_as_written_and_peeks_its_kind_and_id() {
+        let id = MessageId::next();
+        let r = accepted(id);
         assert_eq!(Record::decode(&r.encode()).unwrap(), r);
+        assert_eq!(Record::peek(&r.encode()), Some((RecordKind::Accepted, id)));
+        let started = Record::Started { id, attempt: 1 };
+        assert_eq!(
+            Record::peek(&started.encode()),
+            Some((RecordKind::Started, id))
+        );
+        let replayed = Record::Replayed { id };
+        assert_eq!(
+            Record::peek(&replayed.encode()),
+            Some((RecordKind::Replayed, id))
+        );
+        assert_eq!(Record::peek(b"{\"other\":1}"), None);
         let text = String::from_utf8(r.encode()).unwrap();
         assert!(text.starts_with("{\"accepted\":{\"id\":\""), "{text}");
     }

@@ -249,6 +249,8 @@ pub trait Store: Send + Sync + 'static {
     fn cancel(&self, id: MessageId, error: ErrorInfo) -> Result<Finished, CancelError>;
     /// The message's current state.
     fn get(&self, id: MessageId) -> Option<Arc<Outcome>>;
+    /// The message's idempotency key, while it is held.
+    fn key(&self, id: MessageId) -> Option<String>;
     /// Adds a waiter to a message: told at once if it has finished, else when it finishes.
     /// Hands the waiter back if the message is unknown.
     fn watch(&self, id: MessageId, waiter: Waiter) -> Result<(), Waiter>;
@@ -623,6 +625,10 @@ impl Store for MemoryStore {
             Some(o) => o.clone(),
             None => Arc::new(cell.outcome(&st, Instant::now(), None, None)),
         })
+    }
+
+    fn key(&self, id: MessageId) -> Option<String> {
+        self.cell(id)?.key.clone()
     }
 
     fn watch(&self, id: MessageId, waiter: Waiter) -> Result<(), Waiter> {
