@@ -1,7 +1,7 @@
 //! await_chain — a processor that awaits another message's result before it finishes.
 //!
 //! The asyncio walk-through: `hello_world` prints "Hello 1", awaits `add_42(23)`, prints
-//! "Hello 2". In Mailroom `await add_42(23)` is `job.dispatcher().send(...)`: the inner call is a
+//! "Hello 2". In Mailroom `await add_42(23)` is `job.submitter().send(...)`: the inner call is a
 //! real message with its own id and route, so it is bounded, supervised and visible in the ledger
 //! — and the outer processor gives its thread back while it waits, like `await` does.
 //!
@@ -41,7 +41,7 @@ async fn main() {
             l("hello_world: Hello 1".into());
             l("hello_world: await add_42(23)".into());
             let inner = job
-                .dispatcher()
+                .submitter()
                 .send(Message::new("add_42", json!(23)))
                 .await
                 .map_err(|e| ProcessError::new(e.to_string()))?;

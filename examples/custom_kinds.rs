@@ -25,7 +25,7 @@ fn processors() -> Vec<Processor> {
             .sum();
         // Follow-up work is just another message: a reminder email in 200 ms.
         let reminder = job
-            .dispatcher()
+            .submitter()
             .call_later(
                 Duration::from_millis(200),
                 Message::new(

@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
@@ -27,45 +27,34 @@ use crate::envelope::{
     unix_ms, Envelope, ErrorClass, ErrorInfo, Kind, Message, MessageId, Outcome, Source, Status,
 };
 use crate::error::{BuildError, CancelError, Rejected, ReplayError};
+use crate::ledger::{Drain, Ledger};
 use crate::metrics::{LedgerSnapshot, RejectReason, RouteStats};
 use crate::processor::cpu::CpuPool;
-use crate::processor::worker::{Exec, Worker};
+use crate::processor::worker::{Exec, Station, Worker};
 use crate::processor::{builtin, fetch, Make, Pool, Processor};
 use crate::recovery::Recovered;
 use crate::route::{Route, RouteInfo, Shares};
 use crate::router::{Dispatch, DispatchBatch, DropDelayedAfter, Forget, Router};
 use crate::settings::{RouteSettings, Settings};
 use crate::source::timer::{Schedule, ScheduleError, ScheduleHandle, TimerSource};
-use crate::storage::{Accepted, Memory, Receipt, Record, Storage, StorageError};
-use crate::store::{Finished, Gathered, MemoryStore, NewRecord, Store, Ticket, Waiter};
+use crate::storage::{Memory, Receipt, Record, Storage};
+use crate::store::{Gathered, MemoryStore, NewRecord, Waiter};
 
-/// State shared by the dispatcher handle, the router and the workers.
+/// The dispatcher's own state: admission (routing table and index through the ledger), the
+/// routers to hand messages to, and its life. The runtime actors do not see it: routers get the
+/// ledger, workers a `Station` (see `processor/worker.rs`), processors a [`Submitter`].
 pub(crate) struct Core {
     pub settings: Settings,
-    pub routes: Vec<Route>,
-    pub by_kind: HashMap<&'static str, usize>,
-    pub store: Arc<dyn Store>,
-    /// Where every change of a message's state is written (see [`crate::storage`]).
-    pub storage: Arc<dyn Storage>,
-    /// Whether `storage` outlives the process (records are only made when it does).
-    pub durable: bool,
-    pub dead: DeadLetters,
+    pub ledger: Arc<Ledger>,
+    pub drain: Arc<Drain>,
     /// One router per thread that hosts route workers: one per I/O arbiter, then (when there
     /// are CPU routes) one on the System arbiter. A route's `router` indexes it.
-    pub routers: OnceLock<Vec<Addr<Router>>>,
-    pub draining: AtomicBool,
+    pub routers: Vec<Addr<Router>>,
     pub rejected_no_route: AtomicU64,
     pub rejected_malformed: AtomicU64,
     pub epoch: Instant,
     pub io_arbiters: Vec<ArbiterHandle>,
     pub timers: Mutex<Vec<Addr<TimerSource>>>,
-    /// Admissions between their `draining` check and their hand-off to a router; shutdown
-    /// waits for these so a message accepted just as draining begins is still drained.
-    pub admitting: AtomicU64,
-    /// Set when shutdown begins: the moment after which nothing more may run.
-    pub drain_deadline: Mutex<Option<Instant>>,
-    /// With durable storage, messages shutdown keeps stored rather than running them.
-    pub kept: AtomicU64,
 }
 
 /// Counts an admission in progress for as long as it lives.
@@ -85,104 +74,9 @@ impl Drop for Admitting<'_> {
 }
 
 impl Core {
-    pub(crate) fn route_of(&self, kind: Kind) -> Option<&Route> {
-        self.by_kind.get(kind.as_str()).map(|&i| &self.routes[i])
-    }
-
-    fn routers(&self) -> &[Addr<Router>] {
-        self.routers
-            .get()
-            .expect("the routers are started in build()")
-    }
-
     /// The router on the thread of `route`'s worker.
     fn router(&self, route: usize) -> &Addr<Router> {
-        &self.routers()[self.routes[route].router]
-    }
-
-    /// Moves a message to a terminal state and counts it; `None` if it had already finished.
-    pub(crate) fn finish(
-        &self,
-        route: usize,
-        ticket: &Ticket,
-        status: Status,
-        result: Option<serde_json::Value>,
-        error: Option<ErrorInfo>,
-    ) -> Option<Arc<Outcome>> {
-        let finished = self.store.finish(ticket, status, result, error)?;
-        Some(self.ended(Some(route), finished))
-    }
-
-    /// The last step of every terminal transition: counts it, writes it to storage and tells
-    /// the waiters (in that order, so whoever is woken sees it counted).
-    pub(crate) fn ended(&self, route: Option<usize>, finished: Finished) -> Arc<Outcome> {
-        let outcome = finished.outcome();
-        let route = route.or_else(|| self.by_kind.get(outcome.kind.as_str()).copied());
-        if let Some(route) = route {
-            self.count_finished(&self.routes[route].stats, outcome);
-        }
-        if self.durable {
-            // Not waited for: an outcome lost in a crash means the message runs again.
-            self.storage.write(&Record::Finished {
-                outcome: outcome.clone(),
-                key: finished.key().map(str::to_owned),
-            });
-        }
-        finished.publish()
-    }
-
-    /// queued | delayed → running, written to storage (so `attempts` survives a restart).
-    pub(crate) fn start(&self, ticket: &Ticket) -> Result<u32, Status> {
-        let attempt = self.store.start(ticket)?;
-        if self.durable {
-            self.storage.write(&Record::Started {
-                id: ticket.id,
-                attempt,
-            });
-        }
-        Ok(attempt)
-    }
-
-    fn count_finished(&self, stats: &RouteStats, outcome: &Outcome) {
-        stats.finished(
-            outcome.status,
-            Duration::from_secs_f64(outcome.timings.total_ms / 1000.0),
-        );
-    }
-
-    /// Declares a message dead and files it in the dead letters. The dead letter is filed first,
-    /// so whoever is told of the death finds it there; it is taken back if the message had
-    /// already finished (a shutdown raced it).
-    pub(crate) fn bury(&self, env: Envelope, error: ErrorInfo) {
-        let (id, kind, route, attempts) = (env.id, env.kind, env.route, env.attempt);
-        let letter = DeadLetter {
-            id,
-            kind,
-            payload: env.payload,
-            attempts,
-            errors: env.history,
-            died_at_ms: unix_ms(),
-            source: env.source,
-            replay_of: env.replay_of,
-        };
-        if self.durable {
-            self.storage.write(&Record::Dead(letter.clone()));
-        }
-        let dropped = self.dead.push(letter);
-        if self
-            .finish(route, &env.ticket, Status::Dead, None, Some(error))
-            .is_some()
-        {
-            tracing::warn!(%id, %kind, attempts, "message is dead after its last attempt");
-            for old in dropped {
-                tracing::warn!(id = %old.id, kind = %old.kind, "dead letters are full (count or bytes): dropped the oldest");
-            }
-        } else {
-            self.dead.take(id);
-            for old in dropped {
-                self.dead.restore(old);
-            }
-        }
+        &self.routers[self.ledger.routes[route].router]
     }
 
     /// Hands a newly accepted envelope to the router on its route worker's thread (which
@@ -192,20 +86,7 @@ impl Core {
         if router.connected() {
             router.do_send(Dispatch(env));
         } else {
-            self.undeliverable(vec![env], "router");
-        }
-    }
-
-    /// Fails messages whose router or worker has stopped for good (which only a bug outside
-    /// the processors' panic guard can cause), so they end now rather than at shutdown.
-    pub(crate) fn undeliverable(&self, envs: Vec<Envelope>, what: &str) {
-        for env in envs {
-            tracing::error!(id = %env.id, kind = %env.kind, "the route's {what} has stopped: failing the message");
-            let error = ErrorInfo::new(
-                ErrorClass::Error,
-                format!("the route's {what} has stopped; the message could not be delivered"),
-            );
-            self.finish(env.route, &env.ticket, Status::Failed, None, Some(error));
+            self.ledger.undeliverable(vec![env], "router");
         }
     }
 
@@ -213,7 +94,7 @@ impl Core {
     pub(crate) fn hand_off_batch(&self, envs: Vec<Envelope>) {
         let mut per_router: Vec<Vec<Envelope>> = Vec::new();
         for env in envs {
-            let r = self.routes[env.route].router;
+            let r = self.ledger.routes[env.route].router;
             if per_router.len() <= r {
                 per_router.resize_with(r + 1, Vec::new);
             }
@@ -223,58 +104,22 @@ impl Core {
             if batch.is_empty() {
                 continue;
             }
-            let router = &self.routers()[r];
+            let router = &self.routers[r];
             if router.connected() {
                 router.do_send(DispatchBatch(batch));
             } else {
-                self.undeliverable(batch, "router");
+                self.ledger.undeliverable(batch, "router");
             }
         }
-    }
-
-    /// Sends a failed attempt back through the router after its backoff.
-    pub(crate) fn retry(&self, mut env: Envelope) {
-        let route = &self.routes[env.route];
-        if !self.store.requeue(&env.ticket) {
-            return; // finished meanwhile (shutdown): nothing left to do
-        }
-        route.stats.retried.fetch_add(1, Relaxed);
-        let n = env.history.len().max(1) as u32;
-        let full = route.backoff.saturating_mul(1u32 << (n - 1).min(16));
-        let half = full / 2;
-        let jitter = Duration::from_nanos(fastrand::u64(
-            0..=half.as_nanos().min(u64::MAX as u128) as u64,
-        ));
-        let due = Instant::now().checked_add(half + jitter);
-        // While draining, a retry that cannot come due before the deadline ends now.
-        let deadline = *self.drain_deadline.lock();
-        if let (Some(deadline), Some(due)) = (deadline, due) {
-            if due > deadline && self.durable {
-                // Stays stored (delayed); it runs after the next start.
-                self.kept.fetch_add(1, SeqCst);
-                return;
-            }
-            if due > deadline {
-                let error = ErrorInfo::new(
-                    ErrorClass::Shutdown,
-                    "the dispatcher shut down before the retry was due",
-                );
-                self.finish(env.route, &env.ticket, Status::Cancelled, None, Some(error));
-                return;
-            }
-        }
-        env.not_before =
-            Some(due.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365)));
-        self.hand_off(env);
     }
 
     fn admit(&self, msg: Message, waiter: Option<Waiter>) -> Result<Admitted, Rejected> {
-        let Some(&index) = self.by_kind.get(&*msg.kind) else {
+        let Some(&index) = self.ledger.by_kind.get(&*msg.kind) else {
             self.rejected_no_route.fetch_add(1, Relaxed);
             return Err(Rejected::NoRoute(Box::new(msg)));
         };
-        let route = &self.routes[index];
-        if self.draining.load(SeqCst) {
+        let route = &self.ledger.routes[index];
+        if self.drain.draining.load(SeqCst) {
             route.stats.rejected(RejectReason::Draining);
             return Err(Rejected::ShuttingDown(Box::new(msg)));
         }
@@ -285,8 +130,8 @@ impl Core {
                 retry_after_ms: left.as_millis() as u64,
             });
         }
-        if self.durable {
-            if let Err(error) = self.storage.admitting() {
+        if self.ledger.durable {
+            if let Err(error) = self.ledger.storage.admitting() {
                 route.stats.rejected(RejectReason::Storage);
                 return Err(Rejected::Storage {
                     message: Box::new(msg),
@@ -334,12 +179,12 @@ impl Core {
             accepted: now,
             attempts: 0,
         };
-        let ticket = match self.store.insert(record, waiter) {
+        let ticket = match self.ledger.store.insert(record, waiter) {
             Ok(ticket) => ticket,
             Err((existing, waiter)) => {
                 route.release();
                 if let Some(w) = waiter {
-                    if let Err(w) = self.store.watch(existing, w) {
+                    if let Err(w) = self.ledger.store.watch(existing, w) {
                         w.notify(&Arc::new(lost_outcome(existing, route.kind)));
                     }
                 }
@@ -363,49 +208,13 @@ impl Core {
             history: Vec::new(),
             _share: share,
         };
-        let receipt = self
-            .durable
-            .then(|| self.write_accepted(&mut env, msg.delay.map(|d| unix_ms() + millis_u64(d))));
-        Ok(Admitted::New(env, receipt))
-    }
-
-    /// Writes an envelope's `Accepted` record. The payload is lent to the record, not copied.
-    fn write_accepted(&self, env: &mut Envelope, due_ms: Option<u64>) -> Receipt {
-        let record = Record::Accepted(Accepted {
-            id: env.id,
-            kind: env.kind,
-            payload: std::mem::take(&mut env.payload),
-            source: env.source,
-            key: env.key.clone(),
-            due_ms,
-            timeout_ms: env.timeout.map(millis_u64),
-            replay_of: env.replay_of,
-            attempts: env.attempt,
+        let receipt = self.ledger.durable.then(|| {
+            self.ledger.write_accepted(
+                &mut env,
+                msg.delay.map(|d| unix_ms() + crate::ledger::millis_u64(d)),
+            )
         });
-        let receipt = self.storage.append(&record);
-        if let Record::Accepted(a) = record {
-            env.payload = a.payload;
-        }
-        receipt
-    }
-
-    /// Takes back a message whose record could not be stored: it was never acknowledged, so it
-    /// leaves no trace (its place, its key and its record in the index are given back).
-    fn withdraw(&self, env: Envelope, error: StorageError) -> Rejected {
-        let route = &self.routes[env.route];
-        self.store.remove(&env.ticket);
-        route.stats.accepted.fetch_sub(1, Relaxed);
-        route.stats.rejected(RejectReason::Storage);
-        route.release();
-        let mut msg = Message::new(env.kind.as_str(), env.payload);
-        msg.source = env.source;
-        msg.key = env.key;
-        msg.timeout = env.timeout;
-        msg.replay_of = env.replay_of;
-        Rejected::Storage {
-            message: Box::new(msg),
-            error,
-        }
+        Ok(Admitted::New(env, receipt))
     }
 
     pub(crate) fn check(&self, route: &Route, msg: &Message) -> Result<(), String> {
@@ -448,10 +257,6 @@ enum Admitted {
     Duplicate(MessageId, Kind),
 }
 
-fn millis_u64(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
 fn lost_outcome(id: MessageId, kind: Kind) -> Outcome {
     Outcome {
         id,
@@ -480,8 +285,62 @@ pub struct Dispatcher {
 impl std::fmt::Debug for Dispatcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Dispatcher")
-            .field("routes", &self.core.routes.len())
+            .field("routes", &self.core.ledger.routes.len())
             .finish()
+    }
+}
+
+/// A submit-only handle to the dispatcher a processor runs in ([`Job::submitter`]): a processor
+/// may submit further messages and await them (the seed's `await` chain), not shut the
+/// dispatcher down, cancel others' messages or read its dead letters.
+///
+/// [`Job::submitter`]: crate::Job::submitter
+#[derive(Clone, Debug)]
+pub struct Submitter(pub(crate) Dispatcher);
+
+impl Submitter {
+    /// [`Dispatcher::submit`].
+    pub fn submit(&self, msg: Message) -> Result<MessageId, Rejected> {
+        self.0.submit(msg)
+    }
+
+    /// [`Dispatcher::accept`].
+    pub async fn accept(&self, msg: Message) -> Result<MessageId, Rejected> {
+        self.0.accept(msg).await
+    }
+
+    /// [`Dispatcher::send`].
+    pub async fn send(&self, msg: Message) -> Result<Arc<Outcome>, Rejected> {
+        self.0.send(msg).await
+    }
+
+    /// [`Dispatcher::send_timeout`].
+    pub async fn send_timeout(
+        &self,
+        msg: Message,
+        max: Duration,
+    ) -> Result<Arc<Outcome>, Rejected> {
+        self.0.send_timeout(msg, max).await
+    }
+
+    /// [`Dispatcher::call_later`].
+    pub fn call_later(&self, delay: Duration, msg: Message) -> Result<MessageId, Rejected> {
+        self.0.call_later(delay, msg)
+    }
+
+    /// [`Dispatcher::gather`].
+    pub async fn gather(&self, msgs: Vec<Message>) -> Vec<Result<Arc<Outcome>, Rejected>> {
+        self.0.gather(msgs).await
+    }
+
+    /// [`Dispatcher::status`].
+    pub fn status(&self, id: MessageId) -> Option<Arc<Outcome>> {
+        self.0.status(id)
+    }
+
+    /// [`Dispatcher::wait`].
+    pub async fn wait(&self, id: MessageId, max: Duration) -> Option<Arc<Outcome>> {
+        self.0.wait(id, max).await
     }
 }
 
@@ -526,7 +385,7 @@ impl Dispatcher {
     /// Admits a message and hands it to its route's router. The admission is counted while it
     /// is in progress, so `shutdown` cannot miss a message accepted just as draining begins.
     fn enqueue(&self, msg: Message, waiter: Option<Waiter>) -> Result<(MessageId, Kind), Rejected> {
-        let _admitting = Admitting::enter(&self.core.admitting);
+        let _admitting = Admitting::enter(&self.core.drain.admitting);
         match self.core.admit(msg, waiter)? {
             Admitted::New(env, receipt) => {
                 drop(receipt); // nobody waits: its record rides the next fsync
@@ -546,12 +405,12 @@ impl Dispatcher {
         msg: Message,
         waiter: Option<Waiter>,
     ) -> Result<(MessageId, Kind), Rejected> {
-        let _admitting = Admitting::enter(&self.core.admitting);
+        let _admitting = Admitting::enter(&self.core.drain.admitting);
         match self.core.admit(msg, waiter)? {
             Admitted::New(env, receipt) => {
                 if let Some(receipt) = receipt {
                     if let Err(e) = receipt.durable().await {
-                        return Err(self.core.withdraw(env, e));
+                        return Err(self.core.ledger.withdraw(env, e));
                     }
                 }
                 let (id, kind) = (env.id, env.kind);
@@ -603,6 +462,7 @@ impl Dispatcher {
             Ok(Err(_)) => Arc::new(lost_outcome(id, kind)),
             Err(_) => self
                 .core
+                .ledger
                 .store
                 .get(id)
                 .unwrap_or_else(|| Arc::new(lost_outcome(id, kind))),
@@ -625,7 +485,7 @@ impl Dispatcher {
         // is still going (pipelining across threads).
         const CHUNK: usize = 256;
         let mut batch = Vec::with_capacity(CHUNK.min(n));
-        let admitting = Admitting::enter(&self.core.admitting);
+        let admitting = Admitting::enter(&self.core.drain.admitting);
         for (i, msg) in msgs.into_iter().enumerate() {
             match self.core.admit(msg, Some(Waiter::slot(&gathered, i))) {
                 // Not waited for: the outcomes are the answer, and a message that ran needs no
@@ -661,38 +521,40 @@ impl Dispatcher {
 
     /// The message's current state (`None` if unknown or evicted).
     pub fn status(&self, id: MessageId) -> Option<Arc<Outcome>> {
-        self.core.store.get(id)
+        self.core.ledger.store.get(id)
     }
 
     /// Waits up to `max` for the message to finish and returns its state at that point
     /// (finished, or still unfinished when `max` elapsed); `None` if unknown.
     pub async fn wait(&self, id: MessageId, max: Duration) -> Option<Arc<Outcome>> {
         let (waiter, rx) = Waiter::channel();
-        if self.core.store.watch(id, waiter).is_err() {
+        if self.core.ledger.store.watch(id, waiter).is_err() {
             return None;
         }
         match actix_rt::time::timeout(max, rx).await {
             Ok(Ok(outcome)) => Some(outcome),
-            _ => self.core.store.get(id),
+            _ => self.core.ledger.store.get(id),
         }
     }
 
     /// Cancels a queued or delayed message. Running and finished messages cannot be cancelled.
     pub fn cancel(&self, id: MessageId) -> Result<Arc<Outcome>, CancelError> {
-        let finished = self.core.store.cancel(
+        let outcome = self.core.ledger.cancel(
             id,
             ErrorInfo::new(ErrorClass::Cancelled, "cancelled before it ran"),
         )?;
-        if let Some(&route) = self.core.by_kind.get(finished.outcome().kind.as_str()) {
+        // Its router frees the waiting envelope now rather than at its due time.
+        if let Some(&route) = self.core.ledger.by_kind.get(outcome.kind.as_str()) {
             self.core.router(route).do_send(Forget(id));
         }
-        Ok(self.core.ended(None, finished))
+        Ok(outcome)
     }
 
     /// The routing table with live queue depths and restart counts.
     pub fn routes(&self) -> Vec<RouteInfo> {
         let since = self.core.epoch.elapsed();
         self.core
+            .ledger
             .routes
             .iter()
             .map(|r| {
@@ -719,6 +581,7 @@ impl Dispatcher {
     /// Messages accepted and not finished, over every route (atomics only).
     fn in_flight(&self) -> u64 {
         self.core
+            .ledger
             .routes
             .iter()
             .map(|r| r.stats.in_flight.load(Relaxed))
@@ -736,48 +599,57 @@ impl Dispatcher {
         LedgerSnapshot {
             kinds: self
                 .core
+                .ledger
                 .routes
                 .iter()
                 .map(|r| r.stats.snapshot(r.kind, &r.processor))
                 .collect(),
             rejected_no_route: self.core.rejected_no_route.load(Relaxed),
             rejected_malformed: self.core.rejected_malformed.load(Relaxed),
-            stored: self.core.store.len() as u64,
-            dead_letters: self.core.dead.len() as u64,
-            storage: self.core.storage.stats(),
+            stored: self.core.ledger.store.len() as u64,
+            dead_letters: self.core.ledger.dead.len() as u64,
+            storage: self.core.ledger.storage.stats(),
         }
     }
 
     /// Up to `limit` dead letters, oldest first, starting after the id `after` (from the
     /// oldest when `None`): pass the last id of a page to get the next.
     pub fn dead_letters(&self, after: Option<MessageId>, limit: usize) -> Vec<Arc<DeadLetter>> {
-        self.core.dead.page(after, limit)
+        self.core.ledger.dead.page(after, limit)
     }
 
     /// One dead letter, whole.
     pub fn dead_letter(&self, id: MessageId) -> Option<Arc<DeadLetter>> {
-        self.core.dead.get(id)
+        self.core.ledger.dead.get(id)
     }
 
     /// Replays a dead letter as a new message (new id, `replay_of` naming the original) and
     /// removes it from the dead letters. If the replay is refused, the dead letter stays. Like
     /// [`Dispatcher::accept`], returns once the new message is durable.
     pub async fn replay(&self, id: MessageId) -> Result<MessageId, ReplayError> {
-        let dl = self.core.dead.take(id).ok_or(ReplayError::Unknown(id))?;
+        let dl = self
+            .core
+            .ledger
+            .dead
+            .take(id)
+            .ok_or(ReplayError::Unknown(id))?;
         let mut msg = Message::new(dl.kind.as_str(), dl.payload.clone()).source(Source::Replay);
         msg.replay_of = Some(dl.id);
         match self.accept(msg).await {
             Ok(new) => {
-                if self.core.durable {
+                if self.core.ledger.durable {
                     // A crash before this is written leaves the dead letter as well as its
                     // replay: at least once, never lost.
-                    self.core.storage.write(&Record::Replayed { id: dl.id });
+                    self.core
+                        .ledger
+                        .storage
+                        .write(&Record::Replayed { id: dl.id });
                 }
                 tracing::info!(id = %new, replay_of = %dl.id, kind = %dl.kind, "dead letter replayed");
                 Ok(new)
             }
             Err(r) => {
-                self.core.dead.restore(dl);
+                self.core.ledger.dead.restore(dl);
                 Err(ReplayError::Rejected(r))
             }
         }
@@ -796,9 +668,16 @@ impl Dispatcher {
         crate::source::timer::check(self, schedule).map(|_| ())
     }
 
+    /// Checks `msg` as admission would (timing fields, key, payload) without submitting it;
+    /// `None` if its kind has no route.
+    pub(crate) fn validate(&self, msg: &Message) -> Option<Result<(), String>> {
+        let route = self.core.ledger.route_of(Kind::new(msg.kind()).ok()?)?;
+        Some(self.core.check(route, msg))
+    }
+
     /// Whether the dispatcher has stopped accepting (shutdown has begun).
     pub fn is_draining(&self) -> bool {
-        self.core.draining.load(Relaxed)
+        self.core.drain.draining.load(Relaxed)
     }
 
     /// Stops intake, lets queued and running messages finish within `deadline`, and cancels
@@ -807,20 +686,20 @@ impl Dispatcher {
     /// terminal state.
     pub async fn shutdown(&self, deadline: Duration) -> ShutdownReport {
         let started = Instant::now();
-        *self.core.drain_deadline.lock() = Some(started + deadline);
-        self.core.draining.store(true, SeqCst);
+        *self.core.drain.deadline.lock() = Some(started + deadline);
+        self.core.drain.draining.store(true, SeqCst);
         // Admissions that passed the draining check before it was set finish handing their
         // message on; after this no new message can be accepted.
-        while self.core.admitting.load(SeqCst) > 0 {
+        while self.core.drain.admitting.load(SeqCst) > 0 {
             actix_rt::time::sleep(Duration::from_millis(1)).await;
         }
         for timer in self.core.timers.lock().drain(..) {
             timer.do_send(crate::source::timer::StopTimer);
         }
-        let keep = self.core.durable;
+        let keep = self.core.ledger.durable;
         let before = self.in_flight();
         let mut unfinished = Vec::new();
-        for router in self.core.routers() {
+        for router in &self.core.routers {
             let dropped = router
                 .send(DropDelayedAfter {
                     deadline: started + deadline,
@@ -830,7 +709,10 @@ impl Dispatcher {
             unfinished.extend(dropped.unwrap_or_default());
         }
         // The routes' counters only (no store lock), every 10 ms. Kept messages stay counted.
-        while self.in_flight().saturating_sub(self.core.kept.load(SeqCst)) > 0
+        while self
+            .in_flight()
+            .saturating_sub(self.core.drain.kept.load(SeqCst))
+            > 0
             && started.elapsed() < deadline
         {
             actix_rt::time::sleep(Duration::from_millis(10)).await;
@@ -839,27 +721,28 @@ impl Dispatcher {
         if keep {
             // Whatever has not finished stays stored; the running ones are interrupted when the
             // process exits and run again after the next start.
-            kept = self.core.store.unfinished();
+            kept = self.core.ledger.store.unfinished();
             unfinished.clear();
-            let flushed = self.core.storage.flush().durable().await;
+            let flushed = self.core.ledger.storage.flush().durable().await;
             if let Err(e) = flushed {
                 tracing::error!(error = %e, "storage: the last records could not be flushed");
             }
         } else {
-            for id in self.core.store.unfinished() {
+            for id in self.core.ledger.store.unfinished() {
                 let error = ErrorInfo::new(
                     ErrorClass::Shutdown,
                     "the dispatcher shut down before the message could finish",
                 );
-                let Some(ticket) = self.core.store.ticket(id) else {
+                let Some(ticket) = self.core.ledger.store.ticket(id) else {
                     continue;
                 };
                 if let Some(f) =
                     self.core
+                        .ledger
                         .store
                         .finish(&ticket, Status::Cancelled, None, Some(error))
                 {
-                    self.core.ended(None, f);
+                    self.core.ledger.ended(None, f);
                     unfinished.push(id);
                 }
             }
@@ -1063,11 +946,6 @@ impl DispatcherBuilder {
                 handle
             })
             .collect();
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::new(
-            s.result_ttl,
-            s.max_results,
-            s.max_result_bytes,
-        ));
         let storage = self.storage.unwrap_or_else(|| Arc::new(Memory));
         let durable = storage.is_durable();
         let recovered = if durable {
@@ -1078,25 +956,19 @@ impl DispatcherBuilder {
         } else {
             None
         };
-        let core = Arc::new(Core {
-            dead: DeadLetters::new(s.max_dead_letters, s.max_dead_letter_bytes),
-            settings: self.settings.clone(),
+        let ledger = Arc::new(Ledger {
             routes,
             by_kind,
-            store,
+            store: Box::new(MemoryStore::new(
+                s.result_ttl,
+                s.max_results,
+                s.max_result_bytes,
+            )),
             storage,
             durable,
-            routers: OnceLock::new(),
-            draining: AtomicBool::new(false),
-            rejected_no_route: AtomicU64::new(0),
-            rejected_malformed: AtomicU64::new(0),
-            epoch: Instant::now(),
-            io_arbiters,
-            timers: Mutex::new(Vec::new()),
-            admitting: AtomicU64::new(0),
-            drain_deadline: Mutex::new(None),
-            kept: AtomicU64::new(0),
+            dead: DeadLetters::new(s.max_dead_letters, s.max_dead_letter_bytes),
         });
+        let drain = Arc::new(Drain::default());
         // actix forwards every message to a SyncArbiter through a future on the System arbiter;
         // the CPU routes' workers live there too (below), so a hand-off wakes one thread.
         let pool = if cpu_makes.is_empty() {
@@ -1115,8 +987,9 @@ impl DispatcherBuilder {
                 move || CpuPool::new(cpu_makes.clone()),
             ))
         };
-        // One router per worker thread (the first also sweeps expired outcomes).
-        let mut homes = core.io_arbiters.clone();
+        // One router per worker thread (the first also sweeps expired outcomes). Routers see
+        // the ledger and the drain state only.
+        let mut homes = io_arbiters.clone();
         if pool.is_some() {
             homes.push(System::current().arbiter().clone());
         }
@@ -1124,11 +997,23 @@ impl DispatcherBuilder {
             .iter()
             .enumerate()
             .map(|(n, home)| {
-                let router_core = core.clone();
-                Router::start_in_arbiter(home, move |_| Router::new(router_core, n == 0))
+                let (ledger, drain) = (ledger.clone(), drain.clone());
+                Router::start_in_arbiter(home, move |_| Router::new(ledger, drain, n == 0))
             })
             .collect();
-        let _ = core.routers.set(routers);
+        let core = Arc::new(Core {
+            settings: self.settings.clone(),
+            ledger: ledger.clone(),
+            drain: drain.clone(),
+            routers,
+            rejected_no_route: AtomicU64::new(0),
+            rejected_malformed: AtomicU64::new(0),
+            epoch: Instant::now(),
+            io_arbiters,
+            timers: Mutex::new(Vec::new()),
+        });
+        // Each worker gets its station: the ledger, its router, the drain state, the restart
+        // policy, and a submit-only handle for its processors' jobs.
         let mut cpu_index = 0;
         for (i, make) in makes.into_iter().enumerate() {
             let exec = match make {
@@ -1141,18 +1026,26 @@ impl DispatcherBuilder {
                     )
                 }
             };
-            let arbiter = &homes[core.routes[i].router];
-            let worker_core = core.clone();
+            let home = ledger.routes[i].router;
+            let station = Arc::new(Station {
+                ledger: ledger.clone(),
+                drain: drain.clone(),
+                router: core.routers[home].clone(),
+                restart: self.settings.restart.clone(),
+                epoch: core.epoch,
+                submitter: Submitter(Dispatcher { core: core.clone() }),
+                route: i,
+            });
             let addr =
-                Supervisor::start_in_arbiter(arbiter, move |_| Worker::new(worker_core, i, exec));
-            let _ = core.routes[i].worker.set(addr.recipient());
+                Supervisor::start_in_arbiter(&homes[home], move |_| Worker::new(station, exec));
+            let _ = ledger.routes[i].worker.set(addr.recipient());
         }
         if let Some(recovered) = recovered {
             crate::recovery::restore(&core, recovered);
             crate::recovery::start_compactor(&core);
         }
         tracing::info!(
-            routes = core.routes.len(),
+            routes = ledger.routes.len(),
             io_arbiters = core.io_arbiters.len(),
             cpu_threads = if pool.is_some() { cpu_threads } else { 0 },
             "dispatcher started"

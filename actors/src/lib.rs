@@ -30,6 +30,7 @@ pub mod dispatcher;
 pub mod envelope;
 pub mod error;
 pub mod journal;
+mod ledger;
 pub mod metrics;
 pub mod processor;
 mod recovery;

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use crate::dead_letters::DeadLetter;
 use crate::dispatcher::Core;
 use crate::envelope::{unix_ms, Envelope, ErrorClass, ErrorInfo, MessageId, Outcome, Status};
+use crate::ledger::Ledger;
 use crate::storage::{Accepted, Keep, Record, RecordKind};
 use crate::store::NewRecord;
 
@@ -82,6 +83,7 @@ fn finished_at_ms(o: &Outcome) -> u64 {
 /// Puts recovered state back into a freshly built dispatcher and hands the unfinished
 /// messages to their routers. Logs what it did, by state.
 pub(crate) fn restore(core: &Core, recovered: Recovered) {
+    let ledger = &core.ledger;
     let started = Instant::now();
     let now_ms = unix_ms();
     let ttl_ms = u64::try_from(core.settings.result_ttl.as_millis()).unwrap_or(u64::MAX);
@@ -90,19 +92,21 @@ pub(crate) fn restore(core: &Core, recovered: Recovered) {
         let age = now_ms.saturating_sub(finished_at_ms(&outcome));
         if age < ttl_ms {
             let outcome = Arc::try_unwrap(outcome).unwrap_or_else(|a| Outcome::clone(&a));
-            core.store.restore(outcome, key, Duration::from_millis(age));
+            ledger
+                .store
+                .restore(outcome, key, Duration::from_millis(age));
             outcomes += 1;
         }
     }
     let dead_letters = recovered.dead.len();
     for d in recovered.dead.into_values() {
-        core.dead.push(d);
+        ledger.dead.push(d);
     }
     let (mut queued, mut delayed, mut rerun, mut unroutable) = (0usize, 0usize, 0usize, 0usize);
     let now = Instant::now();
     let mut envs = Vec::with_capacity(recovered.unfinished.len());
     for a in recovered.unfinished.into_values() {
-        let route = core.by_kind.get(a.kind.as_str()).copied();
+        let route = ledger.by_kind.get(a.kind.as_str()).copied();
         let age = Duration::from_millis(now_ms.saturating_sub(a.id.timestamp_ms()));
         let due = a
             .due_ms
@@ -119,13 +123,14 @@ pub(crate) fn restore(core: &Core, recovered: Recovered) {
             accepted: now.checked_sub(age).unwrap_or(now),
             attempts: a.attempts,
         };
-        let ticket = match core.store.insert(record.clone(), None) {
+        let ticket = match ledger.store.insert(record.clone(), None) {
             Ok(t) => t,
             Err(_) => {
                 // Its key now names another message (which cannot happen unless records were
                 // edited): it runs without the key rather than not at all.
                 record.key = None;
-                core.store
+                ledger
+                    .store
                     .insert(record, None)
                     .unwrap_or_else(|_| unreachable!("a record without a key is never refused"))
             }
@@ -139,15 +144,15 @@ pub(crate) fn restore(core: &Core, recovered: Recovered) {
                     a.kind
                 ),
             );
-            if let Some(f) = core
+            if let Some(f) = ledger
                 .store
                 .finish(&ticket, Status::Failed, None, Some(error))
             {
-                core.ended(None, f);
+                ledger.ended(None, f);
             }
             continue;
         };
-        let stats = &core.routes[index].stats;
+        let stats = &ledger.routes[index].stats;
         stats.accepted.fetch_add(1, Relaxed);
         // Over the route's capacity if need be: these were accepted before.
         stats.in_flight.fetch_add(1, Relaxed);
@@ -189,9 +194,9 @@ pub(crate) fn restore(core: &Core, recovered: Recovered) {
 
 /// Compacts the storage once: asks it to drop what is no longer needed, then writes again the
 /// latest state of any message that changed while its records were being copied.
-pub(crate) fn compact(core: &Core) {
-    let store = &core.store;
-    let dead = &core.dead;
+pub(crate) fn compact(ledger: &Ledger) {
+    let store = &ledger.store;
+    let dead = &ledger.dead;
     let mut keep = |kind: RecordKind, id: MessageId| -> Keep {
         match kind {
             RecordKind::Accepted => match store.get(id) {
@@ -206,20 +211,20 @@ pub(crate) fn compact(core: &Core) {
             RecordKind::Dead | RecordKind::Started | RecordKind::Replayed => Keep::Drop,
         }
     };
-    match core.storage.compact(&mut keep) {
+    match ledger.storage.compact(&mut keep) {
         Ok(done) => {
             for &(kind, id) in &done.kept {
                 match kind {
                     RecordKind::Accepted => {
                         if let Some(now) = store.get(id).filter(|o| o.status.is_terminal()) {
-                            core.storage.write(&Record::Finished {
+                            ledger.storage.write(&Record::Finished {
                                 outcome: now,
                                 key: store.key(id),
                             });
                         }
                     }
                     RecordKind::Dead if dead.get(id).is_none() => {
-                        core.storage.write(&Record::Replayed { id });
+                        ledger.storage.write(&Record::Replayed { id });
                     }
                     _ => {}
                 }
@@ -239,18 +244,19 @@ pub(crate) fn compact(core: &Core) {
 
 /// Starts the thread that compacts the storage every second, until the dispatcher is gone or
 /// shutting down. A thread of its own: compaction reads and writes files.
-pub(crate) fn start_compactor(core: &Arc<Core>) {
-    let weak: Weak<Core> = Arc::downgrade(core);
+pub(crate) fn start_compactor(core: &Core) {
+    let weak: Weak<Ledger> = Arc::downgrade(&core.ledger);
+    let drain = core.drain.clone();
     let spawned = std::thread::Builder::new()
         .name("mailroom-compactor".into())
         .spawn(move || loop {
             std::thread::sleep(Duration::from_secs(1));
-            let Some(core) = weak.upgrade() else { return };
-            if core.draining.load(Relaxed) {
+            let Some(ledger) = weak.upgrade() else { return };
+            if drain.draining.load(Relaxed) {
                 return;
             }
-            core.store.sweep();
-            compact(&core);
+            ledger.store.sweep();
+            compact(&ledger);
         });
     if let Err(e) = spawned {
         tracing::error!(error = %e, "storage: cannot start the compactor thread; the journal will not be compacted");

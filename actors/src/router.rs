@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 use crate::alarm::Alarm;
-use crate::dispatcher::Core;
 use crate::envelope::{Envelope, ErrorClass, ErrorInfo, MessageId, Status};
+use crate::ledger::{Drain, Ledger};
 use crate::processor::worker::Run;
 
 /// Route one envelope (now, or at its `not_before`).
@@ -53,7 +53,8 @@ pub(crate) struct DropDelayedAfter {
 }
 
 pub(crate) struct Router {
-    core: Arc<Core>,
+    ledger: Arc<Ledger>,
+    drain: Arc<Drain>,
     /// Boxed: a waiting envelope costs one pointer in the map, not its full size plus the map's
     /// growth slack (this is most of the memory of 100,000 delayed messages).
     waiting: HashMap<MessageId, Box<Envelope>>,
@@ -65,9 +66,10 @@ pub(crate) struct Router {
 }
 
 impl Router {
-    pub(crate) fn new(core: Arc<Core>, sweeps: bool) -> Router {
+    pub(crate) fn new(ledger: Arc<Ledger>, drain: Arc<Drain>, sweeps: bool) -> Router {
         Router {
-            core,
+            ledger,
+            drain,
             sweeps,
             waiting: HashMap::new(),
             heap: BinaryHeap::new(),
@@ -102,14 +104,14 @@ impl Router {
     /// Hands envelopes of one route to its worker; if the worker has stopped for good (a bug
     /// outside the processor's panic guard), they fail at once instead of waiting for shutdown.
     fn send(&self, route: usize, batch: Vec<Envelope>) {
-        let worker = self.core.routes[route]
+        let worker = self.ledger.routes[route]
             .worker
             .get()
             .expect("workers are started in build()");
         if worker.connected() {
             worker.do_send(Run(batch));
         } else {
-            self.core.undeliverable(batch, "worker");
+            self.ledger.undeliverable(batch, "worker");
         }
     }
 
@@ -142,7 +144,7 @@ impl Actor for Router {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         if self.sweeps {
-            ctx.run_interval(Duration::from_secs(1), |act, _| act.core.store.sweep());
+            ctx.run_interval(Duration::from_secs(1), |act, _| act.ledger.store.sweep());
         }
     }
 }
@@ -204,7 +206,7 @@ impl Handler<DropDelayedAfter> for Router {
         for id in late {
             let env = self.waiting.remove(&id).expect("listed above");
             if msg.keep {
-                self.core
+                self.drain
                     .kept
                     .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 continue;
@@ -214,7 +216,7 @@ impl Handler<DropDelayedAfter> for Router {
                 "the dispatcher shut down before the message was due",
             );
             if self
-                .core
+                .ledger
                 .finish(env.route, &env.ticket, Status::Cancelled, None, Some(error))
                 .is_some()
             {

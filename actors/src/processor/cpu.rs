@@ -21,9 +21,8 @@ use actix::prelude::*;
 use parking_lot::Mutex;
 use serde_json::Value;
 
-use super::worker::{settle, JobResult, Run};
+use super::worker::{settle, JobResult, Run, Station};
 use super::{CancelToken, CpuProcessor, Job};
-use crate::dispatcher::Core;
 use crate::envelope::Envelope;
 use crate::supervision::panic_message;
 
@@ -122,13 +121,13 @@ impl Handoff {
     /// Thread side: marks the message running and returns its attempt number, or `None` when
     /// there is nothing to run (cancelled while it waited, or finished by a shutdown). Done under
     /// the lock, so the timer sees a job either waiting or running since a known instant.
-    fn begin(&self, core: &Core, route: usize) -> Option<u32> {
+    fn begin(&self, station: &Station) -> Option<u32> {
         let mut st = self.state.lock();
         let env = st.env.as_mut()?;
-        match core.start(&env.ticket) {
+        match station.ledger.start(&env.ticket) {
             Ok(attempt) => {
                 env.attempt = attempt;
-                core.routes[route].stats.running.fetch_add(1, Relaxed);
+                station.route().stats.running.fetch_add(1, Relaxed);
                 st.began = Some(Instant::now());
                 Some(attempt)
             }
@@ -144,8 +143,8 @@ impl Handoff {
 pub(crate) struct RunCpu {
     /// Index of the processor in the pool's list.
     pub processor: usize,
-    /// Index of the job's route.
-    pub route: usize,
+    /// The job's route: its ledger, router and counters.
+    pub station: Arc<Station>,
     pub job: Job,
     pub payload: Value,
     pub handoff: Arc<Handoff>,
@@ -177,14 +176,13 @@ impl Handler<RunCpu> for CpuPool {
     fn handle(&mut self, msg: RunCpu, ctx: &mut SyncContext<Self>) {
         let RunCpu {
             processor,
-            route,
+            station,
             job,
             payload,
             handoff,
         } = msg;
         let mut job = job;
-        let core = job.dispatcher.core.clone();
-        if let Some(attempt) = handoff.begin(&core, route) {
+        if let Some(attempt) = handoff.begin(&station) {
             job.attempt = attempt;
             let makes = &self.makes;
             let instance = self.live[processor].get_or_insert_with(|| makes[processor]());
@@ -198,13 +196,13 @@ impl Handler<RunCpu> for CpuPool {
                 }
             };
             if let Some((env, result)) = handoff.finish(result) {
-                core.routes[route].stats.running.fetch_sub(1, Relaxed);
-                settle(&core, env, result);
+                station.route().stats.running.fetch_sub(1, Relaxed);
+                settle(&station, env, result);
             }
         }
         // Give the slot back; wake the worker if it holds messages that the slot lets it start
         // (at most one wake-up pending at a time).
-        let r = &core.routes[route];
+        let r = station.route();
         r.lane.handed.fetch_sub(1, SeqCst);
         if r.lane.waiting.load(SeqCst) > 0 && !r.lane.pump_pending.swap(true, SeqCst) {
             if let Some(worker) = r.worker.get() {

@@ -27,7 +27,7 @@ use futures_util::future::LocalBoxFuture;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::dispatcher::Dispatcher;
+use crate::dispatcher::Submitter;
 use crate::envelope::{ErrorClass, Kind, MessageId};
 
 /// What a processor returns.
@@ -98,7 +98,7 @@ pub struct Job {
     pub kind: Kind,
     /// The attempt now running (1 for the first).
     pub attempt: u32,
-    pub(crate) dispatcher: Dispatcher,
+    pub(crate) submitter: Submitter,
     pub(crate) cancel: CancelToken,
 }
 
@@ -113,12 +113,13 @@ impl fmt::Debug for Job {
 }
 
 impl Job {
-    /// The dispatcher, to submit further messages and await them (the seed's `await` chain).
+    /// A submit-only handle to the dispatcher, to submit further messages and await them (the
+    /// seed's `await` chain).
     ///
     /// Awaiting a message of the *same* route from inside a processor can deadlock if the route's
     /// concurrency is exhausted by messages all waiting on each other; await other routes.
-    pub fn dispatcher(&self) -> &Dispatcher {
-        &self.dispatcher
+    pub fn submitter(&self) -> &Submitter {
+        &self.submitter
     }
 
     /// Whether the job's timeout has elapsed.

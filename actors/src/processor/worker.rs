@@ -39,9 +39,75 @@ use futures_util::FutureExt;
 use super::cpu::{CpuPool, Expiry, Handoff, RunCpu};
 use super::{AsyncProcessor, CancelToken, Job, ProcessError, ProcessResult};
 use crate::alarm::Alarm;
-use crate::dispatcher::{Core, Dispatcher};
+use crate::dispatcher::Submitter;
 use crate::envelope::{Envelope, ErrorClass, ErrorInfo, Status};
+use crate::ledger::{Drain, Ledger};
+use crate::route::Route;
+use crate::router::{Dispatch, Router};
+use crate::settings::RestartPolicy;
 use crate::supervision::{panic_message, RestartDecision};
+
+/// What a route's worker (and the CPU jobs it hands to the pool) needs, and nothing more: the
+/// ledger to start and settle messages, its router for retries, the drain state, the restart
+/// budget, and a submit-only handle for its processors' jobs.
+pub(crate) struct Station {
+    pub(crate) ledger: Arc<Ledger>,
+    pub(crate) drain: Arc<Drain>,
+    pub(crate) router: Addr<Router>,
+    pub(crate) restart: RestartPolicy,
+    pub(crate) epoch: Instant,
+    pub(crate) submitter: Submitter,
+    /// The route's index in the routing table.
+    pub(crate) route: usize,
+}
+
+impl Station {
+    /// The route this station serves.
+    pub(crate) fn route(&self) -> &Route {
+        &self.ledger.routes[self.route]
+    }
+
+    /// Sends a failed attempt back through the router after its backoff.
+    fn retry(&self, mut env: Envelope) {
+        let route = self.route();
+        if !self.ledger.requeue(&env.ticket) {
+            return; // finished meanwhile (shutdown): nothing left to do
+        }
+        route.stats.retried.fetch_add(1, Relaxed);
+        let n = env.history.len().max(1) as u32;
+        let full = route.backoff.saturating_mul(1u32 << (n - 1).min(16));
+        let half = full / 2;
+        let jitter = Duration::from_nanos(fastrand::u64(
+            0..=half.as_nanos().min(u64::MAX as u128) as u64,
+        ));
+        let due = Instant::now().checked_add(half + jitter);
+        // While draining, a retry that cannot come due before the deadline ends now (or, with
+        // durable storage, stays stored to run after the next start).
+        let deadline = *self.drain.deadline.lock();
+        if let (Some(deadline), Some(due)) = (deadline, due) {
+            if due > deadline && self.ledger.durable {
+                self.drain.kept.fetch_add(1, SeqCst);
+                return;
+            }
+            if due > deadline {
+                let error = ErrorInfo::new(
+                    ErrorClass::Shutdown,
+                    "the dispatcher shut down before the retry was due",
+                );
+                self.ledger
+                    .finish(env.route, &env.ticket, Status::Cancelled, None, Some(error));
+                return;
+            }
+        }
+        env.not_before =
+            Some(due.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365)));
+        if self.router.connected() {
+            self.router.do_send(Dispatch(env));
+        } else {
+            self.ledger.undeliverable(vec![env], "router");
+        }
+    }
+}
 
 /// Run these envelopes (all of this worker's route). An empty batch only asks the worker to
 /// start what its backlog holds (a CPU slot was freed).
@@ -100,8 +166,7 @@ impl Ord for Deadline {
 }
 
 pub(crate) struct Worker {
-    core: Arc<Core>,
-    route: usize,
+    station: Arc<Station>,
     exec: Exec,
     processor: Option<Box<dyn AsyncProcessor>>,
     backlog: VecDeque<Envelope>,
@@ -117,15 +182,14 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
-    pub(crate) fn new(core: Arc<Core>, route: usize, exec: Exec) -> Worker {
-        let limit = core.routes[route].concurrency;
+    pub(crate) fn new(station: Arc<Station>, exec: Exec) -> Worker {
+        let limit = station.route().concurrency;
         let processor = match &exec {
             Exec::Async(make) => Some(make()),
             Exec::Cpu(..) => None,
         };
         Worker {
-            core,
-            route,
+            station,
             exec,
             processor,
             backlog: VecDeque::new(),
@@ -143,7 +207,7 @@ impl Worker {
     fn busy(&self) -> usize {
         match self.exec {
             Exec::Async(_) => self.running,
-            Exec::Cpu(..) => self.core.routes[self.route].lane.handed.load(SeqCst),
+            Exec::Cpu(..) => self.station.route().lane.handed.load(SeqCst),
         }
     }
 
@@ -170,7 +234,7 @@ impl Worker {
             self.arm(ctx);
             // Tell the pool threads whether a freed slot should wake us. A thread that frees
             // its slot after our check above either sees this count or its slot is seen below.
-            let lane = &self.core.routes[self.route].lane;
+            let lane = &self.station.route().lane;
             lane.waiting.store(self.backlog.len(), SeqCst);
             if self.backlog.is_empty() || !self.can_start(ctx) {
                 return;
@@ -184,18 +248,18 @@ impl Worker {
         mut env: Envelope,
         ctx: &mut Context<Self>,
     ) -> Option<(Envelope, JobResult)> {
-        let core = &self.core;
-        let route = &core.routes[self.route];
+        let station = self.station.clone();
+        let route = station.route();
         match &self.exec {
             // A CPU message stays queued until a pool thread begins it (see `cpu.rs`).
             Exec::Cpu(pool, _) if !pool.connected() => {
                 // The attempt fails without ever running.
-                env.attempt = core.start(&env.ticket).ok()?;
+                env.attempt = station.ledger.start(&env.ticket).ok()?;
                 return Some((env, JobResult::Lost("its threads are gone".into())));
             }
             Exec::Cpu(..) => {}
             Exec::Async(_) => {
-                match core.start(&env.ticket) {
+                match station.ledger.start(&env.ticket) {
                     Ok(attempt) => env.attempt = attempt,
                     Err(_) => return None, // cancelled while it waited (already counted), or shut down
                 }
@@ -216,7 +280,7 @@ impl Worker {
             id: env.id,
             kind: env.kind,
             attempt: env.attempt,
-            dispatcher: Dispatcher { core: core.clone() },
+            submitter: station.submitter.clone(),
             cancel: cancel.clone(),
         };
         let timeout = env.timeout.or(route.timeout);
@@ -275,7 +339,7 @@ impl Worker {
                 // once the System is stopping, when the pool is gone and nothing runs anyway.
                 pool.do_send(RunCpu {
                     processor: *index,
-                    route: self.route,
+                    station: station.clone(),
                     job,
                     payload,
                     handoff,
@@ -288,12 +352,11 @@ impl Worker {
     /// Records how an async attempt (or a CPU attempt that never reached the pool) ended. After
     /// a panic in an async processor it stops the actor so the Supervisor restarts it.
     fn complete(&mut self, env: Envelope, result: JobResult, ctx: &mut Context<Self>) {
-        let core = self.core.clone();
         if let Exec::Async(_) = self.exec {
             self.running -= 1;
-            core.routes[self.route].stats.running.fetch_sub(1, Relaxed);
+            self.station.route().stats.running.fetch_sub(1, Relaxed);
         }
-        let restart = settle(&core, env, result);
+        let restart = settle(&self.station, env, result);
         if let (Some(decision), Exec::Async(_)) = (restart, &self.exec) {
             self.resume_after = Some(decision.backoff);
             ctx.stop(); // the Supervisor restarts us with a fresh processor
@@ -319,7 +382,7 @@ impl Worker {
         {
             self.deadlines.pop();
         }
-        let handed = self.core.routes[self.route].lane.handed.load(Relaxed);
+        let handed = self.station.route().lane.handed.load(Relaxed);
         if self.deadlines.len() > 2 * handed + 64 {
             self.deadlines.retain(|Reverse(d)| !d.handoff.is_settled());
         }
@@ -342,7 +405,7 @@ impl Worker {
                 Expiry::Waiting => now + d.timeout,
                 Expiry::Running(began) if began + d.timeout > now => began + d.timeout,
                 Expiry::Running(_) => {
-                    let retries = self.core.routes[self.route].retries;
+                    let retries = self.station.route().retries;
                     let will_retry = |env: &Envelope| retries > 0 && env.attempt <= retries;
                     let Some(env) = d.handoff.time_out(d.timeout, will_retry) else {
                         // Settled by the pool thread just now, or parked for it to retry
@@ -350,11 +413,8 @@ impl Worker {
                         continue;
                     };
                     // It had begun, so its thread counted it as running.
-                    self.core.routes[self.route]
-                        .stats
-                        .running
-                        .fetch_sub(1, Relaxed);
-                    settle(&self.core, env, JobResult::TimedOut(d.timeout));
+                    self.station.route().stats.running.fetch_sub(1, Relaxed);
+                    settle(&self.station, env, JobResult::TimedOut(d.timeout));
                     continue;
                 }
             };
@@ -369,11 +429,16 @@ impl Worker {
 /// Settles an attempt: records the outcome, or sends the message to a retry or the dead
 /// letters. Runs on the worker's thread or on the CPU pool thread that ran the job. After a
 /// panic, returns the restart decision (the restart is already counted against the budget).
-pub(crate) fn settle(core: &Core, mut env: Envelope, result: JobResult) -> Option<RestartDecision> {
-    let route = &core.routes[env.route];
+pub(crate) fn settle(
+    station: &Station,
+    mut env: Envelope,
+    result: JobResult,
+) -> Option<RestartDecision> {
+    let ledger = &station.ledger;
+    let route = station.route();
     let (error, final_status, panicked) = match result {
         JobResult::Done(Ok(value)) => {
-            core.finish(env.route, &env.ticket, Status::Completed, Some(value), None);
+            ledger.finish(env.route, &env.ticket, Status::Completed, Some(value), None);
             return None;
         }
         JobResult::Done(Err(ProcessError { class, message })) => {
@@ -404,16 +469,16 @@ pub(crate) fn settle(core: &Core, mut env: Envelope, result: JobResult) -> Optio
     tracing::debug!(id = %env.id, kind = %env.kind, attempt = env.attempt, class = error.class.as_str(), error = %error.message, "attempt failed");
     // Counted before the outcome is published, so whoever sees the failure also sees the
     // restart (and a degraded route).
-    let restart = panicked.then(|| route.record_restart(core.epoch, &core.settings.restart));
+    let restart = panicked.then(|| route.record_restart(station.epoch, &station.restart));
     if route.retries > 0 {
         env.history.push(error.clone());
         if env.attempt <= route.retries {
-            core.retry(env);
+            station.retry(env);
         } else {
-            core.bury(env, error);
+            ledger.bury(env, error);
         }
     } else {
-        core.finish(env.route, &env.ticket, final_status, None, Some(error));
+        ledger.finish(env.route, &env.ticket, final_status, None, Some(error));
     }
     restart
 }
@@ -444,7 +509,7 @@ impl Actor for Worker {
 
 impl Supervised for Worker {
     fn restarting(&mut self, _: &mut Self::Context) {
-        let route = &self.core.routes[self.route];
+        let route = &self.station.route();
         tracing::info!(kind = %route.kind, processor = %route.processor, "restarting processor with fresh state");
         if let Exec::Async(make) = &self.exec {
             self.processor = Some(make());
@@ -456,19 +521,16 @@ impl Handler<Run> for Worker {
     type Result = ();
     fn handle(&mut self, msg: Run, ctx: &mut Context<Self>) {
         if let Exec::Cpu(..) = self.exec {
-            self.core.routes[self.route]
-                .lane
-                .pump_pending
-                .store(false, SeqCst);
+            self.station.route().lane.pump_pending.store(false, SeqCst);
             self.prune();
         }
         self.backlog.extend(msg.0);
         // Only cancelled messages can take the backlog past the route's capacity (a cancel
         // frees its place at once, its envelope stays here until reached): drop them then, so
         // submitting and cancelling behind a busy route does not grow it.
-        let capacity = self.core.routes[self.route].capacity as usize;
+        let capacity = self.station.route().capacity as usize;
         if self.backlog.len() > capacity {
-            let store = &self.core.store;
+            let store = &self.station.ledger.store;
             self.backlog.retain(|env| !store.is_finished(&env.ticket));
         }
         self.pump(ctx);

@@ -75,21 +75,17 @@ impl ScheduleHandle {
 
 /// Checks a schedule without starting it; returns its kind.
 pub(crate) fn check(dispatcher: &Dispatcher, s: &Schedule) -> Result<Kind, ScheduleError> {
-    let (kind, route) = Kind::new(&s.kind)
-        .ok()
-        .and_then(|k| Some((k, dispatcher.core.route_of(k)?)))
-        .ok_or_else(|| ScheduleError::NoRoute(s.kind.clone()))?;
+    let no_route = || ScheduleError::NoRoute(s.kind.clone());
+    let kind = Kind::new(&s.kind).map_err(|_| no_route())?;
+    let probe = Message::new(kind.as_str(), s.payload.clone());
+    let checked = dispatcher.validate(&probe).ok_or_else(no_route)?;
     if s.when == Every::Interval(Duration::ZERO) {
         return Err(ScheduleError::ZeroInterval);
     }
-    let probe = Message::new(kind.as_str(), s.payload.clone());
-    dispatcher
-        .core
-        .check(route, &probe)
-        .map_err(|reason| ScheduleError::Invalid {
-            kind: s.kind.clone(),
-            reason,
-        })?;
+    checked.map_err(|reason| ScheduleError::Invalid {
+        kind: s.kind.clone(),
+        reason,
+    })?;
     Ok(kind)
 }
 

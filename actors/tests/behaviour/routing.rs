@@ -103,7 +103,7 @@ async fn a_processor_can_dispatch_and_await_another_message() {
     });
     let hello = Processor::from_fn("hello", |job, p| async move {
         let inner = job
-            .dispatcher()
+            .submitter()
             .send(Message::new("add_42", p))
             .await
             .map_err(|e| mailroom_actors::ProcessError::new(e.to_string()))?;
