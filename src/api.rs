@@ -16,10 +16,12 @@ use actix_web::middleware::Next;
 use actix_web::web::{self, BytesMut};
 use actix_web::{HttpRequest, HttpResponse};
 use futures_util::StreamExt;
+use mailroom_actors::source::{
+    client_id, parse_json, token_accepted, truncated, JsonError, Submission,
+};
 use mailroom_actors::{
-    client_id, parse_json, token_accepted, truncated, DeadLetter, Dispatcher, ErrorClass,
-    ErrorInfo, JsonError, MessageId, Outcome, Pool, Rejected, RouteInfo, Source, Status,
-    Submission, Timings,
+    DeadLetter, Dispatcher, ErrorClass, ErrorInfo, MessageId, Outcome, Pool, Rejected, RouteInfo,
+    Source, Status, Timings,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -401,7 +403,11 @@ fn rejected_item(code: u16, class: &str, message: String) -> Value {
 }
 
 fn rejection(r: &Rejected) -> Value {
-    rejected_item(r.code(), r.reason(), r.to_string())
+    rejected_item(
+        crate::problem::rejection_status(r),
+        r.reason(),
+        r.to_string(),
+    )
 }
 
 /// Submit many messages; one item per message in the same order (asyncio `gather`).

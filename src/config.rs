@@ -585,9 +585,7 @@ impl Config {
                 "expected at most 3600000".into(),
             );
         }
-        if let Err(reason) =
-            mailroom_actors::supervision::check_restart_budget(&self.settings().restart)
-        {
+        if let Err(reason) = self.settings().restart.check() {
             return err("dispatch.max_restarts", reason);
         }
         if !(1..=64).contains(&self.pools.io.arbiters) {

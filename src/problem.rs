@@ -152,6 +152,20 @@ impl ResponseError for ApiError {
     }
 }
 
+/// The HTTP status of a rejection (a batch item carries it as `code`): 422 for a message that
+/// can never be accepted as it is, 429 for a client over its share, 503 for one that may be
+/// accepted later. [`ApiError::from`] answers the same.
+pub fn rejection_status(r: &Rejected) -> u16 {
+    match r {
+        Rejected::NoRoute(_) | Rejected::Invalid { .. } => 422,
+        Rejected::ClientShareFull { .. } => 429,
+        Rejected::QueueFull { .. }
+        | Rejected::Degraded { .. }
+        | Rejected::ShuttingDown(_)
+        | Rejected::Storage { .. } => 503,
+    }
+}
+
 impl From<Rejected> for ApiError {
     fn from(r: Rejected) -> ApiError {
         let detail = r.to_string();
@@ -200,7 +214,7 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn the_http_status_of_a_rejection_is_the_library_code() {
+    fn a_rejection_answers_the_same_status_alone_and_in_a_batch() {
         let m = || Box::new(Message::new("k", json!(null)));
         for r in [
             Rejected::NoRoute(m()),
@@ -223,10 +237,10 @@ mod tests {
             },
             Rejected::Storage {
                 message: m(),
-                error: mailroom_actors::storage::StorageError::Closed,
+                error: mailroom_actors::StorageError::Closed,
             },
         ] {
-            let code = r.code();
+            let code = rejection_status(&r);
             let e = ApiError::from(r);
             assert_eq!(e.status_code().as_u16(), code, "{e:?}");
             if code == 503 {

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use parking_lot::Mutex;
@@ -198,7 +198,6 @@ impl Core {
             payload: msg.payload,
             source: msg.source,
             attempt: 0,
-            enqueued_at: UNIX_EPOCH + Duration::from_millis(id.timestamp_ms()),
             not_before: msg.delay.map(|d| now + d),
             timeout: msg.timeout,
             key: msg.key,
@@ -836,7 +835,7 @@ impl DispatcherBuilder {
         if s.restart.max_restarts == 0 {
             return bad("restart.max_restarts", "must be at least 1");
         }
-        if let Err(reason) = crate::supervision::check_restart_budget(&s.restart) {
+        if let Err(reason) = s.restart.check() {
             return Err(BuildError::Setting {
                 name: "restart.max_restarts".to_owned(),
                 reason,

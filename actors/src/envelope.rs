@@ -287,8 +287,6 @@ pub struct Envelope {
     pub source: Source,
     /// The attempt about to run (1 for the first run).
     pub attempt: u32,
-    /// When it was accepted.
-    pub enqueued_at: SystemTime,
     /// Run no earlier than this (a delay, or a retry's backoff).
     pub not_before: Option<Instant>,
     /// The message's own run timeout, if it set one.

@@ -82,20 +82,6 @@ impl Rejected {
         }
     }
 
-    /// The status code Mailroom's APIs (HTTP, and the TCP source's error lines) answer for this
-    /// rejection: 422 for a message that can never be accepted as it is (unknown kind, invalid
-    /// payload or timing), 503 for one that may be accepted later (full, degraded, draining).
-    pub fn code(&self) -> u16 {
-        match self {
-            Rejected::NoRoute(_) | Rejected::Invalid { .. } => 422,
-            Rejected::ClientShareFull { .. } => 429,
-            Rejected::QueueFull { .. }
-            | Rejected::Degraded { .. }
-            | Rejected::ShuttingDown(_)
-            | Rejected::Storage { .. } => 503,
-        }
-    }
-
     /// A short label for metrics: `no_route`, `full`, `degraded`, `draining`, `invalid`.
     pub fn reason(&self) -> &'static str {
         match self {

@@ -2,54 +2,53 @@
 //!
 //! # Layout
 //!
-//! The modules follow the data path drawn in `docs/ARCHITECTURE.md`, source to outcome:
+//! The public surface is what the root re-exports — [`Dispatcher`] and its builder, [`Message`]
+//! and [`Outcome`], the processor traits, the settings, the sources, and [`Storage`] — plus four
+//! modules: [`processor`] (the built-in processors), [`source`] (the TCP and timer sources and
+//! the parsing every source shares), [`storage`] (the storage trait, records, the journal) and
+//! [`journal`] (the on-disk log format). The rest is private; the modules follow the data path
+//! drawn in `docs/ARCHITECTURE.md`, source to outcome:
 //!
-//! - [`envelope`] — ids, kinds, [`Message`], [`Envelope`], [`Status`], [`Outcome`]: the shared types.
-//! - [`dispatcher`] — [`Dispatcher`], the public handle, and its builder. Admission control lives
-//!   here: a message is routed, validated and counted against its route's bound before it is
-//!   accepted.
-//! - [`router`] — the router actor: forwards envelopes to route workers, holds delayed ones.
-//! - [`processor`] — the processor traits and registrations; `worker` (the supervised actor that
-//!   runs one route), `cpu` (the `SyncArbiter` pool), [`processor::builtin`] and
-//!   [`processor::fetch`].
-//! - [`supervision`] — panic text and the restart budget.
-//! - `store` — message state in memory (transitions, waiters): the index the dispatcher reads.
-//! - [`storage`] — the [`Storage`] trait: where every change of a message's state is written so
-//!   it survives the process; [`Memory`] (nowhere) and [`Journal`] (on local disk), and
-//!   recovery from it at start-up.
-//! - [`dead_letters`] — messages that failed every attempt.
-//! - [`metrics`] — the ledger snapshot.
-//! - [`source`] — event sources as actors (the timer; the TCP source).
-//! - [`settings`] — plain settings structs; the library reads no files.
-//! - [`journal`] — the on-disk log (checksummed records, group commit) that the durable store
-//!   is built on.
+//! - `envelope` — ids, kinds, messages, envelopes, statuses, outcomes: the shared types.
+//! - `dispatcher` — the public handle and its builder; admission (routing, validation, the
+//!   route's bound) happens here, in the caller's thread.
+//! - `ledger` — the only way a message's state changes after admission: start, finish, bury,
+//!   cancel, each written to storage and counted before waiters are told.
+//! - `router` — the router actors: forward envelopes to route workers, hold delayed ones.
+//! - `processor/worker.rs`, `processor/cpu.rs` — the supervised worker of each route and the
+//!   `SyncArbiter` pool; each gets a narrow `Station` (ledger, router, drain state), not the
+//!   dispatcher.
+//! - `store` — message state in memory (the index); `storage`/`journal` — what outlives the
+//!   process; `recovery` — rebuilding the index from storage, and compaction.
+//! - `supervision` — panic text and the restart budget; `dead_letters`; `metrics` — the
+//!   ledger snapshot; `settings` — plain settings structs (the library reads no files).
 
 mod alarm;
-pub mod dead_letters;
-pub mod dispatcher;
-pub mod envelope;
-pub mod error;
+mod dead_letters;
+mod dispatcher;
+mod envelope;
+mod error;
 pub mod journal;
 mod ledger;
-pub mod metrics;
+mod metrics;
 pub mod processor;
 mod recovery;
-pub mod route;
-pub mod router;
-pub mod settings;
+mod route;
+mod router;
+mod settings;
 pub mod source;
 pub mod storage;
-pub(crate) mod store;
-pub mod supervision;
+mod store;
+mod supervision;
 
 pub use dead_letters::DeadLetter;
-pub use dispatcher::{Dispatcher, DispatcherBuilder, ShutdownReport};
+pub use dispatcher::{Dispatcher, DispatcherBuilder, ShutdownReport, Submitter};
 pub use envelope::{
-    ClientId, Envelope, ErrorClass, ErrorInfo, Kind, Message, MessageId, Outcome, Source, Status,
-    Timings,
+    BadKind, BadMessageId, ClientId, ErrorClass, ErrorInfo, Kind, Message, MessageId, Outcome,
+    Source, Status, Timings,
 };
 pub use error::{BuildError, CancelError, Rejected, ReplayError};
-pub use metrics::{KindStats, LedgerSnapshot};
+pub use metrics::{HistogramSnapshot, KindStats, LedgerSnapshot, Rejections, LATENCY_BUCKETS};
 pub use processor::{
     AsyncProcessor, CpuProcessor, Job, Pool, ProcessError, ProcessResult, Processor,
 };
@@ -59,7 +58,6 @@ pub use settings::{
 };
 pub use source::tcp::{StopAccepting, TcpSettings, TcpSource};
 pub use source::timer::{Every, Schedule, ScheduleError, ScheduleHandle};
-pub use source::{client_id, parse_json, token_accepted, truncated, JsonError, Submission};
 pub use storage::{Journal, JournalSettings, Memory, Storage, StorageError};
 
 /// Entry points for the fuzz targets in `fuzz/` (feature `fuzzing`): the parsing that a client's

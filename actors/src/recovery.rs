@@ -167,7 +167,6 @@ pub(crate) fn restore(core: &Core, recovered: Recovered) {
             payload: a.payload,
             source: a.source,
             attempt: a.attempts,
-            enqueued_at: std::time::UNIX_EPOCH + Duration::from_millis(a.id.timestamp_ms()),
             not_before: due,
             timeout: a.timeout_ms.map(Duration::from_millis),
             key: a.key,

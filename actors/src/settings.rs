@@ -129,6 +129,15 @@ pub struct RestartPolicy {
     pub max_backoff: Duration,
 }
 
+impl RestartPolicy {
+    /// Checks that the budget can be spent within the window: with the backoff between
+    /// restarts, `max_restarts` restarts must fit in `window`, so a crash-looping route is
+    /// degraded rather than restarted forever. `Err` says what to change.
+    pub fn check(&self) -> Result<(), String> {
+        crate::supervision::check_restart_budget(self)
+    }
+}
+
 impl Default for RestartPolicy {
     fn default() -> Self {
         RestartPolicy {

@@ -80,6 +80,7 @@ struct PrimesArgs {
 
 /// Counts primes ≤ `limit` by naive trial division (on purpose: a fixed unit of CPU work),
 /// checking `job` every 1024 candidates.
+#[doc(hidden)] // for the benchmarks' baseline server (benches/bare_echo.rs)
 pub fn count_primes(limit: u64, job: Option<&Job>) -> Result<u64, ProcessError> {
     let mut count = 0;
     for n in 2..=limit {
@@ -128,6 +129,7 @@ struct HashArgs {
 
 /// sha256 of `data`'s UTF-8 bytes, then `rounds - 1` more rounds over the raw 32-byte digest,
 /// as lowercase hex; checks `job` every 4096 rounds.
+#[doc(hidden)] // for the benchmarks' baseline server (benches/bare_echo.rs)
 pub fn hash_rounds(data: &str, rounds: u64, job: Option<&Job>) -> Result<String, ProcessError> {
     let mut digest = Sha256::digest(data.as_bytes());
     for r in 1..rounds {

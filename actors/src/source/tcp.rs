@@ -340,6 +340,21 @@ impl Connection {
     }
 }
 
+/// The code of a rejection in an error line of this protocol (the same numbers the HTTP API
+/// answers, so one client library reads both): 422 for a message that can never be accepted as
+/// it is (unknown kind, invalid payload or timing), 429 for a client over its share, 503 for one
+/// that may be accepted later (full, degraded, draining, storage).
+fn line_code(r: &Rejected) -> u16 {
+    match r {
+        Rejected::NoRoute(_) | Rejected::Invalid { .. } => 422,
+        Rejected::ClientShareFull { .. } => 429,
+        Rejected::QueueFull { .. }
+        | Rejected::Degraded { .. }
+        | Rejected::ShuttingDown(_)
+        | Rejected::Storage { .. } => 503,
+    }
+}
+
 /// A line that can be submitted: its submission, the `ref` to echo and the token it showed.
 #[derive(Debug)]
 pub(crate) struct LineRequest {
@@ -412,7 +427,7 @@ fn outcome_line(outcome: &Outcome, reference: Value) -> String {
 
 fn rejection_line(r: &Rejected, reference: Value) -> String {
     let v = json!({
-        "ref": reference, "status": "rejected", "code": r.code(),
+        "ref": reference, "status": "rejected", "code": line_code(r),
         "error": {"class": r.reason(), "message": r.to_string()},
     });
     format!("{v}\n")

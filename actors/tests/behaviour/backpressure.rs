@@ -150,7 +150,8 @@ async fn one_client_cannot_take_a_whole_route() {
     };
     let a: Vec<_> = (0..3).map(|_| d.submit(later("a")).unwrap()).collect();
     let r = d.submit(later("a")).unwrap_err();
-    assert_eq!((r.code(), r.reason()), (429, "client_share"));
+    assert!(matches!(r, Rejected::ClientShareFull { limit: 3, .. }));
+    assert_eq!(r.reason(), "client_share");
     assert_eq!(
         r.to_string(),
         "client share of route \"shared\" is full (3 unfinished messages per client)"
