@@ -218,6 +218,9 @@ pub struct LogStats {
     pub segment: AtomicU64,
     /// Bytes of records appended and not yet written.
     pub backlog: AtomicU64,
+    /// Bytes of the segment files (kept up to date by the writer and by compaction, so reading
+    /// it touches no file).
+    pub disk_bytes: AtomicU64,
 }
 
 /// The answer to an append: `Ok` once the record is as durable as the [`Fsync`] mode promises.
@@ -273,6 +276,11 @@ impl Log {
         let segment = Segment::open(dir, seq)?;
         let stats = Arc::new(LogStats::default());
         stats.segment.store(seq, Relaxed);
+        let mut on_disk = 0;
+        for (_, path) in segments(dir)? {
+            on_disk += fs::metadata(&path)?.len();
+        }
+        stats.disk_bytes.store(on_disk, Relaxed);
         let (tx, rx) = mpsc::channel();
         let writer = Writer {
             dir: dir.to_owned(),
@@ -367,7 +375,9 @@ impl Log {
     /// Deletes a closed segment (after what it holds that is still needed was appended again),
     /// and makes the deletion durable.
     pub fn remove_segment(&self, path: &Path) -> io::Result<()> {
+        let len = fs::metadata(path)?.len();
         fs::remove_file(path)?;
+        self.stats.disk_bytes.fetch_sub(len, Relaxed);
         File::open(&self.dir)?.sync_all()
     }
 }
@@ -548,6 +558,7 @@ impl Writer {
         match attempt {
             Ok(added) => {
                 self.segment.good += added;
+                self.stats.disk_bytes.fetch_add(added, Relaxed);
                 let records = batch.iter().filter(|a| !a.bytes.is_empty()).count();
                 self.stats.records.fetch_add(records as u64, Relaxed);
                 self.stats.batches.fetch_add(1, Relaxed);
@@ -605,6 +616,7 @@ impl Writer {
     fn rotate(&mut self) -> io::Result<()> {
         self.sync()?;
         self.segment = Segment::open(&self.dir, self.segment.seq + 1)?;
+        self.stats.disk_bytes.fetch_add(MAGIC.len() as u64, Relaxed);
         self.stats.segment.store(self.segment.seq, Relaxed);
         Ok(())
     }

@@ -434,17 +434,6 @@ impl Journal {
     pub fn dir(&self) -> &Path {
         self.log.dir()
     }
-
-    fn disk_bytes(&self) -> u64 {
-        std::fs::read_dir(self.log.dir())
-            .map(|entries| {
-                entries
-                    .filter_map(|e| e.ok()?.metadata().ok())
-                    .map(|m| m.len())
-                    .sum()
-            })
-            .unwrap_or(0)
-    }
 }
 
 impl Storage for Journal {
@@ -567,7 +556,7 @@ impl Storage for Journal {
             records: s.records.load(Relaxed),
             fsyncs: s.fsyncs.load(Relaxed),
             failures: s.failures.load(Relaxed),
-            bytes: self.disk_bytes(),
+            bytes: s.disk_bytes.load(Relaxed),
         }
     }
 }

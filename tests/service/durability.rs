@@ -444,6 +444,7 @@ fn a_full_disk_refuses_new_messages_with_503_and_loses_nothing() {
         metrics.contains("mailroom_messages_rejected_total{kind=\"echo\",reason=\"storage\"} 1"),
         "{metrics}"
     );
+    wait_terminal(&addr, std::slice::from_ref(&after), Duration::from_secs(30));
     kill_9(&mut s);
     drop(s);
     let s = start(dir.path(), ROUTES);
@@ -451,6 +452,18 @@ fn a_full_disk_refuses_new_messages_with_503_and_loses_nothing() {
     for id in before.iter().chain([&after]) {
         assert_eq!(get(&addr, &format!("/v1/messages/{id}")).0, 200, "{id}");
     }
+    // The refused message left nothing behind: the ten delayed ones are all that comes back
+    // unfinished (the one accepted after the disk came back has finished).
+    let recovered = s
+        .startup
+        .iter()
+        .find(|l| l.contains("storage: recovered"))
+        .expect("the recovery line");
+    assert!(
+        recovered.contains("recovered 10 unfinished messages (0 queued, 10 delayed")
+            && recovered.contains("1 outcomes"),
+        "{recovered}"
+    );
     drop(s);
     drop(tmpfs);
 }
