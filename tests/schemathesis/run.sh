@@ -17,9 +17,10 @@ st="${SCHEMATHESIS:-st}"
 bin="${MAILROOM_BIN:-target/debug/mailroom}"
 [ -x "$bin" ] || cargo build --quiet --bin mailroom
 log="$(mktemp)"
-"$bin" serve --config tests/schemathesis/config.toml > "$log" 2>&1 &
+journal="$(mktemp -d)"  # the server's journal (its default storage), fresh for each run
+MAILROOM_STORAGE__PATH="$journal" "$bin" serve --config tests/schemathesis/config.toml > "$log" 2>&1 &
 pid=$!
-trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -f "$log"' EXIT
+trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$log" "$journal"' EXIT
 addr=""
 for _ in $(seq 1 200); do
   addr="$(sed -n 's/.*mailroom is serving.*addr=\([0-9.:]*\).*/\1/p' "$log" | head -1)"
