@@ -37,7 +37,7 @@ use crate::route::{Route, RouteInfo, Shares};
 use crate::router::{Dispatch, DispatchBatch, DropDelayedAfter, Forget, Router};
 use crate::settings::{RouteSettings, Settings};
 use crate::source::timer::{Schedule, ScheduleError, ScheduleHandle, TimerSource};
-use crate::storage::{Memory, Receipt, Record, Storage};
+use crate::storage::{Memory, Receipt, Record, Storage, StorageError};
 use crate::store::{Gathered, MemoryStore, NewRecord, Waiter};
 
 /// The dispatcher's own state: admission (routing table and index through the ledger), the
@@ -55,6 +55,37 @@ pub(crate) struct Core {
     pub epoch: Instant,
     pub io_arbiters: Vec<ArbiterHandle>,
     pub timers: Mutex<Vec<Addr<TimerSource>>>,
+}
+
+/// An admitted message whose `Accepted` record is on its way to disk. Dropped before it is
+/// taken (the caller's future went away while waiting), it finishes on a thread of its own:
+/// waits for the record, then hands the message on, or withdraws it if the write failed. So a
+/// message is never left admitted and undelivered.
+struct Pending {
+    core: Arc<Core>,
+    env: Option<Envelope>,
+    receipt: Receipt,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let Some(env) = self.env.take() else {
+            return;
+        };
+        let core = self.core.clone();
+        let receipt = std::mem::replace(&mut self.receipt, Receipt::ready(Ok(())));
+        let spawned = std::thread::Builder::new()
+            .name("mailroom-admit".into())
+            .spawn(move || match receipt.wait_blocking() {
+                Ok(()) => core.hand_off(env),
+                Err(e) => {
+                    core.ledger.withdraw(env, e);
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start a thread to finish an abandoned admission");
+        }
+    }
 }
 
 /// Counts an admission in progress for as long as it lives.
@@ -188,7 +219,7 @@ impl Core {
                         w.notify(&Arc::new(lost_outcome(existing, route.kind)));
                     }
                 }
-                return Ok(Admitted::Duplicate(existing, route.kind));
+                return Ok(Admitted::Duplicate(existing, route.kind, Box::new(msg)));
             }
         };
         route.stats.accepted.fetch_add(1, Relaxed);
@@ -253,7 +284,7 @@ enum Admitted {
     /// A new message, with the receipt of its `Accepted` record when storage is durable.
     New(Envelope, Option<Receipt>),
     /// An idempotency key that is already known: the earlier message.
-    Duplicate(MessageId, Kind),
+    Duplicate(MessageId, Kind, Box<Message>),
 }
 
 fn lost_outcome(id: MessageId, kind: Kind) -> Outcome {
@@ -392,7 +423,7 @@ impl Dispatcher {
                 self.core.hand_off(env);
                 Ok((id, kind))
             }
-            Admitted::Duplicate(id, kind) => Ok((id, kind)),
+            Admitted::Duplicate(id, kind, _) => Ok((id, kind)),
         }
     }
 
@@ -406,17 +437,50 @@ impl Dispatcher {
     ) -> Result<(MessageId, Kind), Rejected> {
         let _admitting = Admitting::enter(&self.core.drain.admitting);
         match self.core.admit(msg, waiter)? {
-            Admitted::New(env, receipt) => {
-                if let Some(receipt) = receipt {
-                    if let Err(e) = receipt.durable().await {
-                        return Err(self.core.ledger.withdraw(env, e));
-                    }
-                }
+            Admitted::New(env, None) => {
                 let (id, kind) = (env.id, env.kind);
                 self.core.hand_off(env);
                 Ok((id, kind))
             }
-            Admitted::Duplicate(id, kind) => Ok((id, kind)),
+            Admitted::New(env, Some(receipt)) => {
+                let (id, kind) = (env.id, env.kind);
+                // Held by a guard: if this future is dropped while it waits (a caller that
+                // timed out), the guard still hands the message on or withdraws it.
+                let mut pending = Pending {
+                    core: self.core.clone(),
+                    env: Some(env),
+                    receipt,
+                };
+                let durable = pending.receipt.wait().await;
+                let env = pending.env.take().expect("taken only here or on drop");
+                match durable {
+                    Ok(()) => {
+                        self.core.hand_off(env);
+                        Ok((id, kind))
+                    }
+                    Err(e) => Err(self.core.ledger.withdraw(env, e)),
+                }
+            }
+            Admitted::Duplicate(id, kind, msg) => {
+                if self.core.ledger.durable {
+                    // The first message's record may still be on its way to disk: answer once
+                    // it is there (and refuse if it never got there).
+                    let flushed = self.core.ledger.storage.flush().durable().await;
+                    if let Err(error) = flushed {
+                        return Err(Rejected::Storage {
+                            message: msg,
+                            error,
+                        });
+                    }
+                    if self.core.ledger.store.get(id).is_none() {
+                        return Err(Rejected::Storage {
+                            message: msg,
+                            error: StorageError::Closed,
+                        });
+                    }
+                }
+                Ok((id, kind))
+            }
         }
     }
 
@@ -648,6 +712,13 @@ impl Dispatcher {
                 Ok(new)
             }
             Err(r) => {
+                if self.core.ledger.durable {
+                    // Compaction may have dropped its record while it was out: write it again.
+                    self.core
+                        .ledger
+                        .storage
+                        .write(&Record::Dead(DeadLetter::clone(&dl)));
+                }
                 self.core.ledger.dead.restore(dl);
                 Err(ReplayError::Rejected(r))
             }

@@ -516,6 +516,9 @@ impl Writer {
                     let _ = ack.send(result.clone());
                 }
             }
+            // After the acks: the records are written (and fsynced as the mode promises), so a
+            // failure here is the writer's own to retry, not theirs.
+            self.housekeeping();
         }
         if self.dirty {
             let _ = self.sync();
@@ -562,14 +565,6 @@ impl Writer {
                 let records = batch.iter().filter(|a| !a.bytes.is_empty()).count();
                 self.stats.records.fetch_add(records as u64, Relaxed);
                 self.stats.batches.fetch_add(1, Relaxed);
-                if let Fsync::Interval(every) = self.fsync {
-                    if self.last_sync.elapsed() >= every {
-                        self.sync()?;
-                    }
-                }
-                if self.segment.good >= self.segment_bytes {
-                    self.rotate()?;
-                }
                 Ok(())
             }
             Err(e) => {
@@ -577,6 +572,25 @@ impl Writer {
                 tracing::error!(error = %e, records = batch.len(), "journal: write failed; the records were not accepted");
                 self.recover();
                 Err(e)
+            }
+        }
+    }
+
+    /// The interval fsync when it is due, and the next segment once this one is full. A
+    /// failure is logged and counted and tried again after the next batch.
+    fn housekeeping(&mut self) {
+        if let Fsync::Interval(every) = self.fsync {
+            if self.dirty && self.last_sync.elapsed() >= every {
+                if let Err(e) = self.sync() {
+                    self.stats.failures.fetch_add(1, Relaxed);
+                    tracing::error!(error = %e, "journal: fsync failed; it is tried again");
+                }
+            }
+        }
+        if self.segment.good >= self.segment_bytes {
+            if let Err(e) = self.rotate() {
+                self.stats.failures.fetch_add(1, Relaxed);
+                tracing::error!(error = %e, "journal: cannot begin the next segment; writing on in this one");
             }
         }
     }

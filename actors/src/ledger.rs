@@ -198,10 +198,19 @@ impl Ledger {
     /// leaves no trace (its place, its key and its record in the index are given back).
     pub(crate) fn withdraw(&self, env: Envelope, error: StorageError) -> Rejected {
         let route = &self.routes[env.route];
+        // Claimed with the index's compare-and-set, so a cancel of the same message (its id
+        // known through its idempotency key) cannot end it a second time. Its waiter, if any,
+        // belongs to the caller being refused.
+        let claimed = self
+            .store
+            .finish(&env.ticket, Status::Cancelled, None, None)
+            .is_some();
         self.store.remove(&env.ticket);
-        route.stats.accepted.fetch_sub(1, Relaxed);
         route.stats.rejected(RejectReason::Storage);
-        route.release();
+        if claimed {
+            route.stats.accepted.fetch_sub(1, Relaxed);
+            route.release();
+        }
         let mut msg = Message::new(env.kind.as_str(), env.payload);
         msg.source = env.source;
         msg.key = env.key;

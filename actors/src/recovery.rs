@@ -40,11 +40,16 @@ impl Recovered {
     pub(crate) fn fold(records: Vec<Record>) -> Recovered {
         let mut r = Recovered::default();
         let mut finished_ids = HashSet::new();
+        // A `Started` may come before the `Accepted` copy compaction wrote after it.
+        let mut early_starts: std::collections::HashMap<MessageId, u32> = Default::default();
         for record in records {
             match record {
-                Record::Accepted(a) => {
+                Record::Accepted(mut a) => {
                     if finished_ids.contains(&a.id) {
                         continue;
+                    }
+                    if let Some(n) = early_starts.remove(&a.id) {
+                        a.attempts = a.attempts.max(n);
                     }
                     let attempts = a.attempts;
                     r.unfinished
@@ -52,11 +57,14 @@ impl Recovered {
                         .and_modify(|e| e.attempts = e.attempts.max(attempts))
                         .or_insert(a);
                 }
-                Record::Started { id, attempt } => {
-                    if let Some(a) = r.unfinished.get_mut(&id) {
-                        a.attempts = a.attempts.max(attempt);
+                Record::Started { id, attempt } => match r.unfinished.get_mut(&id) {
+                    Some(a) => a.attempts = a.attempts.max(attempt),
+                    None if !finished_ids.contains(&id) => {
+                        let n = early_starts.entry(id).or_default();
+                        *n = (*n).max(attempt);
                     }
-                }
+                    None => {}
+                },
                 Record::Finished { outcome, key } => {
                     r.unfinished.remove(&outcome.id);
                     if finished_ids.insert(outcome.id) {
@@ -196,17 +204,24 @@ pub(crate) fn restore(core: &Core, recovered: Recovered) {
 pub(crate) fn compact(ledger: &Ledger) {
     let store = &ledger.store;
     let dead = &ledger.dead;
-    let mut keep = |kind: RecordKind, id: MessageId| -> Keep {
+    // `behind`: an older segment stays, whose records are still read at start-up: keep what
+    // overrides them (a message's `Finished`, a dead letter's `Replayed`, the attempts of an
+    // unfinished message), or they would bring back what has ended.
+    let mut keep = |kind: RecordKind, id: MessageId, behind: bool| -> Keep {
+        let unfinished = || store.get(id).filter(|o| !o.status.is_terminal());
         match kind {
-            RecordKind::Accepted => match store.get(id) {
-                Some(now) if !now.status.is_terminal() => Keep::WithAttempts(now.attempts),
-                _ => Keep::Drop,
+            RecordKind::Accepted => match unfinished() {
+                Some(now) => Keep::WithAttempts(now.attempts),
+                None => Keep::Drop,
             },
+            RecordKind::Started if behind && unfinished().is_some() => Keep::AsIs,
+            RecordKind::Finished if behind => Keep::AsIs,
             RecordKind::Finished => match store.get(id) {
                 Some(now) if now.status.is_terminal() => Keep::AsIs,
                 _ => Keep::Drop,
             },
             RecordKind::Dead if dead.get(id).is_some() => Keep::AsIs,
+            RecordKind::Replayed if behind => Keep::AsIs,
             RecordKind::Dead | RecordKind::Started | RecordKind::Replayed => Keep::Drop,
         }
     };

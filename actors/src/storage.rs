@@ -202,6 +202,18 @@ impl Receipt {
         }
     }
 
+    /// [`Receipt::durable`] without giving the receipt up: a caller that is dropped while it
+    /// waits leaves the receipt to be waited for by someone else.
+    pub(crate) async fn wait(&mut self) -> Result<(), StorageError> {
+        match &mut self.0 {
+            ReceiptInner::Ready(r) => r.clone(),
+            ReceiptInner::Journal(ack) => match ack.await {
+                Ok(r) => r.map_err(StorageError::Io),
+                Err(_) => Err(StorageError::Closed),
+            },
+        }
+    }
+
     /// [`Receipt::durable`] for a thread that may block (never an async arbiter).
     pub fn wait_blocking(self) -> Result<(), StorageError> {
         match self.0 {
@@ -310,11 +322,11 @@ pub trait Storage: Send + Sync + 'static {
     /// first append.
     fn load(&self) -> Result<Vec<Record>, StorageError>;
     /// Drops records that are no longer needed: `keep` is asked about each record of the
-    /// oldest data (by kind and id) and says what to do with it. Returns what was kept so the
-    /// caller can write again anything that changed meanwhile.
+    /// oldest data (by kind, id, and whether older data than it stays) and says what to do with
+    /// it. Returns what was kept so the caller can write again anything that changed meanwhile.
     fn compact(
         &self,
-        keep: &mut dyn FnMut(RecordKind, MessageId) -> Keep,
+        keep: &mut dyn FnMut(RecordKind, MessageId, bool) -> Keep,
     ) -> Result<Compacted, StorageError> {
         let _ = keep;
         Ok(Compacted::default())
@@ -397,10 +409,10 @@ pub struct Journal {
     log: Log,
     scan: Mutex<Option<Scan>>,
     max_backlog_bytes: u64,
-    /// The segment compaction last found still mostly needed, when, and how many segments were
-    /// closed then: it is read again once another segment closes or after [`RECHECK`], not
-    /// every time compaction runs.
-    skipped: Mutex<Option<(PathBuf, std::time::Instant, usize)>>,
+    /// Segments compaction found still mostly needed, when, and how many segments were closed
+    /// then: each is read again once another segment closes or after [`RECHECK`], not every
+    /// time compaction runs.
+    skipped: Mutex<std::collections::HashMap<PathBuf, (std::time::Instant, usize)>>,
     /// Holds the folder's lock for as long as the journal is open.
     _lock: std::fs::File,
 }
@@ -425,7 +437,7 @@ impl Journal {
             log,
             scan: Mutex::new(Some(scan)),
             max_backlog_bytes: settings.max_backlog_bytes,
-            skipped: Mutex::new(None),
+            skipped: Mutex::new(std::collections::HashMap::new()),
             _lock: lock,
         })
     }
@@ -468,19 +480,26 @@ impl Storage for Journal {
 
     fn compact(
         &self,
-        keep: &mut dyn FnMut(RecordKind, MessageId) -> Keep,
+        keep: &mut dyn FnMut(RecordKind, MessageId, bool) -> Keep,
     ) -> Result<Compacted, StorageError> {
         let mut done = Compacted::default();
-        // Oldest first, and only a prefix: a record may need one in an older segment (a
-        // replay needs its dead letter), so a segment is never dropped while an older one
-        // stays.
         let closed = self.log.closed_segments()?;
         let count = closed.len();
+        self.skipped.lock().retain(|p, _| closed.contains(p));
+        // Oldest first. A segment still mostly needed stays (writing it again would only move
+        // it); the ones after it are compacted too, but `keep` is told an older one stays, so
+        // it keeps what that one's records may need (a `Finished` for an `Accepted` there, a
+        // `Replayed` for a `Dead` there).
+        let mut behind = false;
         for path in closed {
-            if let Some((skipped, at, then)) = &*self.skipped.lock() {
-                if *skipped == path && at.elapsed() < RECHECK && *then == count {
-                    break;
-                }
+            let recent = self
+                .skipped
+                .lock()
+                .get(&path)
+                .is_some_and(|(at, then)| at.elapsed() < RECHECK && *then == count);
+            if recent {
+                behind = true;
+                continue;
             }
             let records = journal::read_segment(&path)?;
             let total: usize = records.iter().map(Vec::len).sum();
@@ -500,7 +519,7 @@ impl Storage for Journal {
                         (r.kind(), r.id())
                     }
                 };
-                let copy = match keep(kind, id) {
+                let copy = match keep(kind, id, behind) {
                     Keep::Drop => continue,
                     Keep::AsIs => bytes.clone(),
                     Keep::WithAttempts(n) => match Record::decode(bytes) {
@@ -514,18 +533,22 @@ impl Storage for Journal {
                 };
                 kept.push((copy, (kind, id)));
             }
-            // A segment that is still mostly needed waits: writing it again would only move it.
             if kept.iter().map(|(b, _)| b.len()).sum::<usize>() * 2 > total {
-                *self.skipped.lock() = Some((path, std::time::Instant::now(), count));
-                break;
+                self.skipped
+                    .lock()
+                    .insert(path, (std::time::Instant::now(), count));
+                behind = true;
+                continue;
             }
             done.read += records.len();
             let acks: Vec<_> = kept
                 .iter_mut()
                 .map(|(b, _)| self.log.append(std::mem::take(b)))
                 .collect();
-            // The segment goes only once what it still held is durable elsewhere.
-            for ack in acks {
+            // The segment goes only once what it still held is durable elsewhere, and so is
+            // everything written before now (records nobody waited for, such as the `Finished`
+            // of a message whose `Accepted` is in this segment), whatever the fsync mode.
+            for ack in acks.into_iter().chain([self.log.sync()]) {
                 match ack.blocking_recv() {
                     Ok(r) => r.map_err(StorageError::Io)?,
                     Err(_) => return Err(StorageError::Closed),
@@ -598,7 +621,7 @@ mod tests {
             let before = j.stats().bytes;
             // Every tenth message is still needed.
             let done = j
-                .compact(&mut |kind, id| {
+                .compact(&mut |kind, id, _behind| {
                     assert_eq!(kind, RecordKind::Accepted);
                     if ids.iter().position(|i| *i == id).unwrap() % 10 == 0 {
                         Keep::WithAttempts(3)

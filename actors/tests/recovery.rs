@@ -123,3 +123,29 @@ fn a_dispatcher_rebuilt_on_its_journal_runs_what_was_left() {
         replayed
     });
 }
+
+#[test]
+fn an_accept_abandoned_while_its_record_is_written_still_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    in_system(async move || {
+        let d = dispatcher(&path);
+        // The caller gives up at once: its future is admitted on its first poll, then dropped
+        // while it waits for the disk.
+        let gave_up = futures_util::FutureExt::now_or_never(
+            d.accept(Message::new("echo", json!("abandoned"))),
+        );
+        assert!(gave_up.is_none(), "dropped before its record was on disk");
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = d.stats();
+            let echo = s.kind("echo").unwrap();
+            if echo.completed == 1 && s.in_flight() == 0 {
+                break; // handed on by the guard and run; its place given back
+            }
+            assert!(Instant::now() < end, "the message was left behind: {s:?}");
+            actix_rt::time::sleep(Duration::from_millis(2)).await;
+        }
+        d.shutdown(Duration::from_secs(1)).await;
+    });
+}

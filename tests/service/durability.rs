@@ -445,6 +445,16 @@ fn a_full_disk_refuses_new_messages_with_503_and_loses_nothing() {
         "{metrics}"
     );
     wait_terminal(&addr, std::slice::from_ref(&after), Duration::from_secs(30));
+    // Its outcome's record is written just after the outcome is published (not waited for:
+    // a crash before it means the message runs again). Wait until it is in the file.
+    wait_until("the outcome's record", Duration::from_secs(30), || {
+        let out = Command::new(env!("CARGO_BIN_EXE_mailroom"))
+            .args(["journal", "check"])
+            .arg(dir.path().join("data"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains("1 finished")
+    });
     kill_9(&mut s);
     drop(s);
     let s = start(dir.path(), ROUTES);
