@@ -382,37 +382,68 @@ impl Log {
     }
 }
 
-/// The records of one closed segment, checked as [`scan`] checks them (nothing may be torn).
-pub fn read_segment(path: &Path) -> Result<Vec<Vec<u8>>, ScanError> {
-    let mut data = Vec::new();
-    File::open(path)?.read_to_end(&mut data)?;
-    let corrupt = |offset: usize, reason: &str| ScanError::Corrupt {
-        file: path.to_owned(),
-        offset: offset as u64,
-        reason: reason.to_owned(),
-    };
-    if data.len() < MAGIC.len() || &data[..MAGIC.len()] != MAGIC {
-        return Err(corrupt(0, "not a Mailroom journal segment"));
+/// The records of one closed segment, one at a time, checked as [`scan`] checks them (nothing
+/// may be torn). Reads through a buffer: memory holds one record, not the segment.
+pub fn read_segment(path: &Path) -> Result<SegmentRecords, ScanError> {
+    let mut file = io::BufReader::with_capacity(256 * 1024, File::open(path)?);
+    let mut magic = [0u8; 8];
+    if file.read_exact(&mut magic).is_err() || &magic != MAGIC {
+        return Err(ScanError::Corrupt {
+            file: path.to_owned(),
+            offset: 0,
+            reason: "not a Mailroom journal segment".into(),
+        });
     }
-    let mut records = Vec::new();
-    let mut at = MAGIC.len();
-    while at < data.len() {
-        if data.len() - at < 8 {
-            return Err(corrupt(at, "less than a record header"));
+    Ok(SegmentRecords {
+        file,
+        path: path.to_owned(),
+        at: MAGIC.len() as u64,
+    })
+}
+
+/// The records of a closed segment, oldest first (see [`read_segment`]).
+#[derive(Debug)]
+pub struct SegmentRecords {
+    file: io::BufReader<File>,
+    path: PathBuf,
+    at: u64,
+}
+
+impl Iterator for SegmentRecords {
+    type Item = Result<Vec<u8>, ScanError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let corrupt = |at: u64, reason: &str| ScanError::Corrupt {
+            file: self.path.clone(),
+            offset: at,
+            reason: reason.to_owned(),
+        };
+        let mut header = [0u8; 8];
+        let mut got = 0;
+        while got < 8 {
+            match self.file.read(&mut header[got..]) {
+                Ok(0) if got == 0 => return None,
+                Ok(0) => return Some(Err(corrupt(self.at, "less than a record header"))),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Some(Err(e.into())),
+            }
         }
-        let len = u32::from_le_bytes(data[at..at + 4].try_into().expect("4 bytes"));
-        let crc = u32::from_le_bytes(data[at + 4..at + 8].try_into().expect("4 bytes"));
-        let end = at + 8 + len as usize;
-        if len == 0 || len > MAX_RECORD || end > data.len() {
-            return Err(corrupt(at, "record length is not valid"));
+        let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
+        let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+        if len == 0 || len > MAX_RECORD {
+            return Some(Err(corrupt(self.at, "record length is not valid")));
         }
-        if crc32fast::hash(&data[at + 8..end]) != crc {
-            return Err(corrupt(at, "checksum mismatch"));
+        let mut bytes = vec![0u8; len as usize];
+        if self.file.read_exact(&mut bytes).is_err() {
+            return Some(Err(corrupt(self.at, "record cut short")));
         }
-        records.push(data[at + 8..end].to_vec());
-        at = end;
+        if crc32fast::hash(&bytes) != crc {
+            return Some(Err(corrupt(self.at, "checksum mismatch")));
+        }
+        self.at += 8 + u64::from(len);
+        Some(Ok(bytes))
     }
-    Ok(records)
 }
 
 impl Drop for Log {

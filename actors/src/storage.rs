@@ -501,46 +501,55 @@ impl Storage for Journal {
                 behind = true;
                 continue;
             }
-            let records = journal::read_segment(&path)?;
-            let total: usize = records.iter().map(Vec::len).sum();
+            let total = std::fs::metadata(&path)?.len();
             let corrupt = |e: String| StorageError::Corrupt {
                 file: path.clone(),
                 offset: 0,
                 reason: format!("a record does not decode: {e}"),
             };
             // Only the kind and id are read; only a kept `Accepted` record is decoded (to set
-            // its attempts), so compaction costs little beside what it copies.
+            // its attempts), so compaction costs little beside what it copies. Memory holds
+            // what is kept, at most half the segment: past that it stays, and reading stops.
             let mut kept = Vec::new();
-            for bytes in records.iter() {
-                let (kind, id) = match Record::peek(bytes) {
+            let (mut kept_bytes, mut read) = (0u64, 0usize);
+            let mut mostly_needed = false;
+            for bytes in journal::read_segment(&path)? {
+                let bytes = bytes?;
+                read += 1;
+                let (kind, id) = match Record::peek(&bytes) {
                     Some(p) => p,
                     None => {
-                        let r = Record::decode(bytes).map_err(|e| corrupt(e.to_string()))?;
+                        let r = Record::decode(&bytes).map_err(|e| corrupt(e.to_string()))?;
                         (r.kind(), r.id())
                     }
                 };
                 let copy = match keep(kind, id, behind) {
                     Keep::Drop => continue,
-                    Keep::AsIs => bytes.clone(),
-                    Keep::WithAttempts(n) => match Record::decode(bytes) {
+                    Keep::AsIs => bytes,
+                    Keep::WithAttempts(n) => match Record::decode(&bytes) {
                         Ok(Record::Accepted(mut a)) => {
                             a.attempts = n;
                             Record::Accepted(a).encode()
                         }
-                        Ok(_) => bytes.clone(),
+                        Ok(_) => bytes,
                         Err(e) => return Err(corrupt(e.to_string())),
                     },
                 };
+                kept_bytes += copy.len() as u64;
                 kept.push((copy, (kind, id)));
+                if kept_bytes * 2 > total {
+                    mostly_needed = true;
+                    break;
+                }
             }
-            if kept.iter().map(|(b, _)| b.len()).sum::<usize>() * 2 > total {
+            if mostly_needed {
                 self.skipped
                     .lock()
                     .insert(path, (std::time::Instant::now(), count));
                 behind = true;
                 continue;
             }
-            done.read += records.len();
+            done.read += read;
             let acks: Vec<_> = kept
                 .iter_mut()
                 .map(|(b, _)| self.log.append(std::mem::take(b)))

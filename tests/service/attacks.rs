@@ -328,8 +328,11 @@ fn kept_outcomes_are_bounded_by_bytes_oldest_first() {
     println!("1 MB outcomes: {gone} of 250 evicted; RSS idle {idle:.1} MiB, after {after:.1} MiB");
     // Kept: about 16 MiB of them, plus at most the newest of each of the store's 32 shards.
     assert!(gone >= 250 - 16 - 32 - 8, "only {gone} of 250 evicted");
-    // Without the byte bound, the 250 outcomes alone would hold 250 MB.
-    assert!(after < idle + 128.0, "RSS {after:.1} MiB (idle {idle:.1})");
+    // Without the byte bound, the 250 outcomes alone would hold 250 MB. With it: 16 MiB kept,
+    // up to 32 newest (one per shard), and the journal's records of them on their way to disk
+    // (each message's payload and result, bounded at 64 MiB waiting; measured 75–85 MiB in
+    // all, alone on the machine).
+    assert!(after < idle + 192.0, "RSS {after:.1} MiB (idle {idle:.1})");
 }
 
 #[test]
