@@ -82,7 +82,8 @@ impl Rejected {
         }
     }
 
-    /// A short label for metrics: `no_route`, `full`, `degraded`, `draining`, `invalid`.
+    /// A short label for metrics: `no_route`, `full`, `client_share`, `degraded`, `draining`,
+    /// `storage`, `invalid`.
     pub fn reason(&self) -> &'static str {
         match self {
             Rejected::NoRoute(_) => "no_route",
