@@ -281,21 +281,8 @@ pub(crate) fn start_compactor(core: &Core) {
 mod tests {
     use super::*;
     use crate::envelope::{Kind, Source, Timings};
+    use crate::storage::tests::accepted;
     use serde_json::json;
-
-    fn accepted(id: MessageId) -> Record {
-        Record::Accepted(Accepted {
-            id,
-            kind: Kind::new("echo").unwrap(),
-            payload: json!(1),
-            source: Source::Http,
-            key: None,
-            due_ms: None,
-            timeout_ms: None,
-            replay_of: None,
-            attempts: 0,
-        })
-    }
 
     fn finished(id: MessageId) -> Record {
         Record::Finished {

@@ -594,12 +594,13 @@ impl Storage for Journal {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::envelope::Kind;
     use serde_json::json;
 
-    fn accepted(id: MessageId) -> Record {
+    /// An `echo` message's `Accepted` record (for the tests of this crate).
+    pub(crate) fn accepted(id: MessageId) -> Record {
         Record::Accepted(Accepted {
             id,
             kind: Kind::new("echo").unwrap(),
