@@ -388,16 +388,6 @@ impl Default for JournalSettings {
     }
 }
 
-impl JournalSettings {
-    /// `fsync = "interval"` every `every`.
-    pub fn interval(every: Duration) -> JournalSettings {
-        JournalSettings {
-            fsync: Fsync::Interval(every),
-            ..JournalSettings::default()
-        }
-    }
-}
-
 /// How long compaction leaves a segment alone after finding it still mostly needed.
 const RECHECK: Duration = Duration::from_secs(30);
 
@@ -440,11 +430,6 @@ impl Journal {
             skipped: Mutex::new(std::collections::HashMap::new()),
             _lock: lock,
         })
-    }
-
-    /// The folder the journal is in.
-    pub fn dir(&self) -> &Path {
-        self.log.dir()
     }
 }
 
