@@ -743,6 +743,7 @@ pub fn openapi(dispatcher: &Dispatcher, max_delay_ms: u64, max_timeout_ms: u64) 
         get_message,
         cancel_message,
         list_routes,
+        crate::ui::overview,
         list_dead_letters,
         get_dead_letter,
         retry_dead_letter,
@@ -768,18 +769,25 @@ pub fn openapi(dispatcher: &Dispatcher, max_delay_ms: u64, max_timeout_ms: u64) 
         ErrorClass,
         Timings,
         Source,
-        Pool
+        Pool,
+        crate::ui::Overview,
+        crate::ui::Totals,
+        crate::ui::RouteLive,
+        crate::ui::RouteHistory,
+        crate::ui::StorageHealth
     ))
 )]
 pub struct ApiDoc;
 
-/// Checks the bearer token (when tokens are set) on every path except `/healthz` and `/readyz`.
+/// Checks the bearer token (when tokens are set) on every path except `/healthz`, `/readyz`
+/// and the dashboard's own files (the page asks for the token, then sends it with each call).
 pub async fn auth(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     if let Some(state) = req.app_data::<web::Data<AppState>>() {
-        if !state.tokens.is_empty() && !matches!(req.path(), "/healthz" | "/readyz") {
+        let open = matches!(req.path(), "/healthz" | "/readyz") || crate::ui::is_public(req.path());
+        if !state.tokens.is_empty() && !open {
             let given = bearer(req.request());
             let ok = given.is_some_and(|g| token_accepted(&state.tokens, g));
             if !ok {

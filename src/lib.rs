@@ -7,6 +7,7 @@
 //! - [`api`] — the HTTP handlers, their OpenAPI description and the route table.
 //! - [`problem`] — [`problem::ApiError`], the only error → status table.
 //! - [`metrics`] — the ledger as Prometheus text.
+//! - [`ui`] — the dashboard at `/ui` and the `/v1/overview` it polls.
 //! - [`cli`] — the command-line client (`send`, `batch`, `status`, `routes`, …).
 //! - [`run`] — starts everything on given listeners and drains on a shutdown signal; `main.rs`
 //!   only parses flags, sets up logging, binds and calls it, so tests start the real server on
@@ -17,6 +18,7 @@ pub mod cli;
 pub mod config;
 pub mod metrics;
 pub mod problem;
+pub mod ui;
 
 use std::future::Future;
 use std::io;
@@ -197,10 +199,14 @@ pub async fn run(
         s.workers
     };
     let addr = listeners.http.local_addr()?;
+    let dashboard = web::Data::new(ui::Dashboard::new(&config));
+    let pulse = ui::Pulse::start(dashboard.pulse.clone(), dispatcher.clone());
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            .app_data(dashboard.clone())
             .wrap(middleware::from_fn(api::auth))
+            .configure(ui::configure)
             .configure(api::configure)
     })
     .workers(workers)
@@ -231,6 +237,7 @@ pub async fn run(
         .shutdown(Duration::from_millis(s.shutdown_timeout_ms))
         .await;
     handle.stop(true).await;
+    pulse.abort();
     if !report.kept.is_empty() {
         tracing::info!(
             drained = report.drained,

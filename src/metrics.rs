@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use mailroom_actors::{KindStats, LedgerSnapshot, Status};
+use mailroom_actors::{HistogramSnapshot, KindStats, LedgerSnapshot, Status};
 
 const FINISHED: [Status; 5] = [
     Status::Completed,
@@ -28,6 +28,30 @@ fn per_kind(
     header(out, name, kind, help);
     for k in &s.kinds {
         let _ = writeln!(out, "{name}{{kind=\"{}\"}} {}", k.kind, value(k));
+    }
+}
+
+/// One histogram with a `kind` label: its header, then each route's buckets, sum and count.
+fn histogram(
+    out: &mut String,
+    s: &LedgerSnapshot,
+    (name, help): (&str, &str),
+    of: impl Fn(&KindStats) -> &HistogramSnapshot,
+) {
+    header(out, name, "histogram", help);
+    for k in &s.kinds {
+        let h = of(k);
+        let kind = &k.kind;
+        for (bound, n) in h.bounds.iter().zip(&h.cumulative) {
+            let _ = writeln!(out, "{name}_bucket{{kind=\"{kind}\",le=\"{bound}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{kind=\"{kind}\",le=\"+Inf\"}} {}",
+            h.count
+        );
+        let _ = writeln!(out, "{name}_sum{{kind=\"{kind}\"}} {}", h.sum_seconds);
+        let _ = writeln!(out, "{name}_count{{kind=\"{kind}\"}} {}", h.count);
     }
 }
 
@@ -133,6 +157,16 @@ pub fn render(s: &LedgerSnapshot) -> String {
         ),
         |k| k.running,
     );
+    per_kind(
+        o,
+        s,
+        (
+            "mailroom_messages_delayed",
+            "gauge",
+            "Messages waiting for their time (delayed, or a retry in backoff), by kind.",
+        ),
+        |k| k.delayed,
+    );
     header(
         &mut out,
         "mailroom_processor_restarts_total",
@@ -149,37 +183,24 @@ pub fn render(s: &LedgerSnapshot) -> String {
             "mailroom_processor_restarts_total{{processor=\"{p}\"}} {n}"
         );
     }
-    header(
+    histogram(
         &mut out,
-        "mailroom_message_duration_seconds",
-        "histogram",
-        "Time from acceptance to a terminal state, by kind.",
+        s,
+        (
+            "mailroom_message_duration_seconds",
+            "Time from acceptance to a terminal state, by kind.",
+        ),
+        |k| &k.duration,
     );
-    for k in &s.kinds {
-        let h = &k.duration;
-        for (bound, n) in h.bounds.iter().zip(&h.cumulative) {
-            let _ = writeln!(
-                out,
-                "mailroom_message_duration_seconds_bucket{{kind=\"{}\",le=\"{bound}\"}} {n}",
-                k.kind
-            );
-        }
-        let _ = writeln!(
-            out,
-            "mailroom_message_duration_seconds_bucket{{kind=\"{}\",le=\"+Inf\"}} {}",
-            k.kind, h.count
-        );
-        let _ = writeln!(
-            out,
-            "mailroom_message_duration_seconds_sum{{kind=\"{}\"}} {}",
-            k.kind, h.sum_seconds
-        );
-        let _ = writeln!(
-            out,
-            "mailroom_message_duration_seconds_count{{kind=\"{}\"}} {}",
-            k.kind, h.count
-        );
-    }
+    histogram(
+        &mut out,
+        s,
+        (
+            "mailroom_message_run_seconds",
+            "Running time of the last attempt of finished messages that ran, by kind.",
+        ),
+        |k| &k.run_time,
+    );
     header(
         &mut out,
         "mailroom_outcomes_stored",

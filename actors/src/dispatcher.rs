@@ -632,6 +632,7 @@ impl Dispatcher {
                     retries: r.retries,
                     backoff_ms: r.backoff.as_millis() as u64,
                     queue_depth: s.queue_depth,
+                    delayed: s.delayed,
                     running: s.running,
                     restarts: s.restarts,
                     degraded: r.degraded_for(since).is_some(),

@@ -105,9 +105,12 @@ impl Ledger {
     }
 
     fn count_finished(&self, stats: &RouteStats, outcome: &Outcome) {
+        let ms = |ms: f64| Duration::try_from_secs_f64(ms / 1000.0).unwrap_or_default();
+        let ran = outcome.attempts > 0 && outcome.status != Status::Cancelled;
         stats.finished(
             outcome.status,
-            Duration::from_secs_f64(outcome.timings.total_ms / 1000.0),
+            ms(outcome.timings.total_ms),
+            ran.then(|| ms(outcome.timings.run_ms)),
         );
     }
 

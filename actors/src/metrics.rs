@@ -93,8 +93,12 @@ pub(crate) struct RouteStats {
     /// queued + delayed + running; also the admission counter checked against capacity.
     pub in_flight: AtomicU64,
     pub running: AtomicU64,
+    /// Held by a router until their time (delayed messages and retries in backoff).
+    pub delayed: AtomicU64,
     pub restarts: AtomicU64,
     pub duration: Histogram,
+    /// Running time of the last attempt of finished messages that ran.
+    pub run: Histogram,
 }
 
 impl RouteStats {
@@ -110,8 +114,9 @@ impl RouteStats {
         c.fetch_add(1, Relaxed);
     }
 
-    /// Counts a terminal transition and releases the message's place in the route.
-    pub(crate) fn finished(&self, status: Status, total: Duration) {
+    /// Counts a terminal transition and releases the message's place in the route; `run` is
+    /// the running time of its last attempt, if it ran.
+    pub(crate) fn finished(&self, status: Status, total: Duration, run: Option<Duration>) {
         let c = match status {
             Status::Completed => &self.completed,
             Status::Failed => &self.failed,
@@ -123,6 +128,9 @@ impl RouteStats {
         c.fetch_add(1, Relaxed);
         self.in_flight.fetch_sub(1, Relaxed);
         self.duration.observe(total);
+        if let Some(run) = run {
+            self.run.observe(run);
+        }
     }
 
     pub(crate) fn snapshot(&self, kind: Kind, processor: &str) -> KindStats {
@@ -135,6 +143,7 @@ impl RouteStats {
         let dead = self.dead.load(Relaxed);
         let in_flight = self.in_flight.load(Relaxed);
         let running = self.running.load(Relaxed).min(in_flight);
+        let delayed = self.delayed.load(Relaxed).min(in_flight - running);
         KindStats {
             kind,
             processor: processor.to_owned(),
@@ -155,9 +164,11 @@ impl RouteStats {
             },
             in_flight,
             running,
+            delayed,
             queue_depth: in_flight - running,
             restarts: self.restarts.load(Relaxed),
             duration: self.duration.snapshot(),
+            run_time: self.run.snapshot(),
         }
     }
 }
@@ -206,12 +217,16 @@ pub struct KindStats {
     pub in_flight: u64,
     /// Running now.
     pub running: u64,
+    /// Waiting for their time (delayed messages and retries in backoff): part of `queue_depth`.
+    pub delayed: u64,
     /// Waiting (queued or delayed): `in_flight - running`.
     pub queue_depth: u64,
     /// Processor restarts after panics.
     pub restarts: u64,
     /// Acceptance-to-finish latency of finished messages.
     pub duration: HistogramSnapshot,
+    /// Running time of the last attempt of finished messages that ran (not of cancelled ones).
+    pub run_time: HistogramSnapshot,
 }
 
 impl KindStats {
@@ -230,6 +245,11 @@ impl KindStats {
             Status::Dead => self.dead,
             _ => 0,
         }
+    }
+
+    /// Waiting for a worker, not for their time: `queue_depth - delayed`.
+    pub fn queued(&self) -> u64 {
+        self.queue_depth - self.delayed
     }
 
     /// Whether `accepted = completed + failed + timed_out + cancelled + dead + in_flight`.

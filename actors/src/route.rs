@@ -170,6 +170,8 @@ pub struct RouteInfo {
     pub backoff_ms: u64,
     /// Waiting messages (queued + delayed).
     pub queue_depth: u64,
+    /// Of those, the ones waiting for their time (delayed, or a retry in backoff).
+    pub delayed: u64,
     /// Running messages.
     pub running: u64,
     /// Processor restarts after panics.

@@ -17,6 +17,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -83,6 +84,10 @@ impl Router {
             Some(at) if at > now => {
                 self.arrivals += 1;
                 self.heap.push(Reverse((at, self.arrivals, env.id)));
+                self.ledger.routes[env.route]
+                    .stats
+                    .delayed
+                    .fetch_add(1, Relaxed);
                 self.waiting.insert(env.id, Box::new(env));
             }
             _ => {
@@ -93,6 +98,16 @@ impl Router {
                 ready[r].push(env);
             }
         }
+    }
+
+    /// Takes a waiting envelope out (it is due, cancelled or dropped at shutdown).
+    fn unwait(&mut self, id: &MessageId) -> Option<Box<Envelope>> {
+        let env = self.waiting.remove(id)?;
+        self.ledger.routes[env.route]
+            .stats
+            .delayed
+            .fetch_sub(1, Relaxed);
+        Some(env)
     }
 
     fn forward(&self, ready: Vec<Vec<Envelope>>) {
@@ -130,7 +145,7 @@ impl Router {
                 break;
             }
             self.heap.pop();
-            if let Some(env) = self.waiting.remove(&id) {
+            if let Some(env) = self.unwait(&id) {
                 self.route(*env, now, &mut ready);
             }
         }
@@ -181,7 +196,7 @@ impl Handler<DispatchBatch> for Router {
 impl Handler<Forget> for Router {
     type Result = ();
     fn handle(&mut self, msg: Forget, _: &mut Context<Self>) {
-        self.waiting.remove(&msg.0);
+        self.unwait(&msg.0);
         // The heap entry of a cancelled envelope would stay until its due time (up to the
         // longest delay): rebuild the heap once it holds as many stale entries as live ones, so
         // memory follows what is still waiting (amortised O(1) per cancel).
@@ -204,7 +219,7 @@ impl Handler<DropDelayedAfter> for Router {
             .collect();
         let mut dropped = Vec::with_capacity(late.len());
         for id in late {
-            let env = self.waiting.remove(&id).expect("listed above");
+            let env = self.unwait(&id).expect("listed above");
             if msg.keep {
                 self.drain
                     .kept

@@ -14,3 +14,4 @@ mod durability;
 mod examples;
 mod soak;
 mod tcp;
+mod ui;

@@ -84,3 +84,67 @@ async fn a_waiter_sees_the_cancellation() {
     assert_eq!(now.status, Status::Delayed);
     d.cancel(later).unwrap();
 }
+
+#[actix_rt::test]
+async fn the_ledger_tells_delayed_from_queued_and_times_only_what_ran() {
+    let d = builder(settings())
+        .route("slow", RouteSettings::new("sleep").concurrency(1))
+        .build()
+        .unwrap();
+    let running = d.submit(Message::new("slow", json!({"ms": 200}))).unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || d.status(running).unwrap().status
+            == Status::Running)
+        .await
+    );
+    d.submit(Message::new("slow", json!({"ms": 1}))).unwrap();
+    let later = d
+        .call_later(
+            Duration::from_secs(3600),
+            Message::new("slow", json!({"ms": 1})),
+        )
+        .unwrap();
+    // Counted as delayed once its router holds it (a mailbox hop after acceptance).
+    assert!(
+        eventually(Duration::from_secs(5), || d
+            .stats()
+            .kind("slow")
+            .unwrap()
+            .delayed
+            == 1)
+        .await
+    );
+    let s = d.stats();
+    let slow = s.kind("slow").unwrap();
+    assert_eq!(
+        (slow.running, slow.queued(), slow.delayed, slow.queue_depth),
+        (1, 1, 1, 2)
+    );
+    let route = d
+        .routes()
+        .into_iter()
+        .find(|r| r.kind.as_str() == "slow")
+        .unwrap();
+    assert_eq!((route.queue_depth, route.delayed), (2, 1));
+    d.cancel(later).unwrap();
+    // Its router lets go of it a mailbox hop after the cancel.
+    assert!(
+        eventually(Duration::from_secs(5), || d
+            .stats()
+            .kind("slow")
+            .unwrap()
+            .delayed
+            == 0)
+        .await
+    );
+    let stats = settled(&d).await;
+    let slow = stats.kind("slow").unwrap();
+    assert_eq!((slow.completed, slow.cancelled, slow.delayed), (2, 1, 0));
+    assert_eq!(slow.duration.count, 3, "every finished message");
+    assert_eq!(slow.run_time.count, 2, "the cancelled one never ran");
+    assert!(
+        slow.run_time.sum_seconds >= 0.2,
+        "the 200 ms sleep ran at least 200 ms: {}",
+        slow.run_time.sum_seconds
+    );
+}
