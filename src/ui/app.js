@@ -509,10 +509,11 @@ function deadItem(dl) {
     h('p', { class: 'dead-error' },
       last ? h('span', { class: 'class' }, last.class) : null,
       last ? ` ${last.message}` : 'no error recorded'),
-    h('p', { class: 'dead-meta' },
-      `${dl.attempts} attempt${dl.attempts === 1 ? '' : 's'} · ${bytes(dl.payload_bytes)} payload`,
-      dl.replay_of ? ' · replay of ' : '', dl.replay_of ? idLink(dl.replay_of) : null),
-    h('div', { class: 'actions' }, retry, payloadButton),
+    h('div', { class: 'dead-foot' },
+      h('p', { class: 'dead-meta' },
+        `${dl.attempts} attempt${dl.attempts === 1 ? '' : 's'} · ${bytes(dl.payload_bytes)} payload`,
+        dl.replay_of ? ' · replay of ' : '', dl.replay_of ? idLink(dl.replay_of) : null),
+      h('div', { class: 'actions' }, retry, payloadButton)),
     result,
     payloadBox);
 }
