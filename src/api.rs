@@ -806,6 +806,13 @@ async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     )))
 }
 
+/// A resource whose other methods answer 405 (problem+json) with `Allow: allow`.
+pub(crate) fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
+    web::resource(path.to_owned()).default_service(web::to(move || async move {
+        Err::<HttpResponse, _>(ApiError::MethodNotAllowed(allow))
+    }))
+}
+
 /// Registers every endpoint (and problem+json answers for unknown paths, wrong methods and
 /// malformed query strings or paths).
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -813,12 +820,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .error_handler(|e, _| ApiError::BadRequest(format!("invalid query string: {e}")).into());
     let bad_path = web::PathConfig::default()
         .error_handler(|e, _| ApiError::NotFound(format!("invalid path: {e}")).into());
-    // A resource whose other methods answer 405 with `Allow: allow`.
-    let r = |path: &str, allow: &'static str| {
-        web::resource(path.to_owned()).default_service(web::to(move || async move {
-            Err::<HttpResponse, _>(ApiError::MethodNotAllowed(allow))
-        }))
-    };
+    let r = resource;
     cfg.app_data(bad_query)
         .app_data(bad_path)
         .service(r("/v1/messages", "POST").route(web::post().to(submit)))

@@ -549,14 +549,15 @@ async fn to_ui() -> HttpResponse {
 /// Registers the dashboard's pages and `/v1/overview` (`dashboard` is the app data the
 /// overview reads).
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/", web::get().to(to_ui))
-        .route("/ui", web::get().to(page))
-        .route("/ui/", web::get().to(page))
-        .route("/ui/app.js", web::get().to(script))
-        .route("/ui/style.css", web::get().to(style))
-        .route("/ui/icon.svg", web::get().to(icon))
-        .route("/ui/auth", web::get().to(auth))
-        .route("/v1/overview", web::get().to(overview));
+    use crate::api::resource;
+    cfg.service(resource("/", "GET").route(web::get().to(to_ui)))
+        .service(resource("/ui", "GET").route(web::get().to(page)))
+        .service(resource("/ui/", "GET").route(web::get().to(page)))
+        .service(resource("/ui/app.js", "GET").route(web::get().to(script)))
+        .service(resource("/ui/style.css", "GET").route(web::get().to(style)))
+        .service(resource("/ui/icon.svg", "GET").route(web::get().to(icon)))
+        .service(resource("/ui/auth", "GET").route(web::get().to(auth)))
+        .service(resource("/v1/overview", "GET").route(web::get().to(overview)));
 }
 
 #[cfg(test)]
