@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Load benchmark: `POST /v1/messages?wait=true` against `mailroom serve` (release build), beside
-# a bare actix-web handler (the HTTP ceiling) and the same API written the asyncio way (Python +
-# aiohttp + ProcessPoolExecutor), all in the same run. Each workload runs at a fixed concurrency
+# a bare actix-web handler (the HTTP ceiling), the same API written the asyncio way (Python +
+# aiohttp + ProcessPoolExecutor) and the Go peer (benches/go_peer: net/http, a worker-goroutine
+# pool for the CPU kinds, one shared http.Client), all in the same run. Each workload runs at a fixed concurrency
 # for a fixed time with wrk, REPEAT times, the servers taking turns round by round; the medians
 # and the ratios are printed as a Markdown table (and saved to target/load/results.md).
 #
@@ -11,7 +12,8 @@
 # 100 ms, so a run starts with 100 ms in which nothing can complete and ends with 1,000 requests
 # in flight that are never counted; over 10 s that is ~2% of the ideal lost to the measurement
 # itself, over 30 s ~0.7%. Every server gets a 2 s warm-up run (not counted) before each workload.
-# Installs what it needs: wrk (Debian), aiohttp (PyPI, into target/load/venv). Loopback only.
+# Installs what it needs: wrk and golang-go (Debian), aiohttp (PyPI, into target/load/venv).
+# Loopback only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${DURATION:-10}"
@@ -24,6 +26,9 @@ mkdir -p "$OUT"
 if ! command -v wrk >/dev/null; then
   echo "installing wrk"; (apt-get update -qq && apt-get install -y -qq wrk) >/dev/null
 fi
+if ! command -v go >/dev/null; then
+  echo "installing golang-go"; (apt-get update -qq && apt-get install -y -qq golang-go) >/dev/null
+fi
 if [ ! -x "$OUT/venv/bin/python" ]; then
   echo "installing aiohttp into $OUT/venv"
   python3 -m venv "$OUT/venv" && "$OUT/venv/bin/pip" install -q aiohttp
@@ -32,8 +37,9 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 echo "building release binaries"
 cargo build --release -q --bin mailroom --example bare_echo
+(cd benches/go_peer && go build -o "../../$OUT/go_peer" .)
 
-MR=127.0.0.1:18080; MR1=127.0.0.1:18083; PY=127.0.0.1:18091
+MR=127.0.0.1:18080; MR1=127.0.0.1:18083; PY=127.0.0.1:18091; GO=127.0.0.1:18095
 BARE=127.0.0.1:18090; BARE_INLINE1=127.0.0.1:18092; BARE_POOL=127.0.0.1:18093; BARE_POOL1=127.0.0.1:18094
 PIDS=()
 cleanup() { for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
@@ -41,7 +47,7 @@ trap cleanup EXIT
 
 wait_up() { for _ in $(seq 1 100); do curl -sf "http://$1/healthz" >/dev/null && return 0; sleep 0.1; done; echo "$1 did not come up" >&2; exit 1; }
 # A server left over on one of our ports would be measured instead of the one just built.
-for a in $MR $MR1 $PY $BARE $BARE_INLINE1 $BARE_POOL $BARE_POOL1; do
+for a in $MR $MR1 $PY $GO $BARE $BARE_INLINE1 $BARE_POOL $BARE_POOL1; do
   if curl -s -m 1 "http://$a/healthz" >/dev/null 2>&1; then echo "something already listens on $a; stop it first" >&2; exit 1; fi
 done
 
@@ -88,6 +94,8 @@ measure() {
 rm -f "$OUT/raw.txt"
 "$OUT/venv/bin/python" benches/python_baseline.py --port "${PY##*:}" >"$OUT/python.log" 2>&1 &
 PIDS+=("$!"); wait_up "$PY"
+"$OUT/go_peer" "$GO" >"$OUT/go.log" 2>&1 &
+PIDS+=("$!"); wait_up "$GO"
 # The bare servers: the HTTP ceiling (also the fetch upstream), and the CPU ceilings (idle until
 # measured: their threads block on their sockets or channel).
 start_bare() { # ADDR, then extra env assignments
@@ -112,15 +120,15 @@ for wl in $ONLY; do
   case $wl in
     echo)
       start_mailroom "$MR"
-      measure "$ECHO" 64 "$DURATION" "echo/mailroom=http://$MR$W" "echo/bare=http://$BARE$B" "echo/python=http://$PY$W"
+      measure "$ECHO" 64 "$DURATION" "echo/mailroom=http://$MR$W" "echo/bare=http://$BARE$B" "echo/go=http://$GO$W" "echo/python=http://$PY$W"
       stop_mailrooms ;;
     sleep)
       start_mailroom "$MR"
-      measure "$SLEEP" 1000 "$SLEEP_DURATION" "sleep/mailroom=http://$MR$W" "sleep/bare=http://$BARE$B" "sleep/python=http://$PY$W"
+      measure "$SLEEP" 1000 "$SLEEP_DURATION" "sleep/mailroom=http://$MR$W" "sleep/bare=http://$BARE$B" "sleep/go=http://$GO$W" "sleep/python=http://$PY$W"
       stop_mailrooms ;;
     fetch)
       start_mailroom "$MR"
-      measure "$FETCH" 256 "$DURATION" "fetch/mailroom=http://$MR$W" "fetch/python=http://$PY$W"
+      measure "$FETCH" 256 "$DURATION" "fetch/mailroom=http://$MR$W" "fetch/go=http://$GO$W" "fetch/python=http://$PY$W"
       stop_mailrooms ;;
     primes|hash)
       body=$PRIMES; [ "$wl" = hash ] && body=$HASH
@@ -133,7 +141,7 @@ for wl in $ONLY; do
       measure "$body" 16 "$DURATION" "$wl/mailroom=http://$MR$W" "$wl/mailroom-1-thread=http://$MR1$W" \
         "$wl/bare-inline=http://$BARE$B" "$wl/bare-inline-1-thread=http://$BARE_INLINE1$B" \
         "$wl/bare-pool=http://$BARE_POOL$B" "$wl/bare-pool-1-thread=http://$BARE_POOL1$B" \
-        "$wl/python=http://$PY$W"
+        "$wl/go=http://$GO$W" "$wl/python=http://$PY$W"
       stop_mailrooms ;;
   esac
 done
@@ -159,7 +167,7 @@ print("|---|---:|---|")
 def ratio(label, a, b, goal):
     if a in med and b in med and med[b] > 0:
         print(f"| {label} | {med[a] / med[b]:.2f} | {goal} |")
-ratio("echo: mailroom / bare actix-web", "echo/mailroom", "echo/bare", "≥ 0.60")
+ratio("echo: mailroom / bare actix-web", "echo/mailroom", "echo/bare", "≥ 0.75")
 if "sleep/mailroom" in med:
     print(f"| sleep: mailroom / ideal 10,000 | {med['sleep/mailroom'] / 10000:.2f} | ≥ 0.95 |")
 if "sleep/bare" in med:
@@ -172,6 +180,11 @@ for wl in ("primes", "hash"):
     ratio(f"{wl}: bare inline, 2 threads / 1 (this machine's ceiling)", f"{wl}/bare-inline", f"{wl}/bare-inline-1-thread", "")
     ratio(f"{wl}: bare thread pool, 2 threads / 1 (ceiling with CPU work off the HTTP threads)", f"{wl}/bare-pool", f"{wl}/bare-pool-1-thread", "")
     ratio(f"{wl}: mailroom pool / bare thread pool, 2 threads each", f"{wl}/mailroom", f"{wl}/bare-pool", "")
+ratio("echo: mailroom / go", "echo/mailroom", "echo/go", "≥ 1.2")
+ratio("sleep: mailroom / go", "sleep/mailroom", "sleep/go", "")
+ratio("fetch: mailroom / go", "fetch/mailroom", "fetch/go", "≥ 1.0 (p99 ≤ Go's)")
+ratio("primes: mailroom / go", "primes/mailroom", "primes/go", "≥ 1.4")
+ratio("hash: mailroom / go", "hash/mailroom", "hash/go", "≥ 1.4")
 for wl in ("echo", "sleep", "fetch", "primes", "hash"):
     ratio(f"{wl}: mailroom / python asyncio", f"{wl}/mailroom", f"{wl}/python", "well ahead (> 1)")
 PY

@@ -1,0 +1,3 @@
+module mailroom/benches/go_peer
+
+go 1.19
