@@ -326,7 +326,7 @@ fn quantile_ms(bounds: &[f64], now: &[u64], before: Option<&[u64]>, q: f64) -> O
     };
     let lower = if i == 0 { 0.0 } else { bounds[i - 1] };
     let below = if i == 0 { 0 } else { count(i - 1) };
-    let inside = count(i) - below;
+    let inside = count(i).saturating_sub(below);
     let frac = if inside == 0 {
         1.0
     } else {

@@ -249,7 +249,7 @@ impl KindStats {
 
     /// Waiting for a worker, not for their time: `queue_depth - delayed`.
     pub fn queued(&self) -> u64 {
-        self.queue_depth - self.delayed
+        self.queue_depth.saturating_sub(self.delayed)
     }
 
     /// Whether `accepted = completed + failed + timed_out + cancelled + dead + in_flight`.

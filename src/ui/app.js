@@ -19,6 +19,7 @@ let started = false;
 const state = {
   overview: null,
   seq: 0, // the newest history sample we hold
+  lastOk: 0, // when the last overview arrived
   pid: null,
   history: new Map(), // kind -> { completed: number[], failed: number[] }
   schemas: new Map(), // kind -> payload JSON schema
@@ -199,10 +200,13 @@ async function loadRoutes() {
 async function poll() {
   const began = Date.now();
   if (token || !tokenRequired) {
-    const want = state.seq === 0 ? HISTORY : 10;
+    // The seconds missed since the last answer (a hidden tab, a lost connection), and a few more.
+    const gap = state.lastOk ? Math.ceil((Date.now() - state.lastOk) / 1000) + 3 : HISTORY;
+    const want = state.seq === 0 ? HISTORY : Math.min(HISTORY, Math.max(10, gap));
     try {
       const o = await api(`/v1/overview?history=${want}`);
       connection(true);
+      state.lastOk = Date.now();
       if (state.pid !== null && o.pid !== state.pid) {
         // Another process answers now (a restart): its history starts afresh.
         state.seq = 0;
