@@ -497,7 +497,9 @@ function deadItem(dl) {
       retry.disabled = true;
       try {
         const r = await api(`/v1/dead-letters/${dl.id}/retry`, { method: 'POST' });
-        result.replaceChildren('Replayed as ', idLink(r.id, 'new-id'), ` (${r.status})`);
+        result.textContent = `Replayed as ${r.id} (${r.status})`;
+        // Also where it outlives the list's reload (the retried letter leaves the list).
+        $('dead-status').replaceChildren(`Replayed ${dl.id} as `, idLink(r.id, 'new-id'), ` (${r.status})`);
         state.deadSeen = null; // reload the list on the next poll
       } catch (err) {
         retry.disabled = false;

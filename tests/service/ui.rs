@@ -370,7 +370,7 @@ async fn a_dead_letter_shows_up_and_its_retry_button_replays_it() {
 
     b.click(&format!("{item} button.retry")).await;
     let new_id = b
-        .wait_text(&format!("{item} a.new-id"), SOON, |t| t.len() == 26)
+        .wait_text("#dead-status a.new-id", SOON, |t| t.len() == 26)
         .await;
     assert_ne!(new_id, id);
     let replay = s.get(&format!("/v1/messages/{new_id}?wait_ms=10000")).await;
