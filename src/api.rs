@@ -7,6 +7,7 @@
 //! documented status and a problem+json body.
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::body::MessageBody;
@@ -20,8 +21,8 @@ use mailroom_actors::source::{
     client_id, parse_json, token_accepted, truncated, JsonError, Submission,
 };
 use mailroom_actors::{
-    DeadLetter, Dispatcher, ErrorClass, ErrorInfo, MessageId, Outcome, Pool, Rejected, RouteInfo,
-    Source, Status, Timings,
+    Cluster, ClusterStats, DeadLetter, Dispatcher, ErrorClass, ErrorInfo, MessageId, Outcome, Pool,
+    Rejected, RouteInfo, Source, Status, Timings,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -32,8 +33,11 @@ use crate::problem::{ApiError, Problem};
 
 /// What the handlers share.
 pub struct AppState {
-    /// The library handle.
+    /// The library handle (on a cluster node: this node's own dispatcher, which runs what the
+    /// node pulls).
     pub dispatcher: Dispatcher,
+    /// With `[cluster]`: the node, through which every message is admitted and read.
+    pub cluster: Option<Cluster>,
     /// `server.max_body_bytes`
     pub max_body: usize,
     /// `server.max_batch`
@@ -175,8 +179,11 @@ pub struct BatchResponse {
 /// `GET /v1/routes` answer.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RoutesResponse {
-    /// Every route.
+    /// Every route (on a cluster node: this node's figures).
     pub routes: Vec<RouteInfo>,
+    /// On a cluster node: the cluster's figures per route, from JetStream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterStats>,
 }
 
 /// `GET /v1/dead-letters` answer.
@@ -364,6 +371,13 @@ pub async fn submit(
         })?
         .into_message(Source::Http);
     let msg = with_client(msg, &req, &state);
+    if let Some(c) = &state.cluster {
+        if query.wait {
+            return Ok(answer(&c.send_timeout(msg, max_wait).await?));
+        }
+        let status = msg.delayed_status();
+        return Ok(accepted(c.accept(msg).await?, status));
+    }
     if query.wait {
         let outcome = state.dispatcher.send_timeout(msg, max_wait).await?;
         return Ok(answer(&outcome));
@@ -446,6 +460,7 @@ pub async fn batch(
     let state_ref = &state;
     let max = state.wait_for(query.wait_ms)?;
     let d = &state.dispatcher;
+    let cluster = state.cluster.as_ref();
     let items = body.messages.into_iter().map(|v| async move {
         let msg = match submission(v) {
             Ok(s) => with_client(s.into_message(Source::Http), req, state_ref),
@@ -454,6 +469,22 @@ pub async fn batch(
                 return rejected_item(400, "invalid", e);
             }
         };
+        if let Some(c) = cluster {
+            if wait {
+                return match c.send_timeout(msg, max).await {
+                    Ok(o) if o.status.is_terminal() => {
+                        serde_json::to_value(&o).unwrap_or(Value::Null)
+                    }
+                    Ok(o) => json!({"id": o.id, "status": o.status}),
+                    Err(r) => rejection(&r),
+                };
+            }
+            let status = msg.delayed_status();
+            return match c.accept(msg).await {
+                Ok(id) => json!({"id": id, "status": status}),
+                Err(r) => rejection(&r),
+            };
+        }
         if wait {
             match d.send_timeout(msg, max).await {
                 Ok(o) if o.status.is_terminal() => serde_json::to_value(&*o).unwrap_or(Value::Null),
@@ -482,11 +513,19 @@ pub async fn get_message(
     query: web::Query<StatusQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&id)?;
+    let not_found = || ApiError::NotFound(format!("no message with id {id}"));
+    if let Some(c) = &state.cluster {
+        let found = match query.wait_ms {
+            Some(ms) => c.wait(id, state.wait_for(Some(ms))?).await?,
+            None => c.status(id).await?,
+        };
+        return Ok(HttpResponse::Ok().json(found.ok_or_else(not_found)?));
+    }
     let found = match query.wait_ms {
         Some(ms) => state.dispatcher.wait(id, state.wait_for(Some(ms))?).await,
         None => state.dispatcher.status(id),
     };
-    let outcome = found.ok_or_else(|| ApiError::NotFound(format!("no message with id {id}")))?;
+    let outcome = found.ok_or_else(not_found)?;
     Ok(HttpResponse::Ok().json(&*outcome))
 }
 
@@ -499,6 +538,9 @@ pub async fn cancel_message(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&id)?;
+    if let Some(c) = &state.cluster {
+        return Ok(HttpResponse::Ok().json(c.cancel(id).await??));
+    }
     let outcome = state.dispatcher.cancel(id)?;
     Ok(HttpResponse::Ok().json(&*outcome))
 }
@@ -506,8 +548,15 @@ pub async fn cancel_message(
 /// Routes, their processors and pools, queue depths and restart counts.
 #[utoipa::path(get, path = "/v1/routes", responses((status = 200, body = RoutesResponse)))]
 pub async fn list_routes(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok().json(RoutesResponse {
-        routes: state.dispatcher.routes(),
+    HttpResponse::Ok().json(match &state.cluster {
+        Some(c) => RoutesResponse {
+            routes: c.routes(),
+            cluster: Some(c.stats().await),
+        },
+        None => RoutesResponse {
+            routes: state.dispatcher.routes(),
+            cluster: None,
+        },
     })
 }
 
@@ -567,7 +616,15 @@ pub async fn list_dead_letters(
         })?),
         None => None,
     };
-    let page = state.dispatcher.dead_letters(after, limit);
+    let page: Vec<Arc<DeadLetter>> = match &state.cluster {
+        Some(c) => c
+            .dead_letters(after, limit)
+            .await?
+            .into_iter()
+            .map(Arc::new)
+            .collect(),
+        None => state.dispatcher.dead_letters(after, limit),
+    };
     let next = (page.len() == limit).then(|| page[limit - 1].id);
     Ok(HttpResponse::Ok().json(DeadLettersResponse {
         dead_letters: page.iter().map(|d| dead_letter_item(d)).collect(),
@@ -583,10 +640,11 @@ pub async fn get_dead_letter(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&id)?;
-    let dl = state
-        .dispatcher
-        .dead_letter(id)
-        .ok_or_else(|| ApiError::NotFound(format!("no dead letter with id {id}")))?;
+    let dl = match &state.cluster {
+        Some(c) => c.dead_letter(id).await?.map(Arc::new),
+        None => state.dispatcher.dead_letter(id),
+    }
+    .ok_or_else(|| ApiError::NotFound(format!("no dead letter with id {id}")))?;
     Ok(HttpResponse::Ok().json(&*dl))
 }
 
@@ -598,11 +656,17 @@ pub async fn retry_dead_letter(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let replay_of = parse_id(&id)?;
-    let id = state.dispatcher.replay(replay_of).await?;
-    let status = state
-        .dispatcher
-        .status(id)
-        .map_or(Status::Queued, |o| o.status);
+    let (id, status) = match &state.cluster {
+        Some(c) => (c.replay(replay_of).await??, Status::Queued),
+        None => {
+            let id = state.dispatcher.replay(replay_of).await?;
+            let status = state
+                .dispatcher
+                .status(id)
+                .map_or(Status::Queued, |o| o.status);
+            (id, status)
+        }
+    };
     Ok(HttpResponse::Accepted()
         .insert_header((header::LOCATION, format!("/v1/messages/{id}")))
         .json(Replayed {
@@ -615,9 +679,13 @@ pub async fn retry_dead_letter(
 /// Prometheus metrics.
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format 0.0.4", body = String)))]
 pub async fn metrics_text(state: web::Data<AppState>) -> HttpResponse {
+    let mut text = metrics::render(&state.dispatcher.stats());
+    if let Some(c) = &state.cluster {
+        text.push_str(&metrics::render_cluster(&c.stats().await));
+    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(metrics::render(&state.dispatcher.stats()))
+        .body(text)
 }
 
 /// Liveness.
@@ -626,14 +694,20 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-/// Readiness: false while draining.
+/// Readiness: false while draining, and on a cluster node while NATS cannot be reached.
 #[utoipa::path(get, path = "/readyz", responses((status = 200, description = "Accepting messages"),
     (status = 503, description = "Draining", body = Problem, content_type = "application/problem+json")))]
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    if state.dispatcher.is_draining() {
+    if state.dispatcher.is_draining() || state.cluster.as_ref().is_some_and(|c| c.is_draining()) {
         return Err(ApiError::Unavailable {
             detail: "the server is draining and accepts no new messages".into(),
             retry_after: 5,
+        });
+    }
+    if state.cluster.as_ref().is_some_and(|c| !c.is_connected()) {
+        return Err(ApiError::Unavailable {
+            detail: "this cluster node cannot reach NATS (it reconnects by itself)".into(),
+            retry_after: 1,
         });
     }
     Ok(HttpResponse::Ok().json(json!({"ready": true})))

@@ -297,6 +297,19 @@ pub fn check_config(path: Option<PathBuf>) -> ExitCode {
                     .as_ref()
                     .map_or("off".to_owned(), |t| t.bind.clone()),
             );
+            if let Some(cl) = &c.cluster {
+                let kinds: Vec<String> = c.effective_routes().keys().cloned().collect();
+                let kinds: Vec<&str> = kinds.iter().map(String::as_str).collect();
+                println!(
+                    "cluster {:?} on {} (node {}): `serve` creates what is missing of",
+                    cl.name,
+                    cl.nats_url,
+                    cl.settings().node
+                );
+                for r in mailroom_actors::cluster::resources(&cl.name, &kinds) {
+                    println!("  {r}");
+                }
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

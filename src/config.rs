@@ -50,6 +50,52 @@ pub struct Config {
     pub schedule: Vec<ScheduleConfig>,
     /// Where accepted work is kept so it survives a crash and a restart.
     pub storage: StorageConfig,
+    /// Several nodes sharing the work through NATS JetStream; absent = one node.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]`: this node joins a cluster of nodes that share the work through NATS JetStream
+/// (`storage` is then unused: accepted work is kept by JetStream).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// The NATS server.
+    pub nats_url: String,
+    /// Prefix of every stream, consumer and bucket: nodes with the same name share the work.
+    pub name: String,
+    /// This node's name (default: host name and process id).
+    pub node: Option<String>,
+    /// How long JetStream waits for a sign of life from the node running a message before it
+    /// delivers the message to another node.
+    pub ack_wait_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            nats_url: "nats://127.0.0.1:4222".into(),
+            name: "mailroom".into(),
+            node: None,
+            ack_wait_ms: 30_000,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// The library's settings for this node.
+    pub fn settings(&self) -> mailroom_actors::ClusterSettings {
+        mailroom_actors::ClusterSettings {
+            nats_url: self.nats_url.clone(),
+            name: self.name.clone(),
+            node: self.node.clone().unwrap_or_else(|| {
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_owned())
+                    .unwrap_or_else(|_| "node".into());
+                format!("{host}-{}", std::process::id())
+            }),
+            ack_wait: Duration::from_millis(self.ack_wait_ms),
+        }
+    }
 }
 
 /// `storage.kind`
@@ -671,6 +717,44 @@ impl Config {
             }
             if !(1..=65_536).contains(&tcp.max_pending) {
                 return err("sources.tcp.max_pending", "expected 1 to 65536".into());
+            }
+        }
+        if let Some(c) = &self.cluster {
+            let name_ok = !c.name.is_empty()
+                && c.name.len() <= 32
+                && c.name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !name_ok {
+                return err(
+                    "cluster.name",
+                    format!(
+                        "1 to 32 characters from A-Z, a-z, 0-9, '_', '-', got {:?}",
+                        c.name
+                    ),
+                );
+            }
+            if !c.nats_url.starts_with("nats://") && !c.nats_url.starts_with("tls://") {
+                return err(
+                    "cluster.nats_url",
+                    format!("expected nats://HOST:PORT, got {:?}", c.nats_url),
+                );
+            }
+            if !(1_000..=3_600_000).contains(&c.ack_wait_ms) {
+                return err("cluster.ack_wait_ms", "expected 1000 to 3600000".into());
+            }
+            if c.node
+                .as_ref()
+                .is_some_and(|n| n.is_empty() || n.len() > 64)
+            {
+                return err("cluster.node", "expected 1 to 64 characters".into());
+            }
+            if self.sources.tcp.is_some() {
+                return err(
+                    "sources.tcp",
+                    "the TCP source is not available on a cluster node yet; submit over HTTP"
+                        .into(),
+                );
             }
         }
         for (i, sc) in self.schedule.iter().enumerate() {

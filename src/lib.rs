@@ -27,7 +27,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{middleware, web, App, HttpServer};
-use mailroom_actors::{BuildError, Dispatcher, ShutdownReport, StopAccepting, TcpSource};
+use mailroom_actors::{
+    BuildError, Cluster, ClusterError, Dispatcher, DispatcherBuilder, Message, ShutdownReport,
+    StopAccepting, TcpSource,
+};
 
 use crate::api::AppState;
 use crate::config::Config;
@@ -94,6 +97,9 @@ pub enum ServeError {
     /// A listener could not be used.
     #[error("{0}")]
     Io(io::Error),
+    /// The cluster (`[cluster]`) could not be joined.
+    #[error("cannot join the cluster: {0}")]
+    Cluster(ClusterError),
     /// The storage (`[storage]`) could not be opened or read back.
     #[error("cannot open the storage: {0}")]
     Storage(mailroom_actors::StorageError),
@@ -147,14 +153,80 @@ fn with_routes(
     config: &Config,
     storage: Option<Arc<dyn mailroom_actors::Storage>>,
 ) -> Result<Dispatcher, ServeError> {
-    let mut b = Dispatcher::builder(config.settings());
+    let mut b = builder(config);
     if let Some(storage) = storage {
         b = b.storage(storage);
     }
+    Ok(b.build()?)
+}
+
+/// A dispatcher builder with `config`'s settings and routes.
+fn builder(config: &Config) -> DispatcherBuilder {
+    let mut b = Dispatcher::builder(config.settings());
     for (kind, route) in config.route_settings() {
         b = b.route(kind, route);
     }
-    Ok(b.build()?)
+    b
+}
+
+/// Joins the cluster `[cluster]` names, and starts `config`'s schedules on it: each due time
+/// is submitted by every node under one idempotency key, so it runs once in the cluster.
+async fn join(config: &Config) -> Result<Cluster, ServeError> {
+    let c = config.cluster.as_ref().expect("called with [cluster]");
+    // The schedules are checked as a single node would before anything starts.
+    let d = with_routes(config, None)?;
+    let checked = config
+        .schedules()
+        .iter()
+        .try_for_each(|s| d.check_schedule(s));
+    d.shutdown(Duration::ZERO).await;
+    checked?;
+    let cluster = Cluster::join(c.settings(), builder(config))
+        .await
+        .map_err(ServeError::Cluster)?;
+    for (i, s) in config.schedules().into_iter().enumerate() {
+        actix_rt::spawn(cluster_schedule(cluster.clone(), i, s));
+    }
+    Ok(cluster)
+}
+
+/// Submits schedule `i` at each due time, keyed by the due time so every node submits the same
+/// message. An interval's due times are the multiples of the interval since the Unix epoch.
+async fn cluster_schedule(cluster: Cluster, i: usize, s: mailroom_actors::Schedule) {
+    use mailroom_actors::Every;
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    };
+    let submit = |tick: String| {
+        let msg = Message::new(s.kind.clone(), s.payload.clone())
+            .source(mailroom_actors::Source::Timer)
+            .key(format!("schedule-{i}-{tick}"));
+        let cluster = cluster.clone();
+        async move {
+            if let Err(r) = cluster.accept(msg).await {
+                tracing::warn!(schedule = i, error = %r, "a scheduled message was refused");
+            }
+        }
+    };
+    match s.when {
+        Every::Once(after) => {
+            actix_rt::time::sleep(after).await;
+            submit("once".into()).await;
+        }
+        Every::Interval(every) => {
+            let every_ms = (every.as_millis() as u64).max(1);
+            loop {
+                let next = (now_ms() / every_ms + 1) * every_ms;
+                actix_rt::time::sleep(Duration::from_millis(next.saturating_sub(now_ms()))).await;
+                if cluster.is_draining() {
+                    return;
+                }
+                submit(next.to_string()).await;
+            }
+        }
+    }
 }
 
 /// Runs the service until `shutdown` resolves, then drains: `/readyz` turns false, new
@@ -166,7 +238,14 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<ShutdownReport, ServeError> {
-    let dispatcher = dispatcher(&config)?;
+    let cluster = match &config.cluster {
+        Some(_) => Some(join(&config).await?),
+        None => None,
+    };
+    let dispatcher = match &cluster {
+        Some(c) => c.dispatcher().clone(),
+        None => dispatcher(&config)?,
+    };
     let tcp = match listeners.tcp {
         Some(l) => Some(TcpSource::start(
             dispatcher.clone(),
@@ -178,6 +257,7 @@ pub async fn run(
     let s = &config.server;
     let state = web::Data::new(AppState {
         dispatcher: dispatcher.clone(),
+        cluster: cluster.clone(),
         max_body: s.max_body_bytes,
         max_batch: s.max_batch,
         max_depth: s.max_json_depth,
@@ -233,9 +313,11 @@ pub async fn run(
     if let Some(tcp) = tcp {
         tcp.do_send(StopAccepting);
     }
-    let report = dispatcher
-        .shutdown(Duration::from_millis(s.shutdown_timeout_ms))
-        .await;
+    let deadline = Duration::from_millis(s.shutdown_timeout_ms);
+    let report = match &cluster {
+        Some(c) => c.shutdown(deadline).await,
+        None => dispatcher.shutdown(deadline).await,
+    };
     handle.stop(true).await;
     pulse.abort();
     if !report.kept.is_empty() {

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use mailroom_actors::{HistogramSnapshot, KindStats, LedgerSnapshot, Status};
+use mailroom_actors::{ClusterStats, HistogramSnapshot, KindStats, LedgerSnapshot, Status};
 
 const FINISHED: [Status; 5] = [
     Status::Completed,
@@ -53,6 +53,90 @@ fn histogram(
         let _ = writeln!(out, "{name}_sum{{kind=\"{kind}\"}} {}", h.sum_seconds);
         let _ = writeln!(out, "{name}_count{{kind=\"{kind}\"}} {}", h.count);
     }
+}
+
+/// Renders a cluster node's view of the cluster: JetStream's figures per route (the same on
+/// every node), this node's admissions and the terminal states it wrote, and its connection.
+pub fn render_cluster(c: &ClusterStats) -> String {
+    let mut out = String::with_capacity(1024 + c.routes.len() * 512);
+    header(
+        &mut out,
+        "mailroom_cluster_connected",
+        "gauge",
+        "1 while this node is connected to NATS",
+    );
+    let _ = writeln!(
+        out,
+        "mailroom_cluster_connected{{node=\"{}\"}} {}",
+        c.node,
+        u8::from(c.connected)
+    );
+    header(
+        &mut out,
+        "mailroom_cluster_running",
+        "gauge",
+        "Messages running on this node",
+    );
+    let _ = writeln!(
+        out,
+        "mailroom_cluster_running{{node=\"{}\"}} {}",
+        c.node, c.running_here
+    );
+    type Of = fn(&mailroom_actors::cluster::ClusterRouteStats) -> u64;
+    let gauges: [(&str, &str, Of); 3] = [
+        (
+            "mailroom_cluster_pending",
+            "Messages in the cluster's stream not yet delivered, per kind",
+            |r| r.pending,
+        ),
+        (
+            "mailroom_cluster_ack_pending",
+            "Messages delivered and not yet acknowledged (running, delayed, waiting to retry), per kind",
+            |r| r.ack_pending,
+        ),
+        (
+            "mailroom_cluster_redelivered",
+            "Messages delivered more than once now outstanding, per kind",
+            |r| r.redelivered,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        header(&mut out, name, "gauge", help);
+        for r in &c.routes {
+            let _ = writeln!(out, "{name}{{kind=\"{}\"}} {}", r.kind, value(r));
+        }
+    }
+    header(
+        &mut out,
+        "mailroom_cluster_accepted_total",
+        "counter",
+        "Messages this node admitted into the cluster, per kind",
+    );
+    for r in &c.routes {
+        let _ = writeln!(
+            out,
+            "mailroom_cluster_accepted_total{{kind=\"{}\",node=\"{}\"}} {}",
+            r.kind, c.node, r.accepted_here
+        );
+    }
+    header(
+        &mut out,
+        "mailroom_cluster_finished_total",
+        "counter",
+        "Terminal states this node wrote, per kind and status",
+    );
+    for r in &c.routes {
+        let mut statuses: Vec<_> = r.finished_here.iter().collect();
+        statuses.sort();
+        for (status, n) in statuses {
+            let _ = writeln!(
+                out,
+                "mailroom_cluster_finished_total{{kind=\"{}\",node=\"{}\",status=\"{status}\"}} {n}",
+                r.kind, c.node
+            );
+        }
+    }
+    out
 }
 
 /// Renders the snapshot.

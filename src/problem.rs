@@ -5,7 +5,7 @@
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
-use mailroom_actors::{CancelError, Rejected, ReplayError};
+use mailroom_actors::{CancelError, ClusterError, Rejected, ReplayError, StorageError};
 use serde::Serialize;
 
 /// A problem+json body.
@@ -184,7 +184,24 @@ impl From<Rejected> for ApiError {
                 detail: "the server is shutting down and accepts no new messages".into(),
                 retry_after: 5,
             },
+            // A cluster node that cannot reach NATS: the client should come back shortly.
+            Rejected::Storage {
+                error: StorageError::Unavailable(_),
+                ..
+            } => ApiError::Unavailable {
+                detail,
+                retry_after: 1,
+            },
             Rejected::Storage { .. } => ApiError::Storage(detail),
+        }
+    }
+}
+
+impl From<ClusterError> for ApiError {
+    fn from(e: ClusterError) -> ApiError {
+        ApiError::Unavailable {
+            detail: e.to_string(),
+            retry_after: 1,
         }
     }
 }

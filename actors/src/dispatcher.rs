@@ -746,6 +746,34 @@ impl Dispatcher {
         Some(self.core.check(route, msg))
     }
 
+    /// Checks `msg` as admission would (a route, a route that is not degraded, timing fields,
+    /// key, payload) without admitting it: hands it back with its route's index, or the
+    /// rejection (counted in the route's figures).
+    #[cfg(feature = "cluster")]
+    pub(crate) fn admissible(&self, msg: Message) -> Result<(Message, usize), Rejected> {
+        let core = &self.core;
+        let Some(&index) = core.ledger.by_kind.get(&*msg.kind) else {
+            core.rejected_no_route.fetch_add(1, Relaxed);
+            return Err(Rejected::NoRoute(Box::new(msg)));
+        };
+        let route = &core.ledger.routes[index];
+        if let Some(left) = route.degraded_for(core.epoch.elapsed()) {
+            route.stats.rejected(RejectReason::Degraded);
+            return Err(Rejected::Degraded {
+                message: Box::new(msg),
+                retry_after_ms: left.as_millis() as u64,
+            });
+        }
+        if let Err(reason) = core.check(route, &msg) {
+            route.stats.rejected(RejectReason::Invalid);
+            return Err(Rejected::Invalid {
+                message: Box::new(msg),
+                reason,
+            });
+        }
+        Ok((msg, index))
+    }
+
     /// Whether the dispatcher has stopped accepting (shutdown has begun).
     pub fn is_draining(&self) -> bool {
         self.core.drain.draining.load(Relaxed)
@@ -879,6 +907,30 @@ impl DispatcherBuilder {
     /// [`Journal`](crate::storage::Journal), `build` first recovers what it holds.
     pub fn storage(mut self, storage: Arc<dyn Storage>) -> Self {
         self.storage = Some(storage);
+        self
+    }
+
+    /// The settings it builds with.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Each route's retries and backoff, by kind.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn retries(&self) -> HashMap<String, (u32, Duration)> {
+        self.routes
+            .iter()
+            .map(|(k, r)| (k.clone(), (r.retries, r.backoff)))
+            .collect()
+    }
+
+    /// Every route runs each message once (a cluster node: JetStream redelivers for retries).
+    #[cfg(feature = "cluster")]
+    pub(crate) fn one_attempt_per_run(mut self) -> Self {
+        for (_, r) in &mut self.routes {
+            r.retries = 0;
+        }
         self
     }
 

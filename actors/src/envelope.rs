@@ -258,6 +258,15 @@ impl Message {
         self
     }
 
+    /// The status it has once accepted: `delayed` with a delay, else `queued`.
+    pub fn delayed_status(&self) -> Status {
+        if self.delay.is_some() {
+            Status::Delayed
+        } else {
+            Status::Queued
+        }
+    }
+
     /// The kind, as submitted.
     pub fn kind(&self) -> &str {
         &self.kind

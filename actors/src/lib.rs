@@ -24,6 +24,8 @@
 //!   ledger snapshot; `settings` — plain settings structs (the library reads no files).
 
 mod alarm;
+#[cfg(feature = "cluster")]
+pub mod cluster;
 mod dead_letters;
 mod dispatcher;
 mod envelope;
@@ -41,6 +43,8 @@ pub mod storage;
 mod store;
 mod supervision;
 
+#[cfg(feature = "cluster")]
+pub use cluster::{Cluster, ClusterError, ClusterSettings, ClusterStats};
 pub use dead_letters::DeadLetter;
 pub use dispatcher::{Dispatcher, DispatcherBuilder, ShutdownReport, Submitter};
 pub use envelope::{

@@ -146,6 +146,10 @@ pub enum StorageError {
     /// backlog shrinks below its bound.
     #[error("the journal is {0} bytes behind; try again shortly")]
     Backlog(u64),
+    /// The storage is on another machine (a cluster's NATS server) that cannot be reached
+    /// now; nothing was written.
+    #[error("storage unreachable: {0}")]
+    Unavailable(String),
     /// Another process has the journal open.
     #[error("the journal in {0} is in use by another process (its LOCK file is locked)")]
     InUse(PathBuf),

@@ -1,0 +1,1281 @@
+//! The cluster: several Mailroom nodes sharing the work through NATS JetStream (feature
+//! `cluster`). The embedded journal stays the storage of a single node; a cluster node keeps
+//! nothing of its own on disk.
+//!
+//! What lives where (names start with the cluster's `name`, `P` below):
+//! - `P_work`, a work-queue stream on file storage, subject `P.work.<kind>`: one message per
+//!   accepted message, its body the [`Record::Accepted`] a journal would hold, its JetStream
+//!   message id the message's id (so a publish retried by the client is stored once). Admission
+//!   answers only after JetStream has acknowledged the publish.
+//! - one durable pull consumer per route, `P_<kind>`: every node pulls from it, at most the
+//!   route's concurrency at a time per node; the consumer's `max_ack_pending` is the route's
+//!   capacity over the whole cluster.
+//! - `P_messages`, a key-value bucket: each message's [`Outcome`] by id. Every change of state
+//!   is a compare-and-set on the entry's revision, so a message that is cancelled on one node
+//!   and started on another ends one way only, and a redelivered message that already finished
+//!   is acknowledged without running again.
+//! - `P_keys` (idempotency keys, `kind.key` to id) and `P_dead` (dead letters by id).
+//!
+//! A pulled message runs on this node's own [`Dispatcher`] (routers, supervised workers, the
+//! CPU pool, all in memory): the cluster only decides when and where. One delivery is one
+//! attempt; a failed attempt with retries left is handed back to JetStream (`nak`) with the
+//! route's backoff; a delayed message is handed back until its due time. While an attempt runs
+//! the node tells JetStream it is making progress; a node that dies stops doing so and the
+//! message is delivered to another node after `ack_wait`.
+//!
+//! Failure: while NATS cannot be reached, admission refuses with
+//! [`StorageError::Unavailable`] (nothing is kept of a refused message), reads fail with
+//! [`ClusterError::Unreachable`], and the client reconnects by itself. A terminal state that
+//! cannot be written is retried; if the node dies first, the message is delivered again and
+//! runs again (at least once).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer, kv, stream, AckKind};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{oneshot, Semaphore};
+
+use crate::dead_letters::DeadLetter;
+use crate::dispatcher::{Dispatcher, DispatcherBuilder, ShutdownReport};
+use crate::envelope::{unix_ms, ErrorClass, ErrorInfo, Kind, Message, MessageId, Outcome, Status};
+use crate::error::{BuildError, CancelError, Rejected, ReplayError};
+use crate::processor::Pool;
+use crate::route::RouteInfo;
+use crate::storage::{Accepted, Record, StorageError};
+
+/// Where the cluster's NATS server is and what this node is called (`[cluster]` in the
+/// service's configuration).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterSettings {
+    /// The NATS server, e.g. `nats://127.0.0.1:4222`.
+    pub nats_url: String,
+    /// Prefix of every stream, consumer and bucket: nodes with the same name share the work.
+    pub name: String,
+    /// This node's name, as shown in a message's outcome and in logs.
+    pub node: String,
+    /// How long JetStream waits for a delivered message's acknowledgement (or a sign of
+    /// progress, sent every third of it while an attempt runs) before delivering it to another
+    /// node: the time from a node's death to its messages running elsewhere.
+    pub ack_wait: Duration,
+}
+
+/// What a cluster node could not do.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClusterError {
+    /// The NATS server could not be reached at start-up.
+    #[error("cannot connect to NATS at {url}: {reason}")]
+    Connect {
+        /// The URL tried.
+        url: String,
+        /// What the client said.
+        reason: String,
+    },
+    /// A stream, consumer or bucket could not be created, or exists with settings that do not
+    /// fit (e.g. a stream of the same name that is not a work queue).
+    #[error("NATS JetStream set-up: {0}")]
+    Setup(String),
+    /// NATS is unreachable now (the node reconnects by itself).
+    #[error("NATS is unreachable: {0}")]
+    Unreachable(String),
+    /// The local dispatcher could not be built.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+}
+
+fn unreachable(e: impl std::fmt::Display) -> ClusterError {
+    ClusterError::Unreachable(e.to_string())
+}
+
+/// A message's entry in the `P_messages` bucket.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Entry {
+    outcome: Outcome,
+    /// The node that ran (or runs) its last attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    node: Option<String>,
+    /// When its last attempt started, Unix milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    started_ms: Option<u64>,
+    /// The error of each failed or lost attempt, for the dead letter.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    errors: Vec<ErrorInfo>,
+    /// Attempts that ended with an error (what the route's retries count).
+    #[serde(default)]
+    failures: u32,
+    /// Attempts whose node stopped before it reported (run again, up to [`MAX_LOST_RUNS`]).
+    #[serde(default)]
+    lost: u32,
+}
+
+/// How many times a message is run again because the node running it died, on top of its
+/// retries: a message that kills every node that runs it ends after this many.
+pub const MAX_LOST_RUNS: u32 = 2;
+
+impl Entry {
+    fn encode(&self) -> Bytes {
+        serde_json::to_vec(self)
+            .expect("an entry always serializes")
+            .into()
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Entry> {
+        serde_json::from_slice(bytes).ok()
+    }
+
+    /// The outcome as a reader sees it now (timings of an unfinished message run to now).
+    fn current(mut self) -> Outcome {
+        if !self.outcome.status.is_terminal() {
+            let now = unix_ms();
+            let accepted = self.outcome.accepted_at_ms;
+            self.outcome.timings.total_ms = now.saturating_sub(accepted) as f64;
+            self.outcome.timings.queued_ms =
+                self.started_ms.unwrap_or(now).saturating_sub(accepted) as f64;
+        }
+        self.outcome
+    }
+}
+
+/// A route as the cluster runs it: its settings, its subject and its consumer.
+struct ClusterRoute {
+    kind: Kind,
+    subject: String,
+    consumer: String,
+    retries: u32,
+    backoff: Duration,
+    capacity: u64,
+    /// How many of its messages this node runs at once.
+    slots: usize,
+    /// This node's count of messages it accepted, and of terminal states it wrote.
+    accepted: AtomicU64,
+    finished: [AtomicU64; Status::ALL.len()],
+    redelivered: AtomicU64,
+}
+
+/// The JetStream figures of one route, over the whole cluster.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ClusterRouteStats {
+    /// The route's kind.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub kind: Kind,
+    /// Messages in the stream not yet delivered (queued cluster-wide).
+    pub pending: u64,
+    /// Messages delivered and not yet acknowledged: running, delayed, or waiting for a retry.
+    pub ack_pending: u64,
+    /// Messages delivered more than once (retries, delays, and redeliveries after a node died).
+    pub redelivered: u64,
+    /// Messages this node accepted.
+    pub accepted_here: u64,
+    /// Terminal states this node wrote, by status.
+    pub finished_here: std::collections::BTreeMap<String, u64>,
+}
+
+/// This node's view of the cluster.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ClusterStats {
+    /// This node's name.
+    pub node: String,
+    /// The cluster's name (prefix of its streams, consumers and buckets).
+    pub name: String,
+    /// Whether the node is connected to NATS now.
+    pub connected: bool,
+    /// Messages running on this node now.
+    pub running_here: u64,
+    /// Per route; empty while NATS cannot be reached.
+    pub routes: Vec<ClusterRouteStats>,
+}
+
+struct Inner {
+    settings: ClusterSettings,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    stream: String,
+    messages: kv::Store,
+    keys: kv::Store,
+    dead: kv::Store,
+    routes: Vec<ClusterRoute>,
+    by_kind: HashMap<&'static str, usize>,
+    local: Dispatcher,
+    waiters: Mutex<HashMap<MessageId, Vec<oneshot::Sender<Outcome>>>>,
+    draining: AtomicBool,
+    running: AtomicU64,
+    /// The messages running here now (what a shutdown leaves to other nodes).
+    running_ids: Mutex<std::collections::HashSet<MessageId>>,
+    tasks: Mutex<Vec<actix_rt::task::JoinHandle<()>>>,
+}
+
+/// A node of a Mailroom cluster: admits messages into JetStream and runs its share of them.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Cluster(Arc<Inner>);
+
+/// Names of what a cluster called `name` with these routes uses on the NATS server: the
+/// stream, the consumers and the buckets (for `check-config`).
+pub fn resources(name: &str, kinds: &[&str]) -> Vec<String> {
+    let mut out = vec![format!(
+        "stream {name}_work (work queue, file storage, subjects {name}.work.>)"
+    )];
+    for k in kinds {
+        out.push(format!(
+            "consumer {} on {}",
+            consumer_name(name, k),
+            subject(name, k)
+        ));
+    }
+    for b in ["messages", "keys", "dead"] {
+        out.push(format!("key-value bucket {name}_{b}"));
+    }
+    out
+}
+
+/// A kind as a subject token or a consumer name: `.` (which JetStream gives a meaning) becomes
+/// `~` (which no kind contains).
+fn token(kind: &str) -> String {
+    kind.replace('.', "~")
+}
+
+fn subject(name: &str, kind: &str) -> String {
+    format!("{name}.work.{}", token(kind))
+}
+
+fn consumer_name(name: &str, kind: &str) -> String {
+    format!("{name}_{}", token(kind))
+}
+
+/// An idempotency key as a bucket key: the kind, then the key's bytes in hex (a user's key
+/// may hold anything; bucket keys may not).
+fn key_name(kind: Kind, key: &str) -> String {
+    let mut out = String::with_capacity(kind.as_str().len() + 1 + key.len() * 2);
+    out.push_str(&token(kind.as_str()));
+    out.push('.');
+    for b in key.bytes() {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+impl Cluster {
+    /// Connects to NATS, creates the streams, consumers and buckets that are missing (and checks
+    /// those that exist), builds this node's dispatcher from `builder` (its routes run one
+    /// attempt per delivery: retries are JetStream's), and starts pulling. Must run inside an
+    /// actix `System`.
+    pub async fn join(
+        settings: ClusterSettings,
+        builder: DispatcherBuilder,
+    ) -> Result<Cluster, ClusterError> {
+        let name = settings.name.clone();
+        let retries = builder.retries();
+        let builder = builder.one_attempt_per_run();
+        let result_ttl = builder.settings().result_ttl;
+        let max_delay = builder.settings().max_delay;
+        let cpu_threads = builder.settings().cpu.resolved_threads();
+        let local = builder.build()?;
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("mailroom {}", settings.node))
+            .connection_timeout(Duration::from_secs(5))
+            .max_reconnects(None)
+            .reconnect_delay_callback(|n| Duration::from_millis((n as u64 * 100).min(1000)))
+            .connect(&settings.nats_url)
+            .await
+            .map_err(|e| ClusterError::Connect {
+                url: settings.nats_url.clone(),
+                reason: e.to_string(),
+            })?;
+        let js = jetstream::new(client.clone());
+        let infos = local.routes();
+        let stream_name = format!("{name}_work");
+        ensure_stream(&js, &stream_name, &name).await?;
+        let mut routes = Vec::with_capacity(infos.len());
+        let mut by_kind = HashMap::new();
+        for (i, info) in infos.iter().enumerate() {
+            let (retries, backoff) = retries
+                .get(info.kind.as_str())
+                .copied()
+                .unwrap_or((0, Duration::ZERO));
+            let slots = match info.pool {
+                Pool::Cpu => info.concurrency.min(cpu_threads * 4).max(1),
+                Pool::Io => info.concurrency,
+            };
+            let route = ClusterRoute {
+                kind: info.kind,
+                subject: subject(&name, info.kind.as_str()),
+                consumer: consumer_name(&name, info.kind.as_str()),
+                retries,
+                backoff,
+                capacity: info.capacity,
+                slots,
+                accepted: AtomicU64::new(0),
+                finished: Default::default(),
+                redelivered: AtomicU64::new(0),
+            };
+            ensure_consumer(&js, &stream_name, &route, settings.ack_wait).await?;
+            by_kind.insert(info.kind.as_str(), i);
+            routes.push(route);
+        }
+        // Outcomes are kept for the result TTL after a message ends; an entry is written again
+        // at each change, so a delayed message's entry must outlive its delay too.
+        let keep = result_ttl + max_delay + Duration::from_secs(3600);
+        let messages = ensure_bucket(&js, &format!("{name}_messages"), keep).await?;
+        let keys = ensure_bucket(&js, &format!("{name}_keys"), keep).await?;
+        let dead = ensure_bucket(&js, &format!("{name}_dead"), Duration::ZERO).await?;
+        let cluster = Cluster(Arc::new(Inner {
+            settings,
+            client,
+            js,
+            stream: stream_name,
+            messages,
+            keys,
+            dead,
+            routes,
+            by_kind,
+            local,
+            waiters: Mutex::new(HashMap::new()),
+            draining: AtomicBool::new(false),
+            running: AtomicU64::new(0),
+            running_ids: Mutex::new(Default::default()),
+            tasks: Mutex::new(Vec::new()),
+        }));
+        cluster.start().await?;
+        tracing::info!(
+            node = %cluster.0.settings.node,
+            cluster = %name,
+            url = %cluster.0.settings.nats_url,
+            routes = cluster.0.routes.len(),
+            "joined the cluster"
+        );
+        Ok(cluster)
+    }
+
+    /// Starts the watcher of finished messages and one puller per route.
+    async fn start(&self) -> Result<(), ClusterError> {
+        let subject = format!("$KV.{}_messages.>", self.0.settings.name);
+        let mut updates = self
+            .0
+            .client
+            .subscribe(subject)
+            .await
+            .map_err(|e| ClusterError::Setup(e.to_string()))?;
+        let inner = self.0.clone();
+        let watcher = actix_rt::spawn(async move {
+            while let Some(m) = updates.next().await {
+                let Some(entry) = Entry::decode(&m.payload) else {
+                    continue;
+                };
+                if entry.outcome.status.is_terminal() {
+                    inner.wake(entry.outcome);
+                }
+            }
+        });
+        let mut tasks = self.0.tasks.lock();
+        tasks.push(watcher);
+        for i in 0..self.0.routes.len() {
+            tasks.push(actix_rt::spawn(pull(self.0.clone(), i)));
+        }
+        Ok(())
+    }
+
+    /// This node's dispatcher (its routes' figures, its processors).
+    pub fn dispatcher(&self) -> &Dispatcher {
+        &self.0.local
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.0.settings.node
+    }
+
+    /// Whether the node is connected to NATS now.
+    pub fn is_connected(&self) -> bool {
+        self.0.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Admits a message: checks it as a single node would, remembers its idempotency key,
+    /// writes its entry, and publishes it to the work stream; returns once JetStream has
+    /// acknowledged the publish (an `Ok` survives the death of this node). With a key that is
+    /// already known, returns the earlier message's id.
+    pub async fn accept(&self, msg: Message) -> Result<MessageId, Rejected> {
+        let inner = &self.0;
+        if inner.draining.load(Relaxed) {
+            return Err(Rejected::ShuttingDown(Box::new(msg)));
+        }
+        let (msg, _) = inner.local.admissible(msg)?;
+        let kind = Kind::new(msg.kind()).expect("admissible kinds are routed");
+        let route = &inner.routes[inner.by_kind[kind.as_str()]];
+        if !self.is_connected() {
+            return Err(refused(msg, "NATS is unreachable"));
+        }
+        let id = MessageId::next();
+        let key = msg.key.as_ref().map(|k| key_name(kind, k));
+        if let Some(k) = &key {
+            match inner.keys.create(k, id.to_string().into()).await {
+                Ok(_) => {}
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                    match inner.keys.get(k).await {
+                        Ok(Some(v)) => {
+                            if let Some(first) = std::str::from_utf8(&v)
+                                .ok()
+                                .and_then(|s| s.parse::<MessageId>().ok())
+                            {
+                                return Ok(first);
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(e) => return Err(refused(msg, e)),
+                    }
+                    return Err(refused(msg, "the idempotency key changed meanwhile"));
+                }
+                Err(e) => return Err(refused(msg, e)),
+            }
+        }
+        let now = unix_ms();
+        let due_ms = msg.delay.map(|d| now + d.as_millis() as u64);
+        let entry = Entry {
+            outcome: Outcome {
+                id,
+                kind,
+                status: if due_ms.is_some() {
+                    Status::Delayed
+                } else {
+                    Status::Queued
+                },
+                result: None,
+                error: None,
+                attempts: 0,
+                source: msg.source,
+                accepted_at_ms: id.timestamp_ms(),
+                timings: Default::default(),
+                replay_of: msg.replay_of,
+            },
+            node: None,
+            started_ms: None,
+            errors: Vec::new(),
+            failures: 0,
+            lost: 0,
+        };
+        let record = Record::Accepted(Accepted {
+            id,
+            kind,
+            payload: msg.payload.clone(),
+            source: msg.source,
+            key: msg.key.clone(),
+            due_ms,
+            timeout_ms: msg.timeout.map(|t| t.as_millis() as u64),
+            replay_of: msg.replay_of,
+            attempts: 0,
+        });
+        let written = async {
+            inner
+                .messages
+                .put(id.to_string(), entry.encode())
+                .await
+                .map_err(|e| e.to_string())?;
+            let publish = jetstream::message::PublishMessage::build()
+                .payload(record.encode().into())
+                .message_id(id.to_string());
+            let ack = inner
+                .js
+                .send_publish(route.subject.clone(), publish)
+                .await
+                .map_err(|e| e.to_string())?;
+            ack.await.map_err(|e| e.to_string())
+        }
+        .await;
+        match written {
+            Ok(_) => {
+                route.accepted.fetch_add(1, Relaxed);
+                Ok(id)
+            }
+            Err(e) => {
+                // Nothing of a refused message is kept (best effort: NATS may be gone).
+                let _ = inner.messages.purge(id.to_string()).await;
+                if let Some(k) = &key {
+                    let _ = inner.keys.purge(k).await;
+                }
+                Err(refused(msg, e))
+            }
+        }
+    }
+
+    /// The message's current state; `Ok(None)` if unknown (never accepted, or expired).
+    pub async fn status(&self, id: MessageId) -> Result<Option<Outcome>, ClusterError> {
+        Ok(self.entry(id).await?.map(|(e, _)| e.current()))
+    }
+
+    /// Waits up to `max` for the message to finish and returns its state at that point;
+    /// `Ok(None)` if unknown.
+    pub async fn wait(
+        &self,
+        id: MessageId,
+        max: Duration,
+    ) -> Result<Option<Outcome>, ClusterError> {
+        let (tx, rx) = oneshot::channel();
+        self.0.waiters.lock().entry(id).or_default().push(tx);
+        let now = self.status(id).await;
+        let now = match now {
+            Ok(Some(o)) if !o.status.is_terminal() && !max.is_zero() => o,
+            other => {
+                self.0.forget_waiter(id);
+                return other;
+            }
+        };
+        let got = actix_rt::time::timeout(max, rx).await;
+        self.0.forget_waiter(id);
+        match got {
+            Ok(Ok(outcome)) => Ok(Some(outcome)),
+            _ => Ok(self.status(id).await?.or(Some(now))),
+        }
+    }
+
+    /// [`Cluster::accept`], then [`Cluster::wait`] up to `max` (`?wait=true`).
+    pub async fn send_timeout(&self, msg: Message, max: Duration) -> Result<Outcome, Rejected> {
+        let kind = msg.kind.clone();
+        let id = self.accept(msg).await?;
+        match self.wait(id, max).await {
+            Ok(Some(o)) => Ok(o),
+            // Accepted, but its state cannot be read now: it is queued as far as we know.
+            _ => Ok(Outcome {
+                id,
+                kind: Kind::new(&kind).expect("accepted kinds are valid"),
+                status: Status::Queued,
+                result: None,
+                error: None,
+                attempts: 0,
+                source: crate::Source::Http,
+                accepted_at_ms: id.timestamp_ms(),
+                timings: Default::default(),
+                replay_of: None,
+            }),
+        }
+    }
+
+    /// Cancels a queued or delayed message, whichever node accepted it.
+    pub async fn cancel(
+        &self,
+        id: MessageId,
+    ) -> Result<Result<Outcome, CancelError>, ClusterError> {
+        loop {
+            let Some((entry, revision)) = self.entry(id).await? else {
+                return Ok(Err(CancelError::Unknown(id)));
+            };
+            let status = entry.outcome.status;
+            if !matches!(status, Status::Queued | Status::Delayed) {
+                return Ok(Err(CancelError::TooLate { id, status }));
+            }
+            let mut done = entry;
+            done.outcome.status = Status::Cancelled;
+            done.outcome.error = Some(ErrorInfo::new(
+                ErrorClass::Cancelled,
+                "cancelled before it ran",
+            ));
+            let now = unix_ms();
+            let waited = now.saturating_sub(done.outcome.accepted_at_ms) as f64;
+            done.outcome.timings.queued_ms = waited;
+            done.outcome.timings.total_ms = waited;
+            match self
+                .0
+                .messages
+                .update(id.to_string(), done.encode(), revision)
+                .await
+            {
+                Ok(_) => {
+                    // Counted against the route of the node that wrote it.
+                    if let Some(r) = self.0.route(done.outcome.kind) {
+                        r.finished[status_index(Status::Cancelled)].fetch_add(1, Relaxed);
+                    }
+                    return Ok(Ok(done.outcome));
+                }
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(e) => return Err(unreachable(e)),
+            }
+        }
+    }
+
+    /// Up to `limit` dead letters of the whole cluster, oldest first, after the id `after`.
+    pub async fn dead_letters(
+        &self,
+        after: Option<MessageId>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, ClusterError> {
+        let mut keys: Vec<String> = self
+            .0
+            .dead
+            .keys()
+            .await
+            .map_err(unreachable)?
+            .filter_map(|k| async move { k.ok() })
+            .collect()
+            .await;
+        keys.sort();
+        let after = after.map(|a| a.to_string());
+        let page = keys
+            .into_iter()
+            .filter(|k| after.as_ref().is_none_or(|a| k > a))
+            .take(limit);
+        let reads = page.map(|k| async move { self.0.dead.get(k).await });
+        let mut out = Vec::new();
+        for got in futures_util::future::join_all(reads).await {
+            if let Some(dl) = got
+                .map_err(unreachable)?
+                .and_then(|v| serde_json::from_slice::<DeadLetter>(&v).ok())
+            {
+                out.push(dl);
+            }
+        }
+        Ok(out)
+    }
+
+    /// One dead letter, whole.
+    pub async fn dead_letter(&self, id: MessageId) -> Result<Option<DeadLetter>, ClusterError> {
+        let got = self.0.dead.get(id.to_string()).await.map_err(unreachable)?;
+        Ok(got.and_then(|v| serde_json::from_slice(&v).ok()))
+    }
+
+    /// Replays a dead letter as a new message and removes it from the dead letters (taken
+    /// first, so two nodes cannot replay it twice; put back if the replay is refused).
+    pub async fn replay(
+        &self,
+        id: MessageId,
+    ) -> Result<Result<MessageId, ReplayError>, ClusterError> {
+        let key = id.to_string();
+        let Some(entry) = self.0.dead.entry(key.clone()).await.map_err(unreachable)? else {
+            return Ok(Err(ReplayError::Unknown(id)));
+        };
+        let Ok(dl) = serde_json::from_slice::<DeadLetter>(&entry.value) else {
+            return Ok(Err(ReplayError::Unknown(id)));
+        };
+        match self
+            .0
+            .dead
+            .delete_expect_revision(&key, Some(entry.revision))
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if e.kind() == kv::DeleteErrorKind::WrongLastRevision => {
+                return Ok(Err(ReplayError::Unknown(id)));
+            }
+            Err(e) => return Err(unreachable(e)),
+        }
+        let mut msg =
+            Message::new(dl.kind.as_str(), dl.payload.clone()).source(crate::Source::Replay);
+        msg.replay_of = Some(dl.id);
+        match self.accept(msg).await {
+            Ok(new) => {
+                tracing::info!(id = %new, replay_of = %dl.id, kind = %dl.kind, "dead letter replayed");
+                Ok(Ok(new))
+            }
+            Err(r) => {
+                let _ = self.0.dead.put(&key, entry.value).await;
+                Ok(Err(ReplayError::Rejected(r)))
+            }
+        }
+    }
+
+    /// The routing table: this node's figures, with retries and backoff as the cluster applies
+    /// them.
+    pub fn routes(&self) -> Vec<RouteInfo> {
+        let mut infos = self.0.local.routes();
+        for info in &mut infos {
+            if let Some(r) = self.0.route(info.kind) {
+                info.retries = r.retries;
+                info.backoff_ms = r.backoff.as_millis() as u64;
+            }
+        }
+        infos
+    }
+
+    /// The cluster's figures per route (from JetStream) and this node's.
+    pub async fn stats(&self) -> ClusterStats {
+        let inner = &self.0;
+        let mut routes = Vec::new();
+        if self.is_connected() {
+            for r in &inner.routes {
+                let info = async {
+                    let stream = inner.js.get_stream(&inner.stream).await.ok()?;
+                    let mut c: consumer::PullConsumer =
+                        stream.get_consumer(&r.consumer).await.ok()?;
+                    c.info().await.ok().cloned()
+                };
+                let Ok(Some(info)) = actix_rt::time::timeout(Duration::from_secs(2), info).await
+                else {
+                    continue;
+                };
+                routes.push(ClusterRouteStats {
+                    kind: r.kind,
+                    pending: info.num_pending,
+                    ack_pending: info.num_ack_pending as u64,
+                    redelivered: info.num_redelivered as u64,
+                    accepted_here: r.accepted.load(Relaxed),
+                    finished_here: Status::ALL
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, s)| s.is_terminal())
+                        .map(|(i, s)| (s.as_str().to_owned(), r.finished[i].load(Relaxed)))
+                        .collect(),
+                });
+            }
+        }
+        ClusterStats {
+            node: inner.settings.node.clone(),
+            name: inner.settings.name.clone(),
+            connected: self.is_connected(),
+            running_here: inner.running.load(Relaxed),
+            routes,
+        }
+    }
+
+    /// Whether the node has begun to shut down.
+    pub fn is_draining(&self) -> bool {
+        self.0.draining.load(Relaxed)
+    }
+
+    /// Stops taking work, lets the attempts running here finish within `deadline`, then stops
+    /// this node's dispatcher. Nothing is cancelled: what did not finish here stays in the
+    /// stream (unacknowledged) and runs on another node, or on this one after a restart.
+    pub async fn shutdown(&self, deadline: Duration) -> ShutdownReport {
+        let started = Instant::now();
+        self.0.draining.store(true, Relaxed);
+        for t in self.0.tasks.lock().drain(..) {
+            t.abort();
+        }
+        while self.0.running.load(Relaxed) > 0 && started.elapsed() < deadline {
+            actix_rt::time::sleep(Duration::from_millis(20)).await;
+        }
+        let kept: Vec<MessageId> = self.0.running_ids.lock().iter().copied().collect();
+        let local = self.0.local.shutdown(Duration::ZERO).await;
+        let _ = self.0.client.flush().await;
+        ShutdownReport {
+            drained: local.drained,
+            unfinished: Vec::new(),
+            kept,
+            elapsed: started.elapsed(),
+        }
+    }
+
+    async fn entry(&self, id: MessageId) -> Result<Option<(Entry, u64)>, ClusterError> {
+        let got = self
+            .0
+            .messages
+            .entry(id.to_string())
+            .await
+            .map_err(unreachable)?;
+        Ok(got.and_then(|e| {
+            (e.operation == kv::Operation::Put)
+                .then(|| Entry::decode(&e.value).map(|v| (v, e.revision)))
+                .flatten()
+        }))
+    }
+}
+
+fn refused(msg: Message, why: impl std::fmt::Display) -> Rejected {
+    Rejected::Storage {
+        message: Box::new(msg),
+        error: StorageError::Unavailable(why.to_string()),
+    }
+}
+
+fn status_index(s: Status) -> usize {
+    Status::ALL.iter().position(|x| *x == s).unwrap_or(0)
+}
+
+impl Inner {
+    fn route(&self, kind: Kind) -> Option<&ClusterRoute> {
+        self.by_kind.get(kind.as_str()).map(|&i| &self.routes[i])
+    }
+
+    fn wake(&self, outcome: Outcome) {
+        let Some(waiters) = self.waiters.lock().remove(&outcome.id) else {
+            return;
+        };
+        for w in waiters {
+            let _ = w.send(outcome.clone());
+        }
+    }
+
+    /// Drops the closed waiters of `id` (a caller that gave up).
+    fn forget_waiter(&self, id: MessageId) {
+        let mut w = self.waiters.lock();
+        if let Some(list) = w.get_mut(&id) {
+            list.retain(|tx| !tx.is_closed());
+            if list.is_empty() {
+                w.remove(&id);
+            }
+        }
+    }
+}
+
+async fn ensure_stream(
+    js: &jetstream::Context,
+    stream: &str,
+    name: &str,
+) -> Result<(), ClusterError> {
+    let config = stream::Config {
+        name: stream.to_owned(),
+        subjects: vec![format!("{name}.work.>")],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    };
+    match js.get_stream(stream).await {
+        Ok(mut s) => {
+            let info = s
+                .info()
+                .await
+                .map_err(|e| ClusterError::Setup(e.to_string()))?;
+            if info.config.retention != stream::RetentionPolicy::WorkQueue {
+                return Err(ClusterError::Setup(format!(
+                    "stream {stream} exists but is not a work queue; remove it or choose another \
+                     cluster name"
+                )));
+            }
+            if info.config.subjects != config.subjects {
+                return Err(ClusterError::Setup(format!(
+                    "stream {stream} exists with subjects {:?}, expected {:?}",
+                    info.config.subjects, config.subjects
+                )));
+            }
+            Ok(())
+        }
+        Err(_) => js
+            .create_stream(config)
+            .await
+            .map(drop)
+            .map_err(|e| ClusterError::Setup(format!("cannot create stream {stream}: {e}"))),
+    }
+}
+
+async fn ensure_consumer(
+    js: &jetstream::Context,
+    stream: &str,
+    route: &ClusterRoute,
+    ack_wait: Duration,
+) -> Result<(), ClusterError> {
+    let s = js
+        .get_stream(stream)
+        .await
+        .map_err(|e| ClusterError::Setup(e.to_string()))?;
+    // Created, or updated to these settings if it exists (a deploy that changed a route).
+    s.create_consumer(consumer::pull::Config {
+        durable_name: Some(route.consumer.clone()),
+        filter_subject: route.subject.clone(),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait,
+        max_deliver: -1,
+        max_ack_pending: route.capacity.min(i64::MAX as u64) as i64,
+        ..Default::default()
+    })
+    .await
+    .map(drop)
+    .map_err(|e| ClusterError::Setup(format!("consumer {}: {e}", route.consumer)))
+}
+
+async fn ensure_bucket(
+    js: &jetstream::Context,
+    bucket: &str,
+    max_age: Duration,
+) -> Result<kv::Store, ClusterError> {
+    if let Ok(store) = js.get_key_value(bucket).await {
+        return Ok(store);
+    }
+    js.create_key_value(kv::Config {
+        bucket: bucket.to_owned(),
+        history: 1,
+        max_age,
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| ClusterError::Setup(format!("cannot create bucket {bucket}: {e}")))
+}
+
+/// Pulls route `i`'s messages for as long as the node runs: asks for as many as it has free
+/// slots, so nothing waits here that another node could run.
+async fn pull(inner: Arc<Inner>, i: usize) {
+    let route = &inner.routes[i];
+    let slots = Arc::new(Semaphore::new(route.slots));
+    loop {
+        let consumer: Result<consumer::PullConsumer, _> = async {
+            let s = inner
+                .js
+                .get_stream(&inner.stream)
+                .await
+                .map_err(|e| e.to_string())?;
+            s.get_consumer(&route.consumer)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        .await;
+        let consumer = match consumer {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(kind = %route.kind, error = %e, "cannot reach the route's consumer; trying again");
+                actix_rt::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        loop {
+            // Wait for one free slot, then ask for as many as are free.
+            let first = slots.clone().acquire_owned().await.expect("never closed");
+            let free = slots.available_permits() + 1;
+            let batch = consumer
+                .fetch()
+                .max_messages(free)
+                .expires(Duration::from_secs(2))
+                .messages()
+                .await;
+            let mut batch = match batch {
+                Ok(b) => b,
+                Err(e) => {
+                    drop(first);
+                    tracing::debug!(kind = %route.kind, error = %e, "fetch failed; trying again");
+                    actix_rt::time::sleep(Duration::from_millis(500)).await;
+                    break;
+                }
+            };
+            let mut first = Some(first);
+            let mut failed = false;
+            while let Some(m) = batch.next().await {
+                match m {
+                    Ok(m) => {
+                        let permit = match first.take() {
+                            Some(p) => p,
+                            None => slots.clone().acquire_owned().await.expect("never closed"),
+                        };
+                        let inner = inner.clone();
+                        actix_rt::spawn(async move {
+                            inner.running.fetch_add(1, Relaxed);
+                            handle(&inner, i, m).await;
+                            inner.running.fetch_sub(1, Relaxed);
+                            drop(permit);
+                        });
+                    }
+                    Err(e) => {
+                        tracing::debug!(kind = %route.kind, error = %e, "pull interrupted");
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            if failed {
+                actix_rt::time::sleep(Duration::from_millis(500)).await;
+                break;
+            }
+        }
+    }
+}
+
+/// What to do with a delivery once its entry is read.
+enum Claim {
+    /// Run it (the entry now says `running`, at this revision).
+    Run(Entry, u64),
+    /// Already dealt with (acknowledged or handed back).
+    Done,
+}
+
+/// One delivery of one message: claim it, run it on this node's dispatcher, write its outcome,
+/// and acknowledge it (or hand it back for a retry).
+async fn handle(inner: &Inner, i: usize, m: jetstream::Message) {
+    let route = &inner.routes[i];
+    let acc = match Record::decode(&m.payload) {
+        Ok(Record::Accepted(a)) => a,
+        _ => {
+            tracing::warn!(kind = %route.kind, "a message in the work stream is not an accepted message; dropped");
+            let _ = m.ack_with(AckKind::Term).await;
+            return;
+        }
+    };
+    if m.info().is_ok_and(|i| i.delivered > 1) {
+        route.redelivered.fetch_add(1, Relaxed);
+    }
+    let (entry, revision) = match claim(inner, route, &acc, &m).await {
+        Claim::Run(e, r) => (e, r),
+        Claim::Done => return,
+    };
+    inner.running_ids.lock().insert(acc.id);
+    run(inner, route, &acc, &m, entry, revision).await;
+    inner.running_ids.lock().remove(&acc.id);
+}
+
+/// Runs a claimed message on this node's dispatcher and settles the delivery.
+async fn run(
+    inner: &Inner,
+    route: &ClusterRoute,
+    acc: &Accepted,
+    m: &jetstream::Message,
+    mut entry: Entry,
+    revision: u64,
+) {
+    // Run, telling JetStream every third of ack_wait that the attempt is alive.
+    let mut msg = Message::new(acc.kind.as_str(), acc.payload.clone()).source(acc.source);
+    msg.timeout = acc.timeout_ms.map(Duration::from_millis);
+    let run = inner.local.send(msg);
+    tokio::pin!(run);
+    let mut beat = actix_rt::time::interval(inner.settings.ack_wait / 3);
+    beat.tick().await;
+    let result = loop {
+        tokio::select! {
+            r = &mut run => break r,
+            _ = beat.tick() => { let _ = m.ack_with(AckKind::Progress).await; }
+        }
+    };
+    let ran = match result {
+        Ok(o) => o,
+        Err(r) => {
+            // This node cannot run it now (degraded, shutting down): back to the queue, not an
+            // attempt.
+            let back = Duration::from_secs(1);
+            tracing::debug!(id = %acc.id, reason = r.reason(), "not run here; handed back");
+            entry.outcome.status = Status::Queued;
+            entry.outcome.attempts = entry.outcome.attempts.saturating_sub(1);
+            let _ = write(inner, acc, &entry, revision).await;
+            let _ = m.ack_with(AckKind::Nak(Some(back))).await;
+            return;
+        }
+    };
+    let now = unix_ms();
+    let started = entry.started_ms.unwrap_or(now);
+    entry.outcome.timings.run_ms = ran.timings.run_ms;
+    entry.outcome.timings.queued_ms = started.saturating_sub(acc.id.timestamp_ms()) as f64;
+    entry.outcome.timings.total_ms = now.saturating_sub(acc.id.timestamp_ms()) as f64;
+    let ack = match ran.status {
+        Status::Completed => {
+            entry.outcome.status = Status::Completed;
+            entry.outcome.result = ran.result.clone();
+            entry.outcome.error = None;
+            AckKind::Ack
+        }
+        Status::Failed | Status::TimedOut => {
+            let error = ran
+                .error
+                .clone()
+                .unwrap_or_else(|| ErrorInfo::new(ErrorClass::Error, "failed"));
+            entry.errors.push(error.clone());
+            entry.failures += 1;
+            entry.outcome.error = Some(error.clone());
+            if entry.failures <= route.retries {
+                entry.outcome.status = Status::Queued;
+                let back = backoff(route.backoff, entry.failures);
+                if write(inner, acc, &entry, revision).await.is_ok() {
+                    let _ = m.ack_with(AckKind::Nak(Some(back))).await;
+                }
+                // Not written: leave it unacknowledged; it comes back after ack_wait.
+                return;
+            }
+            if route.retries > 0 {
+                entry.outcome.status = Status::Dead;
+                bury(inner, acc, &entry).await;
+            } else {
+                entry.outcome.status = ran.status;
+            }
+            AckKind::Ack
+        }
+        // Cancelled by this node's own shutdown: another node (or this one later) runs it.
+        _ => {
+            entry.outcome.status = Status::Queued;
+            entry.outcome.attempts = entry.outcome.attempts.saturating_sub(1);
+            let _ = write(inner, acc, &entry, revision).await;
+            let _ = m.ack_with(AckKind::Nak(None)).await;
+            return;
+        }
+    };
+    if write(inner, acc, &entry, revision).await.is_ok() {
+        route.finished[status_index(entry.outcome.status)].fetch_add(1, Relaxed);
+        let _ = m.ack_with(ack).await;
+    }
+}
+
+/// Reads a delivery's entry and decides: acknowledge a message that already ended, hand back a
+/// delayed one until it is due, bury one whose node died too often, or mark it running here.
+async fn claim(
+    inner: &Inner,
+    route: &ClusterRoute,
+    acc: &Accepted,
+    m: &jetstream::Message,
+) -> Claim {
+    let key = acc.id.to_string();
+    loop {
+        let got = match inner.messages.entry(key.clone()).await {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::debug!(id = %acc.id, error = %e, "cannot read the entry; handed back");
+                let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                return Claim::Done;
+            }
+        };
+        let (entry, revision) = match got
+            .filter(|e| e.operation == kv::Operation::Put)
+            .and_then(|e| Entry::decode(&e.value).map(|v| (v, e.revision)))
+        {
+            Some(x) => x,
+            None => {
+                // Its entry expired (it waited longer than the bucket keeps entries) or was
+                // never written: write it afresh.
+                let fresh = Entry {
+                    outcome: Outcome {
+                        id: acc.id,
+                        kind: acc.kind,
+                        status: Status::Queued,
+                        result: None,
+                        error: None,
+                        attempts: acc.attempts,
+                        source: acc.source,
+                        accepted_at_ms: acc.id.timestamp_ms(),
+                        timings: Default::default(),
+                        replay_of: acc.replay_of,
+                    },
+                    node: None,
+                    started_ms: None,
+                    errors: Vec::new(),
+                    failures: 0,
+                    lost: 0,
+                };
+                match inner.messages.create(&key, fresh.encode()).await {
+                    Ok(rev) => (fresh, rev),
+                    Err(_) => continue,
+                }
+            }
+        };
+        if entry.outcome.status.is_terminal() {
+            let _ = m.ack().await;
+            return Claim::Done;
+        }
+        if let Some(due) = acc.due_ms.filter(|&d| d > unix_ms()) {
+            let _ = m
+                .ack_with(AckKind::Nak(Some(Duration::from_millis(due - unix_ms()))))
+                .await;
+            return Claim::Done;
+        }
+        let attempt = entry.outcome.attempts + 1;
+        let mut next = entry.clone();
+        if entry.outcome.status == Status::Running {
+            // Its last attempt never reported: the node running it died (or lost NATS for
+            // longer than ack_wait). Run it again, a bounded number of times.
+            let error = ErrorInfo::new(
+                ErrorClass::Error,
+                format!(
+                    "node {} stopped during attempt {} before it finished",
+                    entry.node.as_deref().unwrap_or("?"),
+                    entry.outcome.attempts
+                ),
+            );
+            tracing::warn!(id = %acc.id, error = %error.message, "running it again");
+            next.errors.push(error.clone());
+            next.outcome.error = Some(error);
+            next.lost += 1;
+        }
+        if next.lost > MAX_LOST_RUNS {
+            next.outcome.status = if route.retries > 0 {
+                Status::Dead
+            } else {
+                Status::Failed
+            };
+            next.outcome.timings.total_ms = unix_ms().saturating_sub(acc.id.timestamp_ms()) as f64;
+            match inner.messages.update(&key, next.encode(), revision).await {
+                Ok(_) => {
+                    if next.outcome.status == Status::Dead {
+                        bury(inner, acc, &next).await;
+                    }
+                    route.finished[status_index(next.outcome.status)].fetch_add(1, Relaxed);
+                    let _ = m.ack().await;
+                    return Claim::Done;
+                }
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(_) => {
+                    let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                    return Claim::Done;
+                }
+            }
+        }
+        next.outcome.status = Status::Running;
+        next.outcome.error = None;
+        next.outcome.attempts = attempt;
+        next.node = Some(inner.settings.node.clone());
+        next.started_ms = Some(unix_ms());
+        match inner.messages.update(&key, next.encode(), revision).await {
+            Ok(rev) => return Claim::Run(next, rev),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+            Err(_) => {
+                let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                return Claim::Done;
+            }
+        }
+    }
+}
+
+/// Writes the entry of a claimed message (it is ours: revision `revision`), trying again for
+/// a while if NATS is away.
+async fn write(inner: &Inner, acc: &Accepted, entry: &Entry, revision: u64) -> Result<(), ()> {
+    let key = acc.id.to_string();
+    for n in 0..30u64 {
+        match inner.messages.update(&key, entry.encode(), revision).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                tracing::warn!(id = %acc.id, "its entry changed while it ran; outcome not written");
+                return Err(());
+            }
+            Err(e) => {
+                tracing::debug!(id = %acc.id, error = %e, "cannot write the outcome yet");
+                actix_rt::time::sleep(Duration::from_millis(200 * (n + 1).min(5))).await;
+            }
+        }
+    }
+    tracing::warn!(id = %acc.id, "could not write its outcome; it will be delivered again");
+    Err(())
+}
+
+/// Files a dead letter in the cluster's bucket.
+async fn bury(inner: &Inner, acc: &Accepted, entry: &Entry) {
+    let dl = DeadLetter {
+        id: acc.id,
+        kind: acc.kind,
+        payload: acc.payload.clone(),
+        attempts: entry.outcome.attempts,
+        errors: entry.errors.clone(),
+        died_at_ms: unix_ms(),
+        source: acc.source,
+        replay_of: acc.replay_of,
+    };
+    let bytes: Bytes = serde_json::to_vec(&dl).expect("serializes").into();
+    if let Err(e) = inner.dead.put(acc.id.to_string(), bytes).await {
+        tracing::warn!(id = %acc.id, error = %e, "cannot file the dead letter");
+    }
+}
+
+/// The backoff before retry `n` (1 for the first): `base` doubled each time, half of it
+/// fixed and half random, as a single node does.
+fn backoff(base: Duration, n: u32) -> Duration {
+    let full = base.saturating_mul(1u32 << (n.max(1) - 1).min(16));
+    let half = full / 2;
+    half + Duration::from_nanos(fastrand::u64(
+        0..=half.as_nanos().min(u64::MAX as u128) as u64,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_valid_nats_tokens() {
+        assert_eq!(subject("mr", "a.b-c_d"), "mr.work.a~b-c_d");
+        assert_eq!(consumer_name("mr", "a.b"), "mr_a~b");
+        let k = Kind::new("echo").unwrap();
+        assert_eq!(key_name(k, "a b/é"), "echo.6120622fc3a9");
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter() {
+        for n in 1..5 {
+            let b = backoff(Duration::from_millis(100), n);
+            let full = Duration::from_millis(100 * (1 << (n - 1)));
+            assert!(b >= full / 2 && b <= full, "{n}: {b:?}");
+        }
+    }
+}
