@@ -329,8 +329,14 @@ fn accepted(id: MessageId, status: Status) -> HttpResponse {
 }
 
 fn answer(outcome: &Outcome) -> HttpResponse {
+    answer_with(outcome, outcome)
+}
+
+/// [`answer`] with `body` (the outcome, or a cluster node's outcome with its node) when it is
+/// terminal.
+fn answer_with(outcome: &Outcome, body: &impl Serialize) -> HttpResponse {
     if outcome.status.is_terminal() {
-        HttpResponse::Ok().json(outcome)
+        HttpResponse::Ok().json(body)
     } else {
         accepted(outcome.id, outcome.status)
     }
@@ -373,7 +379,8 @@ pub async fn submit(
     let msg = with_client(msg, &req, &state);
     if let Some(c) = &state.cluster {
         if query.wait {
-            return Ok(answer(&c.send_timeout(msg, max_wait).await?));
+            let o = c.send_timeout(msg, max_wait).await?;
+            return Ok(answer_with(&o.outcome, &o));
         }
         let status = msg.delayed_status();
         return Ok(accepted(c.accept(msg).await?, status));
@@ -472,10 +479,10 @@ pub async fn batch(
         if let Some(c) = cluster {
             if wait {
                 return match c.send_timeout(msg, max).await {
-                    Ok(o) if o.status.is_terminal() => {
+                    Ok(o) if o.outcome.status.is_terminal() => {
                         serde_json::to_value(&o).unwrap_or(Value::Null)
                     }
-                    Ok(o) => json!({"id": o.id, "status": o.status}),
+                    Ok(o) => json!({"id": o.outcome.id, "status": o.outcome.status}),
                     Err(r) => rejection(&r),
                 };
             }

@@ -44,7 +44,7 @@ mod store;
 mod supervision;
 
 #[cfg(feature = "cluster")]
-pub use cluster::{Cluster, ClusterError, ClusterSettings, ClusterStats};
+pub use cluster::{Cluster, ClusterError, ClusterOutcome, ClusterSettings, ClusterStats};
 pub use dead_letters::DeadLetter;
 pub use dispatcher::{Dispatcher, DispatcherBuilder, ShutdownReport, Submitter};
 pub use envelope::{

@@ -9,6 +9,7 @@ mod auth;
 mod backpressure;
 mod bad_input;
 mod binary;
+mod cluster;
 mod config;
 mod durability;
 mod examples;

@@ -34,12 +34,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer, kv, stream, AckKind};
+use async_nats::jetstream::{self, consumer, kv};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::oneshot;
 
 use crate::dead_letters::DeadLetter;
 use crate::dispatcher::{Dispatcher, DispatcherBuilder, ShutdownReport};
@@ -48,6 +48,12 @@ use crate::error::{BuildError, CancelError, Rejected, ReplayError};
 use crate::processor::Pool;
 use crate::route::RouteInfo;
 use crate::storage::{Accepted, Record, StorageError};
+
+mod setup;
+mod work;
+
+pub use setup::resources;
+use setup::{consumer_name, ensure_bucket, ensure_consumer, ensure_stream, key_name, subject};
 
 /// Where the cluster's NATS server is and what this node is called (`[cluster]` in the
 /// service's configuration).
@@ -129,7 +135,7 @@ impl Entry {
     }
 
     /// The outcome as a reader sees it now (timings of an unfinished message run to now).
-    fn current(mut self) -> Outcome {
+    fn current(mut self) -> ClusterOutcome {
         if !self.outcome.status.is_terminal() {
             let now = unix_ms();
             let accepted = self.outcome.accepted_at_ms;
@@ -137,8 +143,23 @@ impl Entry {
             self.outcome.timings.queued_ms =
                 self.started_ms.unwrap_or(now).saturating_sub(accepted) as f64;
         }
-        self.outcome
+        ClusterOutcome {
+            outcome: self.outcome,
+            node: self.node,
+        }
     }
+}
+
+/// A message's state as a cluster node reports it: its [`Outcome`], and the node that ran (or
+/// runs) its last attempt.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ClusterOutcome {
+    /// The outcome, as a single node reports it.
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    /// The node of its last attempt (none before it first runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// A route as the cluster runs it: its settings, its subject and its consumer.
@@ -203,7 +224,7 @@ struct Inner {
     routes: Vec<ClusterRoute>,
     by_kind: HashMap<&'static str, usize>,
     local: Dispatcher,
-    waiters: Mutex<HashMap<MessageId, Vec<oneshot::Sender<Outcome>>>>,
+    waiters: Mutex<HashMap<MessageId, Vec<oneshot::Sender<ClusterOutcome>>>>,
     draining: AtomicBool,
     running: AtomicU64,
     /// The messages running here now (what a shutdown leaves to other nodes).
@@ -215,51 +236,6 @@ struct Inner {
 /// Cheap to clone.
 #[derive(Clone)]
 pub struct Cluster(Arc<Inner>);
-
-/// Names of what a cluster called `name` with these routes uses on the NATS server: the
-/// stream, the consumers and the buckets (for `check-config`).
-pub fn resources(name: &str, kinds: &[&str]) -> Vec<String> {
-    let mut out = vec![format!(
-        "stream {name}_work (work queue, file storage, subjects {name}.work.>)"
-    )];
-    for k in kinds {
-        out.push(format!(
-            "consumer {} on {}",
-            consumer_name(name, k),
-            subject(name, k)
-        ));
-    }
-    for b in ["messages", "keys", "dead"] {
-        out.push(format!("key-value bucket {name}_{b}"));
-    }
-    out
-}
-
-/// A kind as a subject token or a consumer name: `.` (which JetStream gives a meaning) becomes
-/// `~` (which no kind contains).
-fn token(kind: &str) -> String {
-    kind.replace('.', "~")
-}
-
-fn subject(name: &str, kind: &str) -> String {
-    format!("{name}.work.{}", token(kind))
-}
-
-fn consumer_name(name: &str, kind: &str) -> String {
-    format!("{name}_{}", token(kind))
-}
-
-/// An idempotency key as a bucket key: the kind, then the key's bytes in hex (a user's key
-/// may hold anything; bucket keys may not).
-fn key_name(kind: Kind, key: &str) -> String {
-    let mut out = String::with_capacity(kind.as_str().len() + 1 + key.len() * 2);
-    out.push_str(&token(kind.as_str()));
-    out.push('.');
-    for b in key.bytes() {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
-}
 
 impl Cluster {
     /// Connects to NATS, creates the streams, consumers and buckets that are missing (and checks
@@ -369,14 +345,14 @@ impl Cluster {
                     continue;
                 };
                 if entry.outcome.status.is_terminal() {
-                    inner.wake(entry.outcome);
+                    inner.wake(entry.current());
                 }
             }
         });
         let mut tasks = self.0.tasks.lock();
         tasks.push(watcher);
         for i in 0..self.0.routes.len() {
-            tasks.push(actix_rt::spawn(pull(self.0.clone(), i)));
+            tasks.push(actix_rt::spawn(work::pull(self.0.clone(), i)));
         }
         Ok(())
     }
@@ -504,7 +480,7 @@ impl Cluster {
     }
 
     /// The message's current state; `Ok(None)` if unknown (never accepted, or expired).
-    pub async fn status(&self, id: MessageId) -> Result<Option<Outcome>, ClusterError> {
+    pub async fn status(&self, id: MessageId) -> Result<Option<ClusterOutcome>, ClusterError> {
         Ok(self.entry(id).await?.map(|(e, _)| e.current()))
     }
 
@@ -514,12 +490,12 @@ impl Cluster {
         &self,
         id: MessageId,
         max: Duration,
-    ) -> Result<Option<Outcome>, ClusterError> {
+    ) -> Result<Option<ClusterOutcome>, ClusterError> {
         let (tx, rx) = oneshot::channel();
         self.0.waiters.lock().entry(id).or_default().push(tx);
         let now = self.status(id).await;
         let now = match now {
-            Ok(Some(o)) if !o.status.is_terminal() && !max.is_zero() => o,
+            Ok(Some(o)) if !o.outcome.status.is_terminal() && !max.is_zero() => o,
             other => {
                 self.0.forget_waiter(id);
                 return other;
@@ -534,23 +510,31 @@ impl Cluster {
     }
 
     /// [`Cluster::accept`], then [`Cluster::wait`] up to `max` (`?wait=true`).
-    pub async fn send_timeout(&self, msg: Message, max: Duration) -> Result<Outcome, Rejected> {
-        let kind = msg.kind.clone();
+    pub async fn send_timeout(
+        &self,
+        msg: Message,
+        max: Duration,
+    ) -> Result<ClusterOutcome, Rejected> {
+        let kind = Kind::new(msg.kind()).ok();
+        let (status, source, replay_of) = (msg.delayed_status(), msg.source, msg.replay_of);
         let id = self.accept(msg).await?;
         match self.wait(id, max).await {
             Ok(Some(o)) => Ok(o),
-            // Accepted, but its state cannot be read now: it is queued as far as we know.
-            _ => Ok(Outcome {
-                id,
-                kind: Kind::new(&kind).expect("accepted kinds are valid"),
-                status: Status::Queued,
-                result: None,
-                error: None,
-                attempts: 0,
-                source: crate::Source::Http,
-                accepted_at_ms: id.timestamp_ms(),
-                timings: Default::default(),
-                replay_of: None,
+            // Accepted, but its state cannot be read now: as it was accepted, as far as we know.
+            _ => Ok(ClusterOutcome {
+                outcome: Outcome {
+                    id,
+                    kind: kind.expect("accepted kinds are valid"),
+                    status,
+                    result: None,
+                    error: None,
+                    attempts: 0,
+                    source,
+                    accepted_at_ms: id.timestamp_ms(),
+                    timings: Default::default(),
+                    replay_of,
+                },
+                node: None,
             }),
         }
     }
@@ -559,7 +543,7 @@ impl Cluster {
     pub async fn cancel(
         &self,
         id: MessageId,
-    ) -> Result<Result<Outcome, CancelError>, ClusterError> {
+    ) -> Result<Result<ClusterOutcome, CancelError>, ClusterError> {
         loop {
             let Some((entry, revision)) = self.entry(id).await? else {
                 return Ok(Err(CancelError::Unknown(id)));
@@ -589,7 +573,7 @@ impl Cluster {
                     if let Some(r) = self.0.route(done.outcome.kind) {
                         r.finished[status_index(Status::Cancelled)].fetch_add(1, Relaxed);
                     }
-                    return Ok(Ok(done.outcome));
+                    return Ok(Ok(done.current()));
                 }
                 Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
                 Err(e) => return Err(unreachable(e)),
@@ -789,8 +773,8 @@ impl Inner {
         self.by_kind.get(kind.as_str()).map(|&i| &self.routes[i])
     }
 
-    fn wake(&self, outcome: Outcome) {
-        let Some(waiters) = self.waiters.lock().remove(&outcome.id) else {
+    fn wake(&self, outcome: ClusterOutcome) {
+        let Some(waiters) = self.waiters.lock().remove(&outcome.outcome.id) else {
             return;
         };
         for w in waiters {
@@ -806,476 +790,6 @@ impl Inner {
             if list.is_empty() {
                 w.remove(&id);
             }
-        }
-    }
-}
-
-async fn ensure_stream(
-    js: &jetstream::Context,
-    stream: &str,
-    name: &str,
-) -> Result<(), ClusterError> {
-    let config = stream::Config {
-        name: stream.to_owned(),
-        subjects: vec![format!("{name}.work.>")],
-        retention: stream::RetentionPolicy::WorkQueue,
-        storage: stream::StorageType::File,
-        duplicate_window: Duration::from_secs(120),
-        ..Default::default()
-    };
-    match js.get_stream(stream).await {
-        Ok(mut s) => {
-            let info = s
-                .info()
-                .await
-                .map_err(|e| ClusterError::Setup(e.to_string()))?;
-            if info.config.retention != stream::RetentionPolicy::WorkQueue {
-                return Err(ClusterError::Setup(format!(
-                    "stream {stream} exists but is not a work queue; remove it or choose another \
-                     cluster name"
-                )));
-            }
-            if info.config.subjects != config.subjects {
-                return Err(ClusterError::Setup(format!(
-                    "stream {stream} exists with subjects {:?}, expected {:?}",
-                    info.config.subjects, config.subjects
-                )));
-            }
-            Ok(())
-        }
-        Err(_) => js
-            .create_stream(config)
-            .await
-            .map(drop)
-            .map_err(|e| ClusterError::Setup(format!("cannot create stream {stream}: {e}"))),
-    }
-}
-
-async fn ensure_consumer(
-    js: &jetstream::Context,
-    stream: &str,
-    route: &ClusterRoute,
-    ack_wait: Duration,
-) -> Result<(), ClusterError> {
-    let s = js
-        .get_stream(stream)
-        .await
-        .map_err(|e| ClusterError::Setup(e.to_string()))?;
-    // Created, or updated to these settings if it exists (a deploy that changed a route).
-    s.create_consumer(consumer::pull::Config {
-        durable_name: Some(route.consumer.clone()),
-        filter_subject: route.subject.clone(),
-        ack_policy: consumer::AckPolicy::Explicit,
-        ack_wait,
-        max_deliver: -1,
-        max_ack_pending: route.capacity.min(i64::MAX as u64) as i64,
-        ..Default::default()
-    })
-    .await
-    .map(drop)
-    .map_err(|e| ClusterError::Setup(format!("consumer {}: {e}", route.consumer)))
-}
-
-async fn ensure_bucket(
-    js: &jetstream::Context,
-    bucket: &str,
-    max_age: Duration,
-) -> Result<kv::Store, ClusterError> {
-    if let Ok(store) = js.get_key_value(bucket).await {
-        return Ok(store);
-    }
-    js.create_key_value(kv::Config {
-        bucket: bucket.to_owned(),
-        history: 1,
-        max_age,
-        storage: stream::StorageType::File,
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| ClusterError::Setup(format!("cannot create bucket {bucket}: {e}")))
-}
-
-/// Pulls route `i`'s messages for as long as the node runs: asks for as many as it has free
-/// slots, so nothing waits here that another node could run.
-async fn pull(inner: Arc<Inner>, i: usize) {
-    let route = &inner.routes[i];
-    let slots = Arc::new(Semaphore::new(route.slots));
-    loop {
-        let consumer: Result<consumer::PullConsumer, _> = async {
-            let s = inner
-                .js
-                .get_stream(&inner.stream)
-                .await
-                .map_err(|e| e.to_string())?;
-            s.get_consumer(&route.consumer)
-                .await
-                .map_err(|e| e.to_string())
-        }
-        .await;
-        let consumer = match consumer {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(kind = %route.kind, error = %e, "cannot reach the route's consumer; trying again");
-                actix_rt::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        loop {
-            // Wait for one free slot, then ask for as many as are free.
-            let first = slots.clone().acquire_owned().await.expect("never closed");
-            let free = slots.available_permits() + 1;
-            let batch = consumer
-                .fetch()
-                .max_messages(free)
-                .expires(Duration::from_secs(2))
-                .messages()
-                .await;
-            let mut batch = match batch {
-                Ok(b) => b,
-                Err(e) => {
-                    drop(first);
-                    tracing::debug!(kind = %route.kind, error = %e, "fetch failed; trying again");
-                    actix_rt::time::sleep(Duration::from_millis(500)).await;
-                    break;
-                }
-            };
-            let mut first = Some(first);
-            let mut failed = false;
-            while let Some(m) = batch.next().await {
-                match m {
-                    Ok(m) => {
-                        let permit = match first.take() {
-                            Some(p) => p,
-                            None => slots.clone().acquire_owned().await.expect("never closed"),
-                        };
-                        let inner = inner.clone();
-                        actix_rt::spawn(async move {
-                            inner.running.fetch_add(1, Relaxed);
-                            handle(&inner, i, m).await;
-                            inner.running.fetch_sub(1, Relaxed);
-                            drop(permit);
-                        });
-                    }
-                    Err(e) => {
-                        tracing::debug!(kind = %route.kind, error = %e, "pull interrupted");
-                        failed = true;
-                        break;
-                    }
-                }
-            }
-            if failed {
-                actix_rt::time::sleep(Duration::from_millis(500)).await;
-                break;
-            }
-        }
-    }
-}
-
-/// What to do with a delivery once its entry is read.
-enum Claim {
-    /// Run it (the entry now says `running`, at this revision).
-    Run(Entry, u64),
-    /// Already dealt with (acknowledged or handed back).
-    Done,
-}
-
-/// One delivery of one message: claim it, run it on this node's dispatcher, write its outcome,
-/// and acknowledge it (or hand it back for a retry).
-async fn handle(inner: &Inner, i: usize, m: jetstream::Message) {
-    let route = &inner.routes[i];
-    let acc = match Record::decode(&m.payload) {
-        Ok(Record::Accepted(a)) => a,
-        _ => {
-            tracing::warn!(kind = %route.kind, "a message in the work stream is not an accepted message; dropped");
-            let _ = m.ack_with(AckKind::Term).await;
-            return;
-        }
-    };
-    if m.info().is_ok_and(|i| i.delivered > 1) {
-        route.redelivered.fetch_add(1, Relaxed);
-    }
-    let (entry, revision) = match claim(inner, route, &acc, &m).await {
-        Claim::Run(e, r) => (e, r),
-        Claim::Done => return,
-    };
-    inner.running_ids.lock().insert(acc.id);
-    run(inner, route, &acc, &m, entry, revision).await;
-    inner.running_ids.lock().remove(&acc.id);
-}
-
-/// Runs a claimed message on this node's dispatcher and settles the delivery.
-async fn run(
-    inner: &Inner,
-    route: &ClusterRoute,
-    acc: &Accepted,
-    m: &jetstream::Message,
-    mut entry: Entry,
-    revision: u64,
-) {
-    // Run, telling JetStream every third of ack_wait that the attempt is alive.
-    let mut msg = Message::new(acc.kind.as_str(), acc.payload.clone()).source(acc.source);
-    msg.timeout = acc.timeout_ms.map(Duration::from_millis);
-    let run = inner.local.send(msg);
-    tokio::pin!(run);
-    let mut beat = actix_rt::time::interval(inner.settings.ack_wait / 3);
-    beat.tick().await;
-    let result = loop {
-        tokio::select! {
-            r = &mut run => break r,
-            _ = beat.tick() => { let _ = m.ack_with(AckKind::Progress).await; }
-        }
-    };
-    let ran = match result {
-        Ok(o) => o,
-        Err(r) => {
-            // This node cannot run it now (degraded, shutting down): back to the queue, not an
-            // attempt.
-            let back = Duration::from_secs(1);
-            tracing::debug!(id = %acc.id, reason = r.reason(), "not run here; handed back");
-            entry.outcome.status = Status::Queued;
-            entry.outcome.attempts = entry.outcome.attempts.saturating_sub(1);
-            let _ = write(inner, acc, &entry, revision).await;
-            let _ = m.ack_with(AckKind::Nak(Some(back))).await;
-            return;
-        }
-    };
-    let now = unix_ms();
-    let started = entry.started_ms.unwrap_or(now);
-    entry.outcome.timings.run_ms = ran.timings.run_ms;
-    entry.outcome.timings.queued_ms = started.saturating_sub(acc.id.timestamp_ms()) as f64;
-    entry.outcome.timings.total_ms = now.saturating_sub(acc.id.timestamp_ms()) as f64;
-    let ack = match ran.status {
-        Status::Completed => {
-            entry.outcome.status = Status::Completed;
-            entry.outcome.result = ran.result.clone();
-            entry.outcome.error = None;
-            AckKind::Ack
-        }
-        Status::Failed | Status::TimedOut => {
-            let error = ran
-                .error
-                .clone()
-                .unwrap_or_else(|| ErrorInfo::new(ErrorClass::Error, "failed"));
-            entry.errors.push(error.clone());
-            entry.failures += 1;
-            entry.outcome.error = Some(error.clone());
-            if entry.failures <= route.retries {
-                entry.outcome.status = Status::Queued;
-                let back = backoff(route.backoff, entry.failures);
-                if write(inner, acc, &entry, revision).await.is_ok() {
-                    let _ = m.ack_with(AckKind::Nak(Some(back))).await;
-                }
-                // Not written: leave it unacknowledged; it comes back after ack_wait.
-                return;
-            }
-            if route.retries > 0 {
-                entry.outcome.status = Status::Dead;
-                bury(inner, acc, &entry).await;
-            } else {
-                entry.outcome.status = ran.status;
-            }
-            AckKind::Ack
-        }
-        // Cancelled by this node's own shutdown: another node (or this one later) runs it.
-        _ => {
-            entry.outcome.status = Status::Queued;
-            entry.outcome.attempts = entry.outcome.attempts.saturating_sub(1);
-            let _ = write(inner, acc, &entry, revision).await;
-            let _ = m.ack_with(AckKind::Nak(None)).await;
-            return;
-        }
-    };
-    if write(inner, acc, &entry, revision).await.is_ok() {
-        route.finished[status_index(entry.outcome.status)].fetch_add(1, Relaxed);
-        let _ = m.ack_with(ack).await;
-    }
-}
-
-/// Reads a delivery's entry and decides: acknowledge a message that already ended, hand back a
-/// delayed one until it is due, bury one whose node died too often, or mark it running here.
-async fn claim(
-    inner: &Inner,
-    route: &ClusterRoute,
-    acc: &Accepted,
-    m: &jetstream::Message,
-) -> Claim {
-    let key = acc.id.to_string();
-    loop {
-        let got = match inner.messages.entry(key.clone()).await {
-            Ok(g) => g,
-            Err(e) => {
-                tracing::debug!(id = %acc.id, error = %e, "cannot read the entry; handed back");
-                let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
-                return Claim::Done;
-            }
-        };
-        let (entry, revision) = match got
-            .filter(|e| e.operation == kv::Operation::Put)
-            .and_then(|e| Entry::decode(&e.value).map(|v| (v, e.revision)))
-        {
-            Some(x) => x,
-            None => {
-                // Its entry expired (it waited longer than the bucket keeps entries) or was
-                // never written: write it afresh.
-                let fresh = Entry {
-                    outcome: Outcome {
-                        id: acc.id,
-                        kind: acc.kind,
-                        status: Status::Queued,
-                        result: None,
-                        error: None,
-                        attempts: acc.attempts,
-                        source: acc.source,
-                        accepted_at_ms: acc.id.timestamp_ms(),
-                        timings: Default::default(),
-                        replay_of: acc.replay_of,
-                    },
-                    node: None,
-                    started_ms: None,
-                    errors: Vec::new(),
-                    failures: 0,
-                    lost: 0,
-                };
-                match inner.messages.create(&key, fresh.encode()).await {
-                    Ok(rev) => (fresh, rev),
-                    Err(_) => continue,
-                }
-            }
-        };
-        if entry.outcome.status.is_terminal() {
-            let _ = m.ack().await;
-            return Claim::Done;
-        }
-        if let Some(due) = acc.due_ms.filter(|&d| d > unix_ms()) {
-            let _ = m
-                .ack_with(AckKind::Nak(Some(Duration::from_millis(due - unix_ms()))))
-                .await;
-            return Claim::Done;
-        }
-        let attempt = entry.outcome.attempts + 1;
-        let mut next = entry.clone();
-        if entry.outcome.status == Status::Running {
-            // Its last attempt never reported: the node running it died (or lost NATS for
-            // longer than ack_wait). Run it again, a bounded number of times.
-            let error = ErrorInfo::new(
-                ErrorClass::Error,
-                format!(
-                    "node {} stopped during attempt {} before it finished",
-                    entry.node.as_deref().unwrap_or("?"),
-                    entry.outcome.attempts
-                ),
-            );
-            tracing::warn!(id = %acc.id, error = %error.message, "running it again");
-            next.errors.push(error.clone());
-            next.outcome.error = Some(error);
-            next.lost += 1;
-        }
-        if next.lost > MAX_LOST_RUNS {
-            next.outcome.status = if route.retries > 0 {
-                Status::Dead
-            } else {
-                Status::Failed
-            };
-            next.outcome.timings.total_ms = unix_ms().saturating_sub(acc.id.timestamp_ms()) as f64;
-            match inner.messages.update(&key, next.encode(), revision).await {
-                Ok(_) => {
-                    if next.outcome.status == Status::Dead {
-                        bury(inner, acc, &next).await;
-                    }
-                    route.finished[status_index(next.outcome.status)].fetch_add(1, Relaxed);
-                    let _ = m.ack().await;
-                    return Claim::Done;
-                }
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
-                Err(_) => {
-                    let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
-                    return Claim::Done;
-                }
-            }
-        }
-        next.outcome.status = Status::Running;
-        next.outcome.error = None;
-        next.outcome.attempts = attempt;
-        next.node = Some(inner.settings.node.clone());
-        next.started_ms = Some(unix_ms());
-        match inner.messages.update(&key, next.encode(), revision).await {
-            Ok(rev) => return Claim::Run(next, rev),
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
-            Err(_) => {
-                let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
-                return Claim::Done;
-            }
-        }
-    }
-}
-
-/// Writes the entry of a claimed message (it is ours: revision `revision`), trying again for
-/// a while if NATS is away.
-async fn write(inner: &Inner, acc: &Accepted, entry: &Entry, revision: u64) -> Result<(), ()> {
-    let key = acc.id.to_string();
-    for n in 0..30u64 {
-        match inner.messages.update(&key, entry.encode(), revision).await {
-            Ok(_) => return Ok(()),
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                tracing::warn!(id = %acc.id, "its entry changed while it ran; outcome not written");
-                return Err(());
-            }
-            Err(e) => {
-                tracing::debug!(id = %acc.id, error = %e, "cannot write the outcome yet");
-                actix_rt::time::sleep(Duration::from_millis(200 * (n + 1).min(5))).await;
-            }
-        }
-    }
-    tracing::warn!(id = %acc.id, "could not write its outcome; it will be delivered again");
-    Err(())
-}
-
-/// Files a dead letter in the cluster's bucket.
-async fn bury(inner: &Inner, acc: &Accepted, entry: &Entry) {
-    let dl = DeadLetter {
-        id: acc.id,
-        kind: acc.kind,
-        payload: acc.payload.clone(),
-        attempts: entry.outcome.attempts,
-        errors: entry.errors.clone(),
-        died_at_ms: unix_ms(),
-        source: acc.source,
-        replay_of: acc.replay_of,
-    };
-    let bytes: Bytes = serde_json::to_vec(&dl).expect("serializes").into();
-    if let Err(e) = inner.dead.put(acc.id.to_string(), bytes).await {
-        tracing::warn!(id = %acc.id, error = %e, "cannot file the dead letter");
-    }
-}
-
-/// The backoff before retry `n` (1 for the first): `base` doubled each time, half of it
-/// fixed and half random, as a single node does.
-fn backoff(base: Duration, n: u32) -> Duration {
-    let full = base.saturating_mul(1u32 << (n.max(1) - 1).min(16));
-    let half = full / 2;
-    half + Duration::from_nanos(fastrand::u64(
-        0..=half.as_nanos().min(u64::MAX as u128) as u64,
-    ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_are_valid_nats_tokens() {
-        assert_eq!(subject("mr", "a.b-c_d"), "mr.work.a~b-c_d");
-        assert_eq!(consumer_name("mr", "a.b"), "mr_a~b");
-        let k = Kind::new("echo").unwrap();
-        assert_eq!(key_name(k, "a b/é"), "echo.6120622fc3a9");
-    }
-
-    #[test]
-    fn backoff_doubles_with_jitter() {
-        for n in 1..5 {
-            let b = backoff(Duration::from_millis(100), n);
-            let full = Duration::from_millis(100 * (1 << (n - 1)));
-            assert!(b >= full / 2 && b <= full, "{n}: {b:?}");
         }
     }
 }

@@ -1,0 +1,155 @@
+//! Setting up a cluster on the NATS server: the names of its stream, consumers and buckets,
+//! and creating what is missing. Existing resources are checked: a stream of the cluster's name
+//! that is not a work queue, or has other subjects, stops start-up with an error saying so (it
+//! is never changed or deleted); consumers are updated to the routes' settings (a deploy that
+//! changed a route).
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, kv, stream};
+
+use super::{ClusterError, ClusterRoute};
+use crate::envelope::Kind;
+
+/// Names of what a cluster called `name` with these routes uses on the NATS server: the
+/// stream, the consumers and the buckets (for `check-config`).
+pub fn resources(name: &str, kinds: &[&str]) -> Vec<String> {
+    let mut out = vec![format!(
+        "stream {name}_work (work queue, file storage, subjects {name}.work.>)"
+    )];
+    for k in kinds {
+        out.push(format!(
+            "consumer {} on {}",
+            consumer_name(name, k),
+            subject(name, k)
+        ));
+    }
+    for b in ["messages", "keys", "dead"] {
+        out.push(format!("key-value bucket {name}_{b}"));
+    }
+    out
+}
+
+/// A kind as a subject token or a consumer name: `.` (which JetStream gives a meaning) becomes
+/// `~` (which no kind contains).
+pub(super) fn token(kind: &str) -> String {
+    kind.replace('.', "~")
+}
+
+pub(super) fn subject(name: &str, kind: &str) -> String {
+    format!("{name}.work.{}", token(kind))
+}
+
+pub(super) fn consumer_name(name: &str, kind: &str) -> String {
+    format!("{name}_{}", token(kind))
+}
+
+/// An idempotency key as a bucket key: the kind, then the key's bytes in hex (a user's key
+/// may hold anything; bucket keys may not).
+pub(super) fn key_name(kind: Kind, key: &str) -> String {
+    let mut out = String::with_capacity(kind.as_str().len() + 1 + key.len() * 2);
+    out.push_str(&token(kind.as_str()));
+    out.push('.');
+    for b in key.bytes() {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+pub(super) async fn ensure_stream(
+    js: &jetstream::Context,
+    stream: &str,
+    name: &str,
+) -> Result<(), ClusterError> {
+    let config = stream::Config {
+        name: stream.to_owned(),
+        subjects: vec![format!("{name}.work.>")],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    };
+    match js.get_stream(stream).await {
+        Ok(mut s) => {
+            let info = s
+                .info()
+                .await
+                .map_err(|e| ClusterError::Setup(e.to_string()))?;
+            if info.config.retention != stream::RetentionPolicy::WorkQueue {
+                return Err(ClusterError::Setup(format!(
+                    "stream {stream} exists but is not a work queue; remove it or choose another \
+                     cluster name"
+                )));
+            }
+            if info.config.subjects != config.subjects {
+                return Err(ClusterError::Setup(format!(
+                    "stream {stream} exists with subjects {:?}, expected {:?}",
+                    info.config.subjects, config.subjects
+                )));
+            }
+            Ok(())
+        }
+        Err(_) => js
+            .create_stream(config)
+            .await
+            .map(drop)
+            .map_err(|e| ClusterError::Setup(format!("cannot create stream {stream}: {e}"))),
+    }
+}
+
+pub(super) async fn ensure_consumer(
+    js: &jetstream::Context,
+    stream: &str,
+    route: &ClusterRoute,
+    ack_wait: Duration,
+) -> Result<(), ClusterError> {
+    let s = js
+        .get_stream(stream)
+        .await
+        .map_err(|e| ClusterError::Setup(e.to_string()))?;
+    // Created, or updated to these settings if it exists (a deploy that changed a route).
+    s.create_consumer(consumer::pull::Config {
+        durable_name: Some(route.consumer.clone()),
+        filter_subject: route.subject.clone(),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait,
+        max_deliver: -1,
+        max_ack_pending: route.capacity.min(i64::MAX as u64) as i64,
+        ..Default::default()
+    })
+    .await
+    .map(drop)
+    .map_err(|e| ClusterError::Setup(format!("consumer {}: {e}", route.consumer)))
+}
+
+pub(super) async fn ensure_bucket(
+    js: &jetstream::Context,
+    bucket: &str,
+    max_age: Duration,
+) -> Result<kv::Store, ClusterError> {
+    if let Ok(store) = js.get_key_value(bucket).await {
+        return Ok(store);
+    }
+    js.create_key_value(kv::Config {
+        bucket: bucket.to_owned(),
+        history: 1,
+        max_age,
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| ClusterError::Setup(format!("cannot create bucket {bucket}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_valid_nats_tokens() {
+        assert_eq!(subject("mr", "a.b-c_d"), "mr.work.a~b-c_d");
+        assert_eq!(consumer_name("mr", "a.b"), "mr_a~b");
+        let k = Kind::new("echo").unwrap();
+        assert_eq!(key_name(k, "a b/é"), "echo.6120622fc3a9");
+    }
+}

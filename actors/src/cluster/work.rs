@@ -1,0 +1,396 @@
+//! The work of a cluster node: pulling each route's messages from its consumer, claiming each
+//! delivery in the `messages` bucket, running it on the node's own dispatcher, and settling
+//! it: acknowledged once its terminal state is written, handed back (`nak`) for a retry or a
+//! due time, left unacknowledged when NATS is away (JetStream delivers it again after
+//! `ack_wait`; its entry says whether it already ended).
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, kv, AckKind};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::Semaphore;
+
+use super::{status_index, ClusterRoute, Entry, Inner, MAX_LOST_RUNS};
+use crate::dead_letters::DeadLetter;
+use crate::envelope::{unix_ms, ErrorClass, ErrorInfo, Message, Outcome, Status};
+use crate::storage::{Accepted, Record};
+
+/// Pulls route `i`'s messages for as long as the node runs: asks for as many as it has free
+/// slots, so nothing waits here that another node could run.
+pub(super) async fn pull(inner: Arc<Inner>, i: usize) {
+    let route = &inner.routes[i];
+    let slots = Arc::new(Semaphore::new(route.slots));
+    loop {
+        let consumer: Result<consumer::PullConsumer, _> = async {
+            let s = inner
+                .js
+                .get_stream(&inner.stream)
+                .await
+                .map_err(|e| e.to_string())?;
+            s.get_consumer(&route.consumer)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        .await;
+        let consumer = match consumer {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(kind = %route.kind, error = %e, "cannot reach the route's consumer; trying again");
+                actix_rt::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        loop {
+            // Wait for one free slot, then ask for as many as are free.
+            let first = slots.clone().acquire_owned().await.expect("never closed");
+            let free = slots.available_permits() + 1;
+            let batch = consumer
+                .fetch()
+                .max_messages(free)
+                .expires(Duration::from_secs(2))
+                .messages()
+                .await;
+            let mut batch = match batch {
+                Ok(b) => b,
+                Err(e) => {
+                    drop(first);
+                    tracing::debug!(kind = %route.kind, error = %e, "fetch failed; trying again");
+                    actix_rt::time::sleep(Duration::from_millis(500)).await;
+                    break;
+                }
+            };
+            let mut first = Some(first);
+            let mut failed = false;
+            while let Some(m) = batch.next().await {
+                match m {
+                    Ok(m) => {
+                        let permit = match first.take() {
+                            Some(p) => p,
+                            None => slots.clone().acquire_owned().await.expect("never closed"),
+                        };
+                        let inner = inner.clone();
+                        actix_rt::spawn(async move {
+                            inner.running.fetch_add(1, Relaxed);
+                            handle(&inner, i, m).await;
+                            inner.running.fetch_sub(1, Relaxed);
+                            drop(permit);
+                        });
+                    }
+                    Err(e) => {
+                        tracing::debug!(kind = %route.kind, error = %e, "pull interrupted");
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            if failed {
+                actix_rt::time::sleep(Duration::from_millis(500)).await;
+                break;
+            }
+        }
+    }
+}
+
+/// What to do with a delivery once its entry is read.
+enum Claim {
+    /// Run it (the entry now says `running`, at this revision).
+    Run(Entry, u64),
+    /// Already dealt with (acknowledged or handed back).
+    Done,
+}
+
+/// One delivery of one message: claim it, run it on this node's dispatcher, write its outcome,
+/// and acknowledge it (or hand it back for a retry).
+async fn handle(inner: &Inner, i: usize, m: jetstream::Message) {
+    let route = &inner.routes[i];
+    let acc = match Record::decode(&m.payload) {
+        Ok(Record::Accepted(a)) => a,
+        _ => {
+            tracing::warn!(kind = %route.kind, "a message in the work stream is not an accepted message; dropped");
+            let _ = m.ack_with(AckKind::Term).await;
+            return;
+        }
+    };
+    if m.info().is_ok_and(|i| i.delivered > 1) {
+        route.redelivered.fetch_add(1, Relaxed);
+    }
+    let (entry, revision) = match claim(inner, route, &acc, &m).await {
+        Claim::Run(e, r) => (e, r),
+        Claim::Done => return,
+    };
+    inner.running_ids.lock().insert(acc.id);
+    run(inner, route, &acc, &m, entry, revision).await;
+    inner.running_ids.lock().remove(&acc.id);
+}
+
+/// Runs a claimed message on this node's dispatcher and settles the delivery.
+async fn run(
+    inner: &Inner,
+    route: &ClusterRoute,
+    acc: &Accepted,
+    m: &jetstream::Message,
+    mut entry: Entry,
+    revision: u64,
+) {
+    // Run, telling JetStream every third of ack_wait that the attempt is alive.
+    let mut msg = Message::new(acc.kind.as_str(), acc.payload.clone()).source(acc.source);
+    msg.timeout = acc.timeout_ms.map(Duration::from_millis);
+    let run = inner.local.send(msg);
+    tokio::pin!(run);
+    let mut beat = actix_rt::time::interval(inner.settings.ack_wait / 3);
+    beat.tick().await;
+    let result = loop {
+        tokio::select! {
+            r = &mut run => break r,
+            _ = beat.tick() => { let _ = m.ack_with(AckKind::Progress).await; }
+        }
+    };
+    let ran = match result {
+        Ok(o) => o,
+        Err(r) => {
+            // This node cannot run it now (degraded, shutting down): back to the queue, not an
+            // attempt.
+            let back = Duration::from_secs(1);
+            tracing::debug!(id = %acc.id, reason = r.reason(), "not run here; handed back");
+            entry.outcome.status = Status::Queued;
+            entry.outcome.attempts = entry.outcome.attempts.saturating_sub(1);
+            let _ = write(inner, acc, &entry, revision).await;
+            let _ = m.ack_with(AckKind::Nak(Some(back))).await;
+            return;
+        }
+    };
+    let now = unix_ms();
+    let started = entry.started_ms.unwrap_or(now);
+    entry.outcome.timings.run_ms = ran.timings.run_ms;
+    entry.outcome.timings.queued_ms = started.saturating_sub(acc.id.timestamp_ms()) as f64;
+    entry.outcome.timings.total_ms = now.saturating_sub(acc.id.timestamp_ms()) as f64;
+    let ack = match ran.status {
+        Status::Completed => {
+            entry.outcome.status = Status::Completed;
+            entry.outcome.result = ran.result.clone();
+            entry.outcome.error = None;
+            AckKind::Ack
+        }
+        Status::Failed | Status::TimedOut => {
+            let error = ran
+                .error
+                .clone()
+                .unwrap_or_else(|| ErrorInfo::new(ErrorClass::Error, "failed"));
+            entry.errors.push(error.clone());
+            entry.failures += 1;
+            entry.outcome.error = Some(error.clone());
+            if entry.failures <= route.retries {
+                entry.outcome.status = Status::Queued;
+                let back = backoff(route.backoff, entry.failures);
+                if write(inner, acc, &entry, revision).await.is_ok() {
+                    let _ = m.ack_with(AckKind::Nak(Some(back))).await;
+                }
+                // Not written: leave it unacknowledged; it comes back after ack_wait.
+                return;
+            }
+            if route.retries > 0 {
+                entry.outcome.status = Status::Dead;
+                bury(inner, acc, &entry).await;
+            } else {
+                entry.outcome.status = ran.status;
+            }
+            AckKind::Ack
+        }
+        // Cancelled by this node's own shutdown: another node (or this one later) runs it.
+        _ => {
+            entry.outcome.status = Status::Queued;
+            entry.outcome.attempts = entry.outcome.attempts.saturating_sub(1);
+            let _ = write(inner, acc, &entry, revision).await;
+            let _ = m.ack_with(AckKind::Nak(None)).await;
+            return;
+        }
+    };
+    if write(inner, acc, &entry, revision).await.is_ok() {
+        route.finished[status_index(entry.outcome.status)].fetch_add(1, Relaxed);
+        let _ = m.ack_with(ack).await;
+    }
+}
+
+/// Reads a delivery's entry and decides: acknowledge a message that already ended, hand back a
+/// delayed one until it is due, bury one whose node died too often, or mark it running here.
+async fn claim(
+    inner: &Inner,
+    route: &ClusterRoute,
+    acc: &Accepted,
+    m: &jetstream::Message,
+) -> Claim {
+    let key = acc.id.to_string();
+    loop {
+        let got = match inner.messages.entry(key.clone()).await {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::debug!(id = %acc.id, error = %e, "cannot read the entry; handed back");
+                let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                return Claim::Done;
+            }
+        };
+        let (entry, revision) = match got
+            .filter(|e| e.operation == kv::Operation::Put)
+            .and_then(|e| Entry::decode(&e.value).map(|v| (v, e.revision)))
+        {
+            Some(x) => x,
+            None => {
+                // Its entry expired (it waited longer than the bucket keeps entries) or was
+                // never written: write it afresh.
+                let fresh = Entry {
+                    outcome: Outcome {
+                        id: acc.id,
+                        kind: acc.kind,
+                        status: Status::Queued,
+                        result: None,
+                        error: None,
+                        attempts: acc.attempts,
+                        source: acc.source,
+                        accepted_at_ms: acc.id.timestamp_ms(),
+                        timings: Default::default(),
+                        replay_of: acc.replay_of,
+                    },
+                    node: None,
+                    started_ms: None,
+                    errors: Vec::new(),
+                    failures: 0,
+                    lost: 0,
+                };
+                match inner.messages.create(&key, fresh.encode()).await {
+                    Ok(rev) => (fresh, rev),
+                    Err(_) => continue,
+                }
+            }
+        };
+        if entry.outcome.status.is_terminal() {
+            let _ = m.ack().await;
+            return Claim::Done;
+        }
+        if let Some(due) = acc.due_ms.filter(|&d| d > unix_ms()) {
+            let _ = m
+                .ack_with(AckKind::Nak(Some(Duration::from_millis(due - unix_ms()))))
+                .await;
+            return Claim::Done;
+        }
+        let attempt = entry.outcome.attempts + 1;
+        let mut next = entry.clone();
+        if entry.outcome.status == Status::Running {
+            // Its last attempt never reported: the node running it died (or lost NATS for
+            // longer than ack_wait). Run it again, a bounded number of times.
+            let error = ErrorInfo::new(
+                ErrorClass::Error,
+                format!(
+                    "node {} stopped during attempt {} before it finished",
+                    entry.node.as_deref().unwrap_or("?"),
+                    entry.outcome.attempts
+                ),
+            );
+            tracing::warn!(id = %acc.id, error = %error.message, "running it again");
+            next.errors.push(error.clone());
+            next.outcome.error = Some(error);
+            next.lost += 1;
+        }
+        if next.lost > MAX_LOST_RUNS {
+            next.outcome.status = if route.retries > 0 {
+                Status::Dead
+            } else {
+                Status::Failed
+            };
+            next.outcome.timings.total_ms = unix_ms().saturating_sub(acc.id.timestamp_ms()) as f64;
+            match inner.messages.update(&key, next.encode(), revision).await {
+                Ok(_) => {
+                    if next.outcome.status == Status::Dead {
+                        bury(inner, acc, &next).await;
+                    }
+                    route.finished[status_index(next.outcome.status)].fetch_add(1, Relaxed);
+                    let _ = m.ack().await;
+                    return Claim::Done;
+                }
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(_) => {
+                    let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                    return Claim::Done;
+                }
+            }
+        }
+        next.outcome.status = Status::Running;
+        next.outcome.error = None;
+        next.outcome.attempts = attempt;
+        next.node = Some(inner.settings.node.clone());
+        next.started_ms = Some(unix_ms());
+        match inner.messages.update(&key, next.encode(), revision).await {
+            Ok(rev) => return Claim::Run(next, rev),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+            Err(_) => {
+                let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                return Claim::Done;
+            }
+        }
+    }
+}
+
+/// Writes the entry of a claimed message (it is ours: revision `revision`), trying again for
+/// a while if NATS is away.
+async fn write(inner: &Inner, acc: &Accepted, entry: &Entry, revision: u64) -> Result<(), ()> {
+    let key = acc.id.to_string();
+    for n in 0..30u64 {
+        match inner.messages.update(&key, entry.encode(), revision).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                tracing::warn!(id = %acc.id, "its entry changed while it ran; outcome not written");
+                return Err(());
+            }
+            Err(e) => {
+                tracing::debug!(id = %acc.id, error = %e, "cannot write the outcome yet");
+                actix_rt::time::sleep(Duration::from_millis(200 * (n + 1).min(5))).await;
+            }
+        }
+    }
+    tracing::warn!(id = %acc.id, "could not write its outcome; it will be delivered again");
+    Err(())
+}
+
+/// Files a dead letter in the cluster's bucket.
+async fn bury(inner: &Inner, acc: &Accepted, entry: &Entry) {
+    let dl = DeadLetter {
+        id: acc.id,
+        kind: acc.kind,
+        payload: acc.payload.clone(),
+        attempts: entry.outcome.attempts,
+        errors: entry.errors.clone(),
+        died_at_ms: unix_ms(),
+        source: acc.source,
+        replay_of: acc.replay_of,
+    };
+    let bytes: Bytes = serde_json::to_vec(&dl).expect("serializes").into();
+    if let Err(e) = inner.dead.put(acc.id.to_string(), bytes).await {
+        tracing::warn!(id = %acc.id, error = %e, "cannot file the dead letter");
+    }
+}
+
+/// The backoff before retry `n` (1 for the first): `base` doubled each time, half of it
+/// fixed and half random, as a single node does.
+fn backoff(base: Duration, n: u32) -> Duration {
+    let full = base.saturating_mul(1u32 << (n.max(1) - 1).min(16));
+    let half = full / 2;
+    half + Duration::from_nanos(fastrand::u64(
+        0..=half.as_nanos().min(u64::MAX as u128) as u64,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter() {
+        for n in 1..5 {
+            let b = backoff(Duration::from_millis(100), n);
+            let full = Duration::from_millis(100 * (1 << (n - 1)));
+            assert!(b >= full / 2 && b <= full, "{n}: {b:?}");
+        }
+    }
+}

