@@ -32,41 +32,45 @@ pub(crate) struct Nats {
 }
 
 impl Nats {
-    /// The server binary, if there is one.
-    fn find() -> Option<PathBuf> {
+    /// The first server binary that is new enough (2.10 or newer, for JetStream's key-value
+    /// buckets as the client uses them), or what was found instead.
+    fn find() -> Result<PathBuf, String> {
         let ours = Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/venv/bin/nats-server");
         let candidates = [
             std::env::var_os("NATS_SERVER").map(PathBuf::from),
             Some(ours),
             Some(PathBuf::from("nats-server")),
         ];
-        candidates.into_iter().flatten().find(|bin| {
-            Command::new(bin)
-                .arg("--version")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
+        let mut seen = Vec::new();
+        for bin in candidates.into_iter().flatten() {
+            let Ok(out) = Command::new(&bin).arg("--version").output() else {
+                continue;
+            };
+            // "nats-server: v2.15.1"
+            let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            let version: Vec<u32> = text
+                .rsplit('v')
+                .next()
+                .unwrap_or("")
+                .split('.')
+                .filter_map(|p| p.parse().ok())
+                .collect();
+            if version.len() >= 2 && (version[0], version[1]) >= (2, 10) {
+                return Ok(bin);
+            }
+            seen.push(format!("{} is {text:?}", bin.display()));
+        }
+        Err(if seen.is_empty() {
+            "no nats-server found".to_owned()
+        } else {
+            format!("no nats-server 2.10 or newer ({})", seen.join("; "))
         })
     }
 
     /// Starts one, or says why not: fails under CI, skips (`None`) elsewhere.
     pub(crate) fn start() -> Option<Nats> {
-        let Some(bin) = Nats::find() else {
-            if std::env::var_os("CI").is_some() {
-                panic!(
-                    "nats-server is needed for the cluster tests (NATS_SERVER, \
-                     .ci/venv/bin/nats-server or the PATH); `bash .ci/run` installs it"
-                );
-            }
-            eprintln!("skipped: no nats-server (run `bash .ci/run`, or set NATS_SERVER)");
-            return None;
-        };
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let bin = Nats::bin()?;
+        let port = free_port();
         let mut nats = Nats {
             bin,
             child: None,
@@ -75,6 +79,21 @@ impl Nats {
         };
         nats.resume();
         Some(nats)
+    }
+
+    /// The server binary: fails under CI without one, skips (`None`) elsewhere.
+    fn bin() -> Option<PathBuf> {
+        match Nats::find() {
+            Ok(bin) => Some(bin),
+            Err(why) if std::env::var_os("CI").is_some() => panic!(
+                "the cluster tests need a NATS server: {why} (NATS_SERVER, \
+                 .ci/venv/bin/nats-server or the PATH); `bash .ci/run` installs one"
+            ),
+            Err(why) => {
+                eprintln!("skipped: {why} (`bash .ci/run` installs one, or set NATS_SERVER)");
+                None
+            }
+        }
     }
 
     /// `nats://127.0.0.1:PORT`
@@ -122,6 +141,15 @@ impl Drop for Nats {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A loopback port that was free a moment ago.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A node of the cluster: a `mailroom serve` process in its own folder.
@@ -599,4 +627,45 @@ fn a_nats_outage_answers_503_then_service_resumes_with_nothing_accepted_lost() {
         let o = terminal(reader, id, Duration::from_secs(90));
         assert_eq!(o["status"], "completed", "{id}: {o}");
     }
+}
+
+#[test]
+fn the_cluster_example_script_runs_three_nodes_and_says_where_each_message_ran() {
+    let _heavy = crate::common::heavy();
+    let Some(bin) = Nats::bin() else { return };
+    let ports: Vec<String> = (0..3).map(|_| free_port().to_string()).collect();
+    let out = Command::new("bash")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/scripts/cluster.sh"
+        ))
+        .arg("15")
+        .env("NATS_SERVER", bin)
+        .env("MAILROOM_BIN", env!("CARGO_BIN_EXE_mailroom"))
+        .env("NATS_PORT", free_port().to_string())
+        .env("NODE_PORTS", ports.join(" "))
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("OK: 15 messages, each read from a node that did not accept it"),
+        "{text}"
+    );
+    // One line per message, naming the node that accepted it and the node that ran it.
+    let rows = text
+        .lines()
+        .filter(|l| l.contains(" completed ") || l.contains(" dead "))
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(3)
+                .is_some_and(|n| n.starts_with("node-"))
+        })
+        .count();
+    assert_eq!(rows, 15, "{text}");
+    assert!(
+        text.contains("== dead letters (any node lists the cluster's): 2"),
+        "{text}"
+    );
 }
