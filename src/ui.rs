@@ -118,23 +118,34 @@ impl Dashboard {
     /// The dashboard of a server started now with `config`.
     pub fn new(config: &Config) -> Dashboard {
         let s = &config.storage;
-        let storage = match s.kind {
-            StorageKind::Journal => StorageInfo {
-                kind: "journal",
-                path: Some(s.path.display().to_string()),
-                fsync: Some(format!("{:?}", s.fsync).to_ascii_lowercase()),
-            },
-            StorageKind::Memory => StorageInfo {
-                kind: "memory",
-                path: None,
+        let storage = match (&config.cluster, s.kind) {
+            (Some(c), _) => StorageInfo {
+                kind: "cluster",
+                path: Some(c.nats_url.clone()),
                 fsync: None,
             },
+            (None, kind) => match kind {
+                StorageKind::Journal => StorageInfo {
+                    kind: "journal",
+                    path: Some(s.path.display().to_string()),
+                    fsync: Some(format!("{:?}", s.fsync).to_ascii_lowercase()),
+                },
+                StorageKind::Memory => StorageInfo {
+                    kind: "memory",
+                    path: None,
+                    fsync: None,
+                },
+            },
         };
-        let node = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .ok()
             .map(|h| h.trim().to_owned())
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "localhost".into());
+        let node = match &config.cluster {
+            Some(c) => c.settings().node,
+            None => host,
+        };
         Dashboard {
             pulse: web::Data::new(Pulse::default()),
             node,
@@ -196,6 +207,11 @@ pub struct Overview {
     /// The sequence number of the newest history sample (one a second; 0 before the first):
     /// each route's `history` ends with it.
     pub history_seq: u64,
+    /// On a cluster node: the cluster's figures. Then each route's `queued` is the cluster's
+    /// (messages in its stream not yet delivered to any node), `dead_letters` the cluster's,
+    /// and the other figures this node's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<mailroom_actors::ClusterStats>,
 }
 
 /// Counters and gauges summed over every route.
@@ -363,6 +379,10 @@ pub async fn overview(
         )));
     }
     let d = &state.dispatcher;
+    let cluster = match &state.cluster {
+        Some(c) => Some(c.stats().await),
+        None => None,
+    };
     let snap = d.stats();
     let routes = d.routes();
     let now_ms = unix_ms();
@@ -450,7 +470,23 @@ pub async fn overview(
     let finished_now: u64 = snap.kinds.iter().map(|k| k.finished()).sum();
     totals.finished_per_second = rate(finished_now, finished_before, elapsed(rate_base));
     let st = &snap.storage;
-    let failing = pct_base.is_some_and(|b| st.failures > b.storage_failures);
+    let mut dead_letters = snap.dead_letters;
+    if let Some(c) = &cluster {
+        dead_letters = c.dead_letters;
+        totals.queued = 0;
+        for r in &mut live {
+            r.queued = c
+                .routes
+                .iter()
+                .find(|cr| cr.kind.as_str() == r.kind)
+                .map_or(0, |cr| cr.pending);
+            totals.queued += r.queued;
+        }
+    }
+    let failing = match &cluster {
+        Some(c) => !c.connected,
+        None => pct_base.is_some_and(|b| st.failures > b.storage_failures),
+    };
     let storage = StorageHealth {
         kind: dash.storage.kind.into(),
         path: dash.storage.path.clone(),
@@ -480,10 +516,11 @@ pub async fn overview(
         draining: d.is_draining(),
         totals,
         routes: live,
-        dead_letters: snap.dead_letters,
+        dead_letters,
         stored: snap.stored,
         storage,
         history_seq: newest.map_or(0, |s| s.seq),
+        cluster,
     };
     drop(samples);
     Ok(HttpResponse::Ok()

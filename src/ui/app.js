@@ -285,15 +285,23 @@ function renderStorage(o) {
     pill.className = 'pill';
     pill.textContent = 'in memory';
     pill.title = 'storage.kind = "memory": accepted work does not survive a restart';
+  } else if (s.kind === 'cluster') {
+    pill.className = s.health === 'ok' ? 'pill good' : 'pill bad';
+    pill.textContent = s.health === 'ok' ? 'cluster ok' : 'NATS unreachable';
+    pill.title = `cluster node; NATS at ${s.path}`;
   } else {
     pill.className = s.health === 'ok' ? 'pill good' : 'pill bad';
     pill.textContent = s.health === 'ok' ? 'journal ok' : 'journal failing';
     pill.title = `${s.path} · fsync ${s.fsync}`;
   }
+  const storage = {
+    journal: `journal in ${s.path} (fsync ${s.fsync})`,
+    cluster: `NATS JetStream at ${s.path}`,
+  }[s.kind] || 'memory (not durable)';
   const facts = [
     ['Node', o.node],
     ['Process', `pid ${o.pid}, up ${uptime(o.started_at_ms)}`],
-    ['Storage', s.kind === 'journal' ? `journal in ${s.path} (fsync ${s.fsync})` : 'memory (not durable)'],
+    ['Storage', storage],
   ];
   if (s.kind === 'journal') {
     facts.push(
@@ -302,6 +310,17 @@ function renderStorage(o) {
       ['Records', `${num.format(s.records)} (${dec.format(s.records_per_second)} / s)`],
       ['fsyncs', `${num.format(s.fsyncs)} (${dec.format(s.fsyncs_per_second)} / s)`],
       ['Write failures', num.format(s.failures)],
+    );
+  }
+  if (o.cluster) {
+    const c = o.cluster;
+    const sum = (f) => c.routes.reduce((n, r) => n + f(r), 0);
+    facts.push(
+      ['Cluster', `${c.name} (queued counts are the cluster's; the rest this node's)`],
+      ['NATS', c.connected ? 'connected' : 'unreachable: new messages get 503 until it is back'],
+      ['Running here', num.format(c.running_here)],
+      ['Delivered, not acked', num.format(sum((r) => r.ack_pending))],
+      ['Redelivered', num.format(sum((r) => r.redelivered))],
     );
   }
   facts.push(['Outcomes held', num.format(o.stored)]);

@@ -177,6 +177,10 @@ processor = "primes"
 processor = "chaos"
 retries = 1
 backoff_ms = 10
+
+[routes.narrow]
+processor = "sleep"
+capacity = 2
 "#;
 
 /// Ack wait of the test clusters: the time from a node's death to its messages running
@@ -526,6 +530,15 @@ fn any_node_reads_cancels_replays_and_dedupes_what_another_accepted() {
     assert_eq!(code, 202, "{r}");
     assert_eq!(r["replay_of"], dead_id);
     assert_eq!(get(&a, "/v1/dead-letters")["dead_letters"], json!([]));
+    // The dashboard's overview on a cluster node: storage is the cluster, dead letters the
+    // cluster's.
+    let o = get(&a, "/v1/overview");
+    assert_eq!(o["storage"]["kind"], "cluster", "{o}");
+    assert_eq!(o["storage"]["path"], nats.url());
+    assert_eq!(o["storage"]["health"], "ok");
+    assert_eq!(o["node"], "node-a");
+    assert_eq!(o["cluster"]["node"], "node-a");
+    assert_eq!(o["cluster"]["connected"], true);
     let (code, _, _) = request(
         &a.addr,
         "POST",
@@ -535,6 +548,27 @@ fn any_node_reads_cancels_replays_and_dedupes_what_another_accepted() {
     assert_eq!(code, 404, "replayed once only");
     let replay = terminal(&a, r["id"].as_str().unwrap(), Duration::from_secs(30));
     assert_eq!(replay["replay_of"], dead_id);
+    // A route's capacity holds over the whole cluster: its third unfinished message is
+    // refused, on whichever node it arrives.
+    let slow = json!({"kind": "narrow", "payload": {"ms": 1000}});
+    let n1 = submit(&a, slow.clone());
+    let n2 = submit(&b, slow.clone());
+    let (code, head, v) = request(&a.addr, "POST", "/v1/messages", Some(&slow));
+    assert_eq!(code, 503, "{v}");
+    assert!(head.contains("retry-after: 1"), "{head}");
+    assert!(
+        v["detail"]
+            .as_str()
+            .unwrap()
+            .contains("is full (capacity 2)"),
+        "{v}"
+    );
+    for id in [n1, n2] {
+        assert_eq!(
+            terminal(&b, &id, Duration::from_secs(30))["status"],
+            "completed"
+        );
+    }
     // Unknown ids are 404 on every node; bad input is refused before NATS is asked.
     let (code, _, _) = request(
         &b.addr,

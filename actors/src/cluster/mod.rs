@@ -3,13 +3,14 @@
 //! nothing of its own on disk.
 //!
 //! What lives where (names start with the cluster's `name`, `P` below):
-//! - `P_work`, a work-queue stream on file storage, subject `P.work.<kind>`: one message per
-//!   accepted message, its body the [`Record::Accepted`] a journal would hold, its JetStream
-//!   message id the message's id (so a publish retried by the client is stored once). Admission
-//!   answers only after JetStream has acknowledged the publish.
-//! - one durable pull consumer per route, `P_<kind>`: every node pulls from it, at most the
-//!   route's concurrency at a time per node; the consumer's `max_ack_pending` is the route's
-//!   capacity over the whole cluster.
+//! - per route, `P_work_<kind>`, a work-queue stream on file storage, subject `P.work.<kind>`,
+//!   holding at most the route's capacity (queued, delayed and running; a publish past it is
+//!   refused: `route full`). One stream message per accepted message, its body the
+//!   [`Record::Accepted`] a journal would hold, its JetStream message id the message's id (a
+//!   publish the client retries is stored once). Admission answers only after JetStream has
+//!   acknowledged the publish.
+//! - per route, one durable pull consumer `P_<kind>`: every node pulls from it, at most the
+//!   route's concurrency at a time per node, asking only for as many as it has free slots.
 //! - `P_messages`, a key-value bucket: each message's [`Outcome`] by id. Every change of state
 //!   is a compare-and-set on the entry's revision, so a message that is cancelled on one node
 //!   and started on another ends one way only, and a redelivered message that already finished
@@ -22,6 +23,11 @@
 //! route's backoff; a delayed message is handed back until its due time. While an attempt runs
 //! the node tells JetStream it is making progress; a node that dies stops doing so and the
 //! message is delivered to another node after `ack_wait`.
+//!
+//! Why not a [`Storage`](crate::Storage): a storage is one node's write-ahead log, read back
+//! into that node's memory at start-up. A cluster's state must be read and changed by every node
+//! at any time, so it lives in NATS, and each change is a compare-and-set there (what the
+//! single node's index does in memory).
 //!
 //! Failure: while NATS cannot be reached, admission refuses with
 //! [`StorageError::Unavailable`] (nothing is kept of a refused message), reads fail with
@@ -53,7 +59,9 @@ mod setup;
 mod work;
 
 pub use setup::resources;
-use setup::{consumer_name, ensure_bucket, ensure_consumer, ensure_stream, key_name, subject};
+use setup::{
+    consumer_name, ensure_bucket, ensure_consumer, ensure_stream, key_name, stream_name, subject,
+};
 
 /// Where the cluster's NATS server is and what this node is called (`[cluster]` in the
 /// service's configuration).
@@ -119,6 +127,9 @@ struct Entry {
     lost: u32,
 }
 
+/// Bytes of idempotency keys the cluster keeps (the oldest are forgotten past it).
+const KEYS_BYTES: usize = 64 * 1024 * 1024;
+
 /// How many times a message is run again because the node running it died, on top of its
 /// retries: a message that kills every node that runs it ends after this many.
 pub const MAX_LOST_RUNS: u32 = 2;
@@ -165,6 +176,7 @@ pub struct ClusterOutcome {
 /// A route as the cluster runs it: its settings, its subject and its consumer.
 struct ClusterRoute {
     kind: Kind,
+    stream: String,
     subject: String,
     consumer: String,
     retries: u32,
@@ -209,6 +221,8 @@ pub struct ClusterStats {
     pub connected: bool,
     /// Messages running on this node now.
     pub running_here: u64,
+    /// Dead letters held by the cluster.
+    pub dead_letters: u64,
     /// Per route; empty while NATS cannot be reached.
     pub routes: Vec<ClusterRouteStats>,
 }
@@ -217,7 +231,6 @@ struct Inner {
     settings: ClusterSettings,
     client: async_nats::Client,
     js: jetstream::Context,
-    stream: String,
     messages: kv::Store,
     keys: kv::Store,
     dead: kv::Store,
@@ -229,6 +242,9 @@ struct Inner {
     running: AtomicU64,
     /// The messages running here now (what a shutdown leaves to other nodes).
     running_ids: Mutex<std::collections::HashSet<MessageId>>,
+    /// The last [`Cluster::stats`] and when it was read: read at most once a second, however
+    /// many pages and scrapers ask.
+    stats: futures_util::lock::Mutex<Option<(Instant, ClusterStats)>>,
     tasks: Mutex<Vec<actix_rt::task::JoinHandle<()>>>,
 }
 
@@ -251,6 +267,8 @@ impl Cluster {
         let builder = builder.one_attempt_per_run();
         let result_ttl = builder.settings().result_ttl;
         let max_delay = builder.settings().max_delay;
+        let result_bytes = builder.settings().max_result_bytes;
+        let dead_bytes = builder.settings().max_dead_letter_bytes;
         let cpu_threads = builder.settings().cpu.resolved_threads();
         let local = builder.build()?;
         let client = async_nats::ConnectOptions::new()
@@ -266,8 +284,6 @@ impl Cluster {
             })?;
         let js = jetstream::new(client.clone());
         let infos = local.routes();
-        let stream_name = format!("{name}_work");
-        ensure_stream(&js, &stream_name, &name).await?;
         let mut routes = Vec::with_capacity(infos.len());
         let mut by_kind = HashMap::new();
         for (i, info) in infos.iter().enumerate() {
@@ -281,6 +297,7 @@ impl Cluster {
             };
             let route = ClusterRoute {
                 kind: info.kind,
+                stream: stream_name(&name, info.kind.as_str()),
                 subject: subject(&name, info.kind.as_str()),
                 consumer: consumer_name(&name, info.kind.as_str()),
                 retries,
@@ -291,21 +308,21 @@ impl Cluster {
                 finished: Default::default(),
                 redelivered: AtomicU64::new(0),
             };
-            ensure_consumer(&js, &stream_name, &route, settings.ack_wait).await?;
+            ensure_stream(&js, &route).await?;
+            ensure_consumer(&js, &route, settings.ack_wait).await?;
             by_kind.insert(info.kind.as_str(), i);
             routes.push(route);
         }
         // Outcomes are kept for the result TTL after a message ends; an entry is written again
         // at each change, so a delayed message's entry must outlive its delay too.
         let keep = result_ttl + max_delay + Duration::from_secs(3600);
-        let messages = ensure_bucket(&js, &format!("{name}_messages"), keep).await?;
-        let keys = ensure_bucket(&js, &format!("{name}_keys"), keep).await?;
-        let dead = ensure_bucket(&js, &format!("{name}_dead"), Duration::ZERO).await?;
+        let messages = ensure_bucket(&js, &format!("{name}_messages"), keep, result_bytes).await?;
+        let keys = ensure_bucket(&js, &format!("{name}_keys"), keep, KEYS_BYTES).await?;
+        let dead = ensure_bucket(&js, &format!("{name}_dead"), Duration::ZERO, dead_bytes).await?;
         let cluster = Cluster(Arc::new(Inner {
             settings,
             client,
             js,
-            stream: stream_name,
             messages,
             keys,
             dead,
@@ -316,6 +333,7 @@ impl Cluster {
             draining: AtomicBool::new(false),
             running: AtomicU64::new(0),
             running_ids: Mutex::new(Default::default()),
+            stats: futures_util::lock::Mutex::new(None),
             tasks: Mutex::new(Vec::new()),
         }));
         cluster.start().await?;
@@ -467,6 +485,16 @@ impl Cluster {
             Ok(_) => {
                 route.accepted.fetch_add(1, Relaxed);
                 Ok(id)
+            }
+            Err(e) if e.contains("maximum messages exceeded") => {
+                let _ = inner.messages.purge(id.to_string()).await;
+                if let Some(k) = &key {
+                    let _ = inner.keys.purge(k).await;
+                }
+                Err(Rejected::QueueFull {
+                    message: Box::new(msg),
+                    capacity: route.capacity as usize,
+                })
             }
             Err(e) => {
                 // Nothing of a refused message is kept (best effort: NATS may be gone).
@@ -674,14 +702,27 @@ impl Cluster {
         infos
     }
 
-    /// The cluster's figures per route (from JetStream) and this node's.
+    /// The cluster's figures per route (from JetStream) and this node's; read from NATS at
+    /// most once a second (callers within the second share the reading).
     pub async fn stats(&self) -> ClusterStats {
+        let mut cached = self.0.stats.lock().await;
+        if let Some((at, stats)) = &*cached {
+            if at.elapsed() < Duration::from_secs(1) {
+                return stats.clone();
+            }
+        }
+        let stats = self.read_stats().await;
+        *cached = Some((Instant::now(), stats.clone()));
+        stats
+    }
+
+    async fn read_stats(&self) -> ClusterStats {
         let inner = &self.0;
         let mut routes = Vec::new();
         if self.is_connected() {
             for r in &inner.routes {
                 let info = async {
-                    let stream = inner.js.get_stream(&inner.stream).await.ok()?;
+                    let stream = inner.js.get_stream(&r.stream).await.ok()?;
                     let mut c: consumer::PullConsumer =
                         stream.get_consumer(&r.consumer).await.ok()?;
                     c.info().await.ok().cloned()
@@ -705,11 +746,20 @@ impl Cluster {
                 });
             }
         }
+        let dead_letters = match self.is_connected() {
+            true => actix_rt::time::timeout(Duration::from_secs(2), inner.dead.status())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .map_or(0, |s| s.values()),
+            false => 0,
+        };
         ClusterStats {
             node: inner.settings.node.clone(),
             name: inner.settings.name.clone(),
             connected: self.is_connected(),
             running_here: inner.running.load(Relaxed),
+            dead_letters,
             routes,
         }
     }

@@ -12,16 +12,16 @@ use super::{ClusterError, ClusterRoute};
 use crate::envelope::Kind;
 
 /// Names of what a cluster called `name` with these routes uses on the NATS server: the
-/// stream, the consumers and the buckets (for `check-config`).
+/// streams and consumers (one of each per route) and the buckets (for `check-config`).
 pub fn resources(name: &str, kinds: &[&str]) -> Vec<String> {
-    let mut out = vec![format!(
-        "stream {name}_work (work queue, file storage, subjects {name}.work.>)"
-    )];
+    let mut out = Vec::new();
     for k in kinds {
         out.push(format!(
-            "consumer {} on {}",
-            consumer_name(name, k),
-            subject(name, k)
+            "stream {} (work queue, file storage, subject {}, at most the route's capacity), \
+             consumer {}",
+            stream_name(name, k),
+            subject(name, k),
+            consumer_name(name, k)
         ));
     }
     for b in ["messages", "keys", "dead"] {
@@ -40,6 +40,10 @@ pub(super) fn subject(name: &str, kind: &str) -> String {
     format!("{name}.work.{}", token(kind))
 }
 
+pub(super) fn stream_name(name: &str, kind: &str) -> String {
+    format!("{name}_work_{}", token(kind))
+}
+
 pub(super) fn consumer_name(name: &str, kind: &str) -> String {
     format!("{name}_{}", token(kind))
 }
@@ -56,17 +60,23 @@ pub(super) fn key_name(kind: Kind, key: &str) -> String {
     out
 }
 
+/// A route's work stream: a work queue on file storage holding at most the route's capacity
+/// of messages (queued, delayed and running: a work queue drops a message once it is
+/// acknowledged); past it a publish is refused, so the route is bounded over the whole cluster
+/// as it is on one node.
 pub(super) async fn ensure_stream(
     js: &jetstream::Context,
-    stream: &str,
-    name: &str,
+    route: &ClusterRoute,
 ) -> Result<(), ClusterError> {
+    let stream = &route.stream;
     let config = stream::Config {
-        name: stream.to_owned(),
-        subjects: vec![format!("{name}.work.>")],
+        name: stream.clone(),
+        subjects: vec![route.subject.clone()],
         retention: stream::RetentionPolicy::WorkQueue,
         storage: stream::StorageType::File,
         duplicate_window: Duration::from_secs(120),
+        max_messages: route.capacity.min(i64::MAX as u64) as i64,
+        discard: stream::DiscardPolicy::New,
         ..Default::default()
     };
     match js.get_stream(stream).await {
@@ -87,6 +97,17 @@ pub(super) async fn ensure_stream(
                     info.config.subjects, config.subjects
                 )));
             }
+            if info.config.max_messages != config.max_messages
+                || info.config.discard != config.discard
+            {
+                // A deploy that changed the route's capacity.
+                let mut updated = info.config.clone();
+                updated.max_messages = config.max_messages;
+                updated.discard = config.discard;
+                js.update_stream(updated).await.map_err(|e| {
+                    ClusterError::Setup(format!("cannot update the limits of {stream}: {e}"))
+                })?;
+            }
             Ok(())
         }
         Err(_) => js
@@ -99,12 +120,11 @@ pub(super) async fn ensure_stream(
 
 pub(super) async fn ensure_consumer(
     js: &jetstream::Context,
-    stream: &str,
     route: &ClusterRoute,
     ack_wait: Duration,
 ) -> Result<(), ClusterError> {
     let s = js
-        .get_stream(stream)
+        .get_stream(&route.stream)
         .await
         .map_err(|e| ClusterError::Setup(e.to_string()))?;
     // Created, or updated to these settings if it exists (a deploy that changed a route).
@@ -122,10 +142,13 @@ pub(super) async fn ensure_consumer(
     .map_err(|e| ClusterError::Setup(format!("consumer {}: {e}", route.consumer)))
 }
 
+/// A key-value bucket on file storage, one value per key, each kept at most `max_age` (zero:
+/// until deleted), all of them at most `max_bytes` (the oldest go first past it).
 pub(super) async fn ensure_bucket(
     js: &jetstream::Context,
     bucket: &str,
     max_age: Duration,
+    max_bytes: usize,
 ) -> Result<kv::Store, ClusterError> {
     if let Ok(store) = js.get_key_value(bucket).await {
         return Ok(store);
@@ -134,6 +157,7 @@ pub(super) async fn ensure_bucket(
         bucket: bucket.to_owned(),
         history: 1,
         max_age,
+        max_bytes: max_bytes.min(i64::MAX as usize) as i64,
         storage: stream::StorageType::File,
         ..Default::default()
     })

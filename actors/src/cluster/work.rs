@@ -27,7 +27,7 @@ pub(super) async fn pull(inner: Arc<Inner>, i: usize) {
         let consumer: Result<consumer::PullConsumer, _> = async {
             let s = inner
                 .js
-                .get_stream(&inner.stream)
+                .get_stream(&route.stream)
                 .await
                 .map_err(|e| e.to_string())?;
             s.get_consumer(&route.consumer)
