@@ -606,7 +606,7 @@ fn a_nats_outage_answers_503_then_service_resumes_with_nothing_accepted_lost() {
                 let mut i = 0u64;
                 while !stop.load(SeqCst) {
                     i += 1;
-                    let body = if i % 2 == 0 {
+                    let body = if i.is_multiple_of(2) {
                         json!({"kind": "sleep", "payload": {"ms": 300}})
                     } else {
                         json!({"kind": "echo", "payload": {"i": i}})
