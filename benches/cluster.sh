@@ -34,7 +34,12 @@ echo "building release binaries"
 cargo build --release -q --bin mailroom --example bare_echo
 
 PIDS=()
-cleanup() { for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+# Nodes first (they drain while NATS is still there), then the rest.
+cleanup() {
+  for p in "${NODE_PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${NODE_PIDS[@]:-}"; do wait "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true
+}
 trap cleanup EXIT
 wait_up() { for _ in $(seq 1 200); do curl -sf "http://$1/readyz" >/dev/null && return 0; sleep 0.1; done; echo "$1 did not come up" >&2; exit 1; }
 

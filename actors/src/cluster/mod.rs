@@ -40,12 +40,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer, kv};
+use async_nats::jetstream::{self, consumer, kv, stream};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
 
 use crate::dead_letters::DeadLetter;
 use crate::dispatcher::{Dispatcher, DispatcherBuilder, ShutdownReport};
@@ -135,6 +134,18 @@ const KEYS_BYTES: usize = 64 * 1024 * 1024;
 pub const MAX_LOST_RUNS: u32 = 2;
 
 impl Entry {
+    /// The entry of an accepted message that no node has taken yet.
+    fn of(acc: &Accepted) -> Entry {
+        Entry {
+            outcome: waiting_outcome(acc).outcome,
+            node: None,
+            started_ms: None,
+            errors: Vec::new(),
+            failures: 0,
+            lost: 0,
+        }
+    }
+
     fn encode(&self) -> Bytes {
         serde_json::to_vec(self)
             .expect("an entry always serializes")
@@ -177,6 +188,8 @@ pub struct ClusterOutcome {
 struct ClusterRoute {
     kind: Kind,
     stream: String,
+    /// The stream, for reading a waiting message by its subject.
+    handle: stream::Stream,
     subject: String,
     consumer: String,
     retries: u32,
@@ -237,7 +250,6 @@ struct Inner {
     routes: Vec<ClusterRoute>,
     by_kind: HashMap<&'static str, usize>,
     local: Dispatcher,
-    waiters: Mutex<HashMap<MessageId, Vec<oneshot::Sender<ClusterOutcome>>>>,
     draining: AtomicBool,
     running: AtomicU64,
     /// The messages running here now (what a shutdown leaves to other nodes).
@@ -295,10 +307,14 @@ impl Cluster {
                 Pool::Cpu => info.concurrency.min(cpu_threads * 4).max(1),
                 Pool::Io => info.concurrency,
             };
+            let stream = stream_name(&name, info.kind.as_str());
+            let subject = subject(&name, info.kind.as_str());
+            let handle = ensure_stream(&js, &stream, &subject, info.capacity).await?;
             let route = ClusterRoute {
                 kind: info.kind,
-                stream: stream_name(&name, info.kind.as_str()),
-                subject: subject(&name, info.kind.as_str()),
+                stream,
+                handle,
+                subject,
                 consumer: consumer_name(&name, info.kind.as_str()),
                 retries,
                 backoff,
@@ -308,8 +324,7 @@ impl Cluster {
                 finished: Default::default(),
                 redelivered: AtomicU64::new(0),
             };
-            ensure_stream(&js, &route).await?;
-            ensure_consumer(&js, &route, settings.ack_wait).await?;
+            ensure_consumer(&route, settings.ack_wait).await?;
             by_kind.insert(info.kind.as_str(), i);
             routes.push(route);
         }
@@ -329,14 +344,13 @@ impl Cluster {
             routes,
             by_kind,
             local,
-            waiters: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
             running: AtomicU64::new(0),
             running_ids: Mutex::new(Default::default()),
             stats: futures_util::lock::Mutex::new(None),
             tasks: Mutex::new(Vec::new()),
         }));
-        cluster.start().await?;
+        cluster.start();
         tracing::info!(
             node = %cluster.0.settings.node,
             cluster = %name,
@@ -347,32 +361,12 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// Starts the watcher of finished messages and one puller per route.
-    async fn start(&self) -> Result<(), ClusterError> {
-        let subject = format!("$KV.{}_messages.>", self.0.settings.name);
-        let mut updates = self
-            .0
-            .client
-            .subscribe(subject)
-            .await
-            .map_err(|e| ClusterError::Setup(e.to_string()))?;
-        let inner = self.0.clone();
-        let watcher = actix_rt::spawn(async move {
-            while let Some(m) = updates.next().await {
-                let Some(entry) = Entry::decode(&m.payload) else {
-                    continue;
-                };
-                if entry.outcome.status.is_terminal() {
-                    inner.wake(entry.current());
-                }
-            }
-        });
+    /// Starts one puller per route.
+    fn start(&self) {
         let mut tasks = self.0.tasks.lock();
-        tasks.push(watcher);
         for i in 0..self.0.routes.len() {
             tasks.push(actix_rt::spawn(work::pull(self.0.clone(), i)));
         }
-        Ok(())
     }
 
     /// This node's dispatcher (its routes' figures, its processors).
@@ -390,180 +384,254 @@ impl Cluster {
         self.0.client.connection_state() == async_nats::connection::State::Connected
     }
 
-    /// Admits a message: checks it as a single node would, remembers its idempotency key,
-    /// writes its entry, and publishes it to the work stream; returns once JetStream has
-    /// acknowledged the publish (an `Ok` survives the death of this node). With a key that is
-    /// already known, returns the earlier message's id.
+    /// Admits a message: checks it as a single node would, remembers its idempotency key, and
+    /// publishes it to its route's stream; returns once JetStream has acknowledged the publish
+    /// (an `Ok` survives the death of this node). With a key that is already known, returns the
+    /// earlier message's id.
     pub async fn accept(&self, msg: Message) -> Result<MessageId, Rejected> {
+        match self.prepare(msg).await? {
+            Prepared::Known(id, _) => Ok(id),
+            Prepared::New(p) => self.commit(p).await,
+        }
+    }
+
+    /// Checks a message and takes its idempotency key: everything of admission but the publish.
+    async fn prepare(&self, msg: Message) -> Result<Prepared, Rejected> {
         let inner = &self.0;
         if inner.draining.load(Relaxed) {
             return Err(Rejected::ShuttingDown(Box::new(msg)));
         }
-        let (msg, _) = inner.local.admissible(msg)?;
-        let kind = Kind::new(msg.kind()).expect("admissible kinds are routed");
-        let route = &inner.routes[inner.by_kind[kind.as_str()]];
+        let (msg, index) = inner.local.admissible(msg)?;
         if !self.is_connected() {
             return Err(refused(msg, "NATS is unreachable"));
         }
+        let route = &inner.routes[index];
         let id = MessageId::next();
-        let key = msg.key.as_ref().map(|k| key_name(kind, k));
+        let key = msg.key.as_ref().map(|k| key_name(route.kind, k));
         if let Some(k) = &key {
             match inner.keys.create(k, id.to_string().into()).await {
                 Ok(_) => {}
                 Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-                    match inner.keys.get(k).await {
-                        Ok(Some(v)) => {
-                            if let Some(first) = std::str::from_utf8(&v)
-                                .ok()
-                                .and_then(|s| s.parse::<MessageId>().ok())
-                            {
-                                return Ok(first);
-                            }
-                        }
-                        Ok(None) => {}
+                    let first = match inner.keys.get(k).await {
+                        Ok(v) => v.and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok()),
                         Err(e) => return Err(refused(msg, e)),
-                    }
-                    return Err(refused(msg, "the idempotency key changed meanwhile"));
+                    };
+                    return match first {
+                        Some(first) => self
+                            .duplicate(first, index, msg)
+                            .await
+                            .map(|id| Prepared::Known(id, index)),
+                        None => Err(refused(msg, "the idempotency key changed meanwhile")),
+                    };
                 }
                 Err(e) => return Err(refused(msg, e)),
             }
         }
-        let now = unix_ms();
-        let due_ms = msg.delay.map(|d| now + d.as_millis() as u64);
-        let entry = Entry {
-            outcome: Outcome {
-                id,
-                kind,
-                status: if due_ms.is_some() {
-                    Status::Delayed
-                } else {
-                    Status::Queued
-                },
-                result: None,
-                error: None,
-                attempts: 0,
-                source: msg.source,
-                accepted_at_ms: id.timestamp_ms(),
-                timings: Default::default(),
-                replay_of: msg.replay_of,
-            },
-            node: None,
-            started_ms: None,
-            errors: Vec::new(),
-            failures: 0,
-            lost: 0,
-        };
         let record = Record::Accepted(Accepted {
             id,
-            kind,
+            kind: route.kind,
             payload: msg.payload.clone(),
             source: msg.source,
             key: msg.key.clone(),
-            due_ms,
+            due_ms: msg.delay.map(|d| unix_ms() + d.as_millis() as u64),
             timeout_ms: msg.timeout.map(|t| t.as_millis() as u64),
             replay_of: msg.replay_of,
             attempts: 0,
         });
-        let written = async {
-            inner
-                .messages
-                .put(id.to_string(), entry.encode())
-                .await
-                .map_err(|e| e.to_string())?;
-            let publish = jetstream::message::PublishMessage::build()
-                .payload(record.encode().into())
-                .message_id(id.to_string());
-            let ack = inner
-                .js
-                .send_publish(route.subject.clone(), publish)
-                .await
-                .map_err(|e| e.to_string())?;
-            ack.await.map_err(|e| e.to_string())
-        }
-        .await;
-        match written {
-            Ok(_) => {
+        Ok(Prepared::New(Admission {
+            route: index,
+            record,
+            key,
+            msg,
+        }))
+    }
+
+    /// Publishes a prepared message; gives its key back if JetStream refuses it.
+    async fn commit(&self, p: Admission) -> Result<MessageId, Rejected> {
+        let inner = &self.0;
+        let route = &inner.routes[p.route];
+        let id = p.record.id();
+        match self.publish(route, &p.record).await {
+            Ok(()) => {
                 route.accepted.fetch_add(1, Relaxed);
                 Ok(id)
             }
-            Err(e) if e.contains("maximum messages exceeded") => {
-                let _ = inner.messages.purge(id.to_string()).await;
-                if let Some(k) = &key {
-                    let _ = inner.keys.purge(k).await;
-                }
-                Err(Rejected::QueueFull {
-                    message: Box::new(msg),
-                    capacity: route.capacity as usize,
-                })
-            }
             Err(e) => {
                 // Nothing of a refused message is kept (best effort: NATS may be gone).
-                let _ = inner.messages.purge(id.to_string()).await;
-                if let Some(k) = &key {
+                if let Some(k) = &p.key {
                     let _ = inner.keys.purge(k).await;
                 }
-                Err(refused(msg, e))
+                Err(if e.contains("maximum messages exceeded") {
+                    Rejected::QueueFull {
+                        message: Box::new(p.msg),
+                        capacity: route.capacity as usize,
+                    }
+                } else {
+                    refused(p.msg, e)
+                })
             }
         }
     }
 
-    /// The message's current state; `Ok(None)` if unknown (never accepted, or expired).
+    /// Publishes an accepted message to its route's stream (its subject ends with the message's
+    /// id, which is also the JetStream message id) and waits for JetStream's acknowledgement.
+    async fn publish(&self, route: &ClusterRoute, record: &Record) -> Result<(), String> {
+        let id = record.id().to_string();
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(record.encode().into())
+            .message_id(id.clone());
+        let ack = self
+            .0
+            .js
+            .send_publish(format!("{}.{id}", route.subject), publish)
+            .await
+            .map_err(|e| e.to_string())?;
+        ack.await.map(drop).map_err(|e| e.to_string())
+    }
+
+    /// A message whose idempotency key names `first`: answers `first` once that message is in
+    /// the cluster for good. Its admission may still be in progress on another node (or have
+    /// failed there): within the stream's duplicate window, publishing it again under its id is
+    /// stored once whatever happened, so that is done before answering.
+    async fn duplicate(
+        &self,
+        first: MessageId,
+        route: usize,
+        msg: Message,
+    ) -> Result<MessageId, Rejected> {
+        match self.status(first).await {
+            Ok(Some(_)) => return Ok(first),
+            Ok(None) => {}
+            Err(e) => return Err(refused(msg, e)),
+        }
+        if unix_ms().saturating_sub(first.timestamp_ms()) > 30_000 {
+            return Err(refused(
+                msg,
+                "the message that first had this idempotency key is gone",
+            ));
+        }
+        let record = Record::Accepted(Accepted {
+            id: first,
+            kind: self.0.routes[route].kind,
+            payload: msg.payload.clone(),
+            source: msg.source,
+            key: msg.key.clone(),
+            due_ms: msg
+                .delay
+                .map(|d| first.timestamp_ms() + d.as_millis() as u64),
+            timeout_ms: msg.timeout.map(|t| t.as_millis() as u64),
+            replay_of: msg.replay_of,
+            attempts: 0,
+        });
+        match self.publish(&self.0.routes[route], &record).await {
+            Ok(()) => Ok(first),
+            Err(e) => Err(refused(msg, e)),
+        }
+    }
+
+    /// The message's current state; `Ok(None)` if unknown (never accepted, or expired): its
+    /// entry once a node has taken it, else its record while it waits in its stream.
     pub async fn status(&self, id: MessageId) -> Result<Option<ClusterOutcome>, ClusterError> {
-        Ok(self.entry(id).await?.map(|(e, _)| e.current()))
+        if let Some((e, _)) = self.entry(id).await? {
+            return Ok(Some(e.current()));
+        }
+        Ok(self.waiting(id).await?.map(|acc| waiting_outcome(&acc)))
+    }
+
+    /// The accepted message `id` as it waits in its stream (no node has taken it yet).
+    async fn waiting(&self, id: MessageId) -> Result<Option<Accepted>, ClusterError> {
+        for r in &self.0.routes {
+            match r.handle.direct_get_last_for_subject(format!("{}.{id}", r.subject)).await {
+                Ok(m) => {
+                    if let Ok(Record::Accepted(acc)) = Record::decode(&m.payload) {
+                        return Ok(Some(acc));
+                    }
+                }
+                Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => {}
+                Err(e) => return Err(unreachable(e)),
+            }
+        }
+        Ok(None)
     }
 
     /// Waits up to `max` for the message to finish and returns its state at that point;
-    /// `Ok(None)` if unknown.
+    /// `Ok(None)` if unknown. Listens to the updates of this one message's entry (a plain NATS
+    /// subscription to its bucket subject, dropped on return), so a node hears only about the
+    /// messages someone waits for.
     pub async fn wait(
         &self,
         id: MessageId,
         max: Duration,
     ) -> Result<Option<ClusterOutcome>, ClusterError> {
-        let (tx, rx) = oneshot::channel();
-        self.0.waiters.lock().entry(id).or_default().push(tx);
-        let now = self.status(id).await;
-        let now = match now {
-            Ok(Some(o)) if !o.outcome.status.is_terminal() && !max.is_zero() => o,
-            other => {
-                self.0.forget_waiter(id);
-                return other;
-            }
+        if max.is_zero() {
+            return self.status(id).await;
+        }
+        // Subscribed before the state is read: an update after the read is heard.
+        let mut updates = self.updates(id).await?;
+        let now = match self.status(id).await? {
+            Some(o) if !o.outcome.status.is_terminal() => o,
+            other => return Ok(other),
         };
-        let got = actix_rt::time::timeout(max, rx).await;
-        self.0.forget_waiter(id);
-        match got {
-            Ok(Ok(outcome)) => Ok(Some(outcome)),
-            _ => Ok(self.status(id).await?.or(Some(now))),
+        let end = tokio::time::Instant::now() + max;
+        match until_terminal(&mut updates, end).await {
+            Some(o) => Ok(Some(o)),
+            None => Ok(self.status(id).await?.or(Some(now))),
         }
     }
 
-    /// [`Cluster::accept`], then [`Cluster::wait`] up to `max` (`?wait=true`).
+    /// The updates of message `id`'s entry.
+    async fn updates(&self, id: MessageId) -> Result<async_nats::Subscriber, ClusterError> {
+        let subject = format!("$KV.{}_messages.{id}", self.0.settings.name);
+        self.0.client.subscribe(subject).await.map_err(unreachable)
+    }
+
+    /// [`Cluster::accept`], then [`Cluster::wait`] up to `max` (`?wait=true`): listening for
+    /// the outcome begins before the message is published, so no read of its state is needed.
     pub async fn send_timeout(
         &self,
         msg: Message,
         max: Duration,
     ) -> Result<ClusterOutcome, Rejected> {
-        let kind = Kind::new(msg.kind()).ok();
-        let (status, source, replay_of) = (msg.delayed_status(), msg.source, msg.replay_of);
-        let id = self.accept(msg).await?;
+        let p = match self.prepare(msg).await? {
+            Prepared::Known(id, route) => return Ok(self.read_or_queued(id, route, max).await),
+            Prepared::New(p) => p,
+        };
+        let (id, waiting) = match &p.record {
+            Record::Accepted(a) => (a.id, waiting_outcome(a)),
+            _ => unreachable!("prepare makes Accepted records"),
+        };
+        // Without a subscription (NATS just went away) the answer is read afterwards.
+        let mut updates = self.updates(id).await.ok();
+        self.commit(p).await?;
+        let end = tokio::time::Instant::now() + max;
+        if let Some(updates) = &mut updates {
+            if let Some(o) = until_terminal(updates, end).await {
+                return Ok(o);
+            }
+        }
+        Ok(self.status(id).await.ok().flatten().unwrap_or(waiting))
+    }
+
+    /// [`Cluster::wait`] for a message known to be accepted: as it was accepted if its state
+    /// cannot be read now.
+    async fn read_or_queued(&self, id: MessageId, route: usize, max: Duration) -> ClusterOutcome {
         match self.wait(id, max).await {
-            Ok(Some(o)) => Ok(o),
-            // Accepted, but its state cannot be read now: as it was accepted, as far as we know.
-            _ => Ok(ClusterOutcome {
+            Ok(Some(o)) => o,
+            _ => ClusterOutcome {
                 outcome: Outcome {
                     id,
-                    kind: kind.expect("accepted kinds are valid"),
-                    status,
+                    kind: self.0.routes[route].kind,
+                    status: Status::Queued,
                     result: None,
                     error: None,
                     attempts: 0,
-                    source,
+                    source: crate::Source::Http,
                     accepted_at_ms: id.timestamp_ms(),
                     timings: Default::default(),
-                    replay_of,
+                    replay_of: None,
                 },
                 node: None,
-            }),
+            },
         }
     }
 
@@ -573,36 +641,36 @@ impl Cluster {
         id: MessageId,
     ) -> Result<Result<ClusterOutcome, CancelError>, ClusterError> {
         loop {
-            let Some((entry, revision)) = self.entry(id).await? else {
-                return Ok(Err(CancelError::Unknown(id)));
+            let (entry, revision) = match self.entry(id).await? {
+                Some(x) => x,
+                None => {
+                    // Still in its stream: its entry is made here, cancelled. A node taking it
+                    // at the same moment makes it too; only one of the two makes it.
+                    let Some(acc) = self.waiting(id).await? else {
+                        return Ok(Err(CancelError::Unknown(id)));
+                    };
+                    let mut done = Entry::of(&acc);
+                    cancelled(&mut done);
+                    match self.0.messages.create(id.to_string(), done.encode()).await {
+                        Ok(_) => return Ok(Ok(self.0.counted_cancel(done))),
+                        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => continue,
+                        Err(e) => return Err(unreachable(e)),
+                    }
+                }
             };
             let status = entry.outcome.status;
             if !matches!(status, Status::Queued | Status::Delayed) {
                 return Ok(Err(CancelError::TooLate { id, status }));
             }
             let mut done = entry;
-            done.outcome.status = Status::Cancelled;
-            done.outcome.error = Some(ErrorInfo::new(
-                ErrorClass::Cancelled,
-                "cancelled before it ran",
-            ));
-            let now = unix_ms();
-            let waited = now.saturating_sub(done.outcome.accepted_at_ms) as f64;
-            done.outcome.timings.queued_ms = waited;
-            done.outcome.timings.total_ms = waited;
+            cancelled(&mut done);
             match self
                 .0
                 .messages
                 .update(id.to_string(), done.encode(), revision)
                 .await
             {
-                Ok(_) => {
-                    // Counted against the route of the node that wrote it.
-                    if let Some(r) = self.0.route(done.outcome.kind) {
-                        r.finished[status_index(Status::Cancelled)].fetch_add(1, Relaxed);
-                    }
-                    return Ok(Ok(done.current()));
-                }
+                Ok(_) => return Ok(Ok(self.0.counted_cancel(done))),
                 Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
                 Err(e) => return Err(unreachable(e)),
             }
@@ -783,7 +851,8 @@ impl Cluster {
         }
         let kept: Vec<MessageId> = self.0.running_ids.lock().iter().copied().collect();
         let local = self.0.local.shutdown(Duration::ZERO).await;
-        let _ = self.0.client.flush().await;
+        // Acknowledgements sent last go out now; not forever if NATS is away.
+        let _ = actix_rt::time::timeout(Duration::from_secs(2), self.0.client.flush()).await;
         ShutdownReport {
             drained: local.drained,
             unfinished: Vec::new(),
@@ -807,6 +876,78 @@ impl Cluster {
     }
 }
 
+/// An accepted message as it waits in its stream: `delayed` before its due time, else `queued`.
+fn waiting_outcome(acc: &Accepted) -> ClusterOutcome {
+    let now = unix_ms();
+    let accepted = acc.id.timestamp_ms();
+    let waited = now.saturating_sub(accepted) as f64;
+    ClusterOutcome {
+        outcome: Outcome {
+            id: acc.id,
+            kind: acc.kind,
+            status: match acc.due_ms {
+                Some(due) if due > now => Status::Delayed,
+                _ => Status::Queued,
+            },
+            result: None,
+            error: None,
+            attempts: acc.attempts,
+            source: acc.source,
+            accepted_at_ms: accepted,
+            timings: crate::envelope::Timings {
+                queued_ms: waited,
+                run_ms: 0.0,
+                total_ms: waited,
+            },
+            replay_of: acc.replay_of,
+        },
+        node: None,
+    }
+}
+
+/// Marks an entry cancelled before it ran.
+fn cancelled(e: &mut Entry) {
+    e.outcome.status = Status::Cancelled;
+    e.outcome.error = Some(ErrorInfo::new(
+        ErrorClass::Cancelled,
+        "cancelled before it ran",
+    ));
+    let waited = unix_ms().saturating_sub(e.outcome.accepted_at_ms) as f64;
+    e.outcome.timings.queued_ms = waited;
+    e.outcome.timings.total_ms = waited;
+}
+
+/// The first terminal state heard on `updates` before `end`.
+async fn until_terminal(
+    updates: &mut async_nats::Subscriber,
+    end: tokio::time::Instant,
+) -> Option<ClusterOutcome> {
+    while let Ok(Some(m)) = tokio::time::timeout_at(end, updates.next()).await {
+        if let Some(e) = Entry::decode(&m.payload) {
+            if e.outcome.status.is_terminal() {
+                return Some(e.current());
+            }
+        }
+    }
+    None
+}
+
+/// A message checked and ready to publish, or the id an idempotency key already names.
+enum Prepared {
+    /// The message an idempotency key names, and its route.
+    Known(MessageId, usize),
+    New(Admission),
+}
+
+/// A message ready to publish: its route, its record, its idempotency key's bucket key, and the
+/// message itself (handed back if it is refused).
+struct Admission {
+    route: usize,
+    record: Record,
+    key: Option<String>,
+    msg: Message,
+}
+
 fn refused(msg: Message, why: impl std::fmt::Display) -> Rejected {
     Rejected::Storage {
         message: Box::new(msg),
@@ -823,23 +964,11 @@ impl Inner {
         self.by_kind.get(kind.as_str()).map(|&i| &self.routes[i])
     }
 
-    fn wake(&self, outcome: ClusterOutcome) {
-        let Some(waiters) = self.waiters.lock().remove(&outcome.outcome.id) else {
-            return;
-        };
-        for w in waiters {
-            let _ = w.send(outcome.clone());
+    /// Counts a cancel this node wrote; its outcome.
+    fn counted_cancel(&self, done: Entry) -> ClusterOutcome {
+        if let Some(r) = self.route(done.outcome.kind) {
+            r.finished[status_index(Status::Cancelled)].fetch_add(1, Relaxed);
         }
-    }
-
-    /// Drops the closed waiters of `id` (a caller that gave up).
-    fn forget_waiter(&self, id: MessageId) {
-        let mut w = self.waiters.lock();
-        if let Some(list) = w.get_mut(&id) {
-            list.retain(|tx| !tx.is_closed());
-            if list.is_empty() {
-                w.remove(&id);
-            }
-        }
+        done.current()
     }
 }

@@ -17,7 +17,7 @@ pub fn resources(name: &str, kinds: &[&str]) -> Vec<String> {
     let mut out = Vec::new();
     for k in kinds {
         out.push(format!(
-            "stream {} (work queue, file storage, subject {}, at most the route's capacity), \
+            "stream {} (work queue, file storage, subjects {}.>, at most the route's capacity), \
              consumer {}",
             stream_name(name, k),
             subject(name, k),
@@ -64,19 +64,24 @@ pub(super) fn key_name(kind: Kind, key: &str) -> String {
 /// of messages (queued, delayed and running: a work queue drops a message once it is
 /// acknowledged); past it a publish is refused, so the route is bounded over the whole cluster
 /// as it is on one node.
+///
+/// Each message has a subject of its own, `SUBJECT.<id>`, so any node can read a waiting
+/// message by its id (a direct get).
 pub(super) async fn ensure_stream(
     js: &jetstream::Context,
-    route: &ClusterRoute,
-) -> Result<(), ClusterError> {
-    let stream = &route.stream;
+    stream: &str,
+    subject: &str,
+    capacity: u64,
+) -> Result<stream::Stream, ClusterError> {
     let config = stream::Config {
-        name: stream.clone(),
-        subjects: vec![route.subject.clone()],
+        name: stream.to_owned(),
+        subjects: vec![format!("{subject}.>")],
         retention: stream::RetentionPolicy::WorkQueue,
         storage: stream::StorageType::File,
         duplicate_window: Duration::from_secs(120),
-        max_messages: route.capacity.min(i64::MAX as u64) as i64,
+        max_messages: capacity.min(i64::MAX as u64) as i64,
         discard: stream::DiscardPolicy::New,
+        allow_direct: true,
         ..Default::default()
     };
     match js.get_stream(stream).await {
@@ -99,38 +104,34 @@ pub(super) async fn ensure_stream(
             }
             if info.config.max_messages != config.max_messages
                 || info.config.discard != config.discard
+                || !info.config.allow_direct
             {
                 // A deploy that changed the route's capacity.
                 let mut updated = info.config.clone();
                 updated.max_messages = config.max_messages;
                 updated.discard = config.discard;
+                updated.allow_direct = true;
                 js.update_stream(updated).await.map_err(|e| {
                     ClusterError::Setup(format!("cannot update the limits of {stream}: {e}"))
                 })?;
             }
-            Ok(())
+            Ok(s)
         }
         Err(_) => js
             .create_stream(config)
             .await
-            .map(drop)
             .map_err(|e| ClusterError::Setup(format!("cannot create stream {stream}: {e}"))),
     }
 }
 
 pub(super) async fn ensure_consumer(
-    js: &jetstream::Context,
     route: &ClusterRoute,
     ack_wait: Duration,
 ) -> Result<(), ClusterError> {
-    let s = js
-        .get_stream(&route.stream)
-        .await
-        .map_err(|e| ClusterError::Setup(e.to_string()))?;
     // Created, or updated to these settings if it exists (a deploy that changed a route).
-    s.create_consumer(consumer::pull::Config {
+    route.handle.create_consumer(consumer::pull::Config {
         durable_name: Some(route.consumer.clone()),
-        filter_subject: route.subject.clone(),
+        filter_subject: format!("{}.>", route.subject),
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait,
         max_deliver: -1,

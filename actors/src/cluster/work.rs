@@ -15,7 +15,7 @@ use tokio::sync::Semaphore;
 
 use super::{status_index, ClusterRoute, Entry, Inner, MAX_LOST_RUNS};
 use crate::dead_letters::DeadLetter;
-use crate::envelope::{unix_ms, ErrorClass, ErrorInfo, Message, Outcome, Status};
+use crate::envelope::{unix_ms, ErrorClass, ErrorInfo, Message, Status};
 use crate::storage::{Accepted, Record};
 
 /// Pulls route `i`'s messages for as long as the node runs: asks for as many as it has free
@@ -223,6 +223,21 @@ async fn claim(
     m: &jetstream::Message,
 ) -> Claim {
     let key = acc.id.to_string();
+    // The common case, a first delivery of a message that is due: no node has taken it, so it
+    // has no entry yet. Taking it is creating its entry (which fails if a cancel, or another
+    // node, made one first: then the entry is read below).
+    if acc.due_ms.is_none_or(|d| d <= unix_ms()) {
+        let fresh = first_run(inner, acc);
+        match inner.messages.create(&key, fresh.encode()).await {
+            Ok(rev) => return Claim::Run(fresh, rev),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+            Err(e) => {
+                tracing::debug!(id = %acc.id, error = %e, "cannot write the entry; handed back");
+                let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                return Claim::Done;
+            }
+        }
+    }
     loop {
         let got = match inner.messages.entry(key.clone()).await {
             Ok(g) => g,
@@ -238,30 +253,21 @@ async fn claim(
         {
             Some(x) => x,
             None => {
-                // Its entry expired (it waited longer than the bucket keeps entries) or was
-                // never written: write it afresh.
-                let fresh = Entry {
-                    outcome: Outcome {
-                        id: acc.id,
-                        kind: acc.kind,
-                        status: Status::Queued,
-                        result: None,
-                        error: None,
-                        attempts: acc.attempts,
-                        source: acc.source,
-                        accepted_at_ms: acc.id.timestamp_ms(),
-                        timings: Default::default(),
-                        replay_of: acc.replay_of,
-                    },
-                    node: None,
-                    started_ms: None,
-                    errors: Vec::new(),
-                    failures: 0,
-                    lost: 0,
-                };
+                // No node has taken it yet (or its entry expired): hand a delayed one back
+                // until it is due, else take it.
+                if let Some(due) = acc.due_ms.filter(|&d| d > unix_ms()) {
+                    let wait = Duration::from_millis(due.saturating_sub(unix_ms()));
+                    let _ = m.ack_with(AckKind::Nak(Some(wait))).await;
+                    return Claim::Done;
+                }
+                let fresh = first_run(inner, acc);
                 match inner.messages.create(&key, fresh.encode()).await {
-                    Ok(rev) => (fresh, rev),
-                    Err(_) => continue,
+                    Ok(rev) => return Claim::Run(fresh, rev),
+                    Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => continue,
+                    Err(_) => {
+                        let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                        return Claim::Done;
+                    }
                 }
             }
         };
@@ -330,6 +336,16 @@ async fn claim(
             }
         }
     }
+}
+
+/// The entry of a message's first attempt, running here from now.
+fn first_run(inner: &Inner, acc: &Accepted) -> Entry {
+    let mut e = Entry::of(acc);
+    e.outcome.status = Status::Running;
+    e.outcome.attempts = acc.attempts + 1;
+    e.node = Some(inner.settings.node.clone());
+    e.started_ms = Some(unix_ms());
+    e
 }
 
 /// Writes the entry of a claimed message (it is ours: revision `revision`), trying again for
