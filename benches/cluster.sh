@@ -77,7 +77,7 @@ name = "$1"
 node = "$2"
 ack_wait_ms = $ACK_WAIT_MS
 EOF
-  (cd "$dir" && RUST_LOG=warn exec "$OLDPWD/target/release/mailroom" serve --config config.toml > log 2>&1) &
+  (cd "$dir" && RUST_LOG=warn,async_nats=info exec "$OLDPWD/target/release/mailroom" serve --config config.toml > log 2>&1) &
   PIDS+=("$!"); NODE_PIDS+=("$!"); wait_up "127.0.0.1:$3"
 }
 journal_node() { # PORT → one node with the embedded journal (fsync = "always")
@@ -110,7 +110,8 @@ def ms(v):
     return x / 1000 if m.group(2) == "us" else x * 1000 if m.group(2) == "s" else x
 for i in range(n):
     t = open(f"{out}/wrk-{i}.txt").read()
-    rps += float(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1))
+    m = re.search(r"Requests/sec:\s+([\d.]+)", t)
+    rps += float(m.group(1)) if m else 0.0
     m = re.search(r"^\s+99%\s+(\S+)", t, re.M); p99 = max(p99, ms(m.group(1)) if m else 0)
     m = re.search(r"Non-2xx or 3xx responses: (\d+)", t); non2xx += int(m.group(1)) if m else 0
 busy = (float(after[0]) - float(before[0])) / (float(after[1]) - float(before[1])) * 200

@@ -278,9 +278,10 @@ impl Cluster {
         let retries = builder.retries();
         let builder = builder.one_attempt_per_run();
         let result_ttl = builder.settings().result_ttl;
-        let max_delay = builder.settings().max_delay;
         let result_bytes = builder.settings().max_result_bytes;
         let dead_bytes = builder.settings().max_dead_letter_bytes;
+        let max_results = builder.settings().max_results;
+        let max_dead = builder.settings().max_dead_letters;
         let cpu_threads = builder.settings().cpu.resolved_threads();
         let local = builder.build()?;
         let client = async_nats::ConnectOptions::new()
@@ -328,12 +329,17 @@ impl Cluster {
             by_kind.insert(info.kind.as_str(), i);
             routes.push(route);
         }
-        // Outcomes are kept for the result TTL after a message ends; an entry is written again
-        // at each change, so a delayed message's entry must outlive its delay too.
-        let keep = result_ttl + max_delay + Duration::from_secs(3600);
-        let messages = ensure_bucket(&js, &format!("{name}_messages"), keep, result_bytes).await?;
-        let keys = ensure_bucket(&js, &format!("{name}_keys"), keep, KEYS_BYTES).await?;
-        let dead = ensure_bucket(&js, &format!("{name}_dead"), Duration::ZERO, dead_bytes).await?;
+        // An entry is made when a node takes its message (or a cancel does) and written again
+        // at each change, so keeping each for the result TTL after its last change keeps every
+        // outcome that long (an attempt that outlives its entry writes its end afresh). Keys
+        // are kept as long. Past `max_results` / the byte bounds the oldest go first.
+        let keep = result_ttl.max(Duration::from_secs(60));
+        let bucket = |b: &str| format!("{name}_{b}");
+        let messages =
+            ensure_bucket(&js, &bucket("messages"), keep, max_results, result_bytes).await?;
+        let keys = ensure_bucket(&js, &bucket("keys"), keep, max_results, KEYS_BYTES).await?;
+        let dead =
+            ensure_bucket(&js, &bucket("dead"), Duration::ZERO, max_dead, dead_bytes).await?;
         let cluster = Cluster(Arc::new(Inner {
             settings,
             client,
@@ -412,17 +418,32 @@ impl Cluster {
             match inner.keys.create(k, id.to_string().into()).await {
                 Ok(_) => {}
                 Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-                    let first = match inner.keys.get(k).await {
-                        Ok(v) => v.and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok()),
+                    let held = match inner.keys.entry(k.clone()).await {
+                        Ok(Some(e)) => e,
+                        Ok(None) => {
+                            return Err(refused(msg, "the idempotency key changed meanwhile"))
+                        }
                         Err(e) => return Err(refused(msg, e)),
                     };
-                    return match first {
-                        Some(first) => self
-                            .duplicate(first, index, msg)
-                            .await
-                            .map(|id| Prepared::Known(id, index)),
-                        None => Err(refused(msg, "the idempotency key changed meanwhile")),
-                    };
+                    let first = std::str::from_utf8(&held.value)
+                        .ok()
+                        .and_then(|s| s.parse::<MessageId>().ok());
+                    if let Some(first) = first {
+                        match self.duplicate(first, index, &msg).await {
+                            Ok(Some(id)) => return Ok(Prepared::Known(id, index)),
+                            Err(e) => return Err(refused(msg, e)),
+                            // The key names a message that never made it: this one takes it.
+                            Ok(None) => {}
+                        }
+                    }
+                    match inner
+                        .keys
+                        .update(k, id.to_string().into(), held.revision)
+                        .await
+                    {
+                        Ok(_) => {}
+                        Err(e) => return Err(refused(msg, e)),
+                    }
                 }
                 Err(e) => return Err(refused(msg, e)),
             }
@@ -451,25 +472,31 @@ impl Cluster {
         let inner = &self.0;
         let route = &inner.routes[p.route];
         let id = p.record.id();
-        match self.publish(route, &p.record).await {
+        let mut published = self.publish(route, &p.record).await;
+        if published.as_ref().is_err_and(|e| !full(e)) && self.is_connected() {
+            // The answer was lost, or the publish was: once more under the same id is stored
+            // once either way (JetStream's duplicate window).
+            published = self.publish(route, &p.record).await;
+        }
+        match published {
             Ok(()) => {
                 route.accepted.fetch_add(1, Relaxed);
                 Ok(id)
             }
-            Err(e) => {
-                // Nothing of a refused message is kept (best effort: NATS may be gone).
+            Err(e) if full(&e) => {
+                // Refused for certain: the key is free again.
                 if let Some(k) = &p.key {
                     let _ = inner.keys.purge(k).await;
                 }
-                Err(if e.contains("maximum messages exceeded") {
-                    Rejected::QueueFull {
-                        message: Box::new(p.msg),
-                        capacity: route.capacity as usize,
-                    }
-                } else {
-                    refused(p.msg, e)
+                Err(Rejected::QueueFull {
+                    message: Box::new(p.msg),
+                    capacity: route.capacity as usize,
                 })
             }
+            // Perhaps stored, perhaps not: the client is told to try again. With its idempotency
+            // key it then gets this id (published again if it never arrived); without one the
+            // message may run as well as its retry (at least once).
+            Err(e) => Err(refused(p.msg, e)),
         }
     }
 
@@ -489,26 +516,27 @@ impl Cluster {
         ack.await.map(drop).map_err(|e| e.to_string())
     }
 
-    /// A message whose idempotency key names `first`: answers `first` once that message is in
-    /// the cluster for good. Its admission may still be in progress on another node (or have
-    /// failed there): within the stream's duplicate window, publishing it again under its id is
-    /// stored once whatever happened, so that is done before answering.
+    /// A message whose idempotency key names `first`: `first` once that message is in the
+    /// cluster for good, `None` if it never made it (its admission failed, and the key was
+    /// left behind). Its admission may still be in progress on another node (or have failed
+    /// there): within the stream's duplicate window, publishing it again under its id is stored
+    /// once whatever happened, so that is done before answering.
     async fn duplicate(
         &self,
         first: MessageId,
         route: usize,
-        msg: Message,
-    ) -> Result<MessageId, Rejected> {
-        match self.status(first).await {
-            Ok(Some(_)) => return Ok(first),
-            Ok(None) => {}
-            Err(e) => return Err(refused(msg, e)),
+        msg: &Message,
+    ) -> Result<Option<MessageId>, String> {
+        if self
+            .status(first)
+            .await
+            .map_err(|e| e.to_string())?
+            .is_some()
+        {
+            return Ok(Some(first));
         }
-        if unix_ms().saturating_sub(first.timestamp_ms()) > 30_000 {
-            return Err(refused(
-                msg,
-                "the message that first had this idempotency key is gone",
-            ));
+        if unix_ms().saturating_sub(first.timestamp_ms()) > 60_000 {
+            return Ok(None);
         }
         let record = Record::Accepted(Accepted {
             id: first,
@@ -523,10 +551,8 @@ impl Cluster {
             replay_of: msg.replay_of,
             attempts: 0,
         });
-        match self.publish(&self.0.routes[route], &record).await {
-            Ok(()) => Ok(first),
-            Err(e) => Err(refused(msg, e)),
-        }
+        self.publish(&self.0.routes[route], &record).await?;
+        Ok(Some(first))
     }
 
     /// The message's current state; `Ok(None)` if unknown (never accepted, or expired): its
@@ -535,16 +561,32 @@ impl Cluster {
         if let Some((e, _)) = self.entry(id).await? {
             return Ok(Some(e.current()));
         }
-        Ok(self.waiting(id).await?.map(|acc| waiting_outcome(&acc)))
+        if let Some(acc) = self.waiting(id).await? {
+            return Ok(Some(waiting_outcome(&acc)));
+        }
+        // Taken, run and acknowledged between the two reads: its entry is there now.
+        Ok(self.entry(id).await?.map(|(e, _)| e.current()))
     }
 
     /// The accepted message `id` as it waits in its stream (no node has taken it yet).
+    /// Also says where: its route and its stream sequence.
     async fn waiting(&self, id: MessageId) -> Result<Option<Accepted>, ClusterError> {
-        for r in &self.0.routes {
-            match r.handle.direct_get_last_for_subject(format!("{}.{id}", r.subject)).await {
+        Ok(self.waiting_at(id).await?.map(|(acc, _, _)| acc))
+    }
+
+    async fn waiting_at(
+        &self,
+        id: MessageId,
+    ) -> Result<Option<(Accepted, usize, u64)>, ClusterError> {
+        for (i, r) in self.0.routes.iter().enumerate() {
+            match r
+                .handle
+                .direct_get_last_for_subject(format!("{}.{id}", r.subject))
+                .await
+            {
                 Ok(m) => {
                     if let Ok(Record::Accepted(acc)) = Record::decode(&m.payload) {
-                        return Ok(Some(acc));
+                        return Ok(Some((acc, i, m.sequence)));
                     }
                 }
                 Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => {}
@@ -646,13 +688,21 @@ impl Cluster {
                 None => {
                     // Still in its stream: its entry is made here, cancelled. A node taking it
                     // at the same moment makes it too; only one of the two makes it.
-                    let Some(acc) = self.waiting(id).await? else {
+                    let Some((acc, route, seq)) = self.waiting_at(id).await? else {
+                        if self.entry(id).await?.is_some() {
+                            continue; // taken meanwhile
+                        }
                         return Ok(Err(CancelError::Unknown(id)));
                     };
                     let mut done = Entry::of(&acc);
                     cancelled(&mut done);
                     match self.0.messages.create(id.to_string(), done.encode()).await {
-                        Ok(_) => return Ok(Ok(self.0.counted_cancel(done))),
+                        Ok(_) => {
+                            // Its place in the route is free at once, not at its due time (if
+                            // a node holds the delivery, it finds the entry and acknowledges).
+                            let _ = self.0.routes[route].handle.delete_message(seq).await;
+                            return Ok(Ok(self.0.counted_cancel(done)));
+                        }
                         Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => continue,
                         Err(e) => return Err(unreachable(e)),
                     }
@@ -730,30 +780,30 @@ impl Cluster {
         let Ok(dl) = serde_json::from_slice::<DeadLetter>(&entry.value) else {
             return Ok(Err(ReplayError::Unknown(id)));
         };
+        // Admitted first, under an idempotency key of this letter as it is now: two replays at
+        // once (on two nodes) make one message, and a crash before the letter is removed leaves
+        // the letter as well as its replay (at least once, never lost).
+        let mut msg = Message::new(dl.kind.as_str(), dl.payload.clone())
+            .source(crate::Source::Replay)
+            .key(format!("replay-{}-{}", dl.id, entry.revision));
+        msg.replay_of = Some(dl.id);
+        let new = match self.accept(msg).await {
+            Ok(new) => new,
+            Err(r) => return Ok(Err(ReplayError::Rejected(r))),
+        };
         match self
             .0
             .dead
             .delete_expect_revision(&key, Some(entry.revision))
             .await
         {
-            Ok(()) => {}
-            Err(e) if e.kind() == kv::DeleteErrorKind::WrongLastRevision => {
-                return Ok(Err(ReplayError::Unknown(id)));
-            }
-            Err(e) => return Err(unreachable(e)),
-        }
-        let mut msg =
-            Message::new(dl.kind.as_str(), dl.payload.clone()).source(crate::Source::Replay);
-        msg.replay_of = Some(dl.id);
-        match self.accept(msg).await {
-            Ok(new) => {
+            Ok(()) => {
                 tracing::info!(id = %new, replay_of = %dl.id, kind = %dl.kind, "dead letter replayed");
                 Ok(Ok(new))
             }
-            Err(r) => {
-                let _ = self.0.dead.put(&key, entry.value).await;
-                Ok(Err(ReplayError::Rejected(r)))
-            }
+            // Replayed by another node at the same moment, as this same message.
+            Err(e) if e.kind() == kv::DeleteErrorKind::WrongLastRevision => Ok(Ok(new)),
+            Err(e) => Err(unreachable(e)),
         }
     }
 
@@ -851,6 +901,11 @@ impl Cluster {
         }
         let kept: Vec<MessageId> = self.0.running_ids.lock().iter().copied().collect();
         let local = self.0.local.shutdown(Duration::ZERO).await;
+        // The attempts cut short hand their messages back (entry queued, nak): let them.
+        let handing_back = Instant::now();
+        while self.0.running.load(Relaxed) > 0 && handing_back.elapsed() < Duration::from_secs(3) {
+            actix_rt::time::sleep(Duration::from_millis(20)).await;
+        }
         // Acknowledgements sent last go out now; not forever if NATS is away.
         let _ = actix_rt::time::timeout(Duration::from_secs(2), self.0.client.flush()).await;
         ShutdownReport {
@@ -903,6 +958,11 @@ fn waiting_outcome(acc: &Accepted) -> ClusterOutcome {
         },
         node: None,
     }
+}
+
+/// Whether a publish error is JetStream refusing a message to a full route.
+fn full(error: &str) -> bool {
+    error.contains("maximum messages exceeded")
 }
 
 /// Marks an entry cancelled before it ran.

@@ -129,41 +129,62 @@ pub(super) async fn ensure_consumer(
     ack_wait: Duration,
 ) -> Result<(), ClusterError> {
     // Created, or updated to these settings if it exists (a deploy that changed a route).
-    route.handle.create_consumer(consumer::pull::Config {
-        durable_name: Some(route.consumer.clone()),
-        filter_subject: format!("{}.>", route.subject),
-        ack_policy: consumer::AckPolicy::Explicit,
-        ack_wait,
-        max_deliver: -1,
-        max_ack_pending: route.capacity.min(i64::MAX as u64) as i64,
-        ..Default::default()
-    })
-    .await
-    .map(drop)
-    .map_err(|e| ClusterError::Setup(format!("consumer {}: {e}", route.consumer)))
+    route
+        .handle
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some(route.consumer.clone()),
+            filter_subject: format!("{}.>", route.subject),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait,
+            max_deliver: -1,
+            max_ack_pending: route.capacity.min(i64::MAX as u64) as i64,
+            ..Default::default()
+        })
+        .await
+        .map(drop)
+        .map_err(|e| ClusterError::Setup(format!("consumer {}: {e}", route.consumer)))
 }
 
 /// A key-value bucket on file storage, one value per key, each kept at most `max_age` (zero:
-/// until deleted), all of them at most `max_bytes` (the oldest go first past it).
+/// until deleted), at most `max_values` and `max_bytes` of them: past either, the oldest go
+/// first (the bucket's stream is set to discard old values; a bucket that refused new ones
+/// would stop the cluster). An existing bucket is brought to these limits.
 pub(super) async fn ensure_bucket(
     js: &jetstream::Context,
     bucket: &str,
     max_age: Duration,
+    max_values: usize,
     max_bytes: usize,
 ) -> Result<kv::Store, ClusterError> {
-    if let Ok(store) = js.get_key_value(bucket).await {
-        return Ok(store);
+    let setup = |e: &dyn std::fmt::Display| ClusterError::Setup(format!("bucket {bucket}: {e}"));
+    let store = match js.get_key_value(bucket).await {
+        Ok(store) => store,
+        Err(_) => js
+            .create_key_value(kv::Config {
+                bucket: bucket.to_owned(),
+                history: 1,
+                max_age,
+                max_bytes: max_bytes.min(i64::MAX as usize) as i64,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| setup(&e))?,
+    };
+    let mut s = js
+        .get_stream(format!("KV_{bucket}"))
+        .await
+        .map_err(|e| setup(&e))?;
+    let config = s.info().await.map_err(|e| setup(&e))?.config.clone();
+    let mut want = config.clone();
+    want.discard = stream::DiscardPolicy::Old;
+    want.max_age = max_age;
+    want.max_messages = max_values.min(i64::MAX as usize) as i64;
+    want.max_bytes = max_bytes.min(i64::MAX as usize) as i64;
+    if want != config {
+        js.update_stream(want).await.map_err(|e| setup(&e))?;
     }
-    js.create_key_value(kv::Config {
-        bucket: bucket.to_owned(),
-        history: 1,
-        max_age,
-        max_bytes: max_bytes.min(i64::MAX as usize) as i64,
-        storage: stream::StorageType::File,
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| ClusterError::Setup(format!("cannot create bucket {bucket}: {e}")))
+    Ok(store)
 }
 
 #[cfg(test)]

@@ -157,8 +157,10 @@ async fn run(
             tracing::debug!(id = %acc.id, reason = r.reason(), "not run here; handed back");
             entry.outcome.status = Status::Queued;
             entry.outcome.attempts = entry.outcome.attempts.saturating_sub(1);
-            let _ = write(inner, acc, &entry, revision).await;
-            let _ = m.ack_with(AckKind::Nak(Some(back))).await;
+            // Handed back only if the entry says so: else it is no longer ours to hand back.
+            if write(inner, acc, m, &entry, revision).await.is_ok() {
+                let _ = m.ack_with(AckKind::Nak(Some(back))).await;
+            }
             return;
         }
     };
@@ -185,15 +187,15 @@ async fn run(
             if entry.failures <= route.retries {
                 entry.outcome.status = Status::Queued;
                 let back = backoff(route.backoff, entry.failures);
-                if write(inner, acc, &entry, revision).await.is_ok() {
+                if write(inner, acc, m, &entry, revision).await.is_ok() {
                     let _ = m.ack_with(AckKind::Nak(Some(back))).await;
                 }
                 // Not written: leave it unacknowledged; it comes back after ack_wait.
                 return;
             }
             if route.retries > 0 {
+                // Filed once the terminal state is written (below).
                 entry.outcome.status = Status::Dead;
-                bury(inner, acc, &entry).await;
             } else {
                 entry.outcome.status = ran.status;
             }
@@ -203,12 +205,26 @@ async fn run(
         _ => {
             entry.outcome.status = Status::Queued;
             entry.outcome.attempts = entry.outcome.attempts.saturating_sub(1);
-            let _ = write(inner, acc, &entry, revision).await;
-            let _ = m.ack_with(AckKind::Nak(None)).await;
+            if write(inner, acc, m, &entry, revision).await.is_ok() {
+                let _ = m.ack_with(AckKind::Nak(None)).await;
+            }
             return;
         }
     };
-    if write(inner, acc, &entry, revision).await.is_ok() {
+    // A result too big for one NATS message cannot be kept: the message fails, saying so.
+    let limit = inner.client.server_info().max_payload;
+    if entry.encode().len() + 1024 > limit {
+        entry.outcome.status = Status::Failed;
+        entry.outcome.result = None;
+        entry.outcome.error = Some(ErrorInfo::new(
+            ErrorClass::Error,
+            format!("its result is larger than the NATS server's max_payload ({limit} bytes)"),
+        ));
+    }
+    if write(inner, acc, m, &entry, revision).await.is_ok() {
+        if entry.outcome.status == Status::Dead {
+            bury(inner, acc, &entry).await;
+        }
         route.finished[status_index(entry.outcome.status)].fetch_add(1, Relaxed);
         let _ = m.ack_with(ack).await;
     }
@@ -272,13 +288,17 @@ async fn claim(
             }
         };
         if entry.outcome.status.is_terminal() {
+            // Delivered again after it ended: its node died between writing the end and the
+            // acknowledgement, so the dead letter may not be filed yet (filing is idempotent).
+            if entry.outcome.status == Status::Dead {
+                bury(inner, acc, &entry).await;
+            }
             let _ = m.ack().await;
             return Claim::Done;
         }
         if let Some(due) = acc.due_ms.filter(|&d| d > unix_ms()) {
-            let _ = m
-                .ack_with(AckKind::Nak(Some(Duration::from_millis(due - unix_ms()))))
-                .await;
+            let wait = Duration::from_millis(due.saturating_sub(unix_ms()));
+            let _ = m.ack_with(AckKind::Nak(Some(wait))).await;
             return Claim::Done;
         }
         let attempt = entry.outcome.attempts + 1;
@@ -348,19 +368,38 @@ fn first_run(inner: &Inner, acc: &Accepted) -> Entry {
     e
 }
 
-/// Writes the entry of a claimed message (it is ours: revision `revision`), trying again for
-/// a while if NATS is away.
-async fn write(inner: &Inner, acc: &Accepted, entry: &Entry, revision: u64) -> Result<(), ()> {
+/// Writes the entry of a claimed message (it is ours: revision `revision`). While NATS is away
+/// it tries again, telling JetStream the delivery is alive, so the message is not given to
+/// another node meanwhile; after about two minutes it gives up (the delivery then comes back
+/// after `ack_wait`, and its entry says whether it still has to run).
+async fn write(
+    inner: &Inner,
+    acc: &Accepted,
+    m: &jetstream::Message,
+    entry: &Entry,
+    revision: u64,
+) -> Result<(), ()> {
     let key = acc.id.to_string();
-    for n in 0..30u64 {
-        match inner.messages.update(&key, entry.encode(), revision).await {
+    let bytes = entry.encode();
+    for n in 0..120u64 {
+        match inner.messages.update(&key, bytes.clone(), revision).await {
             Ok(_) => return Ok(()),
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                tracing::warn!(id = %acc.id, "its entry changed while it ran; outcome not written");
+                // Gone (it outlived the bucket's keeping while it ran): still ours, written
+                // afresh. Changed: another node took it over; its outcome is that node's.
+                if let Ok(None) = inner.messages.get(key.clone()).await {
+                    if inner.messages.create(&key, bytes.clone()).await.is_ok() {
+                        return Ok(());
+                    }
+                }
+                tracing::warn!(id = %acc.id, "its entry changed while it ran here (another node took it over); outcome not written");
                 return Err(());
             }
             Err(e) => {
-                tracing::debug!(id = %acc.id, error = %e, "cannot write the outcome yet");
+                if n == 0 {
+                    tracing::warn!(id = %acc.id, error = %e, "cannot write its outcome yet; trying again");
+                }
+                let _ = m.ack_with(AckKind::Progress).await;
                 actix_rt::time::sleep(Duration::from_millis(200 * (n + 1).min(5))).await;
             }
         }
