@@ -107,9 +107,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let _ = p.await;
     }
     worker.abort();
-    println!(
-        "messages {counted} rate {:.0}",
-        counted as f64 / elapsed
-    );
+    println!("messages {counted} rate {:.0}", counted as f64 / elapsed);
     Ok(())
 }

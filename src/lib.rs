@@ -173,14 +173,8 @@ fn builder(config: &Config) -> DispatcherBuilder {
 /// is submitted by every node under one idempotency key, so it runs once in the cluster.
 async fn join(config: &Config) -> Result<Cluster, ServeError> {
     let c = config.cluster.as_ref().expect("called with [cluster]");
-    // The schedules are checked as a single node would before anything starts.
-    let d = with_routes(config, None)?;
-    let checked = config
-        .schedules()
-        .iter()
-        .try_for_each(|s| d.check_schedule(s));
-    d.shutdown(Duration::ZERO).await;
-    checked?;
+    // The routes and schedules are checked as a single node would before anything starts.
+    check(config).await?;
     let cluster = Cluster::join(c.settings(), builder(config))
         .await
         .map_err(ServeError::Cluster)?;

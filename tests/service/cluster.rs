@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 
 use crate::attacks::{addr_of, wait_until};
 use crate::binary::{serve_in, Served};
+use crate::common::free_port;
 
 /// A `nats-server` with JetStream, on a loopback port, its store in a temp folder; killed on
 /// drop. It can be stopped and started again on the same port and store.
@@ -141,15 +142,6 @@ impl Drop for Nats {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-/// A loopback port that was free a moment ago.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A node of the cluster: a `mailroom serve` process in its own folder.

@@ -15,7 +15,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use mailroom::config::RouteConfig;
 use serde_json::{json, Value};
 
-use crate::common::{config, eventually, start, TestServer};
+use crate::common::{config, eventually, free_port, start, TestServer};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -63,14 +63,6 @@ impl WebDriverCompatibleCommand for ConsoleLog {
     fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
         (http::Method::POST, Some(r#"{"type":"browser"}"#.into()))
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Browser {

@@ -3,18 +3,19 @@
 //! nothing of its own on disk.
 //!
 //! What lives where (names start with the cluster's `name`, `P` below):
-//! - per route, `P_work_<kind>`, a work-queue stream on file storage, subject `P.work.<kind>`,
-//!   holding at most the route's capacity (queued, delayed and running; a publish past it is
-//!   refused: `route full`). One stream message per accepted message, its body the
-//!   [`Record::Accepted`] a journal would hold, its JetStream message id the message's id (a
-//!   publish the client retries is stored once). Admission answers only after JetStream has
-//!   acknowledged the publish.
+//! - per route, `P_work_<kind>`, a work-queue stream on file storage, holding at most the
+//!   route's capacity (queued, delayed and running; a publish past it is refused: `route full`).
+//!   One stream message per accepted message, on subject `P.work.<kind>.<id>` (so any node reads
+//!   a waiting message by its id), its body the [`Record::Accepted`] a journal would hold, its
+//!   JetStream message id the message's id (a publish retried after a lost answer is stored
+//!   once). Admission answers only after JetStream has acknowledged the publish.
 //! - per route, one durable pull consumer `P_<kind>`: every node pulls from it, at most the
 //!   route's concurrency at a time per node, asking only for as many as it has free slots.
-//! - `P_messages`, a key-value bucket: each message's [`Outcome`] by id. Every change of state
-//!   is a compare-and-set on the entry's revision, so a message that is cancelled on one node
-//!   and started on another ends one way only, and a redelivered message that already finished
-//!   is acknowledged without running again.
+//! - `P_messages`, a key-value bucket: each message's [`Outcome`] by id, made (`create`) by the
+//!   node that takes the message or by a cancel, whichever comes first, then changed only by
+//!   compare-and-set on its revision: a message cancelled on one node and started on another
+//!   ends one way only, and a redelivered message that already finished is acknowledged without
+//!   running again. A waiter listens to its own message's updates (a plain subscription).
 //! - `P_keys` (idempotency keys, `kind.key` to id) and `P_dead` (dead letters by id).
 //!
 //! A pulled message runs on this node's own [`Dispatcher`] (routers, supervised workers, the
@@ -30,10 +31,12 @@
 //! single node's index does in memory).
 //!
 //! Failure: while NATS cannot be reached, admission refuses with
-//! [`StorageError::Unavailable`] (nothing is kept of a refused message), reads fail with
-//! [`ClusterError::Unreachable`], and the client reconnects by itself. A terminal state that
-//! cannot be written is retried; if the node dies first, the message is delivered again and
-//! runs again (at least once).
+//! [`StorageError::Unavailable`], reads fail with [`ClusterError::Unreachable`], and the client
+//! reconnects by itself. A refusal before the publish keeps nothing; a publish whose answer was
+//! lost (tried twice) may have been stored, so the message may run (the client was told to try
+//! again; with its idempotency key it gets the same id). A terminal state that cannot be written
+//! is retried for about two minutes while the delivery is kept alive; if the node dies first,
+//! the message is delivered again and runs again (at least once).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
