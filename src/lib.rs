@@ -274,7 +274,7 @@ pub async fn run(
     };
     let addr = listeners.http.local_addr()?;
     let dashboard = web::Data::new(ui::Dashboard::new(&config));
-    let pulse = ui::Pulse::start(dashboard.pulse.clone(), dispatcher.clone());
+    let samples = dashboard.pulse.clone();
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
@@ -290,6 +290,8 @@ pub async fn run(
     .listen(listeners.http)?
     .run();
     let handle = server.handle();
+    // Started once the server is listening: a failed start leaves no sampler behind.
+    let pulse = ui::Pulse::start(samples, dispatcher.clone());
     let mut serving = actix_rt::spawn(server);
     tracing::info!(%addr, workers, routes = dispatcher.routes().len(), "mailroom is serving");
 

@@ -20,7 +20,8 @@ const state = {
   overview: null,
   seq: 0, // the newest history sample we hold
   lastOk: 0, // when the last overview arrived
-  pid: null,
+  pid: null, // "pid/started_at_ms" of the process that answered last
+  nextPoll: 0, // the timer of the next poll
   history: new Map(), // kind -> { completed: number[], failed: number[] }
   schemas: new Map(), // kind -> payload JSON schema
   pools: new Map(), // kind -> pool
@@ -181,9 +182,10 @@ function show() {
 
 async function start() {
   show();
+  // Every time: after a rejected stored token, the routes were never read.
+  await loadRoutes().catch(() => {});
   if (!started) {
     started = true;
-    await loadRoutes().catch(() => {});
     poll();
   }
 }
@@ -207,12 +209,15 @@ async function poll() {
       const o = await api(`/v1/overview?history=${want}`);
       connection(true);
       state.lastOk = Date.now();
-      if (state.pid !== null && o.pid !== state.pid) {
-        // Another process answers now (a restart): its history starts afresh.
+      const process = `${o.pid}/${o.started_at_ms}`;
+      if (state.pid !== null && (process !== state.pid || o.history_seq < state.seq)) {
+        // Another process answers now (a restart, even under the same pid, as PID 1 in a
+        // container): its history starts afresh, and its routes may differ.
         state.seq = 0;
         state.history.clear();
+        loadRoutes().catch(() => {});
       }
-      state.pid = o.pid;
+      state.pid = process;
       merge(o);
       render(o);
     } catch (err) {
@@ -220,17 +225,25 @@ async function poll() {
     }
   }
   const every = document.hidden ? HIDDEN_POLL_MS : POLL_MS;
-  setTimeout(poll, Math.max(100, every - (Date.now() - began)));
+  clearTimeout(state.nextPoll);
+  state.nextPoll = setTimeout(poll, Math.max(100, every - (Date.now() - began)));
 }
 
 document.addEventListener('visibilitychange', () => {
-  if (!document.hidden && state.overview) render(state.overview);
+  if (document.hidden || !started) return;
+  if (state.overview) render(state.overview);
+  // Back in view: poll now rather than at the end of the hidden tab's slower period.
+  clearTimeout(state.nextPoll);
+  state.nextPoll = setTimeout(poll, 0);
 });
 
 function connection(ok, err) {
   const el = $('conn');
+  const text = ok ? 'live' : 'disconnected, retrying…';
+  // Only on a change: a live region that is rewritten every second is read out every second.
+  if (el.textContent === text) return;
   el.className = ok ? 'pill good' : 'pill bad';
-  el.textContent = ok ? 'live' : 'disconnected, retrying…';
+  el.textContent = text;
   el.title = ok ? 'Updated every second' : String(err && err.message);
 }
 

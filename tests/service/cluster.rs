@@ -813,3 +813,46 @@ fn a_schedule_runs_once_per_due_time_in_the_cluster_not_once_per_node() {
         || completed(&a) + completed(&b) >= accepted,
     );
 }
+
+#[test]
+fn a_node_stopped_with_sigterm_hands_its_running_message_to_another_without_counting_an_attempt() {
+    let _heavy = crate::common::heavy();
+    let Some(nats) = Nats::start() else { return };
+    let cluster = cluster_name("term");
+    // A short drain: the running sleep cannot finish within it.
+    let a = node_with(
+        &nats,
+        &cluster,
+        "node-a",
+        "[server]\nshutdown_timeout_ms = 300\n",
+    );
+    let b = node(&nats, &cluster, "node-b");
+    let end = Instant::now() + Duration::from_secs(30);
+    let id = loop {
+        assert!(Instant::now() < end, "no sleep ran on node-a");
+        let id = submit(&a, json!({"kind": "sleep", "payload": {"ms": 3000}}));
+        let on_a = Instant::now() + Duration::from_secs(1);
+        let mut ran_on = Value::Null;
+        while Instant::now() < on_a && ran_on.is_null() {
+            let v = get(&b, &format!("/v1/messages/{id}"));
+            if v["status"] == "running" {
+                ran_on = v["node"].clone();
+            }
+        }
+        if ran_on == "node-a" {
+            break id;
+        }
+        terminal(&b, &id, Duration::from_secs(30));
+    };
+    let status = Command::new("kill")
+        .args(["-TERM", &a.served.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // Handed back at once (not after ack_wait), run on B, and not counted as a lost attempt.
+    let o = terminal(&b, &id, Duration::from_secs(30));
+    assert_eq!(o["status"], "completed", "{o}");
+    assert_eq!(o["node"], "node-b", "{o}");
+    assert_eq!(o["attempts"], 1, "{o}");
+    assert!(o.get("error").is_none(), "{o}");
+}

@@ -841,17 +841,20 @@ impl Cluster {
         let inner = &self.0;
         let mut routes = Vec::new();
         if self.is_connected() {
-            for r in &inner.routes {
-                let info = async {
-                    let stream = inner.js.get_stream(&r.stream).await.ok()?;
-                    let mut c: consumer::PullConsumer =
-                        stream.get_consumer(&r.consumer).await.ok()?;
-                    c.info().await.ok().cloned()
-                };
-                let Ok(Some(info)) = actix_rt::time::timeout(Duration::from_secs(2), info).await
-                else {
-                    continue;
-                };
+            // Every route's consumer asked at once, 2 s for them all.
+            let asks = inner.routes.iter().map(|r| async move {
+                let mut c: consumer::PullConsumer =
+                    r.handle.get_consumer(&r.consumer).await.ok()?;
+                c.info().await.ok().cloned()
+            });
+            let infos = actix_rt::time::timeout(
+                Duration::from_secs(2),
+                futures_util::future::join_all(asks),
+            )
+            .await
+            .unwrap_or_default();
+            for (r, info) in inner.routes.iter().zip(infos) {
+                let Some(info) = info else { continue };
                 routes.push(ClusterRouteStats {
                     kind: r.kind,
                     pending: info.num_pending,
