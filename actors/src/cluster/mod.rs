@@ -203,7 +203,6 @@ struct ClusterRoute {
     /// This node's count of messages it accepted, and of terminal states it wrote.
     accepted: AtomicU64,
     finished: [AtomicU64; Status::ALL.len()],
-    redelivered: AtomicU64,
 }
 
 /// The JetStream figures of one route, over the whole cluster.
@@ -326,7 +325,6 @@ impl Cluster {
                 slots,
                 accepted: AtomicU64::new(0),
                 finished: Default::default(),
-                redelivered: AtomicU64::new(0),
             };
             ensure_consumer(&route, settings.ack_wait).await?;
             by_kind.insert(info.kind.as_str(), i);
@@ -451,17 +449,7 @@ impl Cluster {
                 Err(e) => return Err(refused(msg, e)),
             }
         }
-        let record = Record::Accepted(Accepted {
-            id,
-            kind: route.kind,
-            payload: msg.payload.clone(),
-            source: msg.source,
-            key: msg.key.clone(),
-            due_ms: msg.delay.map(|d| unix_ms() + d.as_millis() as u64),
-            timeout_ms: msg.timeout.map(|t| t.as_millis() as u64),
-            replay_of: msg.replay_of,
-            attempts: 0,
-        });
+        let record = accepted_record(id, route.kind, &msg);
         Ok(Prepared::New(Admission {
             route: index,
             record,
@@ -541,19 +529,7 @@ impl Cluster {
         if unix_ms().saturating_sub(first.timestamp_ms()) > 60_000 {
             return Ok(None);
         }
-        let record = Record::Accepted(Accepted {
-            id: first,
-            kind: self.0.routes[route].kind,
-            payload: msg.payload.clone(),
-            source: msg.source,
-            key: msg.key.clone(),
-            due_ms: msg
-                .delay
-                .map(|d| first.timestamp_ms() + d.as_millis() as u64),
-            timeout_ms: msg.timeout.map(|t| t.as_millis() as u64),
-            replay_of: msg.replay_of,
-            attempts: 0,
-        });
+        let record = accepted_record(first, self.0.routes[route].kind, msg);
         self.publish(&self.0.routes[route], &record).await?;
         Ok(Some(first))
     }
@@ -964,6 +940,22 @@ fn waiting_outcome(acc: &Accepted) -> ClusterOutcome {
         },
         node: None,
     }
+}
+
+/// The record published for `msg`, accepted as message `id` (its delay counts from the id's
+/// time, its acceptance).
+fn accepted_record(id: MessageId, kind: Kind, msg: &Message) -> Record {
+    Record::Accepted(Accepted {
+        id,
+        kind,
+        payload: msg.payload.clone(),
+        source: msg.source,
+        key: msg.key.clone(),
+        due_ms: msg.delay.map(|d| id.timestamp_ms() + d.as_millis() as u64),
+        timeout_ms: msg.timeout.map(|t| t.as_millis() as u64),
+        replay_of: msg.replay_of,
+        attempts: 0,
+    })
 }
 
 /// Whether a publish error is JetStream refusing a message to a full route.

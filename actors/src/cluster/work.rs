@@ -114,9 +114,6 @@ async fn handle(inner: &Inner, i: usize, m: jetstream::Message) {
             return;
         }
     };
-    if m.info().is_ok_and(|i| i.delivered > 1) {
-        route.redelivered.fetch_add(1, Relaxed);
-    }
     let (entry, revision) = match claim(inner, route, &acc, &m).await {
         Claim::Run(e, r) => (e, r),
         Claim::Done => return,
