@@ -262,6 +262,11 @@ pub struct IoPoolConfig {
     pub arbiters: usize,
     /// In-flight cap per async route.
     pub concurrency: usize,
+    /// Whether each HTTP worker thread runs the async routes too, so a message submitted over
+    /// HTTP runs and is answered on the thread that accepted it (no thread hop).
+    pub on_http_workers: bool,
+    /// A thread running actors (HTTP worker or arbiter) silent this long is reported; 0 = off.
+    pub stall_warn_ms: u64,
 }
 
 impl Default for IoPoolConfig {
@@ -269,6 +274,8 @@ impl Default for IoPoolConfig {
         IoPoolConfig {
             arbiters: 1,
             concurrency: 1024,
+            on_http_workers: true,
+            stall_warn_ms: 250,
         }
     }
 }
@@ -810,6 +817,7 @@ impl Config {
             io: IoSettings {
                 arbiters: self.pools.io.arbiters,
                 concurrency: self.pools.io.concurrency,
+                stall_warn: Duration::from_millis(self.pools.io.stall_warn_ms),
             },
             cpu: CpuSettings {
                 threads: self.pools.cpu.threads,

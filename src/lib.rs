@@ -275,7 +275,14 @@ pub async fn run(
     let addr = listeners.http.local_addr()?;
     let dashboard = web::Data::new(ui::Dashboard::new(&config));
     let samples = dashboard.pulse.clone();
+    // A cluster node's dispatcher runs what its own workers pull, never HTTP submissions.
+    let attach = config.pools.io.on_http_workers && cluster.is_none();
     let server = HttpServer::new(move || {
+        // Runs on each HTTP worker thread: the async routes run here too, so a message
+        // submitted on this worker is run and answered on it with no thread hop.
+        if attach {
+            state.dispatcher.attach_current_arbiter();
+        }
         App::new()
             .app_data(state.clone())
             .app_data(dashboard.clone())

@@ -299,6 +299,14 @@ pub fn render(s: &LedgerSnapshot) -> String {
         "Dead letters held.",
     );
     let _ = writeln!(out, "mailroom_dead_letters {}", s.dead_letters);
+    header(
+        &mut out,
+        "mailroom_thread_stalls_total",
+        "counter",
+        "Times a thread running actors (an HTTP worker or an arbiter) did not answer for \
+         pools.io.stall_warn_ms: something on it blocks.",
+    );
+    let _ = writeln!(out, "mailroom_thread_stalls_total {}", s.stalls);
     for (name, kind, help, value) in [
         (
             "mailroom_journal_records_total",

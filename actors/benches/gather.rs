@@ -1,5 +1,7 @@
 //! In-process dispatch throughput: `Dispatcher::gather` of 10,000 `echo` messages, beside a raw
 //! tokio mpsc + oneshot request/reply loop with 256 requests in flight, measured in the same run;
+//! the same gather from a thread attached to its dispatcher
+//! (`Dispatcher::attach_current_arbiter`: the router and worker run on the gathering thread);
 //! and the same with a journal (`fsync = "always"`, in a temp folder on this disk): `gather`,
 //! and 10,000 concurrent `accept`s, each acknowledged only once its record is on disk.
 //!
@@ -107,6 +109,16 @@ fn benches(c: &mut Criterion) {
             .build()
             .unwrap()
     });
+    // The same routes, with the gathering thread (the System arbiter) attached: admission,
+    // routing, the echo and the outcome all happen on this one thread.
+    let attached = sys.block_on(async {
+        let d = Dispatcher::builder(settings.clone())
+            .builtin_routes()
+            .build()
+            .unwrap();
+        assert!(d.attach_current_arbiter());
+        d
+    });
     let folder = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let journaled = sys.block_on(async {
         let journal = Journal::open(folder.path(), JournalSettings::default()).unwrap();
@@ -136,6 +148,19 @@ fn benches(c: &mut Criterion) {
                 for _ in 0..iters {
                     let took = gather_once(&dispatcher).await;
                     record("mailroom_gather_echo", took, N);
+                    total += took;
+                }
+                total
+            })
+        })
+    });
+    group.bench_function("mailroom_gather_echo_attached", |b| {
+        b.iter_custom(|iters| {
+            sys.block_on(async {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let took = gather_once(&attached).await;
+                    record("mailroom_gather_echo_attached", took, N);
                     total += took;
                 }
                 total
@@ -220,6 +245,12 @@ fn main() {
     println!("  mailroom gather (echo):        {:>12.0} msg/s", m);
     println!("  raw tokio mpsc+oneshot (256):  {:>12.0} msg/s", r);
     println!("  ratio mailroom / raw:          {:>12.2}", m / r);
+    let a = of("mailroom_gather_echo_attached");
+    if !a.is_empty() {
+        let a = median(a);
+        println!("  gather, attached thread:       {:>12.0} msg/s", a);
+        println!("  ratio attached / raw:          {:>12.2}", a / r);
+    }
     let (gj, aj) = (
         of("mailroom_gather_echo_journal"),
         of("mailroom_accept_echo_journal"),

@@ -39,6 +39,7 @@ use crate::settings::{RouteSettings, Settings};
 use crate::source::timer::{Schedule, ScheduleError, ScheduleHandle, TimerSource};
 use crate::storage::{Memory, Receipt, Record, Storage, StorageError};
 use crate::store::{Gathered, MemoryStore, NewRecord, Waiter};
+use crate::watchdog::Watch;
 
 /// The dispatcher's own state: admission (routing table and index through the ledger), the
 /// routers to hand messages to, and its life. The runtime actors do not see it: routers get the
@@ -55,6 +56,17 @@ pub(crate) struct Core {
     pub epoch: Instant,
     pub io_arbiters: Vec<ArbiterHandle>,
     pub timers: Mutex<Vec<Addr<TimerSource>>>,
+    /// Each async route's processor factory (`None` for CPU routes), for the workers started on
+    /// attached threads ([`Dispatcher::attach_current_arbiter`]).
+    pub async_makes: Vec<Option<Make>>,
+    /// The threads that run actors, watched for stalls.
+    pub watch: Arc<Watch>,
+}
+
+thread_local! {
+    /// The routers this thread runs for dispatchers it is attached to, by the dispatcher's
+    /// `Core` address ([`Dispatcher::attach_current_arbiter`]).
+    static ATTACHED: std::cell::RefCell<Vec<(usize, Addr<Router>)>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// An admitted message whose `Accepted` record is on its way to disk. Dropped before it is
@@ -110,9 +122,18 @@ impl Core {
         &self.routers[self.ledger.routes[route].router]
     }
 
-    /// Hands a newly accepted envelope to the router on its route worker's thread (which
-    /// forwards it at once, or holds it until its delay is over): no extra thread wake-up.
+    /// Hands a newly accepted envelope to a router: on a thread attached to this dispatcher, an
+    /// async message that may run now goes to the router on this very thread, which forwards it
+    /// to the route's worker here (no thread hop at all); everything else goes to the router on
+    /// its route worker's thread (which forwards it at once, or holds it until its delay is
+    /// over): one thread wake-up.
     fn hand_off(&self, env: Envelope) {
+        if self.runs_here(&env) {
+            if let Some(router) = self.router_here() {
+                router.do_send(Dispatch(env));
+                return;
+            }
+        }
         let router = self.router(env.route);
         if router.connected() {
             router.do_send(Dispatch(env));
@@ -121,15 +142,41 @@ impl Core {
         }
     }
 
+    /// Whether `env` may run on an attached thread: an async route's message, due now.
+    fn runs_here(&self, env: &Envelope) -> bool {
+        env.not_before.is_none() && self.async_makes[env.route].is_some()
+    }
+
+    /// This thread's router, if the thread is attached to this dispatcher and its router runs.
+    fn router_here(&self) -> Option<Addr<Router>> {
+        let key = self as *const Core as usize;
+        ATTACHED.with(|attached| {
+            attached
+                .borrow()
+                .iter()
+                .find(|(k, router)| *k == key && router.connected())
+                .map(|(_, router)| router.clone())
+        })
+    }
+
     /// [`Core::hand_off`] for many: one `DispatchBatch` per router.
     pub(crate) fn hand_off_batch(&self, envs: Vec<Envelope>) {
+        let here = self.router_here();
+        let mut local = Vec::new();
         let mut per_router: Vec<Vec<Envelope>> = Vec::new();
         for env in envs {
+            if here.is_some() && self.runs_here(&env) {
+                local.push(env);
+                continue;
+            }
             let r = self.ledger.routes[env.route].router;
             if per_router.len() <= r {
                 per_router.resize_with(r + 1, Vec::new);
             }
             per_router[r].push(env);
+        }
+        if let (Some(router), false) = (here, local.is_empty()) {
+            router.do_send(DispatchBatch(local));
         }
         for (r, batch) in per_router.into_iter().enumerate() {
             if batch.is_empty() {
@@ -484,6 +531,61 @@ impl Dispatcher {
         }
     }
 
+    /// Runs this dispatcher's async routes on the calling thread's actix arbiter too: from now
+    /// on, a message submitted on this thread that may run at once (no delay) goes to a router
+    /// and a supervised worker per async route started here, so it is admitted, run and
+    /// answered on this thread, with no hand-off to another. Call it once on each thread that
+    /// submits much, e.g. in an actix-web `App` factory, which runs on every HTTP worker.
+    ///
+    /// A route's `concurrency` stays one limit over all the threads that run it. Delayed
+    /// messages and retries wait on the route's own arbiter, as do messages submitted on
+    /// threads that are not attached; CPU routes run on their pool as always.
+    ///
+    /// An async processor that blocks its thread now blocks this one too (on an HTTP worker,
+    /// its requests): blocking work belongs on a CPU route. The watchdog reports such a thread
+    /// ([`IoSettings::stall_warn`](crate::IoSettings::stall_warn)).
+    ///
+    /// Returns `false` and does nothing outside an actix arbiter, when the thread is attached
+    /// already, or when there is no async route.
+    pub fn attach_current_arbiter(&self) -> bool {
+        let core = &self.core;
+        let key = Arc::as_ptr(core) as usize;
+        if actix_rt::Arbiter::try_current().is_none()
+            || core.async_makes.iter().all(Option::is_none)
+            || ATTACHED.with(|a| a.borrow().iter().any(|(k, _)| *k == key))
+        {
+            return false;
+        }
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("unnamed").to_owned();
+        let mut workers = Vec::with_capacity(core.async_makes.len());
+        for (i, make) in core.async_makes.iter().enumerate() {
+            let Some(Make::Async(make)) = make else {
+                workers.push(None);
+                continue;
+            };
+            // Retries go back through the route's own router, where cancels find them.
+            let station = Arc::new(Station {
+                ledger: core.ledger.clone(),
+                drain: core.drain.clone(),
+                router: core.router(i).clone(),
+                restart: core.settings.restart.clone(),
+                epoch: core.epoch,
+                submitter: Submitter(self.clone()),
+                route: i,
+            });
+            let exec = Exec::Async(make.clone());
+            let addr = Supervisor::start(move |_| Worker::new(station, exec));
+            workers.push(Some(addr.recipient()));
+        }
+        let (ledger, drain) = (core.ledger.clone(), core.drain.clone());
+        let beat = core.watch.heartbeat(name.clone());
+        let router = Router::create(move |_| Router::serving(ledger, drain, false, beat, workers));
+        ATTACHED.with(|a| a.borrow_mut().push((key, router)));
+        tracing::debug!(thread = %name, "thread attached: it runs the async routes too");
+        true
+    }
+
     /// Submits a message and returns its id once it is accepted. With an idempotency key that is
     /// already known, returns the earlier message's id.
     ///
@@ -673,6 +775,7 @@ impl Dispatcher {
             stored: self.core.ledger.store.len() as u64,
             dead_letters: self.core.ledger.dead.len() as u64,
             storage: self.core.ledger.storage.stats(),
+            stalls: self.core.watch.stalls(),
         }
     }
 
@@ -1057,6 +1160,7 @@ impl DispatcherBuilder {
                     Pool::Cpu => s.io.arbiters,
                 },
                 lane: Default::default(),
+                slots: Default::default(),
                 shares: rs.max_per_client.map(Shares::new),
             });
         }
@@ -1116,13 +1220,25 @@ impl DispatcherBuilder {
         if pool.is_some() {
             homes.push(System::current().arbiter().clone());
         }
+        let watch = Watch::new(s.io.stall_warn);
         let routers = homes
             .iter()
             .enumerate()
             .map(|(n, home)| {
                 let (ledger, drain) = (ledger.clone(), drain.clone());
-                Router::start_in_arbiter(home, move |_| Router::new(ledger, drain, n == 0))
+                let thread = if n < io_arbiters.len() {
+                    format!("I/O arbiter {n}")
+                } else {
+                    "the System arbiter (CPU routes)".to_owned()
+                };
+                let beat = watch.heartbeat(thread);
+                Router::start_in_arbiter(home, move |_| Router::new(ledger, drain, n == 0, beat))
             })
+            .collect();
+        watch.start();
+        let async_makes = makes
+            .iter()
+            .map(|m| matches!(m, Make::Async(_)).then(|| m.clone()))
             .collect();
         let core = Arc::new(Core {
             settings: self.settings.clone(),
@@ -1134,6 +1250,8 @@ impl DispatcherBuilder {
             epoch: Instant::now(),
             io_arbiters,
             timers: Mutex::new(Vec::new()),
+            async_makes,
+            watch,
         });
         // Each worker gets its station: the ledger, its router, the drain state, the restart
         // policy, and a submit-only handle for its processors' jobs.

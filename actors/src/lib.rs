@@ -42,6 +42,7 @@ pub mod source;
 pub mod storage;
 mod store;
 mod supervision;
+mod watchdog;
 
 #[cfg(feature = "cluster")]
 pub use cluster::{Cluster, ClusterError, ClusterOutcome, ClusterSettings, ClusterStats};

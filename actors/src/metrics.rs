@@ -275,6 +275,9 @@ pub struct LedgerSnapshot {
     pub dead_letters: u64,
     /// What the storage has written (all zero in memory).
     pub storage: crate::storage::StorageStats,
+    /// Times a thread running the dispatcher's actors stopped answering for longer than
+    /// [`IoSettings::stall_warn`](crate::IoSettings::stall_warn) (see the watchdog).
+    pub stalls: u64,
 }
 
 impl LedgerSnapshot {

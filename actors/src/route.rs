@@ -3,7 +3,7 @@
 //! counters are atomics, and its worker address is set once when the worker starts.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -38,6 +38,8 @@ pub(crate) struct Route {
     pub router: usize,
     /// A CPU route's hand-off counters (unused by async routes).
     pub lane: Lane,
+    /// An async route's running slots, shared by all its workers (unused by CPU routes).
+    pub slots: Slots,
     /// Per-client limits, when the route has `max_per_client`.
     pub shares: Option<Shares>,
 }
@@ -103,6 +105,73 @@ pub(crate) struct Lane {
     pub waiting: AtomicUsize,
     /// A wake-up has been sent and not yet handled.
     pub pump_pending: AtomicBool,
+}
+
+/// How an async route's workers share its `concurrency`: the route's own worker on an I/O
+/// arbiter, and one on each thread that runs the dispatcher's async routes too
+/// ([`Dispatcher::attach_current_arbiter`](crate::Dispatcher::attach_current_arbiter)). A worker
+/// takes a slot before it starts an attempt and gives it back when the attempt ends. A worker
+/// that finds none free parks its address here; every give-back wakes the parked workers (an
+/// empty [`Run`]) so that none is left holding a backlog beside a free slot. There are as many
+/// workers as threads that run the route, a handful, so waking them all costs little.
+#[derive(Default)]
+pub(crate) struct Slots {
+    used: AtomicUsize,
+    any_parked: AtomicBool,
+    parked: Mutex<Vec<(usize, Recipient<Run>)>>,
+}
+
+impl std::fmt::Debug for Slots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slots")
+            .field("used", &self.used.load(Relaxed))
+            .finish()
+    }
+}
+
+impl Slots {
+    /// Takes a slot if fewer than `limit` are taken.
+    pub(crate) fn try_take(&self, limit: usize) -> bool {
+        self.used
+            .fetch_update(SeqCst, SeqCst, |n| (n < limit).then_some(n + 1))
+            .is_ok()
+    }
+
+    /// Takes a slot, or parks `worker` to be woken by the next give-back. A slot given back
+    /// between the first try and the parking is seen by the second try.
+    pub(crate) fn take_or_park(
+        &self,
+        limit: usize,
+        worker: usize,
+        wake: impl FnOnce() -> Recipient<Run>,
+    ) -> bool {
+        if self.try_take(limit) {
+            return true;
+        }
+        {
+            let mut parked = self.parked.lock();
+            if !parked.iter().any(|(w, _)| *w == worker) {
+                parked.push((worker, wake()));
+            }
+            self.any_parked.store(true, SeqCst);
+        }
+        self.try_take(limit)
+    }
+
+    /// Gives a slot back and wakes the parked workers.
+    pub(crate) fn give_back(&self) {
+        self.used.fetch_sub(1, SeqCst);
+        if self.any_parked.load(SeqCst) {
+            let woken = {
+                let mut parked = self.parked.lock();
+                self.any_parked.store(false, SeqCst);
+                std::mem::take(&mut *parked)
+            };
+            for (_, worker) in woken {
+                worker.do_send(Run(Vec::new()));
+            }
+        }
+    }
 }
 
 impl Route {

@@ -27,6 +27,7 @@ use crate::alarm::Alarm;
 use crate::envelope::{Envelope, ErrorClass, ErrorInfo, MessageId, Status};
 use crate::ledger::{Drain, Ledger};
 use crate::processor::worker::Run;
+use crate::watchdog::Heartbeat;
 
 /// Route one envelope (now, or at its `not_before`).
 #[derive(Message)]
@@ -64,14 +65,38 @@ pub(crate) struct Router {
     timer: Alarm,
     /// Whether this router sweeps expired outcomes from the store (the first one does).
     sweeps: bool,
+    /// On a thread that runs the async routes beside their own arbiters (see
+    /// [`Dispatcher::attach_current_arbiter`](crate::Dispatcher::attach_current_arbiter)): the
+    /// workers on this thread, by route. Empty on a route's own router.
+    local: Vec<Option<Recipient<Run>>>,
+    /// Stamped by this router's thread; the watchdog reports a thread that stops stamping.
+    beat: Arc<Heartbeat>,
 }
 
 impl Router {
-    pub(crate) fn new(ledger: Arc<Ledger>, drain: Arc<Drain>, sweeps: bool) -> Router {
+    pub(crate) fn new(
+        ledger: Arc<Ledger>,
+        drain: Arc<Drain>,
+        sweeps: bool,
+        beat: Arc<Heartbeat>,
+    ) -> Router {
+        Router::serving(ledger, drain, sweeps, beat, Vec::new())
+    }
+
+    /// A router that forwards to the given workers (by route) rather than to the routes' own.
+    pub(crate) fn serving(
+        ledger: Arc<Ledger>,
+        drain: Arc<Drain>,
+        sweeps: bool,
+        beat: Arc<Heartbeat>,
+        local: Vec<Option<Recipient<Run>>>,
+    ) -> Router {
         Router {
             ledger,
             drain,
             sweeps,
+            local,
+            beat,
             waiting: HashMap::new(),
             heap: BinaryHeap::new(),
             arrivals: 0,
@@ -119,10 +144,13 @@ impl Router {
     /// Hands envelopes of one route to its worker; if the worker has stopped for good (a bug
     /// outside the processor's panic guard), they fail at once instead of waiting for shutdown.
     fn send(&self, route: usize, batch: Vec<Envelope>) {
-        let worker = self.ledger.routes[route]
-            .worker
-            .get()
-            .expect("workers are started in build()");
+        let worker = match self.local.get(route) {
+            Some(Some(local)) => local,
+            _ => self.ledger.routes[route]
+                .worker
+                .get()
+                .expect("workers are started in build()"),
+        };
         if worker.connected() {
             worker.do_send(Run(batch));
         } else {
@@ -161,6 +189,8 @@ impl Actor for Router {
         if self.sweeps {
             ctx.run_interval(Duration::from_secs(1), |act, _| act.ledger.store.sweep());
         }
+        self.beat.stamp();
+        ctx.run_interval(crate::watchdog::BEAT, |act, _| act.beat.stamp());
     }
 }
 

@@ -60,6 +60,10 @@ pub struct IoSettings {
     pub arbiters: usize,
     /// Default cap on messages running at once in one async route.
     pub concurrency: usize,
+    /// A thread that runs the dispatcher's actors and does not answer for this long is reported
+    /// (a warning, and [`LedgerSnapshot::stalls`](crate::LedgerSnapshot::stalls)): something on
+    /// it blocks. Zero turns the watchdog off.
+    pub stall_warn: Duration,
 }
 
 impl Default for IoSettings {
@@ -67,6 +71,7 @@ impl Default for IoSettings {
         IoSettings {
             arbiters: 1,
             concurrency: 1024,
+            stall_warn: Duration::from_millis(250),
         }
     }
 }

@@ -432,8 +432,12 @@ impl MemoryStore {
         }
     }
 
+    /// The shard of `id`, picked by bits 32 to 36 of the id's hash: the shard's hash map uses
+    /// the same hash, its lowest bits for the bucket and its top 7 as each entry's tag, so a
+    /// shard picked by either would leave its map with few buckets or few tags in use (the top
+    /// 5 bits, used before, left 4 tags of 128, and every lookup compared many keys).
     fn shard(&self, id: MessageId) -> &Mutex<Shard> {
-        &self.shards[(id.spread() >> 59) as usize % SHARDS]
+        &self.shards[(id.spread() >> 32) as usize % SHARDS]
     }
 
     fn cell(&self, id: MessageId) -> Option<Arc<Cell>> {

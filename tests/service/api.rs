@@ -234,6 +234,7 @@ async fn routes_metrics_health_and_openapi_describe_the_service() {
     );
     assert!(m.contains_key("mailroom_processor_restarts_total{processor=\"echo\"}"));
     assert!(m.contains_key("mailroom_queue_depth{kind=\"sleep\"}"));
+    assert!(m.contains_key("mailroom_thread_stalls_total"));
     s.ledger_identity("echo").await;
     s.stop().await;
 }

@@ -28,7 +28,7 @@
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -165,13 +165,17 @@ impl Ord for Deadline {
     }
 }
 
+/// Numbers the workers (see `Worker::id`).
+static NEXT_WORKER: AtomicUsize = AtomicUsize::new(0);
+
 pub(crate) struct Worker {
     station: Arc<Station>,
     exec: Exec,
     processor: Option<Box<dyn AsyncProcessor>>,
     backlog: VecDeque<Envelope>,
-    /// Async jobs running (a CPU route counts its jobs in its `Lane` instead).
-    running: usize,
+    /// This worker's number, for parking on the route's `Slots` (an async route has a worker on
+    /// each thread that runs it, and they share the route's concurrency).
+    id: usize,
     limit: usize,
     paused: bool,
     resume_after: Option<Duration>,
@@ -193,7 +197,7 @@ impl Worker {
             exec,
             processor,
             backlog: VecDeque::new(),
-            running: 0,
+            id: NEXT_WORKER.fetch_add(1, Relaxed),
             limit,
             paused: false,
             resume_after: None,
@@ -203,16 +207,21 @@ impl Worker {
         }
     }
 
-    /// Jobs started and not yet given back.
-    fn busy(&self) -> usize {
-        match self.exec {
-            Exec::Async(_) => self.running,
-            Exec::Cpu(..) => self.station.route().lane.handed.load(SeqCst),
-        }
+    fn can_start(&self, ctx: &Context<Self>) -> bool {
+        !self.paused && ctx.state() == ActorState::Running
     }
 
-    fn can_start(&self, ctx: &Context<Self>) -> bool {
-        !self.paused && self.busy() < self.limit && ctx.state() == ActorState::Running
+    /// Takes a running slot for one more attempt: a CPU route counts what it has handed to the
+    /// pool (in its `Lane`); an async route takes one of its `Slots`, shared with its workers on
+    /// other threads, or parks this worker until one is given back.
+    fn take_slot(&self, ctx: &Context<Self>) -> bool {
+        let route = self.station.route();
+        match self.exec {
+            Exec::Cpu(..) => route.lane.handed.load(SeqCst) < self.limit,
+            Exec::Async(_) => route
+                .slots
+                .take_or_park(self.limit, self.id, || ctx.address().recipient()),
+        }
     }
 
     /// Starts backlog messages while there is room. Jobs that finish on their first poll are
@@ -220,7 +229,7 @@ impl Worker {
     /// grow the stack).
     fn pump(&mut self, ctx: &mut Context<Self>) {
         loop {
-            while self.can_start(ctx) {
+            while self.can_start(ctx) && !self.backlog.is_empty() && self.take_slot(ctx) {
                 let Some(env) = self.backlog.pop_front() else {
                     break;
                 };
@@ -236,7 +245,10 @@ impl Worker {
             // its slot after our check above either sees this count or its slot is seen below.
             let lane = &self.station.route().lane;
             lane.waiting.store(self.backlog.len(), SeqCst);
-            if self.backlog.is_empty() || !self.can_start(ctx) {
+            if self.backlog.is_empty()
+                || !self.can_start(ctx)
+                || lane.handed.load(SeqCst) >= self.limit
+            {
                 return;
             }
         }
@@ -261,7 +273,11 @@ impl Worker {
             Exec::Async(_) => {
                 match station.ledger.start(&env.ticket) {
                     Ok(attempt) => env.attempt = attempt,
-                    Err(_) => return None, // cancelled while it waited (already counted), or shut down
+                    Err(_) => {
+                        // Cancelled while it waited (already counted), or shut down.
+                        route.slots.give_back();
+                        return None;
+                    }
                 }
                 route.stats.running.fetch_add(1, Relaxed);
             }
@@ -286,7 +302,6 @@ impl Worker {
         let timeout = env.timeout.or(route.timeout);
         match &self.exec {
             Exec::Async(_) => {
-                self.running += 1;
                 let processor = self
                     .processor
                     .as_ref()
@@ -353,8 +368,9 @@ impl Worker {
     /// a panic in an async processor it stops the actor so the Supervisor restarts it.
     fn complete(&mut self, env: Envelope, result: JobResult, ctx: &mut Context<Self>) {
         if let Exec::Async(_) = self.exec {
-            self.running -= 1;
-            self.station.route().stats.running.fetch_sub(1, Relaxed);
+            let route = self.station.route();
+            route.stats.running.fetch_sub(1, Relaxed);
+            route.slots.give_back();
         }
         let restart = settle(&self.station, env, result);
         if let (Some(decision), Exec::Async(_)) = (restart, &self.exec) {

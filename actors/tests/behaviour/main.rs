@@ -3,6 +3,7 @@
 
 mod common;
 
+mod attached;
 mod backpressure;
 mod cancel;
 mod cpu;

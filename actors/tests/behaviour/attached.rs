@@ -1,0 +1,241 @@
+//! A thread attached with `Dispatcher::attach_current_arbiter` runs the async routes itself: what
+//! it submits runs on it, the route's concurrency stays one limit over every thread, and a
+//! processor that blocks such a thread is reported by the watchdog.
+
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_rt::Arbiter;
+use mailroom_actors::{Dispatcher, Message, Processor, RouteSettings, Status};
+use serde_json::{json, Value};
+use tokio::sync::{oneshot, Semaphore};
+
+use super::common::{builder, eventually, settings, settled};
+
+/// Which thread ran the message.
+fn whereabouts() -> Processor {
+    Processor::from_fn("where", |_job, _p: Value| async move {
+        Ok(json!(format!("{:?}", std::thread::current().id())))
+    })
+}
+
+/// Waits at the gate (counting how many wait at once, and the most that ever did).
+struct Gate {
+    permits: Semaphore,
+    running: AtomicUsize,
+    most: AtomicUsize,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Gate {
+            permits: Semaphore::new(0),
+            running: AtomicUsize::new(0),
+            most: AtomicUsize::new(0),
+        }
+    }
+}
+
+fn gated(gate: &Arc<Gate>) -> Processor {
+    let gate = gate.clone();
+    Processor::from_fn("gated", move |_job, p: Value| {
+        let gate = gate.clone();
+        async move {
+            let now = gate.running.fetch_add(1, SeqCst) + 1;
+            gate.most.fetch_max(now, SeqCst);
+            let _permit = gate.permits.acquire().await.expect("never closed");
+            gate.running.fetch_sub(1, SeqCst);
+            Ok(p)
+        }
+    })
+}
+
+/// Runs `f` on `arbiter` and returns what it returns.
+async fn on<T: Send + 'static>(
+    arbiter: &Arbiter,
+    f: impl AsyncFnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = oneshot::channel();
+    assert!(arbiter.spawn_fn(move || {
+        actix_rt::spawn(async move {
+            let _ = tx.send(f().await);
+        });
+    }));
+    rx.await.expect("the arbiter ran it")
+}
+
+fn here() -> String {
+    format!("{:?}", std::thread::current().id())
+}
+
+#[actix_rt::test]
+async fn what_an_attached_thread_submits_runs_on_it_and_concurrency_stays_one_limit() {
+    let gate = Arc::new(Gate::default());
+    let d = builder(settings())
+        .processor(whereabouts())
+        .processor(gated(&gate))
+        .route("where", RouteSettings::new("where"))
+        .route("slow", RouteSettings::new("gated").concurrency(2))
+        .build()
+        .unwrap();
+    let arbiters = [Arbiter::new(), Arbiter::new()];
+    for a in &arbiters {
+        let d = d.clone();
+        let (attached, again, thread, ran_on) = on(a, async move || {
+            let attached = d.attach_current_arbiter();
+            let again = d.attach_current_arbiter();
+            let out = d.send(Message::new("where", json!(null))).await.unwrap();
+            (attached, again, here(), out.result.clone())
+        })
+        .await;
+        assert!(attached, "the first attach starts the routes here");
+        assert!(!again, "a thread is attached once");
+        assert_eq!(
+            out_status_ok(&ran_on),
+            thread,
+            "ran on the thread that submitted it"
+        );
+    }
+    // A thread that is not attached hands its messages to the route's own arbiter.
+    let out = d.send(Message::new("where", json!(null))).await.unwrap();
+    assert_eq!(out.status, Status::Completed);
+    assert_ne!(out.result.as_ref().unwrap().as_str().unwrap(), here());
+
+    // Six slow messages submitted on each attached thread: two run at once over both threads.
+    let mut ids = Vec::new();
+    for a in &arbiters {
+        let d = d.clone();
+        ids.extend(
+            on(a, async move || {
+                (0..6)
+                    .map(|i| d.submit(Message::new("slow", json!(i))).unwrap())
+                    .collect::<Vec<_>>()
+            })
+            .await,
+        );
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let r = &d.routes()[1];
+            (r.running, r.queue_depth) == (2, 10)
+        })
+        .await,
+        "{:?}",
+        d.routes()
+    );
+    assert_eq!(gate.running.load(SeqCst), 2);
+    gate.permits.add_permits(Semaphore::MAX_PERMITS / 2);
+    // Every message completes: a thread whose worker waited for a slot was woken.
+    settled(&d).await;
+    for id in ids {
+        assert_eq!(d.status(id).unwrap().status, Status::Completed);
+    }
+    assert_eq!(gate.most.load(SeqCst), 2, "never more than two at once");
+    for a in arbiters {
+        a.stop();
+    }
+}
+
+fn out_status_ok(result: &Option<Value>) -> String {
+    result
+        .as_ref()
+        .and_then(Value::as_str)
+        .expect("a thread id")
+        .to_owned()
+}
+
+#[actix_rt::test]
+async fn delayed_messages_and_retries_submitted_on_an_attached_thread_keep_their_behaviour() {
+    // Fails its first attempt, succeeds on the second.
+    let flaky = Processor::from_fn("flaky", |job, p: Value| async move {
+        if job.attempt == 1 {
+            Err(mailroom_actors::ProcessError::new("first attempt fails"))
+        } else {
+            Ok(p)
+        }
+    });
+    let d = builder(settings())
+        .processor(flaky)
+        .route(
+            "flaky",
+            RouteSettings::new("flaky").retries(1, Duration::from_millis(5)),
+        )
+        .route("echo", RouteSettings::new("echo"))
+        .build()
+        .unwrap();
+    let arbiter = Arbiter::new();
+    let dd = d.clone();
+    let (cancelled, retried) = on(&arbiter, async move || {
+        assert!(dd.attach_current_arbiter());
+        // A delayed message waits on the route's own router, where a cancel finds it.
+        let id = dd
+            .call_later(
+                Duration::from_millis(200),
+                Message::new("echo", json!("later")),
+            )
+            .unwrap();
+        dd.cancel(id).unwrap();
+        // Its retry waits on the route's own router, then runs on the route's own arbiter.
+        let out = dd
+            .send(Message::new("flaky", json!("again")))
+            .await
+            .unwrap();
+        (id, out)
+    })
+    .await;
+    assert_eq!(retried.status, Status::Completed, "{retried:?}");
+    assert_eq!(retried.attempts, 2);
+    actix_rt::time::sleep(Duration::from_millis(300)).await;
+    let out = d.status(cancelled).unwrap();
+    assert_eq!(out.status, Status::Cancelled);
+    assert_eq!(out.attempts, 0, "a cancelled delayed message never runs");
+    settled(&d).await;
+    arbiter.stop();
+}
+
+#[actix_rt::test]
+async fn a_processor_that_blocks_an_attached_thread_is_reported() {
+    let mut s = settings();
+    s.io.stall_warn = Duration::from_millis(100);
+    let d = builder(s)
+        .processor(Processor::from_fn("blocks", |_job, p: Value| async move {
+            // Wrong on purpose: blocking work on an async route.
+            std::thread::sleep(Duration::from_millis(500));
+            Ok(p)
+        }))
+        .route("blocks", RouteSettings::new("blocks"))
+        .build()
+        .unwrap();
+    let arbiter = Arbiter::new();
+    let dd = d.clone();
+    let out = on(&arbiter, async move || {
+        assert!(dd.attach_current_arbiter());
+        dd.send(Message::new("blocks", json!(1))).await.unwrap()
+    })
+    .await;
+    assert_eq!(out.status, Status::Completed);
+    assert!(
+        eventually(Duration::from_secs(10), || d.stats().stalls >= 1).await,
+        "the watchdog saw the thread stop answering: {:?}",
+        d.stats().stalls
+    );
+    arbiter.stop();
+}
+
+#[actix_rt::test]
+async fn attaching_outside_an_arbiter_or_without_async_routes_does_nothing() {
+    let d = builder(settings())
+        .route("primes", RouteSettings::new("primes"))
+        .build()
+        .unwrap();
+    assert!(!d.attach_current_arbiter(), "no async route to run here");
+    let d2: Dispatcher = builder(settings())
+        .route("echo", RouteSettings::new("echo"))
+        .build()
+        .unwrap();
+    let attached = std::thread::spawn(move || d2.attach_current_arbiter())
+        .join()
+        .unwrap();
+    assert!(!attached, "a plain thread has no arbiter to run actors on");
+}
