@@ -11,7 +11,10 @@ N="${N:-100000}"
 ADDR=127.0.0.1:18081
 if curl -s -m 1 "http://$ADDR/healthz" >/dev/null 2>&1; then echo "something already listens on $ADDR; stop it first" >&2; exit 1; fi
 cargo build --release -q --bin mailroom
-MAILROOM_DISPATCH__CAPACITY=$((N + 1000)) MAILROOM_SERVER__MAX_BATCH=1000 RUST_LOG=warn \
+# A fresh journal folder: one left by an earlier run would bring its queued messages back.
+DATA=target/memory-data
+rm -rf "$DATA"
+MAILROOM_STORAGE__PATH="$DATA" MAILROOM_DISPATCH__CAPACITY=$((N + 1000)) MAILROOM_SERVER__MAX_BATCH=1000 RUST_LOG=warn \
   target/release/mailroom serve --config benches/load.toml --bind "$ADDR" >/dev/null 2>&1 &
 PID=$!
 trap 'kill $PID 2>/dev/null || true; wait $PID 2>/dev/null || true' EXIT

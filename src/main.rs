@@ -10,8 +10,10 @@ use clap::{Parser, Subcommand};
 use mailroom::cli;
 use mailroom::config::{Config, Overrides};
 
-/// mimalloc: messages are allocated on the HTTP workers and freed on the I/O arbiter, a pattern
-/// glibc's allocator handles slowly (see BENCHMARKS.md).
+/// mimalloc: messages are allocated on one thread and often freed on another (an HTTP worker
+/// and the I/O arbiter or a CPU pool thread), a pattern glibc's allocator handles slowly (see
+/// BENCHMARKS.md). Built without transparent huge pages (`no_thp`), which would count whole
+/// 2 MiB pages in RSS.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

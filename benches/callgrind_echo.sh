@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Instructions per `echo` request (`POST /v1/messages?wait=true`, memory storage), counted by
+# callgrind, which does not move with the machine's noise: `mailroom serve` runs under
+# valgrind, takes 500 requests to warm up, then its counters are zeroed, N requests are sent
+# over 16 connections, and the counters are dumped. Prints the total per request and the top
+# functions by their own instructions. BIN picks another build (to compare two commits).
+# Loopback only.
+#
+# Usage: bash benches/callgrind_echo.sh          (N=20000, BIN=target/release/mailroom)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N="${N:-20000}"
+OUT=target/callgrind
+mkdir -p "$OUT"
+command -v oha >/dev/null || { cargo install -q --locked oha; export PATH="$HOME/.cargo/bin:$PATH"; }
+command -v valgrind >/dev/null || (apt-get update -qq && apt-get install -y -qq valgrind >/dev/null)
+if [ -z "${BIN:-}" ]; then cargo build --release -q --bin mailroom; BIN=target/release/mailroom; fi
+PORT=18185
+rm -f "$OUT"/echo.out*
+MAILROOM_SERVER__BIND=127.0.0.1:$PORT MAILROOM_DISPATCH__CAPACITY=100000 MAILROOM_STORAGE__KIND=memory RUST_LOG=warn \
+  valgrind --tool=callgrind --compress-strings=no --compress-pos=no --callgrind-out-file="$OUT/echo.out" \
+  "$BIN" serve --config benches/load.toml >"$OUT/valgrind.log" 2>&1 &
+VP=$!
+trap 'kill $VP 2>/dev/null || true' EXIT
+for _ in $(seq 1 600); do curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.2; done
+ECHO='{"kind":"echo","payload":{"hello":"world","n":42}}'
+URL="http://127.0.0.1:$PORT/v1/messages?wait=true"
+oha -n 500 -c 16 --no-tui -m POST -H 'content-type: application/json' -d "$ECHO" "$URL" >/dev/null
+callgrind_control -z "$VP" >/dev/null
+oha -n "$N" -c 16 --no-tui --output-format json -m POST -H 'content-type: application/json' -d "$ECHO" "$URL" >"$OUT/oha.json"
+callgrind_control -d "$VP" >/dev/null
+kill -TERM "$VP"; wait "$VP" || true
+python3 - "$OUT/echo.out.1" "$N" <<'PY'
+import re, sys
+path, n = sys.argv[1], int(sys.argv[2])
+own, fn, skip, total = {}, None, False, 0
+for line in open(path):
+    if line.startswith("summary:"):
+        total = int(line.split()[1])
+    elif line.startswith("fn="):
+        fn = line[3:].strip()
+    elif line.startswith("calls="):
+        skip = True  # the next cost line is the call's inclusive cost, not the function's own
+    elif re.match(r"^[0-9+-]", line):
+        if skip:
+            skip = False
+            continue
+        own[fn] = own.get(fn, 0) + int(line.split()[-1])
+print(f"{total / n:,.0f} instructions per request (user space, all threads)\n")
+print("| own instructions per request | share | function |\n|---:|---:|---|")
+for f, c in sorted(own.items(), key=lambda kv: -kv[1])[:20]:
+    print(f"| {c / n:,.0f} | {c / total:.1%} | `{f[:110]}` |")
+PY
