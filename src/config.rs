@@ -641,6 +641,13 @@ impl Config {
         if let Err(reason) = self.settings().restart.check() {
             return err("dispatch.max_restarts", reason);
         }
+        if self.pools.io.stall_warn_ms != 0 && self.pools.io.stall_warn_ms < 100 {
+            // Threads stamp their heartbeat every 50 ms: less than two beats would be noise.
+            return err(
+                "pools.io.stall_warn_ms",
+                "expected 0 (off) or at least 100".into(),
+            );
+        }
         if !(1..=64).contains(&self.pools.io.arbiters) {
             return err("pools.io.arbiters", "expected 1 to 64".into());
         }

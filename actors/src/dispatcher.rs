@@ -30,10 +30,10 @@ use crate::error::{BuildError, CancelError, Rejected, ReplayError};
 use crate::ledger::{Drain, Ledger};
 use crate::metrics::{LedgerSnapshot, RejectReason, RouteStats};
 use crate::processor::cpu::CpuPool;
-use crate::processor::worker::{Exec, Station, Worker};
+use crate::processor::worker::{Exec, Run, Station, Worker};
 use crate::processor::{builtin, fetch, Make, Pool, Processor};
 use crate::recovery::Recovered;
-use crate::route::{Route, RouteInfo, Shares};
+use crate::route::{Route, RouteInfo, Shares, Slots};
 use crate::router::{Dispatch, DispatchBatch, DropDelayedAfter, Forget, Router};
 use crate::settings::{RouteSettings, Settings};
 use crate::source::timer::{Schedule, ScheduleError, ScheduleHandle, TimerSource};
@@ -63,10 +63,17 @@ pub(crate) struct Core {
     pub watch: Arc<Watch>,
 }
 
+/// What a thread attached to a dispatcher runs for it ([`Dispatcher::attach_current_arbiter`]):
+/// per route, the route's worker on this thread and that worker's station (`None` for CPU
+/// routes).
+struct Attached {
+    /// The dispatcher's `Core` address.
+    core: usize,
+    workers: Vec<Option<(Recipient<Run>, Arc<Station>)>>,
+}
+
 thread_local! {
-    /// The routers this thread runs for dispatchers it is attached to, by the dispatcher's
-    /// `Core` address ([`Dispatcher::attach_current_arbiter`]).
-    static ATTACHED: std::cell::RefCell<Vec<(usize, Addr<Router>)>> = const { std::cell::RefCell::new(Vec::new()) };
+    static ATTACHED: std::cell::RefCell<Vec<Attached>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// An admitted message whose `Accepted` record is on its way to disk. Dropped before it is
@@ -122,18 +129,19 @@ impl Core {
         &self.routers[self.ledger.routes[route].router]
     }
 
-    /// Hands a newly accepted envelope to a router: on a thread attached to this dispatcher, an
-    /// async message that may run now goes to the router on this very thread, which forwards it
-    /// to the route's worker here (no thread hop at all); everything else goes to the router on
-    /// its route worker's thread (which forwards it at once, or holds it until its delay is
-    /// over): one thread wake-up.
+    /// Hands a newly accepted envelope on: on a thread attached to this dispatcher, an async
+    /// message that may run now goes to its route's worker on this very thread (no thread hop at
+    /// all); everything else goes to the router on its route worker's thread (which forwards it
+    /// at once, or holds it until its delay is over): one thread wake-up.
     fn hand_off(&self, env: Envelope) {
-        if self.runs_here(&env) {
-            if let Some(router) = self.router_here() {
-                router.do_send(Dispatch(env));
-                return;
+        let env = if env.not_before.is_none() {
+            match self.run_here(env.route, vec![env]) {
+                Ok(()) => return,
+                Err(mut envs) => envs.pop().expect("handed back whole"),
             }
-        }
+        } else {
+            env
+        };
         let router = self.router(env.route);
         if router.connected() {
             router.do_send(Dispatch(env));
@@ -142,31 +150,40 @@ impl Core {
         }
     }
 
-    /// Whether `env` may run on an attached thread: an async route's message, due now.
-    fn runs_here(&self, env: &Envelope) -> bool {
-        env.not_before.is_none() && self.async_makes[env.route].is_some()
-    }
-
-    /// This thread's router, if the thread is attached to this dispatcher and its router runs.
-    fn router_here(&self) -> Option<Addr<Router>> {
+    /// Gives envelopes of `route` that may run now to the route's worker on this thread, if the
+    /// thread is attached to this dispatcher and runs that route (an async one); else hands
+    /// them back. On an attached thread this is the router's work for messages that run at
+    /// once: the route was found at admission, and the worker is on this thread.
+    fn run_here(&self, route: usize, envs: Vec<Envelope>) -> Result<(), Vec<Envelope>> {
         let key = self as *const Core as usize;
         ATTACHED.with(|attached| {
-            attached
-                .borrow()
+            let attached = attached.borrow();
+            let here = attached
                 .iter()
-                .find(|(k, router)| *k == key && router.connected())
-                .map(|(_, router)| router.clone())
+                .find(|a| a.core == key)
+                .and_then(|a| a.workers[route].as_ref());
+            match here {
+                Some((worker, station)) if worker.connected() => {
+                    worker.do_send(Run::attached(envs, station.clone()));
+                    Ok(())
+                }
+                _ => Err(envs),
+            }
         })
     }
 
-    /// [`Core::hand_off`] for many: one `DispatchBatch` per router.
+    /// [`Core::hand_off`] for many: to this thread's workers if it is attached, else one
+    /// `DispatchBatch` per router.
     pub(crate) fn hand_off_batch(&self, envs: Vec<Envelope>) {
-        let here = self.router_here();
-        let mut local = Vec::new();
+        let mut local: Vec<Vec<Envelope>> = Vec::new();
         let mut per_router: Vec<Vec<Envelope>> = Vec::new();
+        let attached = ATTACHED.with(|a| !a.borrow().is_empty());
         for env in envs {
-            if here.is_some() && self.runs_here(&env) {
-                local.push(env);
+            if attached && env.not_before.is_none() && self.async_makes[env.route].is_some() {
+                if local.len() <= env.route {
+                    local.resize_with(env.route + 1, Vec::new);
+                }
+                local[env.route].push(env);
                 continue;
             }
             let r = self.ledger.routes[env.route].router;
@@ -175,8 +192,17 @@ impl Core {
             }
             per_router[r].push(env);
         }
-        if let (Some(router), false) = (here, local.is_empty()) {
-            router.do_send(DispatchBatch(local));
+        for (route, batch) in local.into_iter().enumerate() {
+            if batch.is_empty() {
+                continue;
+            }
+            if let Err(batch) = self.run_here(route, batch) {
+                let r = self.ledger.routes[route].router;
+                if per_router.len() <= r {
+                    per_router.resize_with(r + 1, Vec::new);
+                }
+                per_router[r].extend(batch);
+            }
         }
         for (r, batch) in per_router.into_iter().enumerate() {
             if batch.is_empty() {
@@ -532,27 +558,40 @@ impl Dispatcher {
     }
 
     /// Runs this dispatcher's async routes on the calling thread's actix arbiter too: from now
-    /// on, a message submitted on this thread that may run at once (no delay) goes to a router
-    /// and a supervised worker per async route started here, so it is admitted, run and
-    /// answered on this thread, with no hand-off to another. Call it once on each thread that
-    /// submits much, e.g. in an actix-web `App` factory, which runs on every HTTP worker.
+    /// on, a message submitted on this thread that may run at once (no delay) goes straight to a
+    /// supervised worker of its route started here, so it is admitted, run and answered on this
+    /// thread, with no hand-off to another. Call it once on each thread that submits much, e.g.
+    /// in an actix-web `App` factory, which runs on every HTTP worker.
     ///
-    /// A route's `concurrency` stays one limit over all the threads that run it. Delayed
-    /// messages and retries wait on the route's own arbiter, as do messages submitted on
-    /// threads that are not attached; CPU routes run on their pool as always.
-    ///
-    /// An async processor that blocks its thread now blocks this one too (on an HTTP worker,
-    /// its requests): blocking work belongs on a CPU route. The watchdog reports such a thread
-    /// ([`IoSettings::stall_warn`](crate::IoSettings::stall_warn)).
+    /// - A route's `concurrency` stays one limit over all the threads that run it; threads
+    ///   waiting for a slot get the freed ones in turn.
+    /// - Delayed messages and retries wait on the route's own router and run on its I/O
+    ///   arbiter, as do messages submitted on threads that are not attached; CPU routes run on
+    ///   their pool as always.
+    /// - Each attached thread builds its own instance of each async processor (as a restart
+    ///   does): state kept inside a processor, such as `fetch`'s connection pool and its
+    ///   `max_connections`, is per thread.
+    /// - An async processor that blocks its thread now blocks this one too (on an HTTP worker,
+    ///   its requests): blocking work belongs on a CPU route. The watchdog reports such a thread
+    ///   ([`IoSettings::stall_warn`](crate::IoSettings::stall_warn)).
+    /// - If the thread's arbiter stops while the dispatcher runs, what it had not started goes
+    ///   to the routes' own workers, and what it was running ends failed (class `error`), or is
+    ///   retried if the route retries. Once shutdown has begun, shutdown settles them.
     ///
     /// Returns `false` and does nothing outside an actix arbiter, when the thread is attached
     /// already, or when there is no async route.
     pub fn attach_current_arbiter(&self) -> bool {
         let core = &self.core;
         let key = Arc::as_ptr(core) as usize;
+        let live = |a: &Attached| {
+            a.workers
+                .iter()
+                .flatten()
+                .any(|(worker, _)| worker.connected())
+        };
         if actix_rt::Arbiter::try_current().is_none()
             || core.async_makes.iter().all(Option::is_none)
-            || ATTACHED.with(|a| a.borrow().iter().any(|(k, _)| *k == key))
+            || ATTACHED.with(|a| a.borrow().iter().any(|a| a.core == key && live(a)))
         {
             return false;
         }
@@ -575,13 +614,24 @@ impl Dispatcher {
                 route: i,
             });
             let exec = Exec::Async(make.clone());
-            let addr = Supervisor::start(move |_| Worker::new(station, exec));
-            workers.push(Some(addr.recipient()));
+            let st = station.clone();
+            let addr = Supervisor::start(move |_| Worker::attached(st, exec));
+            workers.push(Some((addr.recipient(), station)));
         }
-        let (ledger, drain) = (core.ledger.clone(), core.drain.clone());
-        let beat = core.watch.heartbeat(name.clone());
-        let router = Router::create(move |_| Router::serving(ledger, drain, false, beat, workers));
-        ATTACHED.with(|a| a.borrow_mut().push((key, router)));
+        if let Some(beat) = core.watch.heartbeat(name.clone()) {
+            // Ends with the thread's runtime; the watchdog then stops watching it.
+            actix_rt::spawn(async move {
+                loop {
+                    beat.stamp();
+                    actix_rt::time::sleep(crate::watchdog::BEAT).await;
+                }
+            });
+        }
+        ATTACHED.with(|a| {
+            let mut a = a.borrow_mut();
+            a.retain(|a| a.core != key);
+            a.push(Attached { core: key, workers });
+        });
         tracing::debug!(thread = %name, "thread attached: it runs the async routes too");
         true
     }
@@ -647,7 +697,8 @@ impl Dispatcher {
         // Rejections are rare: kept aside by index rather than in a slot per message.
         let mut rejected: Vec<(usize, Rejected)> = Vec::new();
         // Hand envelopes on in chunks as they are admitted, so the workers start while admission
-        // is still going (pipelining across threads).
+        // is still going (pipelining across threads). On an attached thread the chunks wait in
+        // this thread's workers' mailboxes until admission is done.
         const CHUNK: usize = 256;
         let mut batch = Vec::with_capacity(CHUNK.min(n));
         let admitting = Admitting::enter(&self.core.drain.admitting);
@@ -1160,7 +1211,7 @@ impl DispatcherBuilder {
                     Pool::Cpu => s.io.arbiters,
                 },
                 lane: Default::default(),
-                slots: Default::default(),
+                slots: Slots::new(concurrency),
                 shares: rs.max_per_client.map(Shares::new),
             });
         }
@@ -1235,7 +1286,6 @@ impl DispatcherBuilder {
                 Router::start_in_arbiter(home, move |_| Router::new(ledger, drain, n == 0, beat))
             })
             .collect();
-        watch.start();
         let async_makes = makes
             .iter()
             .map(|m| matches!(m, Make::Async(_)).then(|| m.clone()))

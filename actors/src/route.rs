@@ -1,6 +1,8 @@
 //! The routing table's entries. A `Route` is shared (behind the dispatcher's `Arc`) by the
 //! admission path, the router and the route's worker: its limits are fixed at build time, its
-//! counters are atomics, and its worker address is set once when the worker starts.
+//! counters are atomics, and its own worker's address is set once when that worker starts (the
+//! workers of attached threads are known to those threads only; they share the route's
+//! [`Slots`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
@@ -111,65 +113,105 @@ pub(crate) struct Lane {
 /// arbiter, and one on each thread that runs the dispatcher's async routes too
 /// ([`Dispatcher::attach_current_arbiter`](crate::Dispatcher::attach_current_arbiter)). A worker
 /// takes a slot before it starts an attempt and gives it back when the attempt ends. A worker
-/// that finds none free parks its address here; every give-back wakes the parked workers (an
-/// empty [`Run`]) so that none is left holding a backlog beside a free slot. There are as many
-/// workers as threads that run the route, a handful, so waking them all costs little.
-#[derive(Default)]
+/// that finds none free queues up here (once); a slot given back while workers wait is handed
+/// to the first of them (its `granted` count goes up and it gets an empty [`Run`] to wake it),
+/// so the threads take turns in the order they asked, and a busy thread cannot keep the route
+/// to itself by taking its slot back before the others hear of it.
 pub(crate) struct Slots {
+    limit: usize,
     used: AtomicUsize,
-    any_parked: AtomicBool,
-    parked: Mutex<Vec<(usize, Recipient<Run>)>>,
+    any_waiting: AtomicBool,
+    waiting: Mutex<std::collections::VecDeque<Waiting>>,
+}
+
+/// A worker waiting for a slot.
+struct Waiting {
+    worker: usize,
+    granted: Arc<AtomicUsize>,
+    wake: Recipient<Run>,
 }
 
 impl std::fmt::Debug for Slots {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Slots")
+            .field("limit", &self.limit)
             .field("used", &self.used.load(Relaxed))
             .finish()
     }
 }
 
 impl Slots {
-    /// Takes a slot if fewer than `limit` are taken.
-    pub(crate) fn try_take(&self, limit: usize) -> bool {
+    /// Slots for a route that runs at most `limit` attempts at once.
+    pub(crate) fn new(limit: usize) -> Slots {
+        Slots {
+            limit,
+            used: AtomicUsize::new(0),
+            any_waiting: AtomicBool::new(false),
+            waiting: Mutex::new(Default::default()),
+        }
+    }
+
+    fn try_take(&self) -> bool {
         self.used
-            .fetch_update(SeqCst, SeqCst, |n| (n < limit).then_some(n + 1))
+            .fetch_update(SeqCst, SeqCst, |n| (n < self.limit).then_some(n + 1))
             .is_ok()
     }
 
-    /// Takes a slot, or parks `worker` to be woken by the next give-back. A slot given back
-    /// between the first try and the parking is seen by the second try.
-    pub(crate) fn take_or_park(
+    /// Takes a slot for `worker`: one handed to it (`granted`), else a free one; else queues
+    /// the worker to be handed the next slot given back, and says no. A slot given back between
+    /// the try and the queueing is seen by the second try (the giver decrements before it looks
+    /// for waiting workers; the waiter announces itself before it tries again).
+    pub(crate) fn take(
         &self,
-        limit: usize,
         worker: usize,
+        granted: &Arc<AtomicUsize>,
         wake: impl FnOnce() -> Recipient<Run>,
     ) -> bool {
-        if self.try_take(limit) {
+        let handed = || {
+            granted
+                .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        };
+        if handed() || self.try_take() {
             return true;
         }
         {
-            let mut parked = self.parked.lock();
-            if !parked.iter().any(|(w, _)| *w == worker) {
-                parked.push((worker, wake()));
+            let mut waiting = self.waiting.lock();
+            if !waiting.iter().any(|w| w.worker == worker) {
+                waiting.push_back(Waiting {
+                    worker,
+                    granted: granted.clone(),
+                    wake: wake(),
+                });
             }
-            self.any_parked.store(true, SeqCst);
+            self.any_waiting.store(true, SeqCst);
         }
-        self.try_take(limit)
+        self.try_take() || handed()
     }
 
-    /// Gives a slot back and wakes the parked workers.
+    /// Gives a slot back; if workers wait, takes it again at once for the first of them (one
+    /// whose thread has stopped is skipped) and wakes it.
     pub(crate) fn give_back(&self) {
         self.used.fetch_sub(1, SeqCst);
-        if self.any_parked.load(SeqCst) {
-            let woken = {
-                let mut parked = self.parked.lock();
-                self.any_parked.store(false, SeqCst);
-                std::mem::take(&mut *parked)
-            };
-            for (_, worker) in woken {
-                worker.do_send(Run(Vec::new()));
+        if !self.any_waiting.load(SeqCst) {
+            return;
+        }
+        let mut waiting = self.waiting.lock();
+        while let Some(w) = waiting.pop_front() {
+            if !w.wake.connected() {
+                continue;
             }
+            if !self.try_take() {
+                // Taken meanwhile: this worker stays first for the next slot given back.
+                waiting.push_front(w);
+                break;
+            }
+            w.granted.fetch_add(1, SeqCst);
+            w.wake.do_send(Run::default());
+            break;
+        }
+        if waiting.is_empty() {
+            self.any_waiting.store(false, SeqCst);
         }
     }
 }

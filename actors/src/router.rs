@@ -1,9 +1,12 @@
 //! The router actor: forwards each accepted envelope to its route's worker, and holds the ones
 //! that must wait (delayed messages and retries in backoff) until their time.
 //!
-//! There is one router on each thread that hosts route workers (each I/O arbiter, and the System
-//! arbiter when there are CPU routes), serving the workers beside it, so forwarding a message to
-//! its worker is a mailbox hop on the same thread, never a thread wake-up. It receives
+//! There is one router on each thread that hosts the routes' own workers (each I/O arbiter, and
+//! the System arbiter when there are CPU routes), serving the workers beside it, so forwarding a
+//! message to its worker is a mailbox hop on the same thread, never a thread wake-up. (On a thread
+//! attached to the dispatcher, a message that runs at once goes straight to the route's worker on
+//! that thread: there is nothing to hold, and the route was found at admission. Everything that
+//! waits comes here.) It receives
 //! `Dispatch` and `DispatchBatch` from the dispatcher (after admission) and from settling
 //! attempts (retries); `Forget` when a delayed message is cancelled; `DropDelayedAfter` at
 //! shutdown. Waiting envelopes sit in a min-heap keyed by `(not_before, arrival)`, with one timer
@@ -65,12 +68,9 @@ pub(crate) struct Router {
     timer: Alarm,
     /// Whether this router sweeps expired outcomes from the store (the first one does).
     sweeps: bool,
-    /// On a thread that runs the async routes beside their own arbiters (see
-    /// [`Dispatcher::attach_current_arbiter`](crate::Dispatcher::attach_current_arbiter)): the
-    /// workers on this thread, by route. Empty on a route's own router.
-    local: Vec<Option<Recipient<Run>>>,
-    /// Stamped by this router's thread; the watchdog reports a thread that stops stamping.
-    beat: Arc<Heartbeat>,
+    /// Stamped on this router's thread, when the watchdog is on: it reports a thread that stops
+    /// stamping.
+    beat: Option<Arc<Heartbeat>>,
 }
 
 impl Router {
@@ -78,24 +78,12 @@ impl Router {
         ledger: Arc<Ledger>,
         drain: Arc<Drain>,
         sweeps: bool,
-        beat: Arc<Heartbeat>,
-    ) -> Router {
-        Router::serving(ledger, drain, sweeps, beat, Vec::new())
-    }
-
-    /// A router that forwards to the given workers (by route) rather than to the routes' own.
-    pub(crate) fn serving(
-        ledger: Arc<Ledger>,
-        drain: Arc<Drain>,
-        sweeps: bool,
-        beat: Arc<Heartbeat>,
-        local: Vec<Option<Recipient<Run>>>,
+        beat: Option<Arc<Heartbeat>>,
     ) -> Router {
         Router {
             ledger,
             drain,
             sweeps,
-            local,
             beat,
             waiting: HashMap::new(),
             heap: BinaryHeap::new(),
@@ -144,15 +132,12 @@ impl Router {
     /// Hands envelopes of one route to its worker; if the worker has stopped for good (a bug
     /// outside the processor's panic guard), they fail at once instead of waiting for shutdown.
     fn send(&self, route: usize, batch: Vec<Envelope>) {
-        let worker = match self.local.get(route) {
-            Some(Some(local)) => local,
-            _ => self.ledger.routes[route]
-                .worker
-                .get()
-                .expect("workers are started in build()"),
-        };
+        let worker = self.ledger.routes[route]
+            .worker
+            .get()
+            .expect("workers are started in build()");
         if worker.connected() {
-            worker.do_send(Run(batch));
+            worker.do_send(Run::new(batch));
         } else {
             self.ledger.undeliverable(batch, "worker");
         }
@@ -189,8 +174,14 @@ impl Actor for Router {
         if self.sweeps {
             ctx.run_interval(Duration::from_secs(1), |act, _| act.ledger.store.sweep());
         }
-        self.beat.stamp();
-        ctx.run_interval(crate::watchdog::BEAT, |act, _| act.beat.stamp());
+        if let Some(beat) = &self.beat {
+            beat.stamp();
+            ctx.run_interval(crate::watchdog::BEAT, |act, _| {
+                if let Some(b) = &act.beat {
+                    b.stamp();
+                }
+            });
+        }
     }
 }
 

@@ -24,45 +24,53 @@ async fn each_builtin_kind_answers_its_exact_result_over_http() {
         .unwrap()
         .run(),
     );
-    let mut c = config();
-    c.fetch.allow_hosts = vec!["127.0.0.1".into()];
-    let s = start(c).await;
-    let cases = [
-        (
-            json!({"kind": "echo", "payload": {"a": [1, "x"]}}),
-            json!({"a": [1, "x"]}),
-        ),
-        (
-            json!({"kind": "sleep", "payload": {"ms": 20}}),
-            json!({"slept_ms": 20}),
-        ),
-        (
-            json!({"kind": "primes", "payload": {"limit": 10000}}),
-            json!({"count": 1229}),
-        ),
-        (
-            json!({"kind": "hash", "payload": {"data": "abc", "rounds": 1}}),
-            json!({"sha256": "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"}),
-        ),
-    ];
-    for (body, result) in cases {
-        let r = s.post("/v1/messages?wait=true", body.clone()).await;
-        assert_eq!(r.status, 200, "{}", r.text);
-        assert_eq!(r.body["status"], "completed");
-        assert_eq!(r.body["result"], result, "{body}");
-        assert_eq!(r.body["source"], "http");
-        assert_eq!(r.body["attempts"], 1);
+    // With HTTP workers running the async routes (the default), and with every message handed
+    // to the I/O arbiter.
+    for on_http_workers in [true, false] {
+        let mut c = config();
+        c.fetch.allow_hosts = vec!["127.0.0.1".into()];
+        c.pools.io.on_http_workers = on_http_workers;
+        let s = start(c).await;
+        let cases = [
+            (
+                json!({"kind": "echo", "payload": {"a": [1, "x"]}}),
+                json!({"a": [1, "x"]}),
+            ),
+            (
+                json!({"kind": "sleep", "payload": {"ms": 20}}),
+                json!({"slept_ms": 20}),
+            ),
+            (
+                json!({"kind": "primes", "payload": {"limit": 10000}}),
+                json!({"count": 1229}),
+            ),
+            (
+                json!({"kind": "hash", "payload": {"data": "abc", "rounds": 1}}),
+                json!({"sha256": "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"}),
+            ),
+        ];
+        for (body, result) in cases {
+            let r = s.post("/v1/messages?wait=true", body.clone()).await;
+            assert_eq!(r.status, 200, "{}", r.text);
+            assert_eq!(r.body["status"], "completed");
+            assert_eq!(
+                r.body["result"], result,
+                "{body} (on_http_workers = {on_http_workers})"
+            );
+            assert_eq!(r.body["source"], "http");
+            assert_eq!(r.body["attempts"], 1);
+        }
+        let r = s
+            .post(
+                "/v1/messages?wait=true",
+                json!({"kind": "fetch", "payload": {"url": format!("http://127.0.0.1:{port}/hi")}}),
+            )
+            .await;
+        assert_eq!(r.body["status"], "completed", "{}", r.text);
+        assert_eq!(r.body["result"]["status"], 200);
+        assert_eq!(r.body["result"]["body"], json!({"hi": true}));
+        s.stop().await;
     }
-    let r = s
-        .post(
-            "/v1/messages?wait=true",
-            json!({"kind": "fetch", "payload": {"url": format!("http://127.0.0.1:{port}/hi")}}),
-        )
-        .await;
-    assert_eq!(r.body["status"], "completed", "{}", r.text);
-    assert_eq!(r.body["result"]["status"], 200);
-    assert_eq!(r.body["result"]["body"], json!({"hi": true}));
-    s.stop().await;
 }
 
 #[actix_rt::test]

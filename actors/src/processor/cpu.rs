@@ -206,7 +206,7 @@ impl Handler<RunCpu> for CpuPool {
         r.lane.handed.fetch_sub(1, SeqCst);
         if r.lane.waiting.load(SeqCst) > 0 && !r.lane.pump_pending.swap(true, SeqCst) {
             if let Some(worker) = r.worker.get() {
-                worker.do_send(Run(Vec::new()));
+                worker.do_send(Run::default());
             }
         }
     }

@@ -4,8 +4,11 @@
 //! "headers", "body", "elapsed_ms"}` (plus `"truncated": true` when the body was cut at
 //! `max_body_bytes`). The body is JSON when the upstream says so and it parses, text otherwise.
 //!
-//! One `awc::Client` per processor instance, i.e. per route worker on its arbiter (awc clients are
-//! not `Send`); its connection limit is raised to `max_connections` and timeouts are explicit.
+//! One `awc::Client` per processor instance, i.e. per route worker on its thread (awc clients are
+//! not `Send`): the route's own worker, and one on each attached thread (each HTTP worker, by
+//! default), each with its own pool. Each client's connection limit is raised to
+//! `max_connections` (so the process may hold that many per such thread) and timeouts are
+//! explicit.
 //! Redirects are not followed (a redirect could lead to a refused target).
 //!
 //! The guard against server-side request forgery: loopback, private, link-local and unspecified

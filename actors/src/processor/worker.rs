@@ -1,11 +1,17 @@
-//! The route worker: one supervised actor per route. It runs the route's messages with at most
-//! `concurrency` at once, applies the run timeout, catches panics, and settles each attempt
-//! (outcome, retry or dead letter) — for CPU routes, the pool thread that ran the job settles it.
+//! The route worker: one supervised actor per route, plus, for an async route, one on each
+//! thread attached to the dispatcher (`Dispatcher::attach_current_arbiter`, e.g. each HTTP
+//! worker). It runs the route's messages with at most `concurrency` at once (one limit over all
+//! the route's workers: see `route::Slots`), applies the run timeout, catches panics, and
+//! settles each attempt (outcome, retry or dead letter) — for CPU routes, the pool thread that
+//! ran the job settles it.
 //!
-//! It receives [`Run`] batches from the router on its own thread and [`JobDone`] from its own
-//! async jobs.
+//! It receives [`Run`] batches from the router on its own thread (on an attached thread, from
+//! the dispatcher directly) and [`JobDone`] from its own async jobs. A worker on an attached
+//! thread outlives nothing: if that thread stops while the dispatcher runs, the batches it had
+//! not read and its backlog go to the route's own worker, and its running attempts end failed
+//! (or are retried), through drop guards (`rescue`, `abandon`).
 //!
-//! **Async routes** live on an I/O arbiter. Jobs run as separate local tasks (actix polls every
+//! **Async routes** live on an I/O arbiter (and on attached threads). Jobs run as separate local tasks (actix polls every
 //! future spawned on an actor context at each wake-up, which would make many concurrent jobs
 //! quadratic); a job that finishes on its first poll, like `echo`, completes inline with no task.
 //! On a panic in an async processor the message fails (class `panic`, or is retried) and the
@@ -110,10 +116,81 @@ impl Station {
 }
 
 /// Run these envelopes (all of this worker's route). An empty batch only asks the worker to
-/// start what its backlog holds (a CPU slot was freed).
-#[derive(Message)]
+/// start what its backlog holds (a slot was freed, or handed to it).
+///
+/// Sent to a worker on an attached thread, it carries that worker's station: if the thread stops
+/// before the worker takes the batch, the batch is dropped unread, and its envelopes go to their
+/// route's own worker instead of being lost (see [`rescue`]).
+#[derive(Message, Default)]
 #[rtype(result = "()")]
-pub struct Run(pub Vec<Envelope>);
+pub struct Run {
+    envs: Vec<Envelope>,
+    rescue: Option<Arc<Station>>,
+}
+
+impl Run {
+    pub(crate) fn new(envs: Vec<Envelope>) -> Run {
+        Run { envs, rescue: None }
+    }
+
+    /// A batch for a worker on an attached thread (`station` is that worker's).
+    pub(crate) fn attached(envs: Vec<Envelope>, station: Arc<Station>) -> Run {
+        Run {
+            envs,
+            rescue: Some(station),
+        }
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        if let Some(station) = &self.rescue {
+            rescue(station, std::mem::take(&mut self.envs));
+        }
+    }
+}
+
+/// Envelopes left on an attached thread that stopped (unread in its worker's mailbox, or in its
+/// backlog) go to their route's own worker, on the route's I/O arbiter. While the dispatcher
+/// drains they stay where they are: shutdown cancels them, or keeps them stored.
+fn rescue(station: &Station, envs: Vec<Envelope>) {
+    if envs.is_empty() || station.drain.draining.load(SeqCst) {
+        return;
+    }
+    match station.route().worker.get() {
+        Some(worker) if worker.connected() => worker.do_send(Run::new(envs)),
+        _ => station.ledger.undeliverable(envs, "worker"),
+    }
+}
+
+/// An attempt that was running on an attached thread when the thread stopped: its slot is given
+/// back and it ends failed (class `error`), or is retried if the route retries. While the
+/// dispatcher drains it is left to shutdown, which cancels it or keeps it stored.
+fn abandon(station: &Station, env: Envelope, result: Option<JobResult>) {
+    if station.drain.draining.load(SeqCst) {
+        return;
+    }
+    let route = station.route();
+    route.stats.running.fetch_sub(1, Relaxed);
+    route.slots.give_back();
+    // The worker is gone with its thread: there is nothing to restart.
+    let _ = settle(station, env, result.unwrap_or(JobResult::Abandoned));
+}
+
+/// Holds a running attempt's envelope inside its task; on an attached thread, if the task is
+/// dropped before it finishes (the thread stopped), the attempt is abandoned.
+struct Attempt {
+    env: Option<Envelope>,
+    rescue: Option<Arc<Station>>,
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        if let (Some(env), Some(station)) = (self.env.take(), &self.rescue) {
+            abandon(station, env, None);
+        }
+    }
+}
 
 /// How one attempt ended.
 #[derive(Debug)]
@@ -123,14 +200,27 @@ pub(crate) enum JobResult {
     TimedOut(Duration),
     /// The CPU pool could not be reached.
     Lost(String),
+    /// The attached thread it ran on stopped before it finished.
+    Abandoned,
 }
 
 /// An async job finished (sent by the job's task to its worker).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct JobDone {
-    env: Envelope,
-    result: JobResult,
+    env: Option<Envelope>,
+    result: Option<JobResult>,
+    /// On an attached thread: if the worker is gone before it reads this, the attempt is
+    /// settled on drop.
+    rescue: Option<Arc<Station>>,
+}
+
+impl Drop for JobDone {
+    fn drop(&mut self) {
+        if let (Some(env), Some(station)) = (self.env.take(), &self.rescue) {
+            abandon(station, env, self.result.take());
+        }
+    }
 }
 
 type AsyncMake = Arc<dyn Fn() -> Box<dyn AsyncProcessor> + Send + Sync>;
@@ -173,9 +263,13 @@ pub(crate) struct Worker {
     exec: Exec,
     processor: Option<Box<dyn AsyncProcessor>>,
     backlog: VecDeque<Envelope>,
-    /// This worker's number, for parking on the route's `Slots` (an async route has a worker on
+    /// This worker's number, for waiting on the route's `Slots` (an async route has a worker on
     /// each thread that runs it, and they share the route's concurrency).
     id: usize,
+    /// Slots handed to this worker by others that gave them back while it waited.
+    granted: Arc<AtomicUsize>,
+    /// Whether it runs on an attached thread, which may stop before the dispatcher does.
+    attached: bool,
     limit: usize,
     paused: bool,
     resume_after: Option<Duration>,
@@ -198,6 +292,8 @@ impl Worker {
             processor,
             backlog: VecDeque::new(),
             id: NEXT_WORKER.fetch_add(1, Relaxed),
+            granted: Default::default(),
+            attached: false,
             limit,
             paused: false,
             resume_after: None,
@@ -207,20 +303,44 @@ impl Worker {
         }
     }
 
+    /// A worker for an attached thread (see [`Dispatcher::attach_current_arbiter`]).
+    ///
+    /// [`Dispatcher::attach_current_arbiter`]: crate::Dispatcher::attach_current_arbiter
+    pub(crate) fn attached(station: Arc<Station>, exec: Exec) -> Worker {
+        let mut worker = Worker::new(station, exec);
+        worker.attached = true;
+        worker
+    }
+
     fn can_start(&self, ctx: &Context<Self>) -> bool {
         !self.paused && ctx.state() == ActorState::Running
     }
 
     /// Takes a running slot for one more attempt: a CPU route counts what it has handed to the
     /// pool (in its `Lane`); an async route takes one of its `Slots`, shared with its workers on
-    /// other threads, or parks this worker until one is given back.
+    /// other threads, or waits in line for one to be handed over.
     fn take_slot(&self, ctx: &Context<Self>) -> bool {
         let route = self.station.route();
         match self.exec {
             Exec::Cpu(..) => route.lane.handed.load(SeqCst) < self.limit,
             Exec::Async(_) => route
                 .slots
-                .take_or_park(self.limit, self.id, || ctx.address().recipient()),
+                .take(self.id, &self.granted, || ctx.address().recipient()),
+        }
+    }
+
+    /// Gives back slots handed to this worker that it has nothing to use for.
+    fn return_unused(&self) {
+        if !self.backlog.is_empty() {
+            return;
+        }
+        let slots = &self.station.route().slots;
+        while self
+            .granted
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            slots.give_back();
         }
     }
 
@@ -238,6 +358,7 @@ impl Worker {
                 }
             }
             let Exec::Cpu(..) = self.exec else {
+                self.return_unused();
                 return;
             };
             self.arm(ctx);
@@ -325,6 +446,11 @@ impl Worker {
                 }
                 let fut = AssertUnwindSafe(fut).catch_unwind();
                 let addr = ctx.address();
+                let rescue = self.attached.then(|| station.clone());
+                let mut attempt = Attempt {
+                    env: Some(env),
+                    rescue: rescue.clone(),
+                };
                 actix_rt::spawn(async move {
                     let result = match timeout {
                         Some(t) => match actix_rt::time::timeout(t, fut).await {
@@ -333,7 +459,11 @@ impl Worker {
                         },
                         None => caught(fut.await),
                     };
-                    addr.do_send(JobDone { env, result });
+                    addr.do_send(JobDone {
+                        env: attempt.env.take(),
+                        result: Some(result),
+                        rescue,
+                    });
                 });
             }
             Exec::Cpu(pool, index) => {
@@ -481,6 +611,14 @@ pub(crate) fn settle(
             Status::Failed,
             false,
         ),
+        JobResult::Abandoned => (
+            ErrorInfo::new(
+                ErrorClass::Error,
+                "the thread running it stopped before it finished",
+            ),
+            Status::Failed,
+            false,
+        ),
     };
     tracing::debug!(id = %env.id, kind = %env.kind, attempt = env.attempt, class = error.class.as_str(), error = %error.message, "attempt failed");
     // Counted before the outcome is published, so whoever sees the failure also sees the
@@ -523,6 +661,25 @@ impl Actor for Worker {
     }
 }
 
+impl Drop for Worker {
+    /// The worker is dropped with its thread: on an attached thread that stopped, its backlog
+    /// goes to the route's own worker, and slots handed to it are passed on.
+    fn drop(&mut self) {
+        if !self.attached {
+            return;
+        }
+        rescue(&self.station, self.backlog.drain(..).collect());
+        let slots = &self.station.route().slots;
+        while self
+            .granted
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            slots.give_back();
+        }
+    }
+}
+
 impl Supervised for Worker {
     fn restarting(&mut self, _: &mut Self::Context) {
         let route = &self.station.route();
@@ -535,12 +692,13 @@ impl Supervised for Worker {
 
 impl Handler<Run> for Worker {
     type Result = ();
-    fn handle(&mut self, msg: Run, ctx: &mut Context<Self>) {
+    fn handle(&mut self, mut msg: Run, ctx: &mut Context<Self>) {
         if let Exec::Cpu(..) = self.exec {
             self.station.route().lane.pump_pending.store(false, SeqCst);
             self.prune();
         }
-        self.backlog.extend(msg.0);
+        self.backlog.extend(std::mem::take(&mut msg.envs));
+        msg.rescue = None;
         // Only cancelled messages can take the backlog past the route's capacity (a cancel
         // frees its place at once, its envelope stays here until reached): drop them then, so
         // submitting and cancelling behind a busy route does not grow it.
@@ -555,8 +713,11 @@ impl Handler<Run> for Worker {
 
 impl Handler<JobDone> for Worker {
     type Result = ();
-    fn handle(&mut self, msg: JobDone, ctx: &mut Context<Self>) {
-        self.complete(msg.env, msg.result, ctx);
+    fn handle(&mut self, mut msg: JobDone, ctx: &mut Context<Self>) {
+        let (Some(env), Some(result)) = (msg.env.take(), msg.result.take()) else {
+            return;
+        };
+        self.complete(env, result, ctx);
         self.pump(ctx);
     }
 }
