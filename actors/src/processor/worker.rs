@@ -329,11 +329,15 @@ impl Worker {
         }
     }
 
-    /// Gives back slots handed to this worker that it has nothing to use for.
+    /// Gives back slots handed to this worker when it has nothing to use them for.
     fn return_unused(&self) {
-        if !self.backlog.is_empty() {
-            return;
+        if self.backlog.is_empty() {
+            self.return_granted();
         }
+    }
+
+    /// Gives back (or on to the next waiting worker) every slot handed to this worker.
+    fn return_granted(&self) {
         let slots = &self.station.route().slots;
         while self
             .granted
@@ -669,14 +673,7 @@ impl Drop for Worker {
             return;
         }
         rescue(&self.station, self.backlog.drain(..).collect());
-        let slots = &self.station.route().slots;
-        while self
-            .granted
-            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
-            .is_ok()
-        {
-            slots.give_back();
-        }
+        self.return_granted();
     }
 }
 

@@ -2,52 +2,21 @@
 //! it submits runs on it, the route's concurrency stays one limit over every thread, and a
 //! processor that blocks such a thread is reported by the watchdog.
 
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix_rt::Arbiter;
 use mailroom_actors::{Dispatcher, Message, Processor, RouteSettings, Status};
 use serde_json::{json, Value};
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::oneshot;
 
-use super::common::{builder, eventually, settings, settled};
+use super::common::{builder, eventually, gated, settings, settled, Gate};
 
 /// Which thread ran the message.
 fn whereabouts() -> Processor {
     Processor::from_fn("where", |_job, _p: Value| async move {
         Ok(json!(format!("{:?}", std::thread::current().id())))
-    })
-}
-
-/// Waits at the gate (counting how many wait at once, and the most that ever did).
-struct Gate {
-    permits: Semaphore,
-    running: AtomicUsize,
-    most: AtomicUsize,
-}
-
-impl Default for Gate {
-    fn default() -> Self {
-        Gate {
-            permits: Semaphore::new(0),
-            running: AtomicUsize::new(0),
-            most: AtomicUsize::new(0),
-        }
-    }
-}
-
-fn gated(gate: &Arc<Gate>) -> Processor {
-    let gate = gate.clone();
-    Processor::from_fn("gated", move |_job, p: Value| {
-        let gate = gate.clone();
-        async move {
-            let now = gate.running.fetch_add(1, SeqCst) + 1;
-            gate.most.fetch_max(now, SeqCst);
-            let _permit = gate.permits.acquire().await.expect("never closed");
-            gate.running.fetch_sub(1, SeqCst);
-            Ok(p)
-        }
     })
 }
 
@@ -125,7 +94,7 @@ async fn what_an_attached_thread_submits_runs_on_it_and_concurrency_stays_one_li
         d.routes()
     );
     assert_eq!(gate.running.load(SeqCst), 2);
-    gate.permits.add_permits(Semaphore::MAX_PERMITS / 2);
+    gate.open();
     // Every message completes: a thread whose worker waited for a slot was woken.
     settled(&d).await;
     for id in ids {
@@ -294,7 +263,7 @@ async fn an_attached_thread_that_stops_hands_on_what_it_held_and_frees_its_slot(
         failed.error.as_ref().unwrap().message,
         "the thread running it stopped before it finished"
     );
-    gate.permits.add_permits(Semaphore::MAX_PERMITS / 2);
+    gate.open();
     for id in &ids[1..] {
         let out = d.wait(*id, Duration::from_secs(10)).await.unwrap();
         assert_eq!(out.status, Status::Completed, "{out:?}");

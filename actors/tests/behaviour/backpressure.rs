@@ -1,51 +1,11 @@
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mailroom_actors::{Message, Processor, Rejected, RouteSettings, Status};
-use serde_json::{json, Value};
-use tokio::sync::Semaphore;
+use mailroom_actors::{Message, Rejected, RouteSettings, Status};
+use serde_json::json;
 
-use super::common::{builder, eventually, settings, settled};
-
-/// A gate the test opens, standing in for slow work: each message waits at it, and the gate
-/// counts how many wait at once (and the most that ever did).
-struct Gate {
-    permits: Semaphore,
-    running: AtomicUsize,
-    most: AtomicUsize,
-}
-
-impl Default for Gate {
-    fn default() -> Self {
-        Gate {
-            permits: Semaphore::new(0),
-            running: AtomicUsize::new(0),
-            most: AtomicUsize::new(0),
-        }
-    }
-}
-
-impl Gate {
-    fn open(&self) {
-        self.permits.add_permits(Semaphore::MAX_PERMITS / 2);
-    }
-}
-
-/// An async processor that waits at `gate`, then echoes its payload.
-fn gated(gate: &Arc<Gate>) -> Processor {
-    let gate = gate.clone();
-    Processor::from_fn("gated", move |_job, p: Value| {
-        let gate = gate.clone();
-        async move {
-            let now = gate.running.fetch_add(1, SeqCst) + 1;
-            gate.most.fetch_max(now, SeqCst);
-            let _permit = gate.permits.acquire().await.expect("never closed");
-            gate.running.fetch_sub(1, SeqCst);
-            Ok(p)
-        }
-    })
-}
+use super::common::{builder, eventually, gated, settings, settled, Gate};
 
 #[actix_rt::test]
 async fn a_full_route_rejects_and_hands_the_message_back() {

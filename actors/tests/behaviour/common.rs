@@ -1,12 +1,14 @@
 //! Helpers shared by the behaviour tests.
 
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use std::sync::Arc;
-
 use mailroom_actors::{
-    Dispatcher, DispatcherBuilder, Journal, JournalSettings, LedgerSnapshot, Settings,
+    Dispatcher, DispatcherBuilder, Journal, JournalSettings, LedgerSnapshot, Processor, Settings,
 };
+use serde_json::Value;
+use tokio::sync::Semaphore;
 
 /// Whether this run of the suite gives every dispatcher a journal: the suite is built twice,
 /// as `behaviour` (in memory) and `behaviour_journal` (each dispatcher with a journal of its
@@ -67,4 +69,43 @@ pub async fn settled(d: &Dispatcher) -> LedgerSnapshot {
         );
     }
     stats
+}
+
+/// A gate the test opens, standing in for slow work: each message waits at it, and the gate
+/// counts how many wait at once (and the most that ever did).
+pub struct Gate {
+    pub permits: Semaphore,
+    pub running: AtomicUsize,
+    pub most: AtomicUsize,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Gate {
+            permits: Semaphore::new(0),
+            running: AtomicUsize::new(0),
+            most: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Gate {
+    pub fn open(&self) {
+        self.permits.add_permits(Semaphore::MAX_PERMITS / 2);
+    }
+}
+
+/// An async processor that waits at `gate`, then echoes its payload.
+pub fn gated(gate: &Arc<Gate>) -> Processor {
+    let gate = gate.clone();
+    Processor::from_fn("gated", move |_job, p: Value| {
+        let gate = gate.clone();
+        async move {
+            let now = gate.running.fetch_add(1, SeqCst) + 1;
+            gate.most.fetch_max(now, SeqCst);
+            let _permit = gate.permits.acquire().await.expect("never closed");
+            gate.running.fetch_sub(1, SeqCst);
+            Ok(p)
+        }
+    })
 }
