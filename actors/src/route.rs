@@ -189,6 +189,12 @@ impl Slots {
         self.try_take() || handed()
     }
 
+    /// Takes `worker` out of the line (it is going away): no slot can be handed to it after
+    /// this returns, so the caller can give back what was handed to it before.
+    pub(crate) fn leave(&self, worker: usize) {
+        self.waiting.lock().retain(|w| w.worker != worker);
+    }
+
     /// Gives a slot back; if workers wait, takes it again at once for the first of them (one
     /// whose thread has stopped is skipped) and wakes it.
     pub(crate) fn give_back(&self) {

@@ -71,7 +71,9 @@ impl Watch {
                     .name("mailroom-watchdog".into())
                     .spawn(|| loop {
                         std::thread::sleep(BEAT);
-                        WATCHES.lock().retain(|w| w.upgrade().is_some_and(|w| w.look()));
+                        // A watch is dropped with its dispatcher only: one with no thread
+                        // watched yet may be about to get its first.
+                        WATCHES.lock().retain(|w| w.upgrade().map(|w| w.look()).is_some());
                     });
                 if let Err(e) = spawned {
                     tracing::error!(error = %e, "cannot start the watchdog thread; stalls will not be reported");
@@ -102,7 +104,7 @@ impl Watch {
         self.stalls.load(Relaxed)
     }
 
-    /// One look at every watched thread; whether the watch still has threads to watch.
+    /// One look at every watched thread; whether any is still watched.
     fn look(&self) -> bool {
         let now = self.epoch.elapsed().as_millis() as u64;
         let stall = self.stall.as_millis() as u64;

@@ -329,9 +329,10 @@ impl Worker {
         }
     }
 
-    /// Gives back slots handed to this worker when it has nothing to use them for.
-    fn return_unused(&self) {
-        if self.backlog.is_empty() {
+    /// Gives back slots handed to this worker when it has nothing to use them for, or cannot
+    /// use them now (paused after a panic, or stopping for its restart): others may.
+    fn return_unused(&self, ctx: &Context<Self>) {
+        if self.backlog.is_empty() || !self.can_start(ctx) {
             self.return_granted();
         }
     }
@@ -362,7 +363,7 @@ impl Worker {
                 }
             }
             let Exec::Cpu(..) = self.exec else {
-                self.return_unused();
+                self.return_unused(ctx);
                 return;
             };
             self.arm(ctx);
@@ -673,6 +674,9 @@ impl Drop for Worker {
             return;
         }
         rescue(&self.station, self.backlog.drain(..).collect());
+        // Out of the line first: its mailbox still looks open while it is dropped, and a slot
+        // handed to it after this point would never be used nor given back.
+        self.station.route().slots.leave(self.id);
         self.return_granted();
     }
 }
