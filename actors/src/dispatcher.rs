@@ -3,7 +3,10 @@
 //! Admission happens right here, synchronously, in the caller's thread: the kind is routed, the
 //! timing fields and the payload are validated, and the route's place counter is taken with one
 //! atomic operation. Only then is the message recorded in the store and handed to the mailbox of
-//! the router on its route worker's thread. A refused message comes back to the caller inside
+//! the router on its route worker's thread, or, on a thread attached with
+//! [`Dispatcher::attach_current_arbiter`] (each HTTP worker of the server), straight to its
+//! route's worker on the caller's own thread when it may run at once. A refused message comes
+//! back to the caller inside
 //! [`Rejected`]; an accepted one always reaches exactly one terminal state (the store's
 //! compare-and-set transitions guarantee it).
 //!
