@@ -12,7 +12,8 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use criterion::{Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, Throughput};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use mailroom_actors::{Dispatcher, Journal, JournalSettings, Message, Settings};
 use serde_json::{json, Value};
@@ -97,6 +98,28 @@ async fn raw_once(tx: &mpsc::Sender<Request>) -> Duration {
     t.elapsed()
 }
 
+/// Benchmarks `gather_once` on `d` under `name`, recording every batch's rate.
+fn bench_gather(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    sys: &actix_rt::SystemRunner,
+    name: &'static str,
+    d: &Dispatcher,
+) {
+    group.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            sys.block_on(async {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let took = gather_once(d).await;
+                    record(name, took, N);
+                    total += took;
+                }
+                total
+            })
+        })
+    });
+}
+
 fn benches(c: &mut Criterion) {
     let sys = actix_rt::System::new();
     let settings = Settings {
@@ -141,47 +164,11 @@ fn benches(c: &mut Criterion) {
     group.throughput(Throughput::Elements(N as u64));
     group.sample_size(30);
     group.measurement_time(Duration::from_secs(8));
-    group.bench_function("mailroom_gather_echo", |b| {
-        b.iter_custom(|iters| {
-            sys.block_on(async {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let took = gather_once(&dispatcher).await;
-                    record("mailroom_gather_echo", took, N);
-                    total += took;
-                }
-                total
-            })
-        })
-    });
-    group.bench_function("mailroom_gather_echo_attached", |b| {
-        b.iter_custom(|iters| {
-            sys.block_on(async {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let took = gather_once(&attached).await;
-                    record("mailroom_gather_echo_attached", took, N);
-                    total += took;
-                }
-                total
-            })
-        })
-    });
+    bench_gather(&mut group, &sys, "mailroom_gather_echo", &dispatcher);
+    bench_gather(&mut group, &sys, "mailroom_gather_echo_attached", &attached);
     let fsyncs_before = journaled.stats().storage.fsyncs;
     let mut durable_messages = 0u64;
-    group.bench_function("mailroom_gather_echo_journal", |b| {
-        b.iter_custom(|iters| {
-            sys.block_on(async {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let took = gather_once(&journaled).await;
-                    record("mailroom_gather_echo_journal", took, N);
-                    total += took;
-                }
-                total
-            })
-        })
-    });
+    bench_gather(&mut group, &sys, "mailroom_gather_echo_journal", &journaled);
     let fsyncs_mid = journaled.stats().storage.fsyncs;
     group.bench_function("mailroom_accept_echo_journal", |b| {
         b.iter_custom(|iters| {

@@ -79,6 +79,11 @@ thread_local! {
     static ATTACHED: std::cell::RefCell<Vec<Attached>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// Whether this thread is attached to any dispatcher.
+fn attached_here() -> bool {
+    ATTACHED.with(|a| !a.borrow().is_empty())
+}
+
 /// An admitted message whose `Accepted` record is on its way to disk. Dropped before it is
 /// taken (the caller's future went away while waiting), it finishes on a thread of its own:
 /// waits for the record, then hands the message on, or withdraws it if the write failed. So a
@@ -137,7 +142,8 @@ impl Core {
     /// all); everything else goes to the router on its route worker's thread (which forwards it
     /// at once, or holds it until its delay is over): one thread wake-up.
     fn hand_off(&self, env: Envelope) {
-        let env = if env.not_before.is_none() {
+        // The check first: a thread that is not attached pays no allocation for the attempt.
+        let env = if env.not_before.is_none() && attached_here() {
             match self.run_here(env.route, vec![env]) {
                 Ok(()) => return,
                 Err(mut envs) => envs.pop().expect("handed back whole"),
@@ -180,7 +186,7 @@ impl Core {
     pub(crate) fn hand_off_batch(&self, envs: Vec<Envelope>) {
         let mut local: Vec<Vec<Envelope>> = Vec::new();
         let mut per_router: Vec<Vec<Envelope>> = Vec::new();
-        let attached = ATTACHED.with(|a| !a.borrow().is_empty());
+        let attached = attached_here();
         for env in envs {
             if attached && env.not_before.is_none() && self.async_makes[env.route].is_some() {
                 if local.len() <= env.route {
