@@ -11,9 +11,18 @@
 //! that keeps CPU work off the HTTP threads (two cross-thread hand-offs per request, no
 //! admission, store or actors).
 //!
+//! With `BARE_JOURNAL=FILE`, `echo` answers only once its request body is appended to FILE and
+//! fsynced: one writer thread, and requests waiting at the same time share one write and one
+//! fsync (group commit). That is the least any server pays that promises an answer only for a
+//! message on disk: one record and its share of an fsync per message, no store, no actors. It is
+//! the ceiling of Mailroom's journal on this machine (Mailroom also writes `Started` and
+//! `Finished`, which nobody waits for).
+//!
 //! Run: `cargo run --release --example bare_echo -- 127.0.0.1:8090` (`BARE_WORKERS`: HTTP
-//! worker threads, default one per core; `BARE_CPU_THREADS`: see above).
+//! worker threads, default one per core; `BARE_CPU_THREADS`, `BARE_JOURNAL`: see above).
 
+use std::fs::OpenOptions;
+use std::io::Write;
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -31,10 +40,19 @@ struct Submission {
 
 async fn submit(body: web::Bytes) -> HttpResponse {
     match serde_json::from_slice::<Submission>(&body) {
-        Ok(s) if s.kind == "echo" => HttpResponse::Ok().json(json!({
-            "id": "00000000000000000000000000", "kind": "echo", "status": "completed",
-            "result": s.payload, "attempts": 1,
-        })),
+        Ok(s) if s.kind == "echo" => {
+            if let Some(journal) = JOURNAL.get() {
+                // On disk before the answer: the writer thread acknowledges after its fsync.
+                let (done, rx) = tokio::sync::oneshot::channel();
+                if journal.send((body.to_vec(), done)).is_err() || rx.await.is_err() {
+                    return HttpResponse::ServiceUnavailable().finish();
+                }
+            }
+            HttpResponse::Ok().json(json!({
+                "id": "00000000000000000000000000", "kind": "echo", "status": "completed",
+                "result": s.payload, "attempts": 1,
+            }))
+        }
         Ok(s) if s.kind == "sleep" => {
             let ms = s.payload["ms"].as_u64().unwrap_or(0);
             actix_rt::time::sleep(Duration::from_millis(ms)).await;
@@ -98,6 +116,39 @@ fn start_cpu_threads(n: usize) {
     let _ = CPU_THREADS.set(tx);
 }
 
+type Record = (Vec<u8>, tokio::sync::oneshot::Sender<()>);
+
+/// With `BARE_JOURNAL=FILE`: the writer thread's queue.
+static JOURNAL: OnceLock<mpsc::Sender<Record>> = OnceLock::new();
+
+/// Starts the writer: it takes every record waiting, writes them (each as length and bytes)
+/// with one `write`, fsyncs once, then acknowledges them all. A failed write or fsync ends
+/// the thread, and every request after it gets a 503.
+fn start_journal(path: &str) -> std::io::Result<()> {
+    let mut file = OpenOptions::new().create(true).append(true).open(path)?;
+    let (tx, rx) = mpsc::channel::<Record>();
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        while let Ok(first) = rx.recv() {
+            let batch: Vec<Record> = std::iter::once(first).chain(rx.try_iter()).collect();
+            buf.clear();
+            for (bytes, _) in &batch {
+                buf.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+                buf.extend_from_slice(bytes);
+            }
+            if let Err(e) = file.write_all(&buf).and_then(|()| file.sync_data()) {
+                eprintln!("bare_echo: journal write failed: {e}");
+                return;
+            }
+            for (_, done) in batch {
+                let _ = done.send(());
+            }
+        }
+    });
+    let _ = JOURNAL.set(tx);
+    Ok(())
+}
+
 async fn delay(ms: web::Path<u64>) -> HttpResponse {
     actix_rt::time::sleep(Duration::from_millis(*ms)).await;
     HttpResponse::Ok().json(json!({ "waited_ms": *ms }))
@@ -117,6 +168,9 @@ async fn main() -> std::io::Result<()> {
         .and_then(|n| n.parse().ok())
     {
         start_cpu_threads(n);
+    }
+    if let Ok(path) = std::env::var("BARE_JOURNAL") {
+        start_journal(&path)?;
     }
     HttpServer::new(|| {
         App::new()

@@ -4,7 +4,8 @@
 # `mailroom serve` variants and the bare actix-web handler, REPEAT interleaved rounds, medians.
 # The variants: memory or journal storage, each with HTTP workers running the async routes
 # (`pools.io.on_http_workers`, the default) and without (every message handed to the I/O arbiter
-# and back). Installs oha with cargo if it is missing. Loopback only.
+# and back). Beside them the bare handler, and the bare handler that fsyncs each request body to
+# a file before answering (group commit: the least a durable answer costs). Installs oha with cargo if it is missing. Loopback only.
 #
 # Usage: bash benches/cpu_per_request.sh          (N=100000 REPEAT=3)
 set -euo pipefail
@@ -34,14 +35,19 @@ start journal 18282
 start journal-hop 18283 MAILROOM_POOLS__IO__ON_HTTP_WORKERS=false
 target/release/examples/bare_echo 127.0.0.1:18290 >"$OUT/bare.log" 2>&1 &
 PID[bare]=$!; PIDS+=("$!")
-for _ in $(seq 1 100); do curl -sf http://127.0.0.1:18290/healthz >/dev/null && break; sleep 0.1; done
-declare -A PORT=([memory]=18280 [memory-hop]=18281 [journal]=18282 [journal-hop]=18283 [bare]=18290)
+rm -f "$OUT/bare-journal"
+BARE_JOURNAL="$OUT/bare-journal" target/release/examples/bare_echo 127.0.0.1:18291 >"$OUT/bare-durable.log" 2>&1 &
+PID[bare-durable]=$!; PIDS+=("$!")
+for port in 18290 18291; do
+  for _ in $(seq 1 100); do curl -sf http://127.0.0.1:$port/healthz >/dev/null && break; sleep 0.1; done
+done
+declare -A PORT=([memory]=18280 [memory-hop]=18281 [journal]=18282 [journal-hop]=18283 [bare]=18290 [bare-durable]=18291)
 switches() { local s=0 t; for t in /proc/$1/task/*; do s=$((s + $(awk '/^voluntary_ctxt_switches/ {print $2}' "$t/status"))); done; echo $s; }
 ECHO='{"kind":"echo","payload":{"hello":"world","n":42}}'
 rm -f "$OUT/raw.txt"
 for _ in $(seq 1 "$REPEAT"); do
-  for name in memory memory-hop journal journal-hop bare; do
-    pid=${PID[$name]}; path="/v1/messages?wait=true"; [ "$name" = bare ] && path=/v1/messages
+  for name in memory memory-hop journal journal-hop bare bare-durable; do
+    pid=${PID[$name]}; path="/v1/messages?wait=true"; [[ "$name" = bare* ]] && path=/v1/messages
     cpu0=$(awk '{print $14+$15}' "/proc/$pid/stat"); sw0=$(switches "$pid")
     oha -n "$N" -c 64 --no-tui --output-format json -m POST -H 'content-type: application/json' \
       -d "$ECHO" "http://127.0.0.1:${PORT[$name]}$path" >"$OUT/oha.json"

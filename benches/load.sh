@@ -49,13 +49,14 @@ cargo build --release -q --bin mailroom --example bare_echo
 
 MR=127.0.0.1:18080; MR1=127.0.0.1:18083; MR2=127.0.0.1:18084; PY=127.0.0.1:18091; GO=127.0.0.1:18095
 BARE=127.0.0.1:18090; BARE_INLINE1=127.0.0.1:18092; BARE_POOL=127.0.0.1:18093; BARE_POOL1=127.0.0.1:18094
+BARE_DURABLE=127.0.0.1:18096
 PIDS=()
 cleanup() { for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
 wait_up() { for _ in $(seq 1 100); do curl -sf "http://$1/healthz" >/dev/null && return 0; sleep 0.1; done; echo "$1 did not come up" >&2; exit 1; }
 # A server left over on one of our ports would be measured instead of the one just built.
-for a in $MR $MR1 $MR2 $PY $GO $BARE $BARE_INLINE1 $BARE_POOL $BARE_POOL1; do
+for a in $MR $MR1 $MR2 $PY $GO $BARE $BARE_INLINE1 $BARE_POOL $BARE_POOL1 $BARE_DURABLE; do
   if curl -s -m 1 "http://$a/healthz" >/dev/null 2>&1; then echo "something already listens on $a; stop it first" >&2; exit 1; fi
 done
 
@@ -138,6 +139,9 @@ start_bare "$BARE"
 start_bare "$BARE_INLINE1" BARE_WORKERS=1
 start_bare "$BARE_POOL" BARE_CPU_THREADS=2
 start_bare "$BARE_POOL1" BARE_CPU_THREADS=1
+# The journal's ceiling: echo answered once its body is fsynced to a file (group commit).
+rm -f "$OUT/bare-journal"
+start_bare "$BARE_DURABLE" BARE_JOURNAL="$OUT/bare-journal"
 
 ECHO='{"kind":"echo","payload":{"hello":"world","n":42}}'
 SLEEP='{"kind":"sleep","payload":{"ms":100}}'
@@ -152,20 +156,27 @@ for wl in $ONLY; do
     echo)
       # The journal (the default storage), then memory, then memory with every message handed
       # from the HTTP worker to the I/O arbiter and back (pools.io.on_http_workers = false: the
-      # design before HTTP workers ran the async routes themselves).
+      # design before HTTP workers ran the async routes themselves). Beside the bare handler,
+      # the bare handler that fsyncs each body before answering (the journal's ceiling).
       start_mailroom "$MR"
       start_mailroom "$MR1" MAILROOM_STORAGE__KIND=memory
       start_mailroom "$MR2" MAILROOM_STORAGE__KIND=memory MAILROOM_POOLS__IO__ON_HTTP_WORKERS=false
       measure "$ECHO" 64 "$DURATION" "echo/mailroom=http://$MR$W" "echo/mailroom-memory=http://$MR1$W" \
-        "echo/mailroom-memory-hop=http://$MR2$W" "echo/bare=http://$BARE$B" "echo/go=http://$GO$W" "echo/python=http://$PY$W"
+        "echo/mailroom-memory-hop=http://$MR2$W" "echo/bare=http://$BARE$B" "echo/bare-durable=http://$BARE_DURABLE$B" \
+        "echo/go=http://$GO$W" "echo/python=http://$PY$W"
       stop_mailrooms ;;
     sleep)
+      # Every workload runs Mailroom with the journal (the default) and in memory.
       start_mailroom "$MR"
-      measure "$SLEEP" 1000 "$SLEEP_DURATION" "sleep/mailroom=http://$MR$W" "sleep/bare=http://$BARE$B" "sleep/go=http://$GO$W" "sleep/python=http://$PY$W"
+      start_mailroom "$MR1" MAILROOM_STORAGE__KIND=memory
+      measure "$SLEEP" 1000 "$SLEEP_DURATION" "sleep/mailroom=http://$MR$W" "sleep/mailroom-memory=http://$MR1$W" \
+        "sleep/bare=http://$BARE$B" "sleep/go=http://$GO$W" "sleep/python=http://$PY$W"
       stop_mailrooms ;;
     fetch)
       start_mailroom "$MR"
-      measure "$FETCH" 256 "$DURATION" "fetch/mailroom=http://$MR$W" "fetch/go=http://$GO$W" "fetch/python=http://$PY$W"
+      start_mailroom "$MR1" MAILROOM_STORAGE__KIND=memory
+      measure "$FETCH" 256 "$DURATION" "fetch/mailroom=http://$MR$W" "fetch/mailroom-memory=http://$MR1$W" \
+        "fetch/go=http://$GO$W" "fetch/python=http://$PY$W"
       stop_mailrooms ;;
     primes|hash)
       body=$PRIMES; [ "$wl" = hash ] && body=$HASH
@@ -175,7 +186,9 @@ for wl in $ONLY; do
       # design keeping CPU work off the HTTP threads pays (two cross-thread hand-offs).
       start_mailroom "$MR"
       start_mailroom "$MR1" MAILROOM_POOLS__CPU__THREADS=1
+      start_mailroom "$MR2" MAILROOM_STORAGE__KIND=memory
       measure "$body" 16 "$DURATION" "$wl/mailroom=http://$MR$W" "$wl/mailroom-1-thread=http://$MR1$W" \
+        "$wl/mailroom-memory=http://$MR2$W" \
         "$wl/bare-inline=http://$BARE$B" "$wl/bare-inline-1-thread=http://$BARE_INLINE1$B" \
         "$wl/bare-pool=http://$BARE_POOL$B" "$wl/bare-pool-1-thread=http://$BARE_POOL1$B" \
         "$wl/go=http://$GO$W" "$wl/python=http://$PY$W"
@@ -225,11 +238,17 @@ for wl in ("primes", "hash"):
 ratio("echo: mailroom (journal) / go", "echo/mailroom", "echo/go", "≥ 1.2")
 ratio("echo: mailroom (memory) / go", "echo/mailroom-memory", "echo/go", "≥ 1.2")
 ratio("echo: mailroom (memory) / bare actix-web", "echo/mailroom-memory", "echo/bare", "≥ 0.75")
+ratio("echo: bare actix-web, fsync per answer / go (the journal's ceiling against Go)", "echo/bare-durable", "echo/go", "")
+ratio("echo: mailroom (journal) / bare actix-web, fsync per answer", "echo/mailroom", "echo/bare-durable", "")
 ratio("echo: mailroom (memory), on the HTTP worker / with the hop to the I/O arbiter", "echo/mailroom-memory", "echo/mailroom-memory-hop", "")
+ideal("sleep: mailroom (memory) / ideal 10,000", "sleep/mailroom-memory", 10000, "≥ 0.95")
 ratio("sleep: mailroom / go", "sleep/mailroom", "sleep/go", "")
 ratio("fetch: mailroom / go", "fetch/mailroom", "fetch/go", "≥ 1.0 (p99 ≤ Go's)")
+ratio("fetch: mailroom (memory) / go", "fetch/mailroom-memory", "fetch/go", "≥ 1.0 (p99 ≤ Go's)")
 ratio("primes: mailroom / go", "primes/mailroom", "primes/go", "≥ 1.4")
+ratio("primes: mailroom (memory) / go", "primes/mailroom-memory", "primes/go", "≥ 1.4")
 ratio("hash: mailroom / go", "hash/mailroom", "hash/go", "≥ 1.4")
+ratio("hash: mailroom (memory) / go", "hash/mailroom-memory", "hash/go", "≥ 1.4")
 for wl in ("echo", "sleep", "fetch", "primes", "hash"):
     ratio(f"{wl}: mailroom / python asyncio", f"{wl}/mailroom", f"{wl}/python", "well ahead (> 1)")
 PY

@@ -5,17 +5,26 @@
 //! and the same with a journal (`fsync = "always"`, in a temp folder on this disk): `gather`,
 //! and 10,000 concurrent `accept`s, each acknowledged only once its record is on disk.
 //!
+//! A third baseline, `raw_with_index_256`, is the raw loop plus the least a dispatcher pays
+//! that answers "what became of message X" for its last 100,000 messages, as Mailroom's store
+//! does: a time-ordered id per message, an entry in a hash map and a FIFO, the oldest entry
+//! evicted (a multiply for a hash, no SipHash), and the outcome written into the entry by the
+//! answering thread. It is the ceiling
+//! of any design that keeps outcomes addressable, and says how much of the gap to the raw
+//! loop is that bookkeeping rather than dispatch.
+//!
 //! Run: `cargo bench -p mailroom-actors --bench gather`. Besides criterion's report, it prints
 //! the median rate of each and their ratios (Mailroom / raw loop; journal / memory), and the
 //! journal's fsyncs, which is what to compare run to run on a noisy machine.
 
-use std::sync::Mutex;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput};
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use mailroom_actors::{Dispatcher, Journal, JournalSettings, Message, Settings};
+use mailroom_actors::{Dispatcher, Journal, JournalSettings, Message, MessageId, Settings};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
@@ -89,6 +98,73 @@ async fn raw_once(tx: &mpsc::Sender<Request>) -> Duration {
         match pending.next().await {
             Some(r) => {
                 r.unwrap();
+                done += 1;
+            }
+            None => break,
+        }
+    }
+    assert_eq!(done, N);
+    t.elapsed()
+}
+
+/// An outcome cell, shared by the index and the answering thread.
+type Cell = Arc<Mutex<Option<Value>>>;
+type IndexedRequest = (Value, Cell, oneshot::Sender<Cell>);
+
+/// Outcomes kept, as Mailroom's default store keeps them.
+const KEPT: usize = 100_000;
+
+/// A hasher that costs a multiply: ids are random in their low bits already (the store uses
+/// one like it), so the baseline pays no SipHash.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u128(&mut self, v: u128) {
+        self.0 = (v as u64 ^ (v >> 64) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// The index of `raw_with_index_256`: every message's cell by id, oldest first.
+#[derive(Default)]
+struct Index {
+    cells: HashMap<MessageId, Cell, std::hash::BuildHasherDefault<IdHasher>>,
+    order: VecDeque<MessageId>,
+}
+
+/// The raw loop with an index: each request gets an id and a cell in the index (the oldest is
+/// evicted past `KEPT`), and the server writes the outcome into the cell before it answers.
+async fn raw_indexed_once(tx: &mpsc::Sender<IndexedRequest>, index: &mut Index) -> Duration {
+    let mut payloads = payloads().into_iter();
+    let t = Instant::now();
+    let mut pending = FuturesUnordered::new();
+    let mut done = 0;
+    loop {
+        while pending.len() < IN_FLIGHT {
+            let Some(p) = payloads.next() else { break };
+            let id = MessageId::next();
+            let cell = Cell::default();
+            index.cells.insert(id, cell.clone());
+            index.order.push_back(id);
+            if index.order.len() > KEPT {
+                let oldest = index.order.pop_front().expect("not empty");
+                index.cells.remove(&oldest);
+            }
+            let (rtx, rrx) = oneshot::channel();
+            tx.send((p, cell, rtx)).await.unwrap();
+            pending.push(rrx);
+        }
+        match pending.next().await {
+            Some(r) => {
+                assert!(r.unwrap().lock().unwrap().is_some());
                 done += 1;
             }
             None => break,
@@ -203,6 +279,28 @@ fn benches(c: &mut Criterion) {
             })
         })
     });
+    let indexed = actix_rt::Arbiter::new();
+    let (itx, mut irx) = mpsc::channel::<IndexedRequest>(1024);
+    indexed.spawn(async move {
+        while let Some((v, cell, reply)) = irx.recv().await {
+            *cell.lock().unwrap() = Some(v);
+            let _ = reply.send(cell);
+        }
+    });
+    let mut index = Index::default();
+    group.bench_function("raw_with_index_256", |b| {
+        b.iter_custom(|iters| {
+            sys.block_on(async {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let took = raw_indexed_once(&itx, &mut index).await;
+                    record("raw_with_index_256", took, N);
+                    total += took;
+                }
+                total
+            })
+        })
+    });
     group.finish();
 }
 
@@ -232,6 +330,13 @@ fn main() {
     println!("  mailroom gather (echo):        {:>12.0} msg/s", m);
     println!("  raw tokio mpsc+oneshot (256):  {:>12.0} msg/s", r);
     println!("  ratio mailroom / raw:          {:>12.2}", m / r);
+    let x = of("raw_with_index_256");
+    if !x.is_empty() {
+        let x = median(x);
+        println!("  raw loop with an index:        {:>12.0} msg/s", x);
+        println!("  ratio indexed / raw:           {:>12.2}", x / r);
+        println!("  ratio mailroom / indexed:      {:>12.2}", m / x);
+    }
     let a = of("mailroom_gather_echo_attached");
     if !a.is_empty() {
         let a = median(a);

@@ -33,6 +33,10 @@ pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// With [`Fsync::Always`], how long the writer waits idle before it fsyncs records that nobody
 /// waited for.
 const IDLE_SYNC: Duration = Duration::from_millis(20);
+/// After the next segment could not be begun, how long the writer writes on in the full one
+/// before it tries again (so a folder that is gone or a full disk costs one error a second, not
+/// one per batch).
+const ROTATE_RETRY: Duration = Duration::from_secs(1);
 /// Most bytes written between two fsyncs of one batch.
 const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
 
@@ -289,6 +293,7 @@ impl Log {
             fsync,
             stats: stats.clone(),
             last_sync: Instant::now(),
+            rotate_after: None,
             dirty: false,
         };
         let thread = std::thread::Builder::new()
@@ -497,6 +502,8 @@ struct Writer {
     last_sync: Instant,
     /// Written since the last fsync.
     dirty: bool,
+    /// After a failed rotation: not tried again before then.
+    rotate_after: Option<Instant>,
 }
 
 impl Writer {
@@ -618,10 +625,15 @@ impl Writer {
                 }
             }
         }
-        if self.segment.good >= self.segment_bytes {
-            if let Err(e) = self.rotate() {
-                self.stats.failures.fetch_add(1, Relaxed);
-                tracing::error!(error = %e, "journal: cannot begin the next segment; writing on in this one");
+        let due = self.rotate_after.is_none_or(|t| Instant::now() >= t);
+        if self.segment.good >= self.segment_bytes && due {
+            match self.rotate() {
+                Ok(()) => self.rotate_after = None,
+                Err(e) => {
+                    self.stats.failures.fetch_add(1, Relaxed);
+                    self.rotate_after = Some(Instant::now() + ROTATE_RETRY);
+                    tracing::error!(error = %e, "journal: cannot begin the next segment; writing on in this one, and trying again in a second");
+                }
             }
         }
     }
@@ -801,6 +813,32 @@ mod tests {
         assert_eq!(
             found.records, want,
             "a record is on disk exactly when it was acknowledged"
+        );
+    }
+
+    #[test]
+    fn a_segment_that_cannot_be_begun_is_tried_again_a_second_later_not_per_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = dir.path().join("journal");
+        let (log, _) = Log::open_with(&journal, Fsync::Always, 100).unwrap();
+        // The folder goes away: the writer writes on in the open (unlinked) segment, and the
+        // next one cannot be created.
+        fs::remove_dir_all(&journal).unwrap();
+        let began = Instant::now();
+        for i in 0..50u8 {
+            block_on(log.append(vec![i + 1; 100])).unwrap().unwrap();
+        }
+        let failures = log.stats().failures.load(Relaxed);
+        let allowed = 1 + began.elapsed().as_secs();
+        assert!(
+            (1..=allowed).contains(&failures),
+            "{failures} failed rotations in {:?} of 50 full batches",
+            began.elapsed()
+        );
+        assert_eq!(
+            log.stats().records.load(Relaxed),
+            50,
+            "every record was written"
         );
     }
 

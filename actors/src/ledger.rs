@@ -94,14 +94,23 @@ impl Ledger {
 
     /// queued | delayed → running, written to storage (so `attempts` survives a restart).
     pub(crate) fn start(&self, ticket: &Ticket) -> Result<u32, Status> {
-        let attempt = self.store.start(ticket)?;
-        if self.durable {
-            self.storage.write(&Record::Started {
-                id: ticket.id,
-                attempt,
-            });
-        }
+        let attempt = self.start_unwritten(ticket)?;
+        self.write_started(ticket.id, attempt);
         Ok(attempt)
+    }
+
+    /// [`Ledger::start`] without its `Started` record, for an attempt that may end at once: the
+    /// caller writes the record ([`Ledger::write_started`]) unless the attempt completes before
+    /// anything else happens, when the `Finished` record appended next says all it would.
+    pub(crate) fn start_unwritten(&self, ticket: &Ticket) -> Result<u32, Status> {
+        self.store.start(ticket)
+    }
+
+    /// Writes a `Started` record (with durable storage).
+    pub(crate) fn write_started(&self, id: MessageId, attempt: u32) {
+        if self.durable {
+            self.storage.write(&Record::Started { id, attempt });
+        }
     }
 
     fn count_finished(&self, stats: &RouteStats, outcome: &Outcome) {

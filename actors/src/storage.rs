@@ -64,7 +64,8 @@ pub struct Accepted {
 pub enum Record {
     /// A message was accepted.
     Accepted(Accepted),
-    /// An attempt began.
+    /// An attempt began. Not written for an async attempt that completes on its first poll:
+    /// its `Finished` record, appended next, says all this would.
     Started {
         /// The message.
         id: MessageId,

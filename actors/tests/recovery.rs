@@ -149,3 +149,65 @@ fn an_accept_abandoned_while_its_record_is_written_still_runs() {
         d.shutdown(Duration::from_secs(1)).await;
     });
 }
+
+#[test]
+fn an_attempt_that_completes_at_once_writes_no_started_record_and_any_other_does() {
+    use mailroom_actors::storage::{Record, RecordKind};
+    use mailroom_actors::Storage;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    let (echo, sleep, chaos) = in_system({
+        let path = path.clone();
+        async move || {
+            let d = dispatcher(&path);
+            let echo = d.send(Message::new("echo", json!(1))).await.unwrap();
+            assert_eq!(echo.status, Status::Completed);
+            let sleep = d
+                .send(Message::new("sleep", json!({"ms": 1})))
+                .await
+                .unwrap();
+            assert_eq!(sleep.status, Status::Completed);
+            // Fails on its first poll, is retried once, then dies.
+            let chaos = d
+                .send(Message::new("chaos", json!({"mode": "error"})))
+                .await
+                .unwrap();
+            assert_eq!((chaos.status, chaos.attempts), (Status::Dead, 2));
+            d.shutdown(Duration::from_secs(1)).await;
+            (echo.id, sleep.id, chaos.id)
+        }
+    });
+    let journal = Journal::open(&path, JournalSettings::default()).unwrap();
+    let records = journal.load().unwrap();
+    let kinds = |id: MessageId| -> Vec<(RecordKind, Option<u32>)> {
+        records
+            .iter()
+            .filter(|r| r.id() == id)
+            .map(|r| match r {
+                Record::Started { attempt, .. } => (r.kind(), Some(*attempt)),
+                _ => (r.kind(), None),
+            })
+            .collect()
+    };
+    use RecordKind::*;
+    assert_eq!(
+        kinds(echo),
+        vec![(Accepted, None), (Finished, None)],
+        "completed on its first poll: its Finished record says it all"
+    );
+    assert_eq!(
+        kinds(sleep),
+        vec![(Accepted, None), (Started, Some(1)), (Finished, None)]
+    );
+    assert_eq!(
+        kinds(chaos),
+        vec![
+            (Accepted, None),
+            (Started, Some(1)),
+            (Started, Some(2)),
+            (Dead, None),
+            (Finished, None)
+        ],
+        "a failed attempt is counted"
+    );
+}

@@ -397,7 +397,8 @@ impl Worker {
             }
             Exec::Cpu(..) => {}
             Exec::Async(_) => {
-                match station.ledger.start(&env.ticket) {
+                // Its `Started` record is written below, unless it completes on the spot.
+                match station.ledger.start_unwritten(&env.ticket) {
                     Ok(attempt) => env.attempt = attempt,
                     Err(_) => {
                         // Cancelled while it waited (already counted), or shut down.
@@ -432,9 +433,15 @@ impl Worker {
                     .processor
                     .as_ref()
                     .expect("async worker has a processor");
+                // An attempt that completes on its first poll writes no `Started` record: its
+                // `Finished` record follows at once and says all it would. Any other attempt
+                // (it fails, panics, or goes on) has it written before it is settled or
+                // spawned, so a retry or a restart counts it.
+                let started = |env: &Envelope| station.ledger.write_started(env.id, env.attempt);
                 let fut = match catch_unwind(AssertUnwindSafe(|| processor.process(job, payload))) {
                     Ok(fut) => fut,
                     Err(panic) => {
+                        started(&env);
                         let text = panic_message(&*panic);
                         return Some((env, JobResult::Panicked(text)));
                     }
@@ -445,9 +452,17 @@ impl Worker {
                 // task's real waker) as soon as it is spawned below.
                 let mut noop = TaskContext::from_waker(Waker::noop());
                 match catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut noop))) {
-                    Ok(Poll::Ready(r)) => return Some((env, JobResult::Done(r))),
-                    Ok(Poll::Pending) => {}
-                    Err(panic) => return Some((env, JobResult::Panicked(panic_message(&*panic)))),
+                    Ok(Poll::Ready(r)) => {
+                        if r.is_err() {
+                            started(&env);
+                        }
+                        return Some((env, JobResult::Done(r)));
+                    }
+                    Ok(Poll::Pending) => started(&env),
+                    Err(panic) => {
+                        started(&env);
+                        return Some((env, JobResult::Panicked(panic_message(&*panic))));
+                    }
                 }
                 let fut = AssertUnwindSafe(fut).catch_unwind();
                 let addr = ctx.address();

@@ -106,7 +106,7 @@ pub enum JsonError {
 /// Parses client JSON strictly, as HTTP bodies and TCP lines are read: malformed JSON, nesting
 /// deeper than `max_depth` (a scalar is depth 1) and an object that names a key twice are refused
 /// (serde_json alone would keep the last of two equal keys). Numbers are kept exactly as written
-/// (serde_json's `arbitrary_precision`).
+/// (serde_json's `arbitrary_precision`). One pass: the checks are made while the value is built.
 pub fn parse_json(bytes: &[u8], max_depth: usize) -> Result<Value, JsonError> {
     let too_deep = std::cell::Cell::new(false);
     let mut de = serde_json::Deserializer::from_slice(bytes);
@@ -116,16 +116,15 @@ pub fn parse_json(bytes: &[u8], max_depth: usize) -> Result<Value, JsonError> {
         too_deep: &too_deep,
     };
     serde::de::DeserializeSeed::deserialize(strict, &mut de)
-        .and_then(|()| de.end())
+        .and_then(|v| de.end().map(|()| v))
         .map_err(|e| match too_deep.get() {
             true => JsonError::TooDeep(max_depth),
             false => JsonError::Malformed(e.to_string()),
-        })?;
-    serde_json::from_slice(bytes).map_err(|e| JsonError::Malformed(e.to_string()))
+        })
 }
 
-/// A pass over JSON that builds nothing: it refuses duplicate keys and nesting past the limit
-/// (and says which in `too_deep`).
+/// Builds a [`Value`] as serde_json's own `Deserialize` does, refusing duplicate keys and
+/// nesting past the limit (and saying which in `too_deep`).
 #[derive(Clone, Copy)]
 struct Strict<'a> {
     depth: usize,
@@ -143,8 +142,8 @@ impl Strict<'_> {
 }
 
 impl<'de> serde::de::DeserializeSeed<'de> for Strict<'_> {
-    type Value = ();
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+    type Value = Value;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
         if self.depth > self.max_depth {
             self.too_deep.set(true);
             return Err(serde::de::Error::custom(format_args!(
@@ -157,66 +156,68 @@ impl<'de> serde::de::DeserializeSeed<'de> for Strict<'_> {
 }
 
 impl<'de> serde::de::Visitor<'de> for Strict<'_> {
-    type Value = ();
+    type Value = Value;
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("JSON")
     }
-    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-        Ok(())
+    fn visit_bool<E>(self, b: bool) -> Result<Value, E> {
+        Ok(Value::Bool(b))
     }
-    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-        Ok(())
+    fn visit_i64<E>(self, n: i64) -> Result<Value, E> {
+        Ok(Value::Number(n.into()))
     }
-    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-        Ok(())
+    fn visit_u64<E>(self, n: u64) -> Result<Value, E> {
+        Ok(Value::Number(n.into()))
     }
-    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-        Ok(())
+    fn visit_f64<E>(self, n: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number))
     }
-    fn visit_str<E>(self, _: &str) -> Result<(), E> {
-        Ok(())
+    fn visit_str<E>(self, s: &str) -> Result<Value, E> {
+        Ok(Value::String(s.to_owned()))
     }
-    fn visit_unit<E>(self) -> Result<(), E> {
-        Ok(())
+    fn visit_string<E>(self, s: String) -> Result<Value, E> {
+        Ok(Value::String(s))
     }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let inner = self.inner();
-        while seq.next_element_seed(inner)?.is_some() {}
-        Ok(())
-    }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let inner = self.inner();
-        // Most objects are small: a linear look through a short vector of the keys seen beats
-        // hashing; past 16 keys, a hash set (so a body of many keys stays linear to check).
-        let mut few: Vec<std::borrow::Cow<'de, str>> = Vec::new();
-        let mut many: std::collections::HashSet<std::borrow::Cow<'de, str>> = Default::default();
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            if few.is_empty() && key == "$serde_json::private::Number" {
-                // With `arbitrary_precision` a number is handed over as a one-entry map.
-                return map.next_value::<serde::de::IgnoredAny>().map(|_| ());
-            }
-            let duplicate = if few.len() < 16 {
-                let seen = few.contains(&key);
-                if !seen {
-                    few.push(key.clone());
-                }
-                seen
-            } else {
-                if many.is_empty() {
-                    many.extend(few.iter().cloned());
-                }
-                !many.insert(key.clone())
-            };
-            if duplicate {
-                return Err(serde::de::Error::custom(format_args!(
-                    "duplicate key {:?}",
-                    truncated(&key, 64)
-                )));
-            }
-            map.next_value_seed(inner)?;
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(inner)? {
+            items.push(item);
         }
-        Ok(())
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        use serde_json::map::Entry;
+        let inner = self.inner();
+        let mut object = serde_json::Map::new();
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if object.is_empty() && key == "$serde_json::private::Number" {
+                // With `arbitrary_precision` a number is handed over as a one-entry map of its
+                // digits, read as serde_json's own `Value` reads them.
+                let digits: String = map.next_value()?;
+                return digits
+                    .parse()
+                    .map(Value::Number)
+                    .map_err(serde::de::Error::custom);
+            }
+            // Refused before its value is read, so the error points at the key.
+            match object.entry(key.into_owned()) {
+                Entry::Occupied(e) => {
+                    return Err(serde::de::Error::custom(format_args!(
+                        "duplicate key {:?}",
+                        truncated(e.key(), 64)
+                    )));
+                }
+                Entry::Vacant(e) => {
+                    e.insert(map.next_value_seed(inner)?);
+                }
+            }
+        }
+        Ok(Value::Object(object))
     }
 }
 
@@ -331,6 +332,12 @@ mod tests {
         let v = parse_json(text.as_bytes(), 4).unwrap();
         assert_eq!(v.to_string(), text);
         assert_eq!(parse_json(b"1e308", 1).unwrap().to_string(), "1e+308");
+        // The value built is serde_json's own, keys in their order.
+        let text = br#"{"z": [1, -2.5e-3, true, null, {"\u00e9\n": "x\"y", "a": []}], "a": {}, "m": "\ud83d\ude00"}"#;
+        let ours = parse_json(text, 8).unwrap();
+        let theirs: Value = serde_json::from_slice(text).unwrap();
+        assert_eq!(ours, theirs);
+        assert_eq!(ours.to_string(), theirs.to_string());
         assert_eq!(truncated("abcdef", 3), "abc…");
         assert_eq!(truncated("ééé", 3), "é…");
     }
