@@ -703,11 +703,17 @@ fn a_nats_outage_answers_503_then_service_resumes_with_nothing_accepted_lost() {
             .map(|r| r["finished_here"]["completed"].as_u64().unwrap())
             .sum()
     };
-    let mut done = 0;
-    wait_until("the nodes' counts", Duration::from_secs(20), || {
+    let end = Instant::now() + Duration::from_secs(20);
+    let mut done = finished(&a) + finished(&b);
+    while done < ids.len() as u64 {
+        assert!(
+            Instant::now() < end,
+            "the nodes counted {done} ends of {} accepted messages",
+            ids.len()
+        );
+        std::thread::sleep(Duration::from_millis(20));
         done = finished(&a) + finished(&b);
-        done >= ids.len() as u64
-    });
+    }
     assert!(
         done <= ids.len() as u64 + unsure,
         "{done} ended, {} accepted, {unsure} unsure refusals",

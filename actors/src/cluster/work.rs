@@ -382,12 +382,19 @@ async fn write(
         match inner.messages.update(&key, bytes.clone(), revision).await {
             Ok(_) => return Ok(()),
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                // Gone (it outlived the bucket's keeping while it ran): still ours, written
-                // afresh. Changed: another node took it over; its outcome is that node's.
-                if let Ok(None) = inner.messages.get(key.clone()).await {
-                    if inner.messages.create(&key, bytes.clone()).await.is_ok() {
-                        return Ok(());
+                match inner.messages.get(key.clone()).await {
+                    // Our own write landed and only its answer was lost (NATS went away
+                    // meanwhile), so the retry found the revision moved on: it is written.
+                    Ok(Some(now)) if now == bytes => return Ok(()),
+                    // Gone (it outlived the bucket's keeping while it ran): still ours,
+                    // written afresh.
+                    Ok(None) => {
+                        if inner.messages.create(&key, bytes.clone()).await.is_ok() {
+                            return Ok(());
+                        }
                     }
+                    // Changed: another node took it over; its outcome is that node's.
+                    _ => {}
                 }
                 tracing::warn!(id = %acc.id, "its entry changed while it ran here (another node took it over); outcome not written");
                 return Err(());
