@@ -388,10 +388,8 @@ async fn write(
                     Ok(Some(now)) if now == bytes => return Ok(()),
                     // Gone (it outlived the bucket's keeping while it ran): still ours,
                     // written afresh.
-                    Ok(None) => {
-                        if inner.messages.create(&key, bytes.clone()).await.is_ok() {
-                            return Ok(());
-                        }
+                    Ok(None) if inner.messages.create(&key, bytes.clone()).await.is_ok() => {
+                        return Ok(());
                     }
                     // Changed: another node took it over; its outcome is that node's.
                     _ => {}
