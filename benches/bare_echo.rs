@@ -15,8 +15,8 @@
 //! fsynced: one writer thread, and requests waiting at the same time share one write and one
 //! fsync (group commit). That is the least any server pays that promises an answer only for a
 //! message on disk: one record and its share of an fsync per message, no store, no actors. It is
-//! the ceiling of Mailroom's journal on this machine (Mailroom also writes `Started` and
-//! `Finished`, which nobody waits for).
+//! the ceiling of Mailroom's journal on this machine at the same concurrency (Mailroom also
+//! writes `Finished`, which nobody waits for).
 //!
 //! Run: `cargo run --release --example bare_echo -- 127.0.0.1:8090` (`BARE_WORKERS`: HTTP
 //! worker threads, default one per core; `BARE_CPU_THREADS`, `BARE_JOURNAL`: see above).

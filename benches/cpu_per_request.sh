@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # CPU time and voluntary context switches per `echo` request (`POST /v1/messages?wait=true`), read
 # from /proc for the server process while oha sends N requests over 64 connections; four
-# `mailroom serve` variants and the bare actix-web handler, REPEAT interleaved rounds, medians.
+# `mailroom serve` variants and two bare actix-web handlers, REPEAT interleaved rounds, medians.
 # The variants: memory or journal storage, each with HTTP workers running the async routes
 # (`pools.io.on_http_workers`, the default) and without (every message handed to the I/O arbiter
 # and back). Beside them the bare handler, and the bare handler that fsyncs each request body to
-# a file before answering (group commit: the least a durable answer costs). Installs oha with cargo if it is missing. Loopback only.
+# a file before answering (group commit: the least a durable answer costs). Installs oha with
+# cargo if it is missing. Loopback only.
 #
 # Usage: bash benches/cpu_per_request.sh          (N=100000 REPEAT=3)
 set -euo pipefail
@@ -33,14 +34,17 @@ start memory 18280 MAILROOM_STORAGE__KIND=memory
 start memory-hop 18281 MAILROOM_STORAGE__KIND=memory MAILROOM_POOLS__IO__ON_HTTP_WORKERS=false
 start journal 18282
 start journal-hop 18283 MAILROOM_POOLS__IO__ON_HTTP_WORKERS=false
-target/release/examples/bare_echo 127.0.0.1:18290 >"$OUT/bare.log" 2>&1 &
-PID[bare]=$!; PIDS+=("$!")
+start_bare() { # NAME PORT env...
+  local name=$1 port=$2; shift 2
+  if curl -s -m 1 "http://127.0.0.1:$port/healthz" >/dev/null 2>&1; then echo "something listens on $port" >&2; exit 1; fi
+  env "$@" target/release/examples/bare_echo "127.0.0.1:$port" >"$OUT/$name.log" 2>&1 &
+  PID[$name]=$!; PIDS+=("$!")
+  for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && return; sleep 0.1; done
+  echo "$name did not start" >&2; exit 1
+}
 rm -f "$OUT/bare-journal"
-BARE_JOURNAL="$OUT/bare-journal" target/release/examples/bare_echo 127.0.0.1:18291 >"$OUT/bare-durable.log" 2>&1 &
-PID[bare-durable]=$!; PIDS+=("$!")
-for port in 18290 18291; do
-  for _ in $(seq 1 100); do curl -sf http://127.0.0.1:$port/healthz >/dev/null && break; sleep 0.1; done
-done
+start_bare bare 18290
+start_bare bare-durable 18291 BARE_JOURNAL="$OUT/bare-journal"
 declare -A PORT=([memory]=18280 [memory-hop]=18281 [journal]=18282 [journal-hop]=18283 [bare]=18290 [bare-durable]=18291)
 switches() { local s=0 t; for t in /proc/$1/task/*; do s=$((s + $(awk '/^voluntary_ctxt_switches/ {print $2}' "$t/status"))); done; echo $s; }
 ECHO='{"kind":"echo","payload":{"hello":"world","n":42}}'

@@ -9,9 +9,8 @@
 //! that answers "what became of message X" for its last 100,000 messages, as Mailroom's store
 //! does: a time-ordered id per message, an entry in a hash map and a FIFO, the oldest entry
 //! evicted (a multiply for a hash, no SipHash), and the outcome written into the entry by the
-//! answering thread. It is the ceiling
-//! of any design that keeps outcomes addressable, and says how much of the gap to the raw
-//! loop is that bookkeeping rather than dispatch.
+//! answering thread. It says what that bookkeeping costs when one
+//! thread does it all (Mailroom shares it between the admitting thread and the worker's).
 //!
 //! Run: `cargo bench -p mailroom-actors --bench gather`. Besides criterion's report, it prints
 //! the median rate of each and their ratios (Mailroom / raw loop; journal / memory), and the

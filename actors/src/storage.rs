@@ -65,7 +65,9 @@ pub enum Record {
     /// A message was accepted.
     Accepted(Accepted),
     /// An attempt began. Not written for an async attempt that completes on its first poll:
-    /// its `Finished` record, appended next, says all this would.
+    /// its `Finished` record, appended next, says all this would. If the process dies during
+    /// that poll, or before the `Finished` record is written, the attempt is not counted: the
+    /// message runs again under the same attempt number.
     Started {
         /// The message.
         id: MessageId,

@@ -9,19 +9,24 @@ use mailroom_actors::{
 };
 use serde_json::json;
 
-fn dispatcher(dir: &std::path::Path) -> Dispatcher {
-    let mut s = Settings::default();
-    s.cpu.threads = 1;
-    // The previous System's threads let go of the journal shortly after it stops.
+/// Opens the journal in `dir`, once the previous System's threads have let go of it (shortly
+/// after it stops).
+fn open_journal(dir: &std::path::Path) -> Journal {
     let end = Instant::now() + Duration::from_secs(10);
-    let journal = loop {
+    loop {
         match Journal::open(dir, JournalSettings::default()) {
             Err(mailroom_actors::StorageError::InUse(_)) if Instant::now() < end => {
                 std::thread::sleep(Duration::from_millis(1));
             }
             other => break other.unwrap(),
         }
-    };
+    }
+}
+
+fn dispatcher(dir: &std::path::Path) -> Dispatcher {
+    let mut s = Settings::default();
+    s.cpu.threads = 1;
+    let journal = open_journal(dir);
     Dispatcher::builder(s)
         .builtin_routes()
         .route(
@@ -177,8 +182,7 @@ fn an_attempt_that_completes_at_once_writes_no_started_record_and_any_other_does
             (echo.id, sleep.id, chaos.id)
         }
     });
-    let journal = Journal::open(&path, JournalSettings::default()).unwrap();
-    let records = journal.load().unwrap();
+    let records = open_journal(&path).load().unwrap();
     let kinds = |id: MessageId| -> Vec<(RecordKind, Option<u32>)> {
         records
             .iter()
