@@ -80,9 +80,13 @@ async fn gather_once(d: &Dispatcher) -> Duration {
 
 type Request = (Value, oneshot::Sender<Value>);
 
-/// The raw loop: a server task on another thread answers each request through a oneshot; the
-/// client keeps 256 requests in flight.
-async fn raw_once(tx: &mpsc::Sender<Request>) -> Duration {
+/// Keeps 256 requests in flight on `tx` until all N payloads are answered: `make` turns a
+/// payload into a request and the receiver of its answer; `check` looks at each answer.
+async fn closed_loop<R, A>(
+    tx: &mpsc::Sender<R>,
+    mut make: impl FnMut(Value) -> (R, oneshot::Receiver<A>),
+    check: impl Fn(A),
+) -> Duration {
     let mut payloads = payloads().into_iter();
     let t = Instant::now();
     let mut pending = FuturesUnordered::new();
@@ -90,13 +94,15 @@ async fn raw_once(tx: &mpsc::Sender<Request>) -> Duration {
     loop {
         while pending.len() < IN_FLIGHT {
             let Some(p) = payloads.next() else { break };
-            let (rtx, rrx) = oneshot::channel();
-            tx.send((p, rtx)).await.unwrap();
-            pending.push(rrx);
+            let (request, answer) = make(p);
+            if tx.send(request).await.is_err() {
+                panic!("the server task stopped");
+            }
+            pending.push(answer);
         }
         match pending.next().await {
-            Some(r) => {
-                r.unwrap();
+            Some(answer) => {
+                check(answer.unwrap());
                 done += 1;
             }
             None => break,
@@ -104,6 +110,16 @@ async fn raw_once(tx: &mpsc::Sender<Request>) -> Duration {
     }
     assert_eq!(done, N);
     t.elapsed()
+}
+
+/// The raw loop: a server task on another thread answers each request through a oneshot; the
+/// client keeps 256 requests in flight.
+async fn raw_once(tx: &mpsc::Sender<Request>) -> Duration {
+    let make = |p| {
+        let (reply, answer) = oneshot::channel();
+        ((p, reply), answer)
+    };
+    closed_loop(tx, make, |_| {}).await
 }
 
 /// An outcome cell, shared by the index and the answering thread.
@@ -142,35 +158,22 @@ struct Index {
 /// The raw loop with an index: each request gets an id and a cell in the index (the oldest is
 /// evicted past `KEPT`), and the server writes the outcome into the cell before it answers.
 async fn raw_indexed_once(tx: &mpsc::Sender<IndexedRequest>, index: &mut Index) -> Duration {
-    let mut payloads = payloads().into_iter();
-    let t = Instant::now();
-    let mut pending = FuturesUnordered::new();
-    let mut done = 0;
-    loop {
-        while pending.len() < IN_FLIGHT {
-            let Some(p) = payloads.next() else { break };
-            let id = MessageId::next();
-            let cell = Cell::default();
-            index.cells.insert(id, cell.clone());
-            index.order.push_back(id);
-            if index.order.len() > KEPT {
-                let oldest = index.order.pop_front().expect("not empty");
-                index.cells.remove(&oldest);
-            }
-            let (rtx, rrx) = oneshot::channel();
-            tx.send((p, cell, rtx)).await.unwrap();
-            pending.push(rrx);
+    let make = |p| {
+        let id = MessageId::next();
+        let cell = Cell::default();
+        index.cells.insert(id, cell.clone());
+        index.order.push_back(id);
+        if index.order.len() > KEPT {
+            let oldest = index.order.pop_front().expect("not empty");
+            index.cells.remove(&oldest);
         }
-        match pending.next().await {
-            Some(r) => {
-                assert!(r.unwrap().lock().unwrap().is_some());
-                done += 1;
-            }
-            None => break,
-        }
-    }
-    assert_eq!(done, N);
-    t.elapsed()
+        let (reply, answer) = oneshot::channel();
+        ((p, cell, reply), answer)
+    };
+    closed_loop(tx, make, |cell: Cell| {
+        assert!(cell.lock().unwrap().is_some())
+    })
+    .await
 }
 
 /// Benchmarks `gather_once` on `d` under `name`, recording every batch's rate.
