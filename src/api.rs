@@ -329,11 +329,24 @@ fn accepted(id: MessageId, status: Status) -> HttpResponse {
 }
 
 fn answer(outcome: &Outcome) -> HttpResponse {
-    answer_with(outcome, outcome)
+    if outcome.status.is_terminal() {
+        outcome_ok(outcome)
+    } else {
+        accepted(outcome.id, outcome.status)
+    }
 }
 
-/// [`answer`] with `body` (the outcome, or a cluster node's outcome with its node) when it is
-/// terminal.
+/// 200 with the outcome, written by [`Outcome::to_json`] (serde's bytes, in fewer steps).
+fn outcome_ok(outcome: &Outcome) -> HttpResponse {
+    match outcome.to_json() {
+        Ok(body) => HttpResponse::Ok()
+            .insert_header(header::ContentType::json())
+            .body(body),
+        Err(e) => HttpResponse::from_error(actix_web::error::JsonPayloadError::Serialize(e)),
+    }
+}
+
+/// [`answer`] for a cluster: `body` (the outcome with its node) when the outcome is terminal.
 fn answer_with(outcome: &Outcome, body: &impl Serialize) -> HttpResponse {
     if outcome.status.is_terminal() {
         HttpResponse::Ok().json(body)
@@ -346,7 +359,7 @@ fn submission(v: Value) -> Result<Submission, String> {
     if !v.is_object() {
         return Err("a message must be a JSON object with at least \"kind\"".into());
     }
-    serde_json::from_value(v).map_err(|e| format!("invalid message: {e}"))
+    Submission::from_value(v).map_err(|e| format!("invalid message: {e}"))
 }
 
 /// Submit a message.
@@ -533,7 +546,7 @@ pub async fn get_message(
         None => state.dispatcher.status(id),
     };
     let outcome = found.ok_or_else(not_found)?;
-    Ok(HttpResponse::Ok().json(&*outcome))
+    Ok(outcome_ok(&outcome))
 }
 
 /// Cancel a queued or delayed message.
@@ -549,7 +562,7 @@ pub async fn cancel_message(
         return Ok(HttpResponse::Ok().json(c.cancel(id).await??));
     }
     let outcome = state.dispatcher.cancel(id)?;
-    Ok(HttpResponse::Ok().json(&*outcome))
+    Ok(outcome_ok(&outcome))
 }
 
 /// Routes, their processors and pools, queue depths and restart counts.

@@ -236,7 +236,7 @@ impl Core {
             route.stats.rejected(RejectReason::Draining);
             return Err(Rejected::ShuttingDown(Box::new(msg)));
         }
-        if let Some(left) = route.degraded_for(self.epoch.elapsed()) {
+        if let Some(left) = route.degraded_for(|| self.epoch.elapsed()) {
             route.stats.rejected(RejectReason::Degraded);
             return Err(Rejected::Degraded {
                 message: Box::new(msg),
@@ -797,7 +797,7 @@ impl Dispatcher {
                     delayed: s.delayed,
                     running: s.running,
                     restarts: s.restarts,
-                    degraded: r.degraded_for(since).is_some(),
+                    degraded: r.degraded_for(|| since).is_some(),
                     payload_schema: r.schema.clone().unwrap_or_else(|| serde_json::json!({})),
                 }
             })
@@ -920,7 +920,7 @@ impl Dispatcher {
             return Err(Rejected::NoRoute(Box::new(msg)));
         };
         let route = &core.ledger.routes[index];
-        if let Some(left) = route.degraded_for(core.epoch.elapsed()) {
+        if let Some(left) = route.degraded_for(|| core.epoch.elapsed()) {
             route.stats.rejected(RejectReason::Degraded);
             return Err(Rejected::Degraded {
                 message: Box::new(msg),

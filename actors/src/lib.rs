@@ -85,7 +85,10 @@ pub mod fuzzing {
         let again = parse_json(printed.as_bytes(), 64).expect("what parsed prints as valid JSON");
         assert_eq!(again, value, "a value survives printing and reading");
         assert!(crate::source::json_depth(&value) <= 64);
-        if let Ok(s) = serde_json::from_value::<Submission>(value) {
+        let read = Submission::from_value(value.clone()).map_err(|e| e.to_string());
+        let by_serde = serde_json::from_value::<Submission>(value).map_err(|e| e.to_string());
+        assert_eq!(read, by_serde, "the envelope reads as serde reads it");
+        if let Ok(s) = read {
             let _ = Kind::is_valid(&s.kind);
             let _ = s.into_message(Source::Http);
         }

@@ -236,10 +236,14 @@ impl Route {
         self.stats.in_flight.fetch_sub(1, Relaxed);
     }
 
-    /// How long the route stays degraded, or `None` if it is not.
-    pub(crate) fn degraded_for(&self, since_epoch: Duration) -> Option<Duration> {
+    /// How long the route stays degraded, or `None` if it is not. `since_epoch` is asked
+    /// only of a route that has been degraded at some time: admission reads no clock for it.
+    pub(crate) fn degraded_for(&self, since_epoch: impl FnOnce() -> Duration) -> Option<Duration> {
         let until = self.degraded_until.load(Relaxed);
-        let now = since_epoch.as_millis() as u64;
+        if until == 0 {
+            return None;
+        }
+        let now = since_epoch().as_millis() as u64;
         (until > now).then(|| Duration::from_millis(until - now))
     }
 

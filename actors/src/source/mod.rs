@@ -46,17 +46,24 @@ pub(crate) fn whole_ms<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<
     let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
         return Ok(None);
     };
+    integral(&n).map(Some).ok_or_else(|| {
+        D::Error::custom(format_args!(
+            "expected a whole number of milliseconds from 0 to 18446744073709551615, got {}",
+            crate::source::truncated(n.as_str(), 64)
+        ))
+    })
+}
+
+/// The value of a JSON number with an integral value from 0 to 2^64-1, written any way.
+fn integral(n: &serde_json::Number) -> Option<u64> {
     if let Some(v) = n.as_u64() {
-        return Ok(Some(v));
+        return Some(v);
     }
     match n.as_f64() {
         Some(f) if f.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&f) => {
-            Ok(Some(f as u64))
+            Some(f as u64)
         }
-        _ => Err(D::Error::custom(format_args!(
-            "expected a whole number of milliseconds from 0 to 18446744073709551615, got {}",
-            crate::source::truncated(n.as_str(), 64)
-        ))),
+        _ => None,
     }
 }
 
@@ -66,6 +73,50 @@ pub(crate) fn whole<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Er
 }
 
 impl Submission {
+    /// Reads a submission from a parsed JSON value, as `serde_json::from_value` does (the same
+    /// result, the same errors), but without serde's generic walk for a well-formed object: the
+    /// HTTP and TCP sources call it for every message.
+    pub fn from_value(v: Value) -> Result<Submission, serde_json::Error> {
+        let well_formed = v.as_object().is_some_and(|m| {
+            m.get("kind").is_some_and(Value::is_string)
+                && m.iter().all(|(k, v)| match k.as_str() {
+                    "kind" | "payload" => true,
+                    "delay_ms" | "timeout_ms" => match v {
+                        Value::Null => true,
+                        Value::Number(n) => integral(n).is_some(),
+                        _ => false,
+                    },
+                    "key" => v.is_string() || v.is_null(),
+                    _ => false,
+                })
+        });
+        let Value::Object(map) = v else {
+            return serde_json::from_value(v);
+        };
+        if !well_formed {
+            return serde_json::from_value(Value::Object(map));
+        }
+        let mut s = Submission {
+            kind: String::new(),
+            payload: Value::Null,
+            delay_ms: None,
+            timeout_ms: None,
+            key: None,
+        };
+        let ms = |v: &Value| v.as_number().and_then(integral);
+        for (k, v) in map {
+            match (k.as_str(), v) {
+                ("kind", Value::String(kind)) => s.kind = kind,
+                ("payload", v) => s.payload = v,
+                ("delay_ms", v) => s.delay_ms = ms(&v),
+                ("timeout_ms", v) => s.timeout_ms = ms(&v),
+                ("key", Value::String(key)) => s.key = Some(key),
+                _ => {} // `"key": null`: checked above
+            }
+        }
+        Ok(s)
+    }
+
     /// The message this submission asks for, marked as coming from `source`.
     pub fn into_message(self, source: Source) -> Message {
         let mut m = Message::new(self.kind, self.payload).source(source);
@@ -275,6 +326,35 @@ pub(crate) fn json_depth(v: &Value) -> usize {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn from_value_reads_as_serde_does() {
+        for text in [
+            r#"{"kind": "echo"}"#,
+            r#"{"kind": "echo", "payload": {"a": [1, 2.5, "x"]}, "delay_ms": 7.57e2, "timeout_ms": null, "key": "k"}"#,
+            r#"{"payload": null, "kind": "e", "key": null, "timeout_ms": 12}"#,
+            r#"{"kind": "echo", "delay_ms": 757.5}"#,
+            r#"{"kind": "echo", "delay_ms": -1}"#,
+            r#"{"kind": "echo", "delay_ms": "5"}"#,
+            r#"{"kind": "echo", "timeout_ms": 1e30}"#,
+            r#"{"kind": "echo", "key": 5}"#,
+            r#"{"kind": 7}"#,
+            r#"{"kind": null}"#,
+            r#"{"payload": 1}"#,
+            r#"{"kind": "x", "delay": 5}"#,
+            r#"{}"#,
+            r#"[]"#,
+            r#""echo""#,
+            r#"null"#,
+        ] {
+            let v = parse_json(text.as_bytes(), 8).unwrap();
+            assert_eq!(
+                Submission::from_value(v.clone()).map_err(|e| e.to_string()),
+                serde_json::from_value::<Submission>(v).map_err(|e| e.to_string()),
+                "{text}"
+            );
+        }
+    }
 
     #[test]
     fn submissions_parse_strictly() {

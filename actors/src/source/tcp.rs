@@ -406,7 +406,7 @@ pub(crate) fn read_line(text: &[u8], settings: &TcpSettings) -> Result<LineReque
             ));
         }
     }
-    match serde_json::from_value::<Submission>(value) {
+    match Submission::from_value(value) {
         Ok(submission) => Ok(LineRequest {
             reference,
             token,
