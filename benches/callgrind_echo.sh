@@ -6,7 +6,9 @@
 # functions by their own instructions. BIN picks another build (to compare two commits).
 # Loopback only.
 #
-# Usage: bash benches/callgrind_echo.sh          (N=20000, BIN=target/release/mailroom)
+# STORAGE=journal runs it with the journal (fsync = "always", a fresh folder) instead of memory.
+#
+# Usage: bash benches/callgrind_echo.sh          (N=20000, BIN=target/release/mailroom, STORAGE=memory)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${N:-20000}"
@@ -17,7 +19,14 @@ command -v valgrind >/dev/null || (apt-get update -qq && apt-get install -y -qq 
 if [ -z "${BIN:-}" ]; then cargo build --release -q --bin mailroom; BIN=target/release/mailroom; fi
 PORT=18185
 rm -f "$OUT"/echo.out*
-MAILROOM_SERVER__BIND=127.0.0.1:$PORT MAILROOM_DISPATCH__CAPACITY=100000 MAILROOM_STORAGE__KIND=memory RUST_LOG=warn \
+rm -rf "$OUT/journal"
+STORAGE="${STORAGE:-memory}"
+case "$STORAGE" in
+  memory|journal) ;;
+  *) echo "STORAGE must be memory or journal" >&2; exit 2 ;;
+esac
+MAILROOM_SERVER__BIND=127.0.0.1:$PORT MAILROOM_DISPATCH__CAPACITY=100000 MAILROOM_STORAGE__KIND=$STORAGE \
+  MAILROOM_STORAGE__PATH="$OUT/journal" RUST_LOG=warn \
   valgrind --tool=callgrind --compress-strings=no --compress-pos=no --callgrind-out-file="$OUT/echo.out" \
   "$BIN" serve --config benches/load.toml >"$OUT/valgrind.log" 2>&1 &
 VP=$!

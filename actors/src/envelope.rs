@@ -42,6 +42,11 @@ impl MessageId {
         MessageId(((tick as u128) << 64) | low as u128)
     }
 
+    /// The id as a ULID (to write it without allocating).
+    pub(crate) fn as_ulid(self) -> ulid::Ulid {
+        ulid::Ulid(self.0)
+    }
+
     /// The raw 128-bit value.
     pub fn as_u128(self) -> u128 {
         self.0
@@ -92,7 +97,7 @@ impl FromStr for MessageId {
 impl Serialize for MessageId {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut text = [0u8; ulid::ULID_LEN];
-        s.serialize_str(ulid::Ulid(self.0).array_to_str(&mut text))
+        s.serialize_str(self.as_ulid().array_to_str(&mut text))
     }
 }
 
@@ -576,7 +581,7 @@ impl Outcome {
         let mut out = Vec::with_capacity(256);
         let mut id = [0u8; ulid::ULID_LEN];
         out.extend_from_slice(b"{\"id\":");
-        plain_str(&mut out, ulid::Ulid(self.id.0).array_to_str(&mut id));
+        plain_str(&mut out, self.id.as_ulid().array_to_str(&mut id));
         out.extend_from_slice(b",\"kind\":");
         plain_str(&mut out, self.kind.as_str());
         out.extend_from_slice(b",\"status\":");
@@ -604,7 +609,7 @@ impl Outcome {
         out.push(b'}');
         if let Some(replay_of) = self.replay_of {
             out.extend_from_slice(b",\"replay_of\":");
-            plain_str(&mut out, ulid::Ulid(replay_of.0).array_to_str(&mut id));
+            plain_str(&mut out, replay_of.as_ulid().array_to_str(&mut id));
         }
         out.push(b'}');
         Ok(out)
@@ -612,7 +617,7 @@ impl Outcome {
 }
 
 /// Writes `s`, which has no byte JSON escapes (a base-32 id, a kind, a status), between quotes.
-fn plain_str(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn plain_str(out: &mut Vec<u8>, s: &str) {
     debug_assert!(s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\'));
     out.push(b'"');
     out.extend_from_slice(s.as_bytes());

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::dead_letters::DeadLetter;
-use crate::envelope::{Kind, MessageId, Outcome, Source};
+use crate::envelope::{plain_str, Kind, MessageId, Outcome, Source};
 use crate::journal::{self, Log, Scan, ScanError};
 
 pub use crate::journal::Fsync;
@@ -56,6 +56,46 @@ pub struct Accepted {
     /// Attempts already started (non-zero when compaction writes the record again).
     #[serde(default)]
     pub attempts: u32,
+}
+
+impl Accepted {
+    /// `{"accepted": {…}}` as serde writes the record, in fewer steps.
+    fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        out.extend_from_slice(b"{\"accepted\":{\"id\":");
+        plain_str(
+            out,
+            self.id.as_ulid().array_to_str(&mut [0u8; ulid::ULID_LEN]),
+        );
+        out.extend_from_slice(b",\"kind\":");
+        plain_str(out, self.kind.as_str());
+        out.extend_from_slice(b",\"payload\":");
+        serde_json::to_writer(&mut *out, &self.payload)?;
+        out.extend_from_slice(b",\"source\":");
+        serde_json::to_writer(&mut *out, &self.source)?;
+        if let Some(key) = &self.key {
+            out.extend_from_slice(b",\"key\":");
+            serde_json::to_writer(&mut *out, key)?;
+        }
+        if let Some(due) = self.due_ms {
+            out.extend_from_slice(b",\"due_ms\":");
+            serde_json::to_writer(&mut *out, &due)?;
+        }
+        if let Some(timeout) = self.timeout_ms {
+            out.extend_from_slice(b",\"timeout_ms\":");
+            serde_json::to_writer(&mut *out, &timeout)?;
+        }
+        if let Some(replay_of) = self.replay_of {
+            out.extend_from_slice(b",\"replay_of\":");
+            plain_str(
+                out,
+                replay_of.as_ulid().array_to_str(&mut [0u8; ulid::ULID_LEN]),
+            );
+        }
+        out.extend_from_slice(b",\"attempts\":");
+        serde_json::to_writer(&mut *out, &self.attempts)?;
+        out.extend_from_slice(b"}}");
+        Ok(())
+    }
 }
 
 /// One change of a message's state, as written to storage.
@@ -94,8 +134,24 @@ pub enum Record {
 impl Record {
     /// The record's bytes as stored (JSON text: the journal can be read with ordinary tools).
     pub fn encode(&self) -> Vec<u8> {
+        // The two records of every message are written field by field, the names as fixed text
+        // (serde's bytes in fewer steps: a test compares them); the others by serde.
         let mut out = Vec::with_capacity(256);
-        serde_json::to_writer(&mut out, self).expect("a record always serializes");
+        let written = match self {
+            Record::Accepted(a) => a.write_json(&mut out),
+            Record::Finished { outcome, key } => outcome.to_json().and_then(|text| {
+                out.extend_from_slice(b"{\"finished\":{\"outcome\":");
+                out.extend_from_slice(&text);
+                if let Some(key) = key {
+                    out.extend_from_slice(b",\"key\":");
+                    serde_json::to_writer(&mut out, key)?;
+                }
+                out.extend_from_slice(b"}}");
+                Ok(())
+            }),
+            _ => serde_json::to_writer(&mut out, self),
+        };
+        written.expect("a record always serializes");
         out
     }
 
@@ -604,6 +660,52 @@ pub(crate) mod tests {
             replay_of: None,
             attempts: 0,
         })
+    }
+
+    #[test]
+    fn accepted_and_finished_records_encode_as_serde_writes_them_and_decode() {
+        let outcome = Outcome {
+            id: MessageId::next(),
+            kind: Kind::new("echo").unwrap(),
+            status: crate::Status::Completed,
+            result: Some(json!({"a": "b \" \\ \n", "n": 1.5})),
+            error: None,
+            attempts: 1,
+            source: Source::Tcp,
+            accepted_at_ms: 1_764_000_000_000,
+            timings: crate::envelope::Timings::default(),
+            replay_of: None,
+        };
+        for key in [None, Some("k \"1\"".to_string())] {
+            let r = Record::Finished {
+                outcome: Arc::new(outcome.clone()),
+                key,
+            };
+            assert_eq!(r.encode(), serde_json::to_vec(&r).unwrap());
+            assert_eq!(Record::decode(&r.encode()).unwrap(), r);
+            assert_eq!(
+                Record::peek(&r.encode()),
+                Some((RecordKind::Finished, outcome.id))
+            );
+        }
+        let every = Record::Accepted(Accepted {
+            id: MessageId::next(),
+            kind: Kind::new("a.b-c_9").unwrap(),
+            payload: json!({"x": [1, "\u{1}", null], "y": {}}),
+            source: Source::Replay,
+            key: Some("k\\".into()),
+            due_ms: Some(u64::MAX),
+            timeout_ms: Some(0),
+            replay_of: Some(MessageId::next()),
+            attempts: 7,
+        });
+        for r in [every, accepted(MessageId::next())] {
+            assert_eq!(
+                String::from_utf8(r.encode()).unwrap(),
+                serde_json::to_string(&r).unwrap()
+            );
+            assert_eq!(Record::decode(&r.encode()).unwrap(), r);
+        }
     }
 
     #[test]
