@@ -14,11 +14,13 @@
 //!
 //! Run: `cargo bench -p mailroom-actors --bench gather`. After criterion's report (each
 //! benchmark measured alone, one after another), it runs every contender again in 7
-//! interleaved rounds (10 batches of each per round, in turn, after one untimed round that
-//! fills each store to its 100,000 kept outcomes) and prints each one's median rate
-//! over the rounds and the median of each round's ratios (Mailroom / raw loop, and so on): on a
-//! noisy machine a ratio is only fair between runs made in the same minute, and those medians
-//! are what to compare run to run. It also prints the journal's fsyncs.
+//! interleaved rounds (10 batches of each per round, in turn, after one untimed warm-up round)
+//! and prints each one's median rate over the rounds and the median of each round's ratios
+//! (Mailroom / raw loop, and so on): on a noisy machine a ratio is only fair between runs made
+//! in the same minute, and those medians are what to compare run to run. It also prints the
+//! journal's fsyncs. `ROUNDS_ONLY=1` skips criterion's part (about 30 s instead of 3 minutes);
+//! any argument but `--bench` (a filter, `--profile-time`, a baseline) runs criterion's part
+//! only; in test mode (`cargo test --benches`, or `-- --test`) the rounds are one batch each.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -175,7 +177,7 @@ async fn raw_indexed_once(tx: &mpsc::Sender<IndexedRequest>, index: &mut Index) 
     .await
 }
 
-/// Benchmarks `gather_once` on `d` under `name`, recording every batch's rate.
+/// Benchmarks `gather_once` on `d` under `name`.
 fn bench_gather(
     group: &mut BenchmarkGroup<'_, WallTime>,
     sys: &actix_rt::SystemRunner,
@@ -195,7 +197,7 @@ fn bench_gather(
     });
 }
 
-fn benches(c: &mut Criterion) {
+fn benches(c: &mut Criterion, rounds: Rounds) {
     let sys = actix_rt::System::new();
     let settings = Settings {
         capacity: N * 2,
@@ -297,12 +299,11 @@ fn benches(c: &mut Criterion) {
     group.finish();
 
     // Criterion ran each alone; now the same, interleaved, for ratios made in the same minute.
-    let args: Vec<String> = std::env::args().collect();
-    if args.iter().any(|a| a == "--profile-time" || a == "--list") {
-        return;
-    }
-    let test_mode = args.iter().any(|a| a == "--test");
-    let (rounds, batches) = if test_mode { (1, 1) } else { (ROUNDS, BATCHES) };
+    let (rounds, batches) = match rounds {
+        Rounds::Full => (ROUNDS, BATCHES),
+        Rounds::Smoke => (1, 1),
+        Rounds::Skip => return,
+    };
     let contenders: Vec<Contender> = vec![
         (
             "mailroom",
@@ -333,8 +334,10 @@ fn benches(c: &mut Criterion) {
 /// A named contender of the interleaved rounds: one call runs one batch and says how long it took.
 type Contender<'a> = (&'static str, Box<dyn FnMut() -> Duration + 'a>);
 
-/// Runs each contender `batches` times in turn, `rounds` times over; returns each one's rate
-/// per round (the median of that round's batches), in the contenders' order.
+/// Runs each contender `batches` times in turn, in an untimed warm-up round and then `rounds`
+/// timed ones; returns each one's rate per timed round (the median of that round's batches),
+/// in the contenders' order. The journal's contenders come last in a round, and a pause after
+/// them lets its deferred fsyncs and compaction finish before the next round begins.
 fn interleaved(
     mut contenders: Vec<Contender<'_>>,
     rounds: usize,
@@ -344,8 +347,9 @@ fn interleaved(
         .iter()
         .map(|(name, _)| (name.to_string(), Vec::new()))
         .collect();
-    // A first round untimed: each dispatcher's store fills to its 100,000 kept outcomes, so
-    // every timed message also evicts one, as in a long-running service.
+    // The warm-up round also fills the stores to their 100,000 kept outcomes when criterion's
+    // part did not run (`ROUNDS_ONLY`), so every timed message evicts one, as in a
+    // long-running service.
     for round in 0..=rounds {
         for (i, (_, run)) in contenders.iter_mut().enumerate() {
             let rates_of_round: Vec<f64> = (0..batches)
@@ -355,6 +359,7 @@ fn interleaved(
                 rates[i].1.push(median(rates_of_round));
             }
         }
+        std::thread::sleep(Duration::from_millis(100));
     }
     rates
 }
@@ -412,8 +417,35 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// What the interleaved rounds do in this run.
+#[derive(Clone, Copy)]
+enum Rounds {
+    /// `cargo bench`: 7 rounds of 10 batches.
+    Full,
+    /// Test mode (`cargo test --benches`, `-- --test`): one round of one batch.
+    Smoke,
+    /// Any other argument (a filter, `--profile-time`, a baseline): criterion's part only.
+    Skip,
+}
+
+fn rounds_from_args() -> Rounds {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let has = |flag: &str| args.iter().any(|a| a == flag);
+    if args.iter().any(|a| a != "--bench" && a != "--test") {
+        Rounds::Skip
+    } else if has("--test") || !has("--bench") {
+        Rounds::Smoke
+    } else {
+        Rounds::Full
+    }
+}
+
 fn main() {
+    let rounds = rounds_from_args();
     let mut c = Criterion::default().configure_from_args();
-    benches(&mut c);
+    if std::env::var_os("ROUNDS_ONLY").is_some() {
+        c = c.with_filter("^$"); // no benchmark id is empty: criterion runs none
+    }
+    benches(&mut c, rounds);
     c.final_summary();
 }

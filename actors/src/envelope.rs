@@ -573,10 +573,10 @@ impl Outcome {
     }
 
     /// The outcome as JSON: the same bytes as `serde_json::to_vec(&outcome)`, written in one
-    /// pass with the field names as fixed text and the id, kind, status and source copied as
-    /// they are (none of them can hold a byte JSON escapes; serde escapes every name and string
-    /// byte by byte, the largest part of an `echo` answer's cost). The HTTP API answers with
-    /// it. It fails only where serde would: a result that cannot be written as JSON.
+    /// pass with the field names as fixed text and the id, kind and status copied as they are
+    /// (none of them can hold a byte JSON escapes; serde escapes every name and string byte by
+    /// byte, the largest part of an `echo` answer's cost). The HTTP API answers with it. It
+    /// fails only where serde would: a result that cannot be written as JSON.
     pub fn to_json(&self) -> serde_json::Result<Vec<u8>> {
         let mut out = Vec::with_capacity(256);
         let mut id = [0u8; ulid::ULID_LEN];

@@ -73,9 +73,12 @@ pub(crate) fn whole<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Er
 }
 
 impl Submission {
-    /// Reads a submission from a parsed JSON value, as `serde_json::from_value` does (the same
-    /// result, the same errors), but without serde's generic walk for a well-formed object: the
-    /// HTTP and TCP sources call it for every message.
+    /// Reads a submission from a value [`parse_json`] returned, as `serde_json::from_value`
+    /// does (the same result, the same errors), but without serde's generic walk for a
+    /// well-formed object: the HTTP and TCP sources call it for every message. (A value built
+    /// by hand may differ in one case: an object whose first key is serde_json's private
+    /// number marker, which `parse_json` never returns, is a number to serde and an object
+    /// here.)
     pub fn from_value(v: Value) -> Result<Submission, serde_json::Error> {
         let well_formed = v.as_object().is_some_and(|m| {
             m.get("kind").is_some_and(Value::is_string)
