@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use parking_lot::Mutex;
 
+use crate::commit::{Commit, Setter};
 use crate::dead_letters::{DeadLetter, DeadLetters};
 use crate::envelope::{
     unix_ms, Envelope, ErrorClass, ErrorInfo, Kind, Message, MessageId, Outcome, Source, Status,
@@ -319,6 +320,7 @@ impl Core {
             ticket,
             history: Vec::new(),
             _share: share,
+            commit: None,
         };
         let receipt = self.ledger.durable.then(|| {
             self.ledger.write_accepted(
@@ -523,6 +525,38 @@ impl Dispatcher {
                 let (id, kind) = (env.id, env.kind);
                 self.core.hand_off(env);
                 Ok((id, kind))
+            }
+            Admitted::New(mut env, Some(receipt))
+                if self.core.ledger.routes[env.route].begins_early && env.not_before.is_none() =>
+            {
+                // A pure processor's message begins now; its worker settles it only once the
+                // record is durable, and withdraws it if the record could not be written. The
+                // caller is answered after the record, as on the path below.
+                let (id, kind, env_route) = (env.id, env.kind, env.route);
+                let mut refused = Message::new(kind.as_str(), env.payload.clone());
+                refused.source = env.source;
+                refused.key = env.key.clone();
+                refused.timeout = env.timeout;
+                refused.replay_of = env.replay_of;
+                let commit = Commit::new();
+                env.commit = Some(commit.clone());
+                let setter = Setter {
+                    commit,
+                    receipt: Some(receipt),
+                };
+                self.core.hand_off(env);
+                match setter.resolve().await {
+                    Ok(()) => Ok((id, kind)),
+                    Err(error) => {
+                        self.core.ledger.routes[env_route]
+                            .stats
+                            .rejected(RejectReason::Storage);
+                        Err(Rejected::Storage {
+                            message: Box::new(refused),
+                            error,
+                        })
+                    }
+                }
             }
             Admitted::New(env, Some(receipt)) => {
                 let (id, kind) = (env.id, env.kind);
@@ -1209,6 +1243,7 @@ impl DispatcherBuilder {
                 backoff: rs.backoff,
                 validate: p.validate.clone(),
                 schema: p.schema.clone(),
+                begins_early: p.pure && p.pool() == Pool::Io,
                 stats: RouteStats::default(),
                 degraded_until: AtomicU64::new(0),
                 restarts: Default::default(),

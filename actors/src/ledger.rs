@@ -209,6 +209,22 @@ impl Ledger {
     /// Takes back a message whose record could not be stored: it was never acknowledged, so it
     /// leaves no trace (its place, its key and its record in the index are given back).
     pub(crate) fn withdraw(&self, env: Envelope, error: StorageError) -> Rejected {
+        self.routes[env.route].stats.rejected(RejectReason::Storage);
+        self.take_back(&env);
+        let mut msg = Message::new(env.kind.as_str(), env.payload);
+        msg.source = env.source;
+        msg.key = env.key;
+        msg.timeout = env.timeout;
+        msg.replay_of = env.replay_of;
+        Rejected::Storage {
+            message: Box::new(msg),
+            error,
+        }
+    }
+
+    /// [`Ledger::withdraw`] without counting the refusal: for a message that began before its
+    /// record was durable, whose caller was refused (and the refusal counted) at admission.
+    pub(crate) fn take_back(&self, env: &Envelope) {
         let route = &self.routes[env.route];
         // Claimed with the index's compare-and-set, so a cancel of the same message (its id
         // known through its idempotency key) cannot end it a second time. Its waiter, if any,
@@ -218,19 +234,9 @@ impl Ledger {
             .finish(&env.ticket, Status::Cancelled, None, None)
             .is_some();
         self.store.remove(&env.ticket);
-        route.stats.rejected(RejectReason::Storage);
         if claimed {
             route.stats.accepted.fetch_sub(1, Relaxed);
             route.release();
-        }
-        let mut msg = Message::new(env.kind.as_str(), env.payload);
-        msg.source = env.source;
-        msg.key = env.key;
-        msg.timeout = env.timeout;
-        msg.replay_of = env.replay_of;
-        Rejected::Storage {
-            message: Box::new(msg),
-            error,
         }
     }
 }

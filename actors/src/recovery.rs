@@ -183,6 +183,7 @@ pub(crate) fn restore(core: &Core, recovered: Recovered) {
             ticket,
             history: Vec::new(),
             _share: None,
+            commit: None,
         });
     }
     core.hand_off_batch(envs);

@@ -31,6 +31,9 @@ pub(crate) struct Route {
     pub backoff: Duration,
     pub validate: Option<Validator>,
     pub schema: Option<serde_json::Value>,
+    /// An async route whose processor is pure: with durable storage, its messages begin before
+    /// their `Accepted` record is on disk (see `commit`).
+    pub begins_early: bool,
     pub stats: RouteStats,
     /// Milliseconds since the dispatcher's epoch until which the route rejects new messages.
     pub degraded_until: AtomicU64,

@@ -215,3 +215,128 @@ fn an_attempt_that_completes_at_once_writes_no_started_record_and_any_other_does
         "a failed attempt is counted"
     );
 }
+
+/// A journal whose `Accepted` records fail while `fail` is set, as on a full disk; every other
+/// record is written as usual.
+struct Flaky {
+    journal: Journal,
+    fail: std::sync::atomic::AtomicBool,
+}
+
+impl mailroom_actors::Storage for Flaky {
+    fn is_durable(&self) -> bool {
+        true
+    }
+
+    fn append(
+        &self,
+        record: &mailroom_actors::storage::Record,
+    ) -> mailroom_actors::storage::Receipt {
+        use mailroom_actors::storage::{Receipt, Record};
+        if matches!(record, Record::Accepted(_))
+            && self.fail.load(std::sync::atomic::Ordering::SeqCst)
+        {
+            let full = std::io::Error::other("no space left on device (simulated)");
+            return Receipt::ready(Err(mailroom_actors::StorageError::Io(Arc::new(full))));
+        }
+        self.journal.append(record)
+    }
+
+    fn load(&self) -> Result<Vec<mailroom_actors::storage::Record>, mailroom_actors::StorageError> {
+        self.journal.load()
+    }
+
+    fn flush(&self) -> mailroom_actors::storage::Receipt {
+        self.journal.flush()
+    }
+}
+
+#[test]
+fn a_pure_processor_begins_before_its_record_and_a_record_that_fails_leaves_no_trace() {
+    use mailroom_actors::storage::{Record, RecordKind};
+    use mailroom_actors::{Processor, Rejected, Storage};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+    static RAN: AtomicUsize = AtomicUsize::new(0);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    let kept = in_system({
+        let path = path.clone();
+        async move || {
+            let storage = Arc::new(Flaky {
+                journal: open_journal(&path),
+                fail: AtomicBool::new(true),
+            });
+            let tally = Processor::from_fn("tally", |_job, payload| async move {
+                RAN.fetch_add(1, SeqCst);
+                actix_rt::time::sleep(Duration::from_millis(20)).await;
+                Ok(payload)
+            })
+            .pure();
+            assert!(tally.is_pure());
+            let d = Dispatcher::builder(Settings::default())
+                .processor(tally)
+                .route("tally", RouteSettings::new("tally"))
+                .storage(storage.clone())
+                .build()
+                .unwrap();
+            // Its record cannot be written: the caller is refused, with the message back.
+            match d.send(Message::new("tally", json!("refused"))).await {
+                Err(Rejected::Storage { message, .. }) => {
+                    assert_eq!(message.payload(), &json!("refused"))
+                }
+                other => panic!("expected a storage refusal, got {other:?}"),
+            }
+            // Whether it began before its record failed is a matter of timing here (the
+            // simulated failure is immediate); either way it leaves nothing: no outcome, no
+            // place taken, no completion counted.
+            let end = Instant::now() + Duration::from_secs(10);
+            loop {
+                let s = d.stats();
+                let k = s.kind("tally").unwrap();
+                if k.in_flight == 0 && k.running == 0 {
+                    assert_eq!((k.accepted, k.completed, k.cancelled), (0, 0, 0), "{k:?}");
+                    assert_eq!(k.rejected.storage, 1, "{k:?}");
+                    break;
+                }
+                assert!(
+                    Instant::now() < end,
+                    "the refused message was not taken back: {s:?}"
+                );
+                actix_rt::time::sleep(Duration::from_millis(2)).await;
+            }
+            // The disk comes back: the next one is answered once its record is durable.
+            assert!(RAN.load(SeqCst) <= 1);
+            let ran = RAN.load(SeqCst);
+            storage.fail.store(false, SeqCst);
+            let done = d.send(Message::new("tally", json!("kept"))).await.unwrap();
+            assert_eq!(
+                (done.status, done.result.clone()),
+                (Status::Completed, Some(json!("kept")))
+            );
+            assert_eq!(RAN.load(SeqCst), ran + 1);
+            let k = d.stats().kind("tally").unwrap().clone();
+            assert_eq!(
+                (k.accepted, k.completed, k.rejected.storage),
+                (1, 1, 1),
+                "{k:?}"
+            );
+            d.shutdown(Duration::from_secs(1)).await;
+            done.id
+        }
+    });
+    // On disk: the kept message's records only. Nothing of the refused one (its Started or
+    // Finished record would bring back an outcome or an attempt for a message never accepted).
+    let records = open_journal(&path).load().unwrap();
+    let kinds: Vec<(RecordKind, bool)> =
+        records.iter().map(|r| (r.kind(), r.id() == kept)).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (RecordKind::Accepted, true),
+            (RecordKind::Started, true),
+            (RecordKind::Finished, true)
+        ],
+        "{records:?}"
+    );
+    assert!(records.iter().all(|r| !matches!(r, Record::Finished { outcome, .. } if outcome.result == Some(json!("refused")))));
+}

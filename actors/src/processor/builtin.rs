@@ -57,7 +57,8 @@ struct SleepArgs {
     ms: u64,
 }
 
-/// `sleep {"ms": n}` → `{"slept_ms": n}`: a timer, never a blocked thread.
+/// `sleep {"ms": n}` → `{"slept_ms": n}`: a timer, never a blocked thread. Pure: with a journal
+/// it begins while its record is on its way to disk.
 pub fn sleep() -> Processor {
     Processor::from_fn("sleep", |_job, payload| async move {
         let args: SleepArgs = parse(&payload).map_err(ProcessError::new)?;
@@ -69,6 +70,7 @@ pub fn sleep() -> Processor {
         in_range("ms", a.ms, 0, MAX_SLEEP_MS)
     })
     .schema(object(json!({"ms": int(0, MAX_SLEEP_MS)}), &["ms"]))
+    .pure()
 }
 
 #[derive(Deserialize)]

@@ -206,6 +206,7 @@ pub struct Processor {
     pub(crate) validate: Option<Validator>,
     pub(crate) schema: Option<Value>,
     pub(crate) make: Make,
+    pub(crate) pure: bool,
 }
 
 impl fmt::Debug for Processor {
@@ -261,6 +262,7 @@ impl Processor {
             validate: None,
             schema: None,
             make: Make::Async(Arc::new(move || Box::new(factory()))),
+            pure: false,
         }
     }
 
@@ -284,6 +286,7 @@ impl Processor {
             validate: None,
             schema: None,
             make: Make::Cpu(Arc::new(move || Box::new(factory()))),
+            pure: false,
         }
     }
 
@@ -303,6 +306,25 @@ impl Processor {
     pub fn schema(mut self, schema: Value) -> Processor {
         self.schema = Some(schema);
         self
+    }
+
+    /// Declares that the processor has no effect outside its result: no I/O, no writes, no
+    /// state that another message could see (a timer, a computation). With durable storage, a
+    /// message for it then begins at once rather than after its `Accepted` record is on disk,
+    /// so the fsync overlaps the work. Nothing of it shows before the record is durable: the
+    /// caller's answer, its outcome, its `Finished` record and the counters all wait for it;
+    /// and if the record cannot be written, the message is refused
+    /// ([`Rejected::Storage`](crate::Rejected::Storage)) and what it did is dropped, as if it
+    /// had never run. Only async processors begin early; a CPU processor ignores this. Never
+    /// declare it of a processor that sends, writes or fetches anything.
+    pub fn pure(mut self) -> Processor {
+        self.pure = true;
+        self
+    }
+
+    /// Whether the processor was declared [`pure`](Processor::pure).
+    pub fn is_pure(&self) -> bool {
+        self.pure
     }
 
     /// The registered name.

@@ -166,7 +166,7 @@ fn rescue(station: &Station, envs: Vec<Envelope>) {
 /// An attempt that was running on an attached thread when the thread stopped: its slot is given
 /// back and it ends failed (class `error`), or is retried if the route retries. While the
 /// dispatcher drains it is left to shutdown, which cancels it or keeps it stored.
-fn abandon(station: &Station, env: Envelope, result: Option<JobResult>) {
+fn abandon(station: &Arc<Station>, env: Envelope, result: Option<JobResult>) {
     if station.drain.draining.load(SeqCst) {
         return;
     }
@@ -438,6 +438,15 @@ impl Worker {
                 // (it fails, panics, or goes on) has it written before it is settled or
                 // spawned, so a retry or a restart counts it.
                 let started = |env: &Envelope| station.ledger.write_started(env.id, env.attempt);
+                // A message that began before its record was durable has its `Started` record
+                // written, and is settled, only once the record is durable (in its task,
+                // below). One whose record has failed already is not run: settling it takes it
+                // back, and nothing of it is written.
+                let commit = match env.commit.as_ref().map(|c| (c.get(), c)) {
+                    Some((Some(Err(_)), _)) => return Some((env, JobResult::Abandoned)),
+                    Some((None, c)) => Some(c.clone()),
+                    Some((Some(Ok(())), _)) | None => None,
+                };
                 let fut = match catch_unwind(AssertUnwindSafe(|| processor.process(job, payload))) {
                     Ok(fut) => fut,
                     Err(panic) => {
@@ -447,21 +456,23 @@ impl Worker {
                     }
                 };
                 let mut fut = fut;
-                // Fast path: most quick processors finish on their first poll. A future that
-                // returns Pending registers this no-op waker, and is polled again (with the
-                // task's real waker) as soon as it is spawned below.
-                let mut noop = TaskContext::from_waker(Waker::noop());
-                match catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut noop))) {
-                    Ok(Poll::Ready(r)) => {
-                        if r.is_err() {
-                            started(&env);
+                if commit.is_none() {
+                    // Fast path: most quick processors finish on their first poll. A future
+                    // that returns Pending registers this no-op waker, and is polled again
+                    // (with the task's real waker) as soon as it is spawned below.
+                    let mut noop = TaskContext::from_waker(Waker::noop());
+                    match catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut noop))) {
+                        Ok(Poll::Ready(r)) => {
+                            if r.is_err() {
+                                started(&env);
+                            }
+                            return Some((env, JobResult::Done(r)));
                         }
-                        return Some((env, JobResult::Done(r)));
-                    }
-                    Ok(Poll::Pending) => started(&env),
-                    Err(panic) => {
-                        started(&env);
-                        return Some((env, JobResult::Panicked(panic_message(&*panic))));
+                        Ok(Poll::Pending) => started(&env),
+                        Err(panic) => {
+                            started(&env);
+                            return Some((env, JobResult::Panicked(panic_message(&*panic))));
+                        }
                     }
                 }
                 let fut = AssertUnwindSafe(fut).catch_unwind();
@@ -471,13 +482,30 @@ impl Worker {
                     env: Some(env),
                     rescue: rescue.clone(),
                 };
+                let committed = commit.map(|commit| {
+                    let station = station.clone();
+                    let env = attempt.env.as_ref().expect("set above");
+                    let (id, attempt) = (env.id, env.attempt);
+                    async move {
+                        commit.settled().await;
+                        if let Some(Ok(())) = commit.get() {
+                            station.ledger.write_started(id, attempt);
+                        }
+                    }
+                });
                 actix_rt::spawn(async move {
-                    let result = match timeout {
-                        Some(t) => match actix_rt::time::timeout(t, fut).await {
-                            Ok(r) => caught(r),
-                            Err(_) => JobResult::TimedOut(t),
-                        },
-                        None => caught(fut.await),
+                    let run = async move {
+                        match timeout {
+                            Some(t) => match actix_rt::time::timeout(t, fut).await {
+                                Ok(r) => caught(r),
+                                Err(_) => JobResult::TimedOut(t),
+                            },
+                            None => caught(fut.await),
+                        }
+                    };
+                    let result = match committed {
+                        Some(committed) => futures_util::future::join(run, committed).await.0,
+                        None => run.await,
                     };
                     addr.do_send(JobDone {
                         env: attempt.env.take(),
@@ -596,11 +624,38 @@ impl Worker {
 /// letters. Runs on the worker's thread or on the CPU pool thread that ran the job. After a
 /// panic, returns the restart decision (the restart is already counted against the budget).
 pub(crate) fn settle(
-    station: &Station,
+    station: &Arc<Station>,
     mut env: Envelope,
     result: JobResult,
 ) -> Option<RestartDecision> {
     let ledger = &station.ledger;
+    if let Some(commit) = env.commit.take() {
+        match commit.get() {
+            Some(Ok(())) => {}
+            // Its record was never written: the message was refused, so it leaves no trace.
+            Some(Err(error)) => {
+                tracing::debug!(id = %env.id, kind = %env.kind, %error, "taken back after it ran: its record could not be written");
+                ledger.take_back(&env);
+                return None;
+            }
+            // Settled on a path that did not wait for the commit (its thread stopped): wait
+            // on a thread of its own, never this one (the commit may be set on it).
+            None => {
+                let station = station.clone();
+                env.commit = Some(commit.clone());
+                let spawned = std::thread::Builder::new()
+                    .name("mailroom-settle".into())
+                    .spawn(move || {
+                        let _ = commit.wait_blocking();
+                        let _ = settle(&station, env, result);
+                    });
+                if let Err(e) = spawned {
+                    tracing::error!(error = %e, "cannot start a thread to settle an attempt");
+                }
+                return None;
+            }
+        }
+    }
     let route = station.route();
     let (error, final_status, panicked) = match result {
         JobResult::Done(Ok(value)) => {

@@ -75,10 +75,11 @@ pub(crate) fn whole<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Er
 impl Submission {
     /// Reads a submission from a value [`parse_json`] returned, as `serde_json::from_value`
     /// does (the same result, the same errors), but without serde's generic walk for a
-    /// well-formed object: the HTTP and TCP sources call it for every message. (A value built
-    /// by hand may differ in one case: an object whose first key is serde_json's private
-    /// number marker, which `parse_json` never returns, is a number to serde and an object
-    /// here.)
+    /// well-formed object: the HTTP and TCP sources call it for every message. The payload is
+    /// kept exactly as parsed, so its numbers stay as they were sent; serde's walk differs
+    /// there in one case, turning an integer `-0` into `0`. (A value built by hand may differ
+    /// in one more: an object whose first key is serde_json's private number marker, which
+    /// `parse_json` never returns, is a number to serde and an object here.)
     pub fn from_value(v: Value) -> Result<Submission, serde_json::Error> {
         let well_formed = v.as_object().is_some_and(|m| {
             m.get("kind").is_some_and(Value::is_string)
@@ -357,6 +358,11 @@ mod tests {
                 "{text}"
             );
         }
+        // The payload is kept as sent, numbers and all; serde's walk alone would make the
+        // integer -0 a 0 (the fuzz target allows that one difference).
+        let v = parse_json(br#"{"kind": "echo", "payload": [-0, -0.0, 2.50]}"#, 8).unwrap();
+        let s = Submission::from_value(v).unwrap();
+        assert_eq!(s.payload.to_string(), "[-0,-0.0,2.50]");
     }
 
     #[test]
