@@ -513,7 +513,8 @@ impl Dispatcher {
 
     /// [`Dispatcher::enqueue`] that, with durable storage, hands the message on only once its
     /// record is durable, and refuses it ([`Rejected::Storage`]) when the record cannot be
-    /// written.
+    /// written. A [pure](Processor::pure) processor's message is handed on at once; it is
+    /// answered, and its worker settles it, only once the record is durable.
     async fn enqueue_durably(
         &self,
         msg: Message,
@@ -530,7 +531,7 @@ impl Dispatcher {
                 if self.core.ledger.routes[env.route].begins_early && env.not_before.is_none() =>
             {
                 // A pure processor's message begins now; its worker settles it only once the
-                // record is durable, and withdraws it if the record could not be written. The
+                // record is durable, and takes it back if the record could not be written. The
                 // caller is answered after the record, as on the path below.
                 let (id, kind, env_route) = (env.id, env.kind, env.route);
                 let mut refused = Message::new(kind.as_str(), env.payload.clone());
