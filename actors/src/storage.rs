@@ -155,9 +155,17 @@ impl Record {
         out
     }
 
-    /// Reads a record back.
+    /// Reads a record back, however deep it nests: what was written must read back (a
+    /// payload is nested up to the service's `max_json_depth`, a fetched body up to 127 levels,
+    /// a library message without a limit, and the record adds its own levels), so serde_json's
+    /// 128-level cap is lifted and the stack grows as the record needs (serde_stacker).
     pub fn decode(bytes: &[u8]) -> Result<Record, serde_json::Error> {
-        serde_json::from_slice(bytes)
+        use serde::Deserialize;
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        de.disable_recursion_limit();
+        let record = Record::deserialize(serde_stacker::Deserializer::new(&mut de))?;
+        de.end()?;
+        Ok(record)
     }
 
     /// Which record this is.
@@ -706,6 +714,50 @@ pub(crate) mod tests {
             );
             assert_eq!(Record::decode(&r.encode()).unwrap(), r);
         }
+    }
+
+    #[test]
+    fn records_nested_past_serde_jsons_default_limit_read_back_from_disk() {
+        // A payload or result deeper than serde_json's 128 levels (a library message has no
+        // limit; a fetched body 127 levels, to which the record adds its own).
+        let mut deep =
+            json!({"n": serde_json::Number::from_string_unchecked("1e400".into()), "z": -0});
+        for i in 0..600 {
+            deep = if i % 2 == 0 {
+                json!([deep])
+            } else {
+                json!({"k": deep})
+            };
+        }
+        let id = MessageId::next();
+        let mut a = accepted(id);
+        if let Record::Accepted(a) = &mut a {
+            a.payload = deep.clone();
+        }
+        let finished = Record::Finished {
+            outcome: Arc::new(Outcome {
+                id,
+                kind: Kind::new("fetch").unwrap(),
+                status: crate::Status::Completed,
+                result: Some(deep),
+                error: None,
+                attempts: 1,
+                source: Source::Http,
+                accepted_at_ms: 1_764_000_000_000,
+                timings: crate::envelope::Timings::default(),
+                replay_of: None,
+            }),
+            key: None,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let j = Journal::open(dir.path(), JournalSettings::default()).unwrap();
+            assert!(j.load().unwrap().is_empty());
+            j.append(&a).wait_blocking().unwrap();
+            j.append(&finished).wait_blocking().unwrap();
+        }
+        let j = Journal::open(dir.path(), JournalSettings::default()).unwrap();
+        assert_eq!(j.load().unwrap(), vec![a, finished]);
     }
 
     #[test]
