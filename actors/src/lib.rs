@@ -88,27 +88,17 @@ pub mod fuzzing {
         assert!(crate::source::json_depth(&value) <= 64);
         let read = Submission::from_value(value.clone()).map_err(|e| e.to_string());
         let by_serde = serde_json::from_value::<Submission>(value).map_err(|e| e.to_string());
-        // The one difference allowed: serde's walk turns an integer `-0` into `0`, while
-        // `from_value` keeps the payload exactly as it was sent.
+        // The one difference allowed: serde's walk rewrites some numbers of the payload (an
+        // integer `-0` as `0`, some decimals in exponent form), while `from_value` keeps the
+        // payload exactly as it was sent. So the payload is compared after the same walk.
         let as_serde = read.clone().map(|mut s| {
-            zero_as_serde_reads_it(&mut s.payload);
+            s.payload = serde_json::from_value(s.payload).expect("a value reads as a value");
             s
         });
         assert_eq!(as_serde, by_serde, "the envelope reads as serde reads it");
         if let Ok(s) = read {
             let _ = Kind::is_valid(&s.kind);
             let _ = s.into_message(Source::Http);
-        }
-    }
-
-    /// What serde's `from_value` makes of a payload: every integer `-0` becomes `0`.
-    fn zero_as_serde_reads_it(v: &mut serde_json::Value) {
-        use serde_json::Value;
-        match v {
-            Value::Number(n) if n.to_string() == "-0" => *v = Value::from(0),
-            Value::Array(items) => items.iter_mut().for_each(zero_as_serde_reads_it),
-            Value::Object(map) => map.values_mut().for_each(zero_as_serde_reads_it),
-            _ => {}
         }
     }
 

@@ -77,8 +77,8 @@ impl Submission {
     /// does (the same result, the same errors), but without serde's generic walk for a
     /// well-formed object: the HTTP and TCP sources call it for every message. The payload is
     /// kept exactly as parsed, so its numbers stay as they were sent; serde's walk differs
-    /// there in one case, turning an integer `-0` into `0`. (A value built by hand may differ
-    /// in one more: an object whose first key is serde_json's private number marker, which
+    /// there, rewriting some numbers (an integer `-0` as `0`, some decimals such as
+    /// `-0.000000008` in exponent form). (A value built by hand may differ in one more: an object whose first key is serde_json's private number marker, which
     /// `parse_json` never returns, is a number to serde and an object here.)
     pub fn from_value(v: Value) -> Result<Submission, serde_json::Error> {
         let well_formed = v.as_object().is_some_and(|m| {
@@ -358,11 +358,14 @@ mod tests {
                 "{text}"
             );
         }
-        // The payload is kept as sent, numbers and all; serde's walk alone would make the
-        // integer -0 a 0 (the fuzz target allows that one difference).
-        let v = parse_json(br#"{"kind": "echo", "payload": [-0, -0.0, 2.50]}"#, 8).unwrap();
-        let s = Submission::from_value(v).unwrap();
-        assert_eq!(s.payload.to_string(), "[-0,-0.0,2.50]");
+        // The payload is kept as sent, numbers and all; serde's walk alone would rewrite the
+        // integer -0 and the small decimal (the fuzz target allows that difference).
+        let text = br#"{"kind": "echo", "payload": [-0, -0.0, 2.50, -0.000000008493488147]}"#;
+        let s = Submission::from_value(parse_json(text, 8).unwrap()).unwrap();
+        assert_eq!(
+            s.payload.to_string(),
+            "[-0,-0.0,2.50,-0.000000008493488147]"
+        );
     }
 
     #[test]
