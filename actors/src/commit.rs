@@ -5,8 +5,8 @@
 //! durable.
 //!
 //! Failure: a commit set to an error means the record could not be written; the worker then
-//! withdraws the message (it leaves no trace) instead of settling it. A commit dropped unset
-//! (its setter was lost) reads as [`StorageError::Closed`].
+//! takes the message back (it leaves no trace) instead of settling it. A commit whose setter
+//! cannot start the thread that waits for it is set to [`StorageError::Closed`].
 
 use std::sync::{Arc, Condvar, Mutex};
 

@@ -533,7 +533,8 @@ impl Dispatcher {
                 // A pure processor's message begins now; its worker settles it only once the
                 // record is durable, and takes it back if the record could not be written. The
                 // caller is answered after the record, as on the path below.
-                let (id, kind, env_route) = (env.id, env.kind, env.route);
+                let (id, kind, env_route, ticket) =
+                    (env.id, env.kind, env.route, env.ticket.clone());
                 let mut refused = Message::new(kind.as_str(), env.payload.clone());
                 refused.source = env.source;
                 refused.key = env.key.clone();
@@ -549,6 +550,9 @@ impl Dispatcher {
                 match setter.resolve().await {
                     Ok(()) => Ok((id, kind)),
                     Err(error) => {
+                        // Taken back now (its key and place given back, a cancel or duplicate
+                        // finds nothing); the worker, when it settles, finds it taken.
+                        self.core.ledger.take_back(env_route, &ticket);
                         self.core.ledger.routes[env_route]
                             .stats
                             .rejected(RejectReason::Storage);

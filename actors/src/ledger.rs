@@ -210,7 +210,7 @@ impl Ledger {
     /// leaves no trace (its place, its key and its record in the index are given back).
     pub(crate) fn withdraw(&self, env: Envelope, error: StorageError) -> Rejected {
         self.routes[env.route].stats.rejected(RejectReason::Storage);
-        self.take_back(&env);
+        self.take_back(env.route, &env.ticket);
         let mut msg = Message::new(env.kind.as_str(), env.payload);
         msg.source = env.source;
         msg.key = env.key;
@@ -224,16 +224,17 @@ impl Ledger {
 
     /// [`Ledger::withdraw`] without counting the refusal: for a message that began before its
     /// record was durable, whose caller was refused (and the refusal counted) at admission.
-    pub(crate) fn take_back(&self, env: &Envelope) {
-        let route = &self.routes[env.route];
+    /// Taking back twice is harmless: only the first claims the message.
+    pub(crate) fn take_back(&self, route: usize, ticket: &crate::store::Ticket) {
+        let route = &self.routes[route];
         // Claimed with the index's compare-and-set, so a cancel of the same message (its id
         // known through its idempotency key) cannot end it a second time. Its waiter, if any,
         // belongs to the caller being refused.
         let claimed = self
             .store
-            .finish(&env.ticket, Status::Cancelled, None, None)
+            .finish(ticket, Status::Cancelled, None, None)
             .is_some();
-        self.store.remove(&env.ticket);
+        self.store.remove(ticket);
         if claimed {
             route.stats.accepted.fetch_sub(1, Relaxed);
             route.release();

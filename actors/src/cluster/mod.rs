@@ -564,7 +564,8 @@ impl Cluster {
                 .await
             {
                 Ok(m) => {
-                    if let Ok(Record::Accepted(acc)) = Record::decode(&m.payload) {
+                    if let Ok(Record::Accepted(acc)) = serde_json::from_slice::<Record>(&m.payload)
+                    {
                         return Ok(Some((acc, i, m.sequence)));
                     }
                 }

@@ -106,7 +106,9 @@ enum Claim {
 /// and acknowledge it (or hand it back for a retry).
 async fn handle(inner: &Inner, i: usize, m: jetstream::Message) {
     let route = &inner.routes[i];
-    let acc = match Record::decode(&m.payload) {
+    // Read with serde_json's nesting cap (not `Record::decode`, which lifts it for the journal's
+    // own files): what comes off the network is bounded like any other input.
+    let acc = match serde_json::from_slice::<Record>(&m.payload) {
         Ok(Record::Accepted(a)) => a,
         _ => {
             tracing::warn!(kind = %route.kind, "a message in the work stream is not an accepted message; dropped");

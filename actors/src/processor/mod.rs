@@ -311,12 +311,14 @@ impl Processor {
     /// Declares that the processor has no effect outside its result: no I/O, no writes, no
     /// state that another message could see (a timer, a computation). With durable storage, a
     /// message for it then begins at once rather than after its `Accepted` record is on disk,
-    /// so the fsync overlaps the work. Nothing of it shows before the record is durable: the
-    /// caller's answer, its outcome, its `Finished` record and the counters all wait for it;
-    /// and if the record cannot be written, the message is refused
+    /// so the fsync overlaps the work. Its result shows only once the record is durable: the
+    /// caller's answer, its outcome, its `Started` and `Finished` records and the finished
+    /// counters wait for it (it is counted accepted and running at once, as any message); and
+    /// if the record cannot be written, the message is refused
     /// ([`Rejected::Storage`](crate::Rejected::Storage)) and what it did is dropped, as if it
-    /// had never run. Only async processors begin early; a CPU processor ignores this. Never
-    /// declare it of a processor that sends, writes or fetches anything.
+    /// had never run. Only async processors begin early, and only messages with no delay; a
+    /// CPU processor ignores this. Never declare it of a processor that sends, writes, fetches
+    /// or submits anything (a message through [`Job::submitter`] is an effect).
     pub fn pure(mut self) -> Processor {
         self.pure = true;
         self

@@ -450,7 +450,9 @@ impl Worker {
                 let fut = match catch_unwind(AssertUnwindSafe(|| processor.process(job, payload))) {
                     Ok(fut) => fut,
                     Err(panic) => {
-                        started(&env);
+                        if commit.is_none() {
+                            started(&env);
+                        }
                         let text = panic_message(&*panic);
                         return Some((env, JobResult::Panicked(text)));
                     }
@@ -628,47 +630,58 @@ pub(crate) fn settle(
     mut env: Envelope,
     result: JobResult,
 ) -> Option<RestartDecision> {
-    let ledger = &station.ledger;
-    if let Some(commit) = env.commit.take() {
-        match commit.get() {
-            Some(Ok(())) => {}
+    // Counted first, before the outcome is published, so whoever sees the failure also sees
+    // the restart (and a degraded route); and whatever becomes of the message, a panicked
+    // processor is restarted.
+    let restart = matches!(result, JobResult::Panicked(_)).then(|| {
+        station
+            .route()
+            .record_restart(station.epoch, &station.restart)
+    });
+    match env.commit.take() {
+        None => settle_committed(station, env, result),
+        Some(commit) => match commit.get() {
+            Some(Ok(())) => settle_committed(station, env, result),
             // Its record was never written: the message was refused, so it leaves no trace.
             Some(Err(error)) => {
-                tracing::debug!(id = %env.id, kind = %env.kind, %error, "taken back after it ran: its record could not be written");
-                ledger.take_back(&env);
-                return None;
+                tracing::debug!(id = %env.id, kind = %env.kind, %error, "taken back: its record could not be written");
+                station.ledger.take_back(env.route, &env.ticket);
             }
-            // Settled on a path that did not wait for the commit (its thread stopped): wait
-            // on a thread of its own, never this one (the commit may be set on it).
+            // Settled on a path that did not wait for the commit (a processor that panicked
+            // building its future, a thread that stopped): wait on a thread of its own, never
+            // this one (the commit may be set on it).
             None => {
                 let station = station.clone();
-                env.commit = Some(commit.clone());
                 let spawned = std::thread::Builder::new()
                     .name("mailroom-settle".into())
-                    .spawn(move || {
-                        let _ = commit.wait_blocking();
-                        let _ = settle(&station, env, result);
+                    .spawn(move || match commit.wait_blocking() {
+                        Ok(()) => settle_committed(&station, env, result),
+                        Err(_) => station.ledger.take_back(env.route, &env.ticket),
                     });
                 if let Err(e) = spawned {
                     tracing::error!(error = %e, "cannot start a thread to settle an attempt");
                 }
-                return None;
             }
-        }
+        },
     }
+    restart
+}
+
+/// [`settle`] once the message's record is known to be durable.
+fn settle_committed(station: &Arc<Station>, mut env: Envelope, result: JobResult) {
+    let ledger = &station.ledger;
     let route = station.route();
-    let (error, final_status, panicked) = match result {
+    let (error, final_status) = match result {
         JobResult::Done(Ok(value)) => {
             ledger.finish(env.route, &env.ticket, Status::Completed, Some(value), None);
-            return None;
+            return;
         }
         JobResult::Done(Err(ProcessError { class, message })) => {
-            (ErrorInfo::new(class, message), Status::Failed, false)
+            (ErrorInfo::new(class, message), Status::Failed)
         }
         JobResult::Panicked(text) => (
             ErrorInfo::new(ErrorClass::Panic, format!("processor panicked: {text}")),
             Status::Failed,
-            true,
         ),
         JobResult::TimedOut(t) => (
             ErrorInfo::new(
@@ -676,7 +689,6 @@ pub(crate) fn settle(
                 format!("timed out after {} ms", t.as_millis()),
             ),
             Status::TimedOut,
-            false,
         ),
         JobResult::Lost(why) => (
             ErrorInfo::new(
@@ -684,7 +696,6 @@ pub(crate) fn settle(
                 format!("the CPU pool is unavailable: {why}"),
             ),
             Status::Failed,
-            false,
         ),
         JobResult::Abandoned => (
             ErrorInfo::new(
@@ -692,13 +703,9 @@ pub(crate) fn settle(
                 "the thread running it stopped before it finished",
             ),
             Status::Failed,
-            false,
         ),
     };
     tracing::debug!(id = %env.id, kind = %env.kind, attempt = env.attempt, class = error.class.as_str(), error = %error.message, "attempt failed");
-    // Counted before the outcome is published, so whoever sees the failure also sees the
-    // restart (and a degraded route).
-    let restart = panicked.then(|| route.record_restart(station.epoch, &station.restart));
     if route.retries > 0 {
         env.history.push(error.clone());
         if env.attempt <= route.retries {
@@ -709,7 +716,6 @@ pub(crate) fn settle(
     } else {
         ledger.finish(env.route, &env.ticket, final_status, None, Some(error));
     }
-    restart
 }
 
 fn caught(r: Result<ProcessResult, Box<dyn std::any::Any + Send>>) -> JobResult {
