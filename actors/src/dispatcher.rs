@@ -533,13 +533,9 @@ impl Dispatcher {
                 // A pure processor's message begins now; its worker settles it only once the
                 // record is durable, and takes it back if the record could not be written. The
                 // caller is answered after the record, as on the path below.
-                let (id, kind, env_route, ticket) =
-                    (env.id, env.kind, env.route, env.ticket.clone());
-                let mut refused = Message::new(kind.as_str(), env.payload.clone());
-                refused.source = env.source;
-                refused.key = env.key.clone();
-                refused.timeout = env.timeout;
-                refused.replay_of = env.replay_of;
+                let (id, kind, route, ticket) = (env.id, env.kind, env.route, env.ticket.clone());
+                // Kept to hand back if the record fails: the envelope goes to the worker.
+                let refused = env.message();
                 let commit = Commit::new();
                 env.commit = Some(commit.clone());
                 let setter = Setter {
@@ -549,18 +545,9 @@ impl Dispatcher {
                 self.core.hand_off(env);
                 match setter.resolve().await {
                     Ok(()) => Ok((id, kind)),
-                    Err(error) => {
-                        // Taken back now (its key and place given back, a cancel or duplicate
-                        // finds nothing); the worker, when it settles, finds it taken.
-                        self.core.ledger.take_back(env_route, &ticket);
-                        self.core.ledger.routes[env_route]
-                            .stats
-                            .rejected(RejectReason::Storage);
-                        Err(Rejected::Storage {
-                            message: Box::new(refused),
-                            error,
-                        })
-                    }
+                    // Taken back now (a cancel or a duplicate key finds nothing); the worker,
+                    // when it settles, finds it taken.
+                    Err(error) => Err(self.core.ledger.refuse(route, &ticket, refused, error)),
                 }
             }
             Admitted::New(env, Some(receipt)) => {

@@ -324,6 +324,18 @@ pub struct Envelope {
     pub(crate) commit: Option<std::sync::Arc<crate::commit::Commit>>,
 }
 
+impl Envelope {
+    /// The message as its submitter sent it, to hand back with a refusal.
+    pub(crate) fn message(&self) -> Message {
+        let mut msg = Message::new(self.kind.as_str(), self.payload.clone());
+        msg.source = self.source;
+        msg.key = self.key.clone();
+        msg.timeout = self.timeout;
+        msg.replay_of = self.replay_of;
+        msg
+    }
+}
+
 /// Where a message is in its lifecycle:
 /// `queued → (delayed) → running → completed | failed | timed_out | cancelled | dead`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -209,22 +209,29 @@ impl Ledger {
     /// Takes back a message whose record could not be stored: it was never acknowledged, so it
     /// leaves no trace (its place, its key and its record in the index are given back).
     pub(crate) fn withdraw(&self, env: Envelope, error: StorageError) -> Rejected {
-        self.routes[env.route].stats.rejected(RejectReason::Storage);
-        self.take_back(env.route, &env.ticket);
-        let mut msg = Message::new(env.kind.as_str(), env.payload);
-        msg.source = env.source;
-        msg.key = env.key;
-        msg.timeout = env.timeout;
-        msg.replay_of = env.replay_of;
+        self.refuse(env.route, &env.ticket, env.message(), error)
+    }
+
+    /// Refuses a message whose record could not be stored: counts the refusal, takes the
+    /// message back ([`Ledger::take_back`]) and hands `message` back to the caller.
+    pub(crate) fn refuse(
+        &self,
+        route: usize,
+        ticket: &crate::store::Ticket,
+        message: Message,
+        error: StorageError,
+    ) -> Rejected {
+        self.routes[route].stats.rejected(RejectReason::Storage);
+        self.take_back(route, ticket);
         Rejected::Storage {
-            message: Box::new(msg),
+            message: Box::new(message),
             error,
         }
     }
 
-    /// [`Ledger::withdraw`] without counting the refusal: for a message that began before its
-    /// record was durable, whose caller was refused (and the refusal counted) at admission.
-    /// Taking back twice is harmless: only the first claims the message.
+    /// Gives back a refused message's place, key and entry in the index, leaving no trace; for a
+    /// message that began before its record was durable, its worker calls it again when it
+    /// settles. Taking back twice is harmless: only the first claims the message.
     pub(crate) fn take_back(&self, route: usize, ticket: &crate::store::Ticket) {
         let route = &self.routes[route];
         // Claimed with the index's compare-and-set, so a cancel of the same message (its id
