@@ -82,7 +82,8 @@ pub fn render_cluster(c: &ClusterStats) -> String {
         "mailroom_cluster_running{{node=\"{}\"}} {}",
         c.node, c.running_here
     );
-    type Of = fn(&mailroom_actors::cluster::ClusterRouteStats) -> u64;
+    // A figure NATS did not give (unreachable, or no answer within 2 s) has no sample.
+    type Of = fn(&mailroom_actors::cluster::ClusterRouteStats) -> Option<u64>;
     let gauges: [(&str, &str, Of); 3] = [
         (
             "mailroom_cluster_pending",
@@ -103,7 +104,9 @@ pub fn render_cluster(c: &ClusterStats) -> String {
     for (name, help, value) in gauges {
         header(&mut out, name, "gauge", help);
         for r in &c.routes {
-            let _ = writeln!(out, "{name}{{kind=\"{}\"}} {}", r.kind, value(r));
+            if let Some(v) = value(r) {
+                let _ = writeln!(out, "{name}{{kind=\"{}\"}} {v}", r.kind);
+            }
         }
     }
     header(

@@ -479,7 +479,9 @@ pub async fn overview(
                 .routes
                 .iter()
                 .find(|cr| cr.kind.as_str() == r.kind)
-                .map_or(0, |cr| cr.pending);
+                .and_then(|cr| cr.pending)
+                // Unknown while NATS does not answer: the health pill says so.
+                .unwrap_or(0);
             totals.queued += r.queued;
         }
     }

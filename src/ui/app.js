@@ -327,13 +327,16 @@ function renderStorage(o) {
   }
   if (o.cluster) {
     const c = o.cluster;
-    const sum = (f) => c.routes.reduce((n, r) => n + f(r), 0);
+    // A figure NATS did not give is null: the total is unknown then, not short.
+    const sum = (f) => (c.routes.some((r) => f(r) === null)
+      ? 'unknown (NATS did not answer)'
+      : num.format(c.routes.reduce((n, r) => n + f(r), 0)));
     facts.push(
       ['Cluster', `${c.name} (queued counts are the cluster's; the rest this node's)`],
       ['NATS', c.connected ? 'connected' : 'unreachable: new messages get 503 until it is back'],
       ['Running here', num.format(c.running_here)],
-      ['Delivered, not acked', num.format(sum((r) => r.ack_pending))],
-      ['Redelivered', num.format(sum((r) => r.redelivered))],
+      ['Delivered, not acked', sum((r) => r.ack_pending)],
+      ['Redelivered', sum((r) => r.redelivered)],
     );
   }
   facts.push(['Outcomes held', num.format(o.stored)]);

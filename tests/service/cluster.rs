@@ -227,6 +227,20 @@ fn request(addr: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, 
     )
 }
 
+/// The node's `/metrics` text (asserting a 200).
+fn metrics_text(addr: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut t = String::new();
+    s.read_to_string(&mut t).unwrap();
+    assert!(t.starts_with("HTTP/1.1 200"), "{t}");
+    t
+}
+
 fn submit(n: &Node, body: Value) -> String {
     let (code, _, v) = request(&n.addr, "POST", "/v1/messages", Some(&body));
     assert_eq!(code, 202, "{} refused {body}: {v}", n.name);
@@ -435,19 +449,7 @@ fn three_nodes_share_a_mixed_load_and_a_killed_node_loses_nothing() {
         });
         assert_eq!(counted, sent_here, "{}", n.name);
     }
-    let metrics = {
-        let (code, _, _) = request(&b.addr, "GET", "/metrics", None);
-        assert_eq!(code, 200);
-        let mut s = TcpStream::connect(&b.addr).unwrap();
-        write!(
-            s,
-            "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut t = String::new();
-        s.read_to_string(&mut t).unwrap();
-        t
-    };
+    let metrics = metrics_text(&b.addr);
     assert!(
         metrics.contains("mailroom_cluster_connected{node=\"node-b\"} 1"),
         "{metrics}"
@@ -657,6 +659,57 @@ fn a_nats_outage_answers_503_then_service_resumes_with_nothing_accepted_lost() {
     });
     let (code, _, _) = request(&a.addr, "GET", "/readyz", None);
     assert_eq!(code, 503, "not ready without NATS");
+    // Without NATS the node still lists every route, with the cluster's figures unknown
+    // (null, and no gauge sample) and its own counts kept.
+    let mut seen = Value::Null;
+    wait_until(
+        "the cluster's figures shown as unknown",
+        Duration::from_secs(20),
+        || {
+            seen = get(&a, "/v1/routes");
+            seen["cluster"]["routes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|r| r["pending"].is_null())
+        },
+    );
+    let kinds = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["kind"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        kinds(&seen["cluster"]["routes"]),
+        kinds(&seen["routes"]),
+        "{seen}"
+    );
+    for r in seen["cluster"]["routes"].as_array().unwrap() {
+        assert!(
+            r["ack_pending"].is_null() && r["redelivered"].is_null(),
+            "{r}"
+        );
+    }
+    let counted: u64 = seen["cluster"]["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["accepted_here"].as_u64().unwrap())
+        .sum();
+    assert!(counted > 0, "node A's own counts are kept: {seen}");
+    let text = metrics_text(&a.addr);
+    assert!(
+        text.contains("mailroom_cluster_accepted_total{kind=\"echo\",node=\"node-a\"}"),
+        "{text}"
+    );
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("mailroom_cluster_pending{")),
+        "no pending sample without NATS: {text}"
+    );
     {
         let refused = refused.lock().unwrap();
         let (head, v) = &refused[0];

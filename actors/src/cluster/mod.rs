@@ -205,7 +205,8 @@ struct ClusterRoute {
     finished: [AtomicU64; Status::ALL.len()],
 }
 
-/// The JetStream figures of one route, over the whole cluster.
+/// The figures of one route: the cluster's, from JetStream (`None` when NATS did not answer
+/// within 2 s, or cannot be reached), and this node's own.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ClusterRouteStats {
@@ -213,11 +214,11 @@ pub struct ClusterRouteStats {
     #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub kind: Kind,
     /// Messages in the stream not yet delivered (queued cluster-wide).
-    pub pending: u64,
+    pub pending: Option<u64>,
     /// Messages delivered and not yet acknowledged: running, delayed, or waiting for a retry.
-    pub ack_pending: u64,
+    pub ack_pending: Option<u64>,
     /// Messages delivered more than once (retries, delays, and redeliveries after a node died).
-    pub redelivered: u64,
+    pub redelivered: Option<u64>,
     /// Messages this node accepted.
     pub accepted_here: u64,
     /// Terminal states this node wrote, by status.
@@ -238,7 +239,7 @@ pub struct ClusterStats {
     pub running_here: u64,
     /// Dead letters held by the cluster.
     pub dead_letters: u64,
-    /// Per route; empty while NATS cannot be reached.
+    /// Every route, whether or not NATS answered.
     pub routes: Vec<ClusterRouteStats>,
 }
 
@@ -816,37 +817,42 @@ impl Cluster {
 
     async fn read_stats(&self) -> ClusterStats {
         let inner = &self.0;
-        let mut routes = Vec::new();
-        if self.is_connected() {
-            // Every route's consumer asked at once, 2 s for them all.
-            let asks = inner.routes.iter().map(|r| async move {
+        let connected = self.is_connected();
+        // Every route's consumer asked at once, each within 2 s; one that does not answer
+        // leaves its route's cluster figures unknown, not the route out.
+        let asks = inner.routes.iter().map(|r| async move {
+            if !connected {
+                return None;
+            }
+            let ask = async {
                 let mut c: consumer::PullConsumer =
                     r.handle.get_consumer(&r.consumer).await.ok()?;
                 c.info().await.ok().cloned()
-            });
-            let infos = actix_rt::time::timeout(
-                Duration::from_secs(2),
-                futures_util::future::join_all(asks),
-            )
-            .await
-            .unwrap_or_default();
-            for (r, info) in inner.routes.iter().zip(infos) {
-                let Some(info) = info else { continue };
-                routes.push(ClusterRouteStats {
-                    kind: r.kind,
-                    pending: info.num_pending,
-                    ack_pending: info.num_ack_pending as u64,
-                    redelivered: info.num_redelivered as u64,
-                    accepted_here: r.accepted.load(Relaxed),
-                    finished_here: Status::ALL
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, s)| s.is_terminal())
-                        .map(|(i, s)| (s.as_str().to_owned(), r.finished[i].load(Relaxed)))
-                        .collect(),
-                });
-            }
-        }
+            };
+            actix_rt::time::timeout(Duration::from_secs(2), ask)
+                .await
+                .ok()
+                .flatten()
+        });
+        let infos = futures_util::future::join_all(asks).await;
+        let routes = inner
+            .routes
+            .iter()
+            .zip(infos)
+            .map(|(r, info)| ClusterRouteStats {
+                kind: r.kind,
+                pending: info.as_ref().map(|i| i.num_pending),
+                ack_pending: info.as_ref().map(|i| i.num_ack_pending as u64),
+                redelivered: info.as_ref().map(|i| i.num_redelivered as u64),
+                accepted_here: r.accepted.load(Relaxed),
+                finished_here: Status::ALL
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| s.is_terminal())
+                    .map(|(i, s)| (s.as_str().to_owned(), r.finished[i].load(Relaxed)))
+                    .collect(),
+            })
+            .collect();
         let dead_letters = match self.is_connected() {
             true => actix_rt::time::timeout(Duration::from_secs(2), inner.dead.status())
                 .await
