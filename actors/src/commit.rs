@@ -69,6 +69,24 @@ impl Commit {
     }
 }
 
+/// Runs `then` with the commit's result: at once if it is known, else once it is, on a thread of
+/// its own (never on this one, which may be the one that sets it). If that thread cannot be
+/// started, `then` is dropped unrun, and the error logged.
+pub(crate) fn then(
+    commit: Arc<Commit>,
+    then: impl FnOnce(Result<(), StorageError>) + Send + 'static,
+) {
+    if let Some(result) = commit.get() {
+        return then(result);
+    }
+    let spawned = std::thread::Builder::new()
+        .name("mailroom-settle".into())
+        .spawn(move || then(commit.wait_blocking()));
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start a thread to wait for a message's commit");
+    }
+}
+
 /// Sets a commit from a receipt it owns: by [`Setter::resolve`], or, if dropped first (the
 /// caller's future went away while it waited), on a thread of its own. So a commit is always set.
 pub(crate) struct Setter {

@@ -159,15 +159,36 @@ impl Ledger {
     }
 
     /// Fails messages whose router or worker has stopped for good (which only a bug outside
-    /// the processors' panic guard can cause), so they end now rather than at shutdown.
-    pub(crate) fn undeliverable(&self, envs: Vec<Envelope>, what: &str) {
-        for env in envs {
+    /// the processors' panic guard can cause), so they end now rather than at shutdown. One
+    /// that began before its record was durable ends once the record is (or, refused, leaves
+    /// no trace), as its worker would have settled it.
+    pub(crate) fn undeliverable(self: &Arc<Self>, envs: Vec<Envelope>, what: &'static str) {
+        for mut env in envs {
             tracing::error!(id = %env.id, kind = %env.kind, "the route's {what} has stopped: failing the message");
             let error = ErrorInfo::new(
                 ErrorClass::Error,
                 format!("the route's {what} has stopped; the message could not be delivered"),
             );
-            self.finish(env.route, &env.ticket, Status::Failed, None, Some(error));
+            match env.commit.take() {
+                None => {
+                    self.finish(env.route, &env.ticket, Status::Failed, None, Some(error));
+                }
+                Some(commit) => {
+                    let ledger = self.clone();
+                    crate::commit::then(commit, move |committed| match committed {
+                        Ok(()) => {
+                            ledger.finish(
+                                env.route,
+                                &env.ticket,
+                                Status::Failed,
+                                None,
+                                Some(error),
+                            );
+                        }
+                        Err(_) => ledger.take_back(env.route, &env.ticket),
+                    });
+                }
+            }
         }
     }
 

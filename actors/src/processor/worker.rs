@@ -640,29 +640,16 @@ pub(crate) fn settle(
     });
     match env.commit.take() {
         None => settle_committed(station, env, result),
-        Some(commit) => match commit.get() {
-            Some(Ok(())) => settle_committed(station, env, result),
-            // Its record was never written: the message was refused, so it leaves no trace.
-            Some(Err(error)) => {
-                tracing::debug!(id = %env.id, kind = %env.kind, %error, "taken back: its record could not be written");
-                station.ledger.take_back(env.route, &env.ticket);
-            }
-            // Settled on a path that did not wait for the commit (a processor that panicked
-            // building its future, a thread that stopped): wait on a thread of its own, never
-            // this one (the commit may be set on it).
-            None => {
-                let station = station.clone();
-                let spawned = std::thread::Builder::new()
-                    .name("mailroom-settle".into())
-                    .spawn(move || match commit.wait_blocking() {
-                        Ok(()) => settle_committed(&station, env, result),
-                        Err(_) => station.ledger.take_back(env.route, &env.ticket),
-                    });
-                if let Err(e) = spawned {
-                    tracing::error!(error = %e, "cannot start a thread to settle an attempt");
-                }
-            }
-        },
+        // Settled once the record is known durable (at once on the usual path, which waited
+        // for it; a processor that panicked building its future or a thread that stopped did
+        // not). A record that was never written means the message was refused: no trace.
+        Some(commit) => {
+            let station = station.clone();
+            crate::commit::then(commit, move |committed| match committed {
+                Ok(()) => settle_committed(&station, env, result),
+                Err(_) => station.ledger.take_back(env.route, &env.ticket),
+            });
+        }
     }
     restart
 }
