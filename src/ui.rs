@@ -309,7 +309,9 @@ pub struct StorageHealth {
     pub path: Option<String>,
     /// The journal's fsync mode.
     pub fsync: Option<String>,
-    /// `ok`, or `failing` when a write or fsync failed within the last minute.
+    /// `ok`, or `failing`: with the journal, when a write or fsync failed within the last
+    /// minute; on a cluster node, while NATS is unreachable or did not give a figure within 2 s
+    /// (the cluster's queued counts and dead letters then read 0).
     pub health: String,
     /// Records written.
     pub records: u64,
@@ -472,7 +474,8 @@ pub async fn overview(
     let st = &snap.storage;
     let mut dead_letters = snap.dead_letters;
     if let Some(c) = &cluster {
-        dead_letters = c.dead_letters;
+        // Unknown while NATS does not answer: the health pill says so (below).
+        dead_letters = c.dead_letters.unwrap_or(0);
         totals.queued = 0;
         for r in &mut live {
             r.queued = c
@@ -480,13 +483,15 @@ pub async fn overview(
                 .iter()
                 .find(|cr| cr.kind.as_str() == r.kind)
                 .and_then(|cr| cr.pending)
-                // Unknown while NATS does not answer: the health pill says so.
                 .unwrap_or(0);
             totals.queued += r.queued;
         }
     }
     let failing = match &cluster {
-        Some(c) => !c.connected,
+        // Unreachable, or a figure it did not give within 2 s.
+        Some(c) => {
+            !c.connected || c.dead_letters.is_none() || c.routes.iter().any(|r| r.pending.is_none())
+        }
         None => pct_base.is_some_and(|b| st.failures > b.storage_failures),
     };
     let storage = StorageHealth {

@@ -1,25 +1,44 @@
 //! The commit of a message that began before its `Accepted` record was on disk (a pure
 //! processor's, see [`Processor::pure`](crate::Processor::pure)): set once, by whoever waits for
-//! the record's receipt, and read by the worker before it settles the attempt. Nothing of such a
+//! the record's receipt, and read by whoever ends the attempt before it does. Nothing of such a
 //! message is shown (its outcome written, counted or told) until the commit says the record is
 //! durable.
 //!
-//! Failure: a commit set to an error means the record could not be written; the worker then
-//! takes the message back (it leaves no trace) instead of settling it. A commit whose setter
-//! cannot start the thread that waits for it is set to [`StorageError::Closed`].
+//! Failure: a commit set to an error means the record could not be written; whoever ends the
+//! attempt (its worker, or [`Ledger::undeliverable`](crate::ledger::Ledger::undeliverable) when
+//! the route stopped) then takes the message back (it leaves no trace) instead of settling it.
+//! A commit whose setter cannot start the thread that waits for its receipt is set to
+//! [`StorageError::Closed`].
 
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
 use crate::storage::StorageError;
 
+/// A step to run with a commit's result.
+type Step = Box<dyn FnOnce(Result<(), StorageError>) + Send>;
+
 /// Whether a message's `Accepted` record reached the disk: unknown until [`Commit::set`].
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct Commit {
-    state: Mutex<Option<Result<(), StorageError>>>,
-    set: Condvar,
+    state: Mutex<State>,
     notify: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    result: Option<Result<(), StorageError>>,
+    /// Steps waiting for the result ([`Commit::then`]).
+    steps: Vec<Step>,
+}
+
+impl std::fmt::Debug for Commit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Commit")
+            .field("result", &self.lock().result)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Commit {
@@ -28,20 +47,31 @@ impl Commit {
         Arc::new(Commit::default())
     }
 
-    /// Records the receipt's result and wakes whoever waits; only the first call counts.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Steps run outside the lock, so it is never poisoned by one; nothing else panics.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records the receipt's result, wakes whoever waits and runs the steps waiting for it, on
+    /// this thread; only the first call counts.
     pub(crate) fn set(&self, result: Result<(), StorageError>) {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if state.is_none() {
-            *state = Some(result);
-        }
-        drop(state);
-        self.set.notify_all();
+        let steps = {
+            let mut state = self.lock();
+            if state.result.is_some() {
+                return;
+            }
+            state.result = Some(result.clone());
+            std::mem::take(&mut state.steps)
+        };
         self.notify.notify_waiters();
+        for step in steps {
+            step(result.clone());
+        }
     }
 
     /// The result, if it is known.
     pub(crate) fn get(&self) -> Option<Result<(), StorageError>> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.lock().result.clone()
     }
 
     /// Waits (async) until the result is known.
@@ -57,33 +87,17 @@ impl Commit {
         }
     }
 
-    /// Waits (blocking the thread) until the result is known, and returns it.
-    pub(crate) fn wait_blocking(&self) -> Result<(), StorageError> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
-            if let Some(r) = state.as_ref() {
-                return r.clone();
+    /// Runs `step` with the result: now, on this thread, if it is known; else on the thread that
+    /// sets it, when it does. Nothing waits, so no thread is held or started for it.
+    pub(crate) fn then(&self, step: impl FnOnce(Result<(), StorageError>) + Send + 'static) {
+        let mut state = self.lock();
+        match state.result.clone() {
+            Some(result) => {
+                drop(state);
+                step(result);
             }
-            state = self.set.wait(state).unwrap_or_else(|p| p.into_inner());
+            None => state.steps.push(Box::new(step)),
         }
-    }
-}
-
-/// Runs `then` with the commit's result: at once if it is known, else once it is, on a thread of
-/// its own (never on this one, which may be the one that sets it). If that thread cannot be
-/// started, `then` is dropped unrun, and the error logged.
-pub(crate) fn then(
-    commit: Arc<Commit>,
-    then: impl FnOnce(Result<(), StorageError>) + Send + 'static,
-) {
-    if let Some(result) = commit.get() {
-        return then(result);
-    }
-    let spawned = std::thread::Builder::new()
-        .name("mailroom-settle".into())
-        .spawn(move || then(commit.wait_blocking()));
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "cannot start a thread to wait for a message's commit");
     }
 }
 
@@ -128,13 +142,9 @@ mod tests {
     use super::*;
 
     #[actix_rt::test]
-    async fn a_commit_wakes_async_and_blocking_waiters_once_set_and_keeps_its_first_result() {
+    async fn a_commit_wakes_its_waiters_once_set_and_keeps_its_first_result() {
         let commit = Commit::new();
         assert!(commit.get().is_none());
-        let blocking = {
-            let c = commit.clone();
-            std::thread::spawn(move || c.wait_blocking())
-        };
         let waiting = {
             let c = commit.clone();
             actix_rt::spawn(async move { c.settled().await })
@@ -142,10 +152,40 @@ mod tests {
         commit.set(Err(StorageError::Closed));
         commit.set(Ok(()));
         waiting.await.unwrap();
-        assert!(matches!(
-            blocking.join().unwrap(),
-            Err(StorageError::Closed)
-        ));
         assert!(matches!(commit.get(), Some(Err(StorageError::Closed))));
+    }
+
+    #[test]
+    fn a_step_runs_once_with_the_first_result_whether_it_came_before_or_after() {
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        let commit = Commit::new();
+        let ran = Arc::new(Mutex::new(Vec::new()));
+        let before = ran.clone();
+        commit.then(move |r| before.lock().unwrap().push(("before", r.is_ok())));
+        assert!(
+            ran.lock().unwrap().is_empty(),
+            "nothing runs before the result"
+        );
+        // Set from another thread: the step runs there.
+        let c = commit.clone();
+        std::thread::spawn(move || c.set(Ok(()))).join().unwrap();
+        commit.set(Err(StorageError::Closed)); // too late: runs nothing
+        let after = ran.clone();
+        commit.then(move |r| after.lock().unwrap().push(("after", r.is_ok())));
+        assert_eq!(*ran.lock().unwrap(), [("before", true), ("after", true)]);
+        // A step may add another (it runs outside the lock).
+        let count = Arc::new(AtomicUsize::new(0));
+        let failed = Commit::new();
+        let (f, n) = (failed.clone(), count.clone());
+        failed.then(move |r| {
+            assert!(r.is_err());
+            let n2 = n.clone();
+            f.then(move |_| {
+                n2.fetch_add(1, SeqCst);
+            });
+            n.fetch_add(1, SeqCst);
+        });
+        failed.set(Err(StorageError::Closed));
+        assert_eq!(count.load(SeqCst), 2);
     }
 }

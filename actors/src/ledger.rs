@@ -164,30 +164,27 @@ impl Ledger {
     /// no trace), as its worker would have settled it.
     pub(crate) fn undeliverable(self: &Arc<Self>, envs: Vec<Envelope>, what: &'static str) {
         for mut env in envs {
-            tracing::error!(id = %env.id, kind = %env.kind, "the route's {what} has stopped: failing the message");
-            let error = ErrorInfo::new(
-                ErrorClass::Error,
-                format!("the route's {what} has stopped; the message could not be delivered"),
-            );
-            match env.commit.take() {
-                None => {
-                    self.finish(env.route, &env.ticket, Status::Failed, None, Some(error));
+            let commit = env.commit.take();
+            let ledger = self.clone();
+            let end = move |committed: Result<(), StorageError>| match committed {
+                Ok(()) => {
+                    tracing::error!(id = %env.id, kind = %env.kind, "the route's {what} has stopped: failing the message");
+                    let error = ErrorInfo::new(
+                        ErrorClass::Error,
+                        format!(
+                            "the route's {what} has stopped; the message could not be delivered"
+                        ),
+                    );
+                    ledger.finish(env.route, &env.ticket, Status::Failed, None, Some(error));
                 }
-                Some(commit) => {
-                    let ledger = self.clone();
-                    crate::commit::then(commit, move |committed| match committed {
-                        Ok(()) => {
-                            ledger.finish(
-                                env.route,
-                                &env.ticket,
-                                Status::Failed,
-                                None,
-                                Some(error),
-                            );
-                        }
-                        Err(_) => ledger.take_back(env.route, &env.ticket),
-                    });
+                Err(error) => {
+                    tracing::debug!(id = %env.id, kind = %env.kind, %error, "taken back: its record could not be written");
+                    ledger.take_back(env.route, &env.ticket);
                 }
+            };
+            match commit {
+                None => end(Ok(())),
+                Some(commit) => commit.then(end),
             }
         }
     }
@@ -251,8 +248,8 @@ impl Ledger {
     }
 
     /// Gives back a refused message's place, key and entry in the index, leaving no trace; for a
-    /// message that began before its record was durable, its worker calls it again when it
-    /// settles. Taking back twice is harmless: only the first claims the message.
+    /// message that began before its record was durable, whoever ends the attempt (its worker,
+    /// or [`Ledger::undeliverable`]) calls it again. Taking back twice is harmless: only the first claims the message.
     pub(crate) fn take_back(&self, route: usize, ticket: &crate::store::Ticket) {
         let route = &self.routes[route];
         // Claimed with the index's compare-and-set, so a cancel of the same message (its id

@@ -300,7 +300,7 @@ function renderStorage(o) {
     pill.title = 'storage.kind = "memory": accepted work does not survive a restart';
   } else if (s.kind === 'cluster') {
     pill.className = s.health === 'ok' ? 'pill good' : 'pill bad';
-    pill.textContent = s.health === 'ok' ? 'cluster ok' : 'NATS unreachable';
+    pill.textContent = s.health === 'ok' ? 'cluster ok' : 'NATS not answering';
     pill.title = `cluster node; NATS at ${s.path}`;
   } else {
     pill.className = s.health === 'ok' ? 'pill good' : 'pill bad';

@@ -237,8 +237,9 @@ pub struct ClusterStats {
     pub connected: bool,
     /// Messages running on this node now.
     pub running_here: u64,
-    /// Dead letters held by the cluster.
-    pub dead_letters: u64,
+    /// Dead letters held by the cluster (`None` when NATS did not answer within 2 s, or cannot
+    /// be reached).
+    pub dead_letters: Option<u64>,
     /// Every route, whether or not NATS answered.
     pub routes: Vec<ClusterRouteStats>,
 }
@@ -853,13 +854,13 @@ impl Cluster {
                     .collect(),
             })
             .collect();
-        let dead_letters = match self.is_connected() {
+        let dead_letters = match connected {
             true => actix_rt::time::timeout(Duration::from_secs(2), inner.dead.status())
                 .await
                 .ok()
                 .and_then(Result::ok)
-                .map_or(0, |s| s.values()),
-            false => 0,
+                .map(|s| s.values()),
+            false => None,
         };
         ClusterStats {
             node: inner.settings.node.clone(),

@@ -642,12 +642,16 @@ pub(crate) fn settle(
         None => settle_committed(station, env, result),
         // Settled once the record is known durable (at once on the usual path, which waited
         // for it; a processor that panicked building its future or a thread that stopped did
-        // not). A record that was never written means the message was refused: no trace.
+        // not, and it settles when the commit is set). A record that was never written means
+        // the message was refused: it leaves no trace.
         Some(commit) => {
             let station = station.clone();
-            crate::commit::then(commit, move |committed| match committed {
+            commit.then(move |committed| match committed {
                 Ok(()) => settle_committed(&station, env, result),
-                Err(_) => station.ledger.take_back(env.route, &env.ticket),
+                Err(error) => {
+                    tracing::debug!(id = %env.id, kind = %env.kind, %error, "taken back: its record could not be written");
+                    station.ledger.take_back(env.route, &env.ticket);
+                }
             });
         }
     }
