@@ -1235,7 +1235,7 @@ impl DispatcherBuilder {
                 backoff: rs.backoff,
                 validate: p.validate.clone(),
                 schema: p.schema.clone(),
-                begins_early: p.pure && p.pool() == Pool::Io,
+                begins_early: p.pure,
                 stats: RouteStats::default(),
                 degraded_until: AtomicU64::new(0),
                 restarts: Default::default(),

@@ -31,7 +31,7 @@ pub(crate) struct Route {
     pub backoff: Duration,
     pub validate: Option<Validator>,
     pub schema: Option<serde_json::Value>,
-    /// An async route whose processor is pure: with durable storage, its messages begin before
+    /// A route whose processor is pure: with durable storage, its messages begin before
     /// their `Accepted` record is on disk (see `commit`).
     pub begins_early: bool,
     pub stats: RouteStats,

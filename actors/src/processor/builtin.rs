@@ -105,7 +105,8 @@ pub fn count_primes(limit: u64, job: Option<&Job>) -> Result<u64, ProcessError> 
     Ok(count)
 }
 
-/// `primes {"limit": n}` → `{"count": c}` (CPU).
+/// `primes {"limit": n}` → `{"count": c}` (CPU). Pure: with a journal it begins while its
+/// record is on its way to disk.
 pub fn primes() -> Processor {
     Processor::cpu_fn("primes", |job, payload| {
         let args: PrimesArgs = parse(&payload).map_err(ProcessError::new)?;
@@ -119,6 +120,7 @@ pub fn primes() -> Processor {
         json!({"limit": int(0, MAX_PRIMES_LIMIT)}),
         &["limit"],
     ))
+    .pure()
 }
 
 #[derive(Deserialize)]
@@ -145,7 +147,7 @@ pub fn hash_rounds(data: &str, rounds: u64, job: Option<&Job>) -> Result<String,
     Ok(digest.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// `hash {"data": s, "rounds": r}` → `{"sha256": hex}` (CPU).
+/// `hash {"data": s, "rounds": r}` → `{"sha256": hex}` (CPU). Pure, as `primes`.
 pub fn hash() -> Processor {
     Processor::cpu_fn("hash", |job, payload| {
         let args: HashArgs = parse(&payload).map_err(ProcessError::new)?;
@@ -159,6 +161,7 @@ pub fn hash() -> Processor {
         json!({"data": {"type": "string"}, "rounds": int(1, MAX_HASH_ROUNDS)}),
         &["data", "rounds"],
     ))
+    .pure()
 }
 
 #[derive(Deserialize)]

@@ -121,10 +121,32 @@ impl Handoff {
     /// Thread side: marks the message running and returns its attempt number, or `None` when
     /// there is nothing to run (cancelled while it waited, or finished by a shutdown). Done under
     /// the lock, so the timer sees a job either waiting or running since a known instant.
+    ///
+    /// A message that began before its record was durable ([`Processor::pure`]) is not run if
+    /// the record has failed (it is taken back: no trace), and has its `Started` record written
+    /// only once the record is durable.
+    ///
+    /// [`Processor::pure`]: crate::Processor::pure
     fn begin(&self, station: &Station) -> Option<u32> {
         let mut st = self.state.lock();
         let env = st.env.as_mut()?;
-        match station.ledger.start(&env.ticket) {
+        let started = match env.commit.as_ref().map(|c| (c.get(), c)) {
+            Some((Some(Err(_)), _)) => {
+                let env = st.env.take()?;
+                station.ledger.take_back(env.route, &env.ticket);
+                return None;
+            }
+            Some((None, commit)) => station.ledger.start_unwritten(&env.ticket).inspect(|&a| {
+                let (ledger, id) = (station.ledger.clone(), env.id);
+                commit.then(move |committed| {
+                    if committed.is_ok() {
+                        ledger.write_started(id, a);
+                    }
+                });
+            }),
+            Some((Some(Ok(())), _)) | None => station.ledger.start(&env.ticket),
+        };
+        match started {
             Ok(attempt) => {
                 env.attempt = attempt;
                 station.route().stats.running.fetch_add(1, Relaxed);

@@ -316,9 +316,9 @@ impl Processor {
     /// counters wait for it (it is counted accepted and running at once, as any message); and
     /// if the record cannot be written, the message is refused
     /// ([`Rejected::Storage`](crate::Rejected::Storage)) and what it did is dropped, as if it
-    /// had never run. Only async processors begin early, and only messages with no delay; a
-    /// CPU processor ignores this. Never declare it of a processor that sends, writes, fetches
-    /// or submits anything (a message through [`Job::submitter`] is an effect).
+    /// had never run. Only messages with no delay begin early. Never declare it of a processor
+    /// that sends, writes, fetches or submits anything (a message through [`Job::submitter`] is
+    /// an effect).
     pub fn pure(mut self) -> Processor {
         self.pure = true;
         self
