@@ -5,8 +5,10 @@
 //! durable.
 //!
 //! Failure: a commit set to an error means the record could not be written; whoever ends the
-//! attempt (its worker, or [`Ledger::undeliverable`](crate::ledger::Ledger::undeliverable) when
-//! the route stopped) then takes the message back (it leaves no trace) instead of settling it.
+//! attempt (its worker or CPU pool thread, or
+//! [`Ledger::undeliverable`](crate::ledger::Ledger::undeliverable) when the route stopped) then
+//! takes the message back (it leaves no trace) instead of settling it. Steps waiting for a
+//! commit ([`Commit::then`]: a `Started` record, a settlement) run in the order they were added.
 //! A commit whose setter cannot start the thread that waits for its receipt is set to
 //! [`StorageError::Closed`].
 
@@ -31,6 +33,9 @@ struct State {
     result: Option<Result<(), StorageError>>,
     /// Steps waiting for the result ([`Commit::then`]).
     steps: Vec<Step>,
+    /// [`Commit::set`] is running the waiting steps: a step added meanwhile joins them, after
+    /// those before it (so steps run in the order they were added).
+    running: bool,
 }
 
 impl std::fmt::Debug for Commit {
@@ -52,21 +57,29 @@ impl Commit {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records the receipt's result, wakes whoever waits and runs the steps waiting for it, on
-    /// this thread; only the first call counts.
+    /// Records the receipt's result, wakes whoever waits and runs the steps waiting for it, in
+    /// the order they were added, on this thread; only the first call counts.
     pub(crate) fn set(&self, result: Result<(), StorageError>) {
-        let steps = {
-            let mut state = self.lock();
-            if state.result.is_some() {
-                return;
-            }
-            state.result = Some(result.clone());
-            std::mem::take(&mut state.steps)
-        };
-        self.notify.notify_waiters();
-        for step in steps {
-            step(result.clone());
+        let mut state = self.lock();
+        if state.result.is_some() {
+            return;
         }
+        state.result = Some(result.clone());
+        state.running = true;
+        loop {
+            let steps = std::mem::take(&mut state.steps);
+            if steps.is_empty() {
+                state.running = false;
+                break;
+            }
+            drop(state);
+            for step in steps {
+                step(result.clone());
+            }
+            state = self.lock();
+        }
+        drop(state);
+        self.notify.notify_waiters();
     }
 
     /// The result, if it is known.
@@ -87,16 +100,17 @@ impl Commit {
         }
     }
 
-    /// Runs `step` with the result: now, on this thread, if it is known; else on the thread that
-    /// sets it, when it does. Nothing waits, so no thread is held or started for it.
+    /// Runs `step` with the result: now, on this thread, if it is known and every step added
+    /// before has run; else on the thread that sets it, after those. Nothing waits, so no thread
+    /// is held or started for it.
     pub(crate) fn then(&self, step: impl FnOnce(Result<(), StorageError>) + Send + 'static) {
         let mut state = self.lock();
         match state.result.clone() {
-            Some(result) => {
+            Some(result) if !state.running => {
                 drop(state);
                 step(result);
             }
-            None => state.steps.push(Box::new(step)),
+            _ => state.steps.push(Box::new(step)),
         }
     }
 }
@@ -187,5 +201,22 @@ mod tests {
         });
         failed.set(Err(StorageError::Closed));
         assert_eq!(count.load(SeqCst), 2);
+    }
+
+    #[test]
+    fn a_step_added_from_another_thread_while_the_steps_run_runs_after_them() {
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let commit = Commit::new();
+        let (c, o) = (commit.clone(), order.clone());
+        commit.then(move |_| {
+            // Another thread adds a step while this one runs: it must wait its turn.
+            let (c, o2) = (c.clone(), o.clone());
+            std::thread::spawn(move || c.then(move |_| o2.lock().unwrap().push("second")))
+                .join()
+                .unwrap();
+            o.lock().unwrap().push("first");
+        });
+        commit.set(Ok(()));
+        assert_eq!(*order.lock().unwrap(), ["first", "second"]);
     }
 }

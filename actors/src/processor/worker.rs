@@ -27,7 +27,8 @@
 //! coming back through this actor; the worker is woken only when it holds a backlog that a freed
 //! slot lets it start. Run timeouts are kept here in one deadline heap with one timer; they count
 //! from when a thread begins the job, not while it waits for one. At the deadline the message
-//! ends as `timed_out` (published at once, whether or not the processor checks its cancel flag)
+//! ends as `timed_out` (published at once — for a pure message, once its record is durable —
+//! whether or not the processor checks its cancel flag)
 //! and the job's cancel flag is raised; whichever of the timer and the pool thread takes the
 //! envelope first settles it, exactly once. The job keeps its slot until its thread returns.
 
@@ -391,8 +392,12 @@ impl Worker {
         match &self.exec {
             // A CPU message stays queued until a pool thread begins it (see `cpu.rs`).
             Exec::Cpu(pool, _) if !pool.connected() => {
-                // The attempt fails without ever running.
-                env.attempt = station.ledger.start(&env.ticket).ok()?;
+                // The attempt fails without ever running (its `Started` record written only for
+                // a message whose record is known durable: `settle` takes back a refused one).
+                env.attempt = match env.commit.as_ref().map(|c| c.get()) {
+                    Some(Some(Ok(()))) | None => station.ledger.start(&env.ticket).ok()?,
+                    Some(_) => station.ledger.start_unwritten(&env.ticket).ok()?,
+                };
                 return Some((env, JobResult::Lost("its threads are gone".into())));
             }
             Exec::Cpu(..) => {}
