@@ -249,7 +249,8 @@ impl Ledger {
 
     /// Gives back a refused message's place, key and entry in the index, leaving no trace; for a
     /// message that began before its record was durable, whoever ends the attempt (its worker,
-    /// the CPU pool thread that would run it, or [`Ledger::undeliverable`]) calls it again. Taking back twice is harmless: only the first claims the message.
+    /// the CPU pool thread that would run it, or [`Ledger::undeliverable`]) calls it again.
+    /// Taking back twice is harmless: only the first claims the message.
     pub(crate) fn take_back(&self, route: usize, ticket: &crate::store::Ticket) {
         let route = &self.routes[route];
         // Claimed with the index's compare-and-set, so a cancel of the same message (its id

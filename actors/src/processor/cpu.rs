@@ -120,8 +120,8 @@ impl Handoff {
 
     /// Thread side: marks the message running and returns its attempt number, or `None` when
     /// there is nothing to run (cancelled while it waited, finished by a shutdown, or refused:
-    /// its record could not be written). Done under
-    /// the lock, so the timer sees a job either waiting or running since a known instant.
+    /// its record could not be written). Done under the lock, so the timer sees a job either
+    /// waiting or running since a known instant.
     ///
     /// A message that began before its record was durable ([`Processor::pure`]) is not run if
     /// the record has failed (it is taken back: no trace), and has its `Started` record written

@@ -28,9 +28,9 @@
 //! slot lets it start. Run timeouts are kept here in one deadline heap with one timer; they count
 //! from when a thread begins the job, not while it waits for one. At the deadline the message
 //! ends as `timed_out` (published at once — for a pure message, once its record is durable —
-//! whether or not the processor checks its cancel flag)
-//! and the job's cancel flag is raised; whichever of the timer and the pool thread takes the
-//! envelope first settles it, exactly once. The job keeps its slot until its thread returns.
+//! whether or not the processor checks its cancel flag) and the job's cancel flag is raised;
+//! whichever of the timer and the pool thread takes the envelope first settles it, exactly once.
+//! The job keeps its slot until its thread returns.
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, VecDeque};
