@@ -38,7 +38,7 @@ use crate::processor::worker::{Exec, Run, Station, Worker};
 use crate::processor::{builtin, fetch, Make, Pool, Processor};
 use crate::recovery::Recovered;
 use crate::route::{Route, RouteInfo, Shares, Slots};
-use crate::router::{Dispatch, DispatchBatch, DropDelayedAfter, Forget, Router};
+use crate::router::{push_batched, Dispatch, DispatchBatch, DropDelayedAfter, Forget, Router};
 use crate::settings::{RouteSettings, Settings};
 use crate::source::timer::{Schedule, ScheduleError, ScheduleHandle, TimerSource};
 use crate::storage::{Memory, Receipt, Record, Storage, StorageError};
@@ -188,19 +188,14 @@ impl Core {
         let mut local: Vec<Vec<Envelope>> = Vec::new();
         let mut per_router: Vec<Vec<Envelope>> = Vec::new();
         let attached = attached_here();
+        let hint = envs.len();
         for env in envs {
             if attached && env.not_before.is_none() && self.async_makes[env.route].is_some() {
-                if local.len() <= env.route {
-                    local.resize_with(env.route + 1, Vec::new);
-                }
-                local[env.route].push(env);
+                push_batched(&mut local, env.route, env, hint);
                 continue;
             }
             let r = self.ledger.routes[env.route].router;
-            if per_router.len() <= r {
-                per_router.resize_with(r + 1, Vec::new);
-            }
-            per_router[r].push(env);
+            push_batched(&mut per_router, r, env, hint);
         }
         for (route, batch) in local.into_iter().enumerate() {
             if batch.is_empty() {
@@ -1171,7 +1166,7 @@ impl DispatcherBuilder {
         Self::check_settings(&self.settings)?;
         let s = &self.settings;
         let mut routes = Vec::with_capacity(self.routes.len());
-        let mut by_kind = HashMap::new();
+        let mut by_kind = foldhash::HashMap::default();
         let mut makes = Vec::with_capacity(self.routes.len());
         let mut cpu_makes = Vec::new();
         let cpu_threads = s.cpu.resolved_threads();

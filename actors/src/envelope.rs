@@ -667,12 +667,30 @@ pub(crate) fn unix_ms() -> u64 {
 
 /// Milliseconds, rounded to the microsecond.
 pub(crate) fn millis(d: Duration) -> f64 {
-    d.as_micros() as f64 / 1000.0
+    // Through u64, not u128: converting a u128 to f64 is a call of its own, and u64
+    // microseconds cover 584,000 years.
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX) as f64 / 1000.0
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn millis_are_the_microseconds_over_a_thousand() {
+        for (d, want) in [
+            (Duration::ZERO, 0.0),
+            (Duration::from_nanos(999), 0.0),
+            (Duration::from_micros(1_234_567), 1_234.567),
+            (Duration::new(86_400 * 365, 1_000), 31_536_000_000.001),
+            (Duration::MAX, u64::MAX as f64 / 1000.0),
+        ] {
+            assert_eq!(millis(d), want, "{d:?}");
+            if d < Duration::from_secs(1 << 40) {
+                assert_eq!(millis(d), d.as_micros() as f64 / 1000.0, "{d:?}");
+            }
+        }
+    }
 
     #[test]
     fn an_outcome_writes_the_bytes_serde_writes() {

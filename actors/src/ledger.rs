@@ -12,7 +12,6 @@
 //! it leaves the index and its route, the caller is refused); later records are not waited
 //! for, so a crash before they reach the disk means the message runs again (at least once).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,7 +31,8 @@ use crate::store::{Finished, Store, Ticket};
 /// The routing table, the index, the storage and the dead letters.
 pub(crate) struct Ledger {
     pub(crate) routes: Vec<Route>,
-    pub(crate) by_kind: HashMap<&'static str, usize>,
+    /// Route index by kind, looked up for every message: hashed with foldhash, not SipHash.
+    pub(crate) by_kind: foldhash::HashMap<&'static str, usize>,
     pub(crate) store: Box<dyn Store>,
     /// Where every change of a message's state is written (see [`crate::storage`]).
     pub(crate) storage: Arc<dyn Storage>,

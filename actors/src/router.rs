@@ -92,7 +92,9 @@ impl Router {
         }
     }
 
-    fn route(&mut self, env: Envelope, now: Instant, ready: &mut Vec<Vec<Envelope>>) {
+    /// Holds `env` until its time, or adds it to its route's batch in `ready` (see
+    /// [`push_batched`] for `hint`).
+    fn route(&mut self, env: Envelope, now: Instant, ready: &mut Vec<Vec<Envelope>>, hint: usize) {
         match env.not_before {
             Some(at) if at > now => {
                 self.arrivals += 1;
@@ -105,10 +107,7 @@ impl Router {
             }
             _ => {
                 let r = env.route;
-                if ready.len() <= r {
-                    ready.resize_with(r + 1, Vec::new);
-                }
-                ready[r].push(env);
+                push_batched(ready, r, env, hint);
             }
         }
     }
@@ -159,12 +158,25 @@ impl Router {
             }
             self.heap.pop();
             if let Some(env) = self.unwait(&id) {
-                self.route(*env, now, &mut ready);
+                self.route(*env, now, &mut ready, 0);
             }
         }
         self.forward(ready);
         self.arm(ctx);
     }
+}
+
+/// Adds `env` to `batches[i]`, making the batches up to `i`; a batch is made with room for
+/// `hint` envelopes (the most it can get), so it does not grow by copying envelopes.
+#[inline]
+pub(crate) fn push_batched(batches: &mut Vec<Vec<Envelope>>, i: usize, env: Envelope, hint: usize) {
+    if batches.len() <= i {
+        batches.resize_with(i + 1, Vec::new);
+    }
+    if batches[i].capacity() == 0 {
+        batches[i].reserve_exact(hint);
+    }
+    batches[i].push(env);
 }
 
 impl Actor for Router {
@@ -195,7 +207,7 @@ impl Handler<Dispatch> for Router {
             return;
         }
         let mut ready = Vec::new();
-        self.route(msg.0, now, &mut ready);
+        self.route(msg.0, now, &mut ready, 1);
         self.forward(ready);
         self.arm(ctx);
     }
@@ -206,8 +218,9 @@ impl Handler<DispatchBatch> for Router {
     fn handle(&mut self, msg: DispatchBatch, ctx: &mut Context<Self>) {
         let now = Instant::now();
         let mut ready = Vec::new();
+        let hint = msg.0.len();
         for env in msg.0 {
-            self.route(env, now, &mut ready);
+            self.route(env, now, &mut ready, hint);
         }
         self.forward(ready);
         self.arm(ctx);
