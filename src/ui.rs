@@ -198,8 +198,9 @@ pub struct Overview {
     pub totals: Totals,
     /// One entry per route, in routing-table order.
     pub routes: Vec<RouteLive>,
-    /// Dead letters held now.
-    pub dead_letters: u64,
+    /// Dead letters held now; on a cluster node the cluster's, `null` while NATS does not give
+    /// the figure.
+    pub dead_letters: Option<u64>,
     /// Outcomes held in memory now.
     pub stored: u64,
     /// Where accepted work is kept, and how that is going.
@@ -229,8 +230,9 @@ pub struct Totals {
     pub dead: u64,
     /// Accepted and not finished.
     pub in_flight: u64,
-    /// Waiting for a worker.
-    pub queued: u64,
+    /// Waiting for a worker; on a cluster node the cluster's, `null` while NATS does not give a
+    /// route's figure.
+    pub queued: Option<u64>,
     /// Waiting for their time (delayed, or a retry in backoff).
     pub delayed: u64,
     /// Running now.
@@ -254,8 +256,9 @@ pub struct RouteLive {
     pub capacity: u64,
     /// Cap on messages running at once.
     pub concurrency: usize,
-    /// Waiting for a worker.
-    pub queued: u64,
+    /// Waiting for a worker; on a cluster node the cluster's (its stream's messages not yet
+    /// delivered to any node), `null` while NATS does not give the figure.
+    pub queued: Option<u64>,
     /// Waiting for their time.
     pub delayed: u64,
     /// Running now.
@@ -311,7 +314,7 @@ pub struct StorageHealth {
     pub fsync: Option<String>,
     /// `ok`, or `failing`: with the journal, when a write or fsync failed within the last
     /// minute; on a cluster node, while NATS is unreachable or did not give a figure within 2 s
-    /// (the cluster's queued counts and dead letters then read 0).
+    /// (the cluster's queued counts and dead letters are then `null`).
     pub health: String,
     /// Records written.
     pub records: u64,
@@ -409,6 +412,7 @@ pub async fn overview(
 
     let mut totals = Totals {
         rejected: snap.rejected_no_route + snap.rejected_malformed,
+        queued: Some(0),
         ..Totals::default()
     };
     let mut finished_before = 0;
@@ -437,7 +441,7 @@ pub async fn overview(
         totals.cancelled += k.cancelled;
         totals.dead += k.dead;
         totals.in_flight += k.in_flight;
-        totals.queued += k.queued();
+        totals.queued = totals.queued.map(|q| q + k.queued());
         totals.delayed += k.delayed;
         totals.running += k.running;
         totals.rejected += rejected;
@@ -447,7 +451,7 @@ pub async fn overview(
             pool: info.pool,
             capacity: info.capacity,
             concurrency: info.concurrency,
-            queued: k.queued(),
+            queued: Some(k.queued()),
             delayed: k.delayed,
             running: k.running,
             accepted: k.accepted,
@@ -472,19 +476,18 @@ pub async fn overview(
     let finished_now: u64 = snap.kinds.iter().map(|k| k.finished()).sum();
     totals.finished_per_second = rate(finished_now, finished_before, elapsed(rate_base));
     let st = &snap.storage;
-    let mut dead_letters = snap.dead_letters;
+    let mut dead_letters = Some(snap.dead_letters);
     if let Some(c) = &cluster {
-        // Unknown while NATS does not answer: the health pill says so (below).
-        dead_letters = c.dead_letters.unwrap_or(0);
-        totals.queued = 0;
+        // Unknown (null) while NATS does not answer; the health pill says why (below).
+        dead_letters = c.dead_letters;
+        totals.queued = Some(0);
         for r in &mut live {
             r.queued = c
                 .routes
                 .iter()
                 .find(|cr| cr.kind.as_str() == r.kind)
-                .and_then(|cr| cr.pending)
-                .unwrap_or(0);
-            totals.queued += r.queued;
+                .and_then(|cr| cr.pending);
+            totals.queued = totals.queued.zip(r.queued).map(|(t, q)| t + q);
         }
     }
     let failing = match &cluster {

@@ -11,6 +11,8 @@ const HIDDEN_POLL_MS = 5000;
 const $ = (id) => document.getElementById(id);
 const num = new Intl.NumberFormat();
 const dec = new Intl.NumberFormat(undefined, { maximumFractionDigits: 1 });
+/** A count, or "unknown" for a figure the server could not get (null: NATS did not answer). */
+const count = (n) => (n === null ? 'unknown' : num.format(n));
 
 let token = sessionStorage.getItem(TOKEN_KEY) || '';
 let tokenRequired = false;
@@ -276,7 +278,7 @@ function render(o) {
   setText('total-dead', num.format(t.dead));
   setText('total-in-flight', num.format(t.in_flight));
   setText('total-in-flight-detail',
-    `${num.format(t.queued)} queued · ${num.format(t.delayed)} delayed · ${num.format(t.running)} running`);
+    `${count(t.queued)} queued · ${num.format(t.delayed)} delayed · ${num.format(t.running)} running`);
   setText('total-rate', dec.format(t.finished_per_second));
   setText('total-rejected', num.format(t.rejected));
   $('draining-pill').hidden = !o.draining;
@@ -390,18 +392,20 @@ function updateRow(tr, r) {
     const el = q(sel);
     if (el.textContent !== text) el.textContent = text;
   };
-  put('.q', num.format(r.queued));
+  put('.q', count(r.queued));
   put('.d', num.format(r.delayed));
   put('.r', `${num.format(r.running)} / ${num.format(r.concurrency)}`);
-  const inFlight = r.queued + r.delayed + r.running;
+  // Unknown while the queued count is (a cluster node whose NATS does not answer).
+  const inFlight = r.queued === null ? null : r.queued + r.delayed + r.running;
   const meter = q('.meter');
   meter.setAttribute('aria-valuemax', r.capacity);
-  meter.setAttribute('aria-valuenow', inFlight);
-  meter.setAttribute('aria-label', `${r.kind}: ${inFlight} of ${r.capacity} places in use`);
-  const share = r.capacity ? inFlight / r.capacity : 0;
+  if (inFlight === null) meter.removeAttribute('aria-valuenow');
+  else meter.setAttribute('aria-valuenow', inFlight);
+  meter.setAttribute('aria-label', `${r.kind}: ${count(inFlight)} of ${r.capacity} places in use`);
+  const share = r.capacity && inFlight !== null ? inFlight / r.capacity : 0;
   q('.fill').style.width = `${Math.min(100, share * 100).toFixed(1)}%`;
   meter.classList.toggle('hot', share >= 0.8);
-  put('.load-text', `${num.format(inFlight)} / ${num.format(r.capacity)}`);
+  put('.load-text', `${count(inFlight)} / ${num.format(r.capacity)}`);
   put('.rate', dec.format(r.completed_per_second));
   put('.pct', `${ms(r.run_p50_ms)} / ${ms(r.run_p99_ms)}`);
   const failures = r.failed + r.dead;
@@ -490,7 +494,7 @@ function renderDead(page, append) {
   $('dead-more').hidden = !page.next;
   $('dead-empty').hidden = list.children.length > 0;
   const n = state.overview ? state.overview.dead_letters : list.children.length;
-  setText('dead-count', n ? `(${num.format(n)})` : '');
+  setText('dead-count', n === null ? '(unknown)' : n ? `(${num.format(n)})` : '');
   const kinds = [...new Set([...list.children].map((li) => li.dataset.kind))];
   const select = $('retry-kind');
   const before = select.value;

@@ -710,6 +710,42 @@ fn a_nats_outage_answers_503_then_service_resumes_with_nothing_accepted_lost() {
             .any(|l| l.starts_with("mailroom_cluster_pending{")),
         "no pending sample without NATS: {text}"
     );
+    // The dashboard's overview says the same: the cluster's queued counts and dead letters
+    // unknown (null), not 0; and the page shows them as unknown.
+    let o = get(&a, "/v1/overview");
+    assert_eq!(o["storage"]["health"], "failing", "{o}");
+    assert!(o["totals"]["queued"].is_null(), "{o}");
+    assert!(o["dead_letters"].is_null(), "{o}");
+    for r in o["routes"].as_array().unwrap() {
+        assert!(r["queued"].is_null(), "{r}");
+        assert!(r["delayed"].is_u64() && r["running"].is_u64(), "{r}");
+    }
+    actix_rt::System::new().block_on(async {
+        let Some(b) = crate::ui::Browser::start(1280, 900).await else {
+            return;
+        };
+        b.goto(&format!("http://{}/ui", a.addr)).await;
+        let live = crate::ui::LIVE * 3; // one overview waits up to 2 s for NATS
+        b.wait_text("#storage-pill", live, |t| t == "NATS not answering")
+            .await;
+        b.wait_text("tr[data-kind=echo] td.q", live, |t| t == "unknown")
+            .await;
+        b.wait_text("#total-in-flight-detail", live, |t| {
+            t.starts_with("unknown queued · ")
+        })
+        .await;
+        b.screenshot("dashboard-cluster-nats-down").await;
+        // The only errors are the browser's notes of the reads NATS could not answer (the
+        // dead letters' list is 503 without it), which the page reports in its own words.
+        let errors = b.console_errors().await;
+        assert!(
+            errors
+                .iter()
+                .all(|e| e.contains("the server responded with a status of 503")),
+            "console errors: {errors:#?}"
+        );
+        b.close().await;
+    });
     {
         let refused = refused.lock().unwrap();
         let (head, v) = &refused[0];

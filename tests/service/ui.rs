@@ -21,13 +21,13 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
 /// How long the page may take to reflect a change (it polls once a second).
-const LIVE: Duration = Duration::from_secs(2);
+pub(crate) const LIVE: Duration = Duration::from_secs(2);
 /// Deadline for everything else the page does (loading, a click's answer).
 const SOON: Duration = Duration::from_secs(20);
 
 /// A headless Chromium with its chromedriver, in a process group of their own (so both go when
 /// the test ends, however it ends) and with a fresh profile.
-struct Browser {
+pub(crate) struct Browser {
     client: Client,
     driver: Driver,
     _profile: tempfile::TempDir,
@@ -68,7 +68,7 @@ impl WebDriverCompatibleCommand for ConsoleLog {
 impl Browser {
     /// A browser with a window of `width`×`height`, or `None` (skipped) when Chromium is not
     /// installed and this is not CI.
-    async fn start(width: u32, height: u32) -> Option<Browser> {
+    pub(crate) async fn start(width: u32, height: u32) -> Option<Browser> {
         let missing: Vec<&str> = [CHROMIUM, CHROMEDRIVER]
             .into_iter()
             .filter(|p| !std::path::Path::new(p).exists())
@@ -146,14 +146,16 @@ impl Browser {
     }
 
     async fn open(&self, s: &TestServer, path: &str) {
-        self.client
-            .goto(&format!("{}{path}", s.base))
-            .await
-            .unwrap();
+        self.goto(&format!("{}{path}", s.base)).await;
+    }
+
+    /// Loads `url` (a server this test started some other way, such as a cluster node).
+    pub(crate) async fn goto(&self, url: &str) {
+        self.client.goto(url).await.unwrap();
     }
 
     /// Entries of the browser console at level SEVERE (errors), as text.
-    async fn console_errors(&self) -> Vec<String> {
+    pub(crate) async fn console_errors(&self) -> Vec<String> {
         let log = self.client.issue_cmd(ConsoleLog).await.unwrap();
         log.as_array()
             .into_iter()
@@ -163,7 +165,7 @@ impl Browser {
             .collect()
     }
 
-    async fn assert_no_console_errors(&self) {
+    pub(crate) async fn assert_no_console_errors(&self) {
         let errors = self.console_errors().await;
         assert!(errors.is_empty(), "console errors: {errors:#?}");
     }
@@ -177,7 +179,12 @@ impl Browser {
     }
 
     /// Waits until `css`'s text satisfies `ok`; panics with what it showed last.
-    async fn wait_text(&self, css: &str, within: Duration, ok: impl Fn(&str) -> bool) -> String {
+    pub(crate) async fn wait_text(
+        &self,
+        css: &str,
+        within: Duration,
+        ok: impl Fn(&str) -> bool,
+    ) -> String {
         let end = Instant::now() + within;
         loop {
             let t = self.text(css).await;
@@ -221,7 +228,7 @@ impl Browser {
     }
 
     /// Saves a screenshot as `target/ui-screenshots/<name>.png`.
-    async fn screenshot(&self, name: &str) {
+    pub(crate) async fn screenshot(&self, name: &str) {
         let png = self.client.screenshot().await.unwrap();
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ui-screenshots");
         std::fs::create_dir_all(&dir).unwrap();
@@ -229,7 +236,7 @@ impl Browser {
     }
 
     /// Ends the session (Chromium quits), then chromedriver.
-    async fn close(self) {
+    pub(crate) async fn close(self) {
         let _ = self.client.close().await;
         drop(self.driver);
     }
