@@ -14,12 +14,13 @@ OUT=target/callgrind
 mkdir -p "$OUT"
 command -v valgrind >/dev/null || (apt-get update -qq && apt-get install -y -qq valgrind >/dev/null)
 if [ -z "${BIN:-}" ]; then
-  BIN=$(cargo bench -q -p mailroom-actors --bench gather_steps --no-run --message-format=json 2>/dev/null |
+  BIN=$(cargo bench -q -p mailroom-actors --bench gather_steps --no-run --message-format=json |
     python3 -c 'import json,sys
 for l in sys.stdin:
     m = json.loads(l)
     if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "gather_steps" and m.get("executable"): print(m["executable"])')
 fi
+[ -x "$BIN" ] || { echo "no gather_steps executable (BIN=$BIN)" >&2; exit 1; }
 TIMED="${TIMED:-3}"
 N=$((TIMED * 10000))
 rm -f "$OUT"/gather.out* "$OUT/steps.fifo" "$OUT/steps.log"
@@ -27,21 +28,21 @@ mkfifo "$OUT/steps.fifo"
 GATHER_STEPS=1 TIMED=$TIMED valgrind --tool=callgrind --compress-strings=no --compress-pos=no \
   --callgrind-out-file="$OUT/gather.out" "$BIN" <"$OUT/steps.fifo" >"$OUT/steps.log" 2>"$OUT/valgrind.log" &
 VP=$!
+trap '{ exec 3>&-; } 2>/dev/null || true; kill $VP 2>/dev/null || true; rm -f "$OUT/steps.fifo"' EXIT
 exec 3>"$OUT/steps.fifo"
-trap 'exec 3>&- 2>/dev/null || true; kill $VP 2>/dev/null || true; rm -f "$OUT/steps.fifo"' EXIT
 wait_for() {
   for _ in $(seq 1 1200); do
-    grep -q "$1" "$OUT/steps.log" && return 0
+    grep -qs "$1" "$OUT/steps.log" && return 0
     kill -0 "$VP" 2>/dev/null || { cat "$OUT/valgrind.log" >&2; exit 1; }
     sleep 0.5
   done
   echo "gather_steps did not print $1 within 10 minutes" >&2; exit 1
 }
 wait_for warm
-callgrind_control -z "$VP" >/dev/null 2>&1
+callgrind_control -z "$VP" >/dev/null
 echo go >&3
 wait_for done
-callgrind_control -d "$VP" >/dev/null 2>&1
+callgrind_control -d "$VP" >/dev/null
 echo end >&3
 wait "$VP" || true
 python3 - "$OUT/gather.out.1" "$N" <<'PY'
@@ -69,6 +70,8 @@ print(f"{total / n:,.0f} instructions per message (user space, all threads)\n")
 print("| own instructions per message | share | function |\n|---:|---:|---|")
 for f, c in sorted(own.items(), key=lambda kv: -kv[1])[:15]:
     print(f"| {c / n:,.0f} | {c / total:.1%} | `{f[:110]}` |")
+# Inclusive: what each function's calls cost, callees included (a function reached again
+# through another is counted in both, so these do not add up).
 print("\n| Mailroom's functions, inclusive, per message | function |\n|---:|---|")
 for f, c in sorted(incl.items(), key=lambda kv: -kv[1]):
     if "mailroom_actors::" in f and c / n >= 100 and "{{closure}}" not in f:

@@ -209,8 +209,8 @@ pub struct Overview {
     /// each route's `history` ends with it.
     pub history_seq: u64,
     /// On a cluster node: the cluster's figures. Then each route's `queued` is the cluster's
-    /// (messages in its stream not yet delivered to any node), `dead_letters` the cluster's,
-    /// and the other figures this node's.
+    /// (messages in its stream not yet delivered to any node), `dead_letters` the cluster's
+    /// (each `null` while NATS does not give it), and the other figures this node's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<mailroom_actors::ClusterStats>,
 }

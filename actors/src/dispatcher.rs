@@ -729,7 +729,7 @@ impl Dispatcher {
         // Hand envelopes on in chunks as they are admitted, so the workers start while admission
         // is still going (pipelining across threads). On an attached thread the chunks wait in
         // this thread's workers' mailboxes until admission is done.
-        const CHUNK: usize = 256;
+        const CHUNK: usize = crate::router::ROOM;
         let mut batch = Vec::with_capacity(CHUNK.min(n));
         let admitting = Admitting::enter(&self.core.drain.admitting);
         for (i, msg) in msgs.into_iter().enumerate() {

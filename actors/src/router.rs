@@ -166,18 +166,24 @@ impl Router {
     }
 }
 
-/// Adds `env` to `batches[i]`, making the batches up to `i`; a batch is made with room for
-/// `hint` envelopes (the most it can get), so it does not grow by copying envelopes.
+/// Adds `env` to `batches[i]`, making the batches up to `i`. A batch is made with room for
+/// `hint` envelopes (the most it can get, as far as [`ROOM`]), so a hand-off of up to [`ROOM`]
+/// (`gather`'s chunks) does not grow its batches by copying envelopes.
 #[inline]
 pub(crate) fn push_batched(batches: &mut Vec<Vec<Envelope>>, i: usize, env: Envelope, hint: usize) {
     if batches.len() <= i {
         batches.resize_with(i + 1, Vec::new);
     }
     if batches[i].capacity() == 0 {
-        batches[i].reserve_exact(hint);
+        batches[i].reserve_exact(hint.min(ROOM));
     }
     batches[i].push(env);
 }
+
+/// The most room a batch is made with, and the size of `gather`'s hand-offs: a larger hand-off
+/// (recovery hands on everything it found at once) grows its batches as any `Vec` grows,
+/// rather than each route's batch taking room for all of it.
+pub(crate) const ROOM: usize = 256;
 
 impl Actor for Router {
     type Context = Context<Self>;

@@ -285,6 +285,11 @@ function render(o) {
   renderStorage(o);
   renderRoutes(o.routes);
   fillKinds(o.routes.map((r) => r.kind));
+  // Unknown while NATS does not give it (a cluster node): said here, as the list cannot load.
+  if (o.dead_letters === null) {
+    setText('dead-count', '(unknown)');
+    $('dead-empty').hidden = true; // not "No dead letters": nobody knows
+  }
   const deadKey = `${o.dead_letters}/${t.dead}`;
   if (deadKey !== state.deadSeen) {
     state.deadSeen = deadKey;
@@ -395,16 +400,20 @@ function updateRow(tr, r) {
   put('.q', count(r.queued));
   put('.d', num.format(r.delayed));
   put('.r', `${num.format(r.running)} / ${num.format(r.concurrency)}`);
-  // Unknown while the queued count is (a cluster node whose NATS does not answer).
-  const inFlight = r.queued === null ? null : r.queued + r.delayed + r.running;
+  // Unknown while the queued count is (a cluster node whose NATS does not answer): the meter
+  // then shows what is known (delayed and running) and says the total is unknown.
+  const known = r.delayed + r.running;
+  const inFlight = r.queued === null ? null : r.queued + known;
   const meter = q('.meter');
   meter.setAttribute('aria-valuemax', r.capacity);
-  if (inFlight === null) meter.removeAttribute('aria-valuenow');
-  else meter.setAttribute('aria-valuenow', inFlight);
+  meter.setAttribute('aria-valuenow', inFlight === null ? known : inFlight);
+  if (inFlight === null) meter.setAttribute('aria-valuetext', `unknown (at least ${known})`);
+  else meter.removeAttribute('aria-valuetext');
   meter.setAttribute('aria-label', `${r.kind}: ${count(inFlight)} of ${r.capacity} places in use`);
-  const share = r.capacity && inFlight !== null ? inFlight / r.capacity : 0;
+  const share = r.capacity ? (inFlight === null ? known : inFlight) / r.capacity : 0;
   q('.fill').style.width = `${Math.min(100, share * 100).toFixed(1)}%`;
   meter.classList.toggle('hot', share >= 0.8);
+  meter.classList.toggle('unknown', inFlight === null);
   put('.load-text', `${count(inFlight)} / ${num.format(r.capacity)}`);
   put('.rate', dec.format(r.completed_per_second));
   put('.pct', `${ms(r.run_p50_ms)} / ${ms(r.run_p99_ms)}`);

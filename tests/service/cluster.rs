@@ -561,6 +561,17 @@ fn any_node_reads_cancels_replays_and_dedupes_what_another_accepted() {
     assert_eq!(o["node"], "node-a");
     assert_eq!(o["cluster"]["node"], "node-a");
     assert_eq!(o["cluster"]["connected"], true);
+    // With NATS answering, the cluster's figures are numbers.
+    assert!(o["dead_letters"].is_u64(), "{o}");
+    assert!(o["totals"]["queued"].is_u64(), "{o}");
+    assert!(
+        o["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["queued"].is_u64()),
+        "{o}"
+    );
     let (code, _, _) = request(
         &a.addr,
         "POST",
@@ -734,6 +745,12 @@ fn a_nats_outage_answers_503_then_service_resumes_with_nothing_accepted_lost() {
             t.starts_with("unknown queued · ")
         })
         .await;
+        b.wait_text("tr[data-kind=echo] .load-text", live, |t| {
+            t == "unknown / 10,000"
+        })
+        .await;
+        b.wait_text("#dead-count", live, |t| t == "(unknown)").await;
+        b.wait_text("#dead-empty", live, str::is_empty).await; // hidden: no text shown
         b.screenshot("dashboard-cluster-nats-down").await;
         // The only errors are the browser's notes of the reads NATS could not answer (the
         // dead letters' list is 503 without it), which the page reports in its own words.

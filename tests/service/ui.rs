@@ -636,12 +636,14 @@ async fn the_overview_adds_up_and_keeps_its_history_bounded() {
     assert_eq!(o["totals"]["completed"], 3);
     assert_eq!(o["totals"]["dead"], 1);
     assert_eq!(o["totals"]["in_flight"], 0);
+    assert_eq!(o["totals"]["queued"], 0);
     assert_eq!(o["dead_letters"], 1);
     assert_eq!(o["storage"]["kind"], "journal");
     assert_eq!(o["storage"]["health"], "ok");
     let echo = &o["routes"][0];
     assert_eq!(echo["kind"], "echo");
     assert_eq!(echo["completed"], 3);
+    assert_eq!(echo["queued"], 0);
     assert!(echo["run_p50_ms"].as_f64().unwrap() <= echo["run_p99_ms"].as_f64().unwrap());
     let flaky = &o["routes"][1];
     assert_eq!(
