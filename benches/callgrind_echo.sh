@@ -39,24 +39,4 @@ callgrind_control -z "$VP" >/dev/null
 oha -n "$N" -c 16 --no-tui --output-format json -m POST -H 'content-type: application/json' -d "$ECHO" "$URL" >"$OUT/oha.json"
 callgrind_control -d "$VP" >/dev/null
 kill -TERM "$VP"; wait "$VP" || true
-python3 - "$OUT/echo.out.1" "$N" <<'PY'
-import re, sys
-path, n = sys.argv[1], int(sys.argv[2])
-own, fn, skip, total = {}, None, False, 0
-for line in open(path):
-    if line.startswith("summary:"):
-        total = int(line.split()[1])
-    elif line.startswith("fn="):
-        fn = line[3:].strip()
-    elif line.startswith("calls="):
-        skip = True  # the next cost line is the call's inclusive cost, not the function's own
-    elif re.match(r"^[0-9+-]", line):
-        if skip:
-            skip = False
-            continue
-        own[fn] = own.get(fn, 0) + int(line.split()[-1])
-print(f"{total / n:,.0f} instructions per request (user space, all threads)\n")
-print("| own instructions per request | share | function |\n|---:|---:|---|")
-for f, c in sorted(own.items(), key=lambda kv: -kv[1])[:20]:
-    print(f"| {c / n:,.0f} | {c / total:.1%} | `{f[:110]}` |")
-PY
+python3 benches/callgrind_table.py "$OUT/echo.out.1" "$N" request 20

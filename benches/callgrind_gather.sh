@@ -45,35 +45,4 @@ wait_for done
 callgrind_control -d "$VP" >/dev/null
 echo end >&3
 wait "$VP" || true
-python3 - "$OUT/gather.out.1" "$N" <<'PY'
-import re, sys
-path, n = sys.argv[1], int(sys.argv[2])
-own, incl, fn, cfn, calls, total = {}, {}, None, None, None, 0
-for line in open(path):
-    if line.startswith("summary:"):
-        total = int(line.split()[1])
-    elif line.startswith("fn="):
-        fn = line[3:].strip()
-    elif line.startswith("cfn="):
-        cfn = line[4:].strip()
-    elif line.startswith("calls="):
-        calls = True  # the next cost line is the call's inclusive cost, not the function's own
-    elif re.match(r"^[0-9+-]", line):
-        cost = int(line.split()[-1])
-        if calls:
-            calls = None
-            if cfn != fn:
-                incl[cfn] = incl.get(cfn, 0) + cost
-            continue
-        own[fn] = own.get(fn, 0) + cost
-print(f"{total / n:,.0f} instructions per message (user space, all threads)\n")
-print("| own instructions per message | share | function |\n|---:|---:|---|")
-for f, c in sorted(own.items(), key=lambda kv: -kv[1])[:15]:
-    print(f"| {c / n:,.0f} | {c / total:.1%} | `{f[:110]}` |")
-# Inclusive: what each function's calls cost, callees included (a function reached again
-# through another is counted in both, so these do not add up).
-print("\n| Mailroom's functions, inclusive, per message | function |\n|---:|---|")
-for f, c in sorted(incl.items(), key=lambda kv: -kv[1]):
-    if "mailroom_actors::" in f and c / n >= 100 and "{{closure}}" not in f:
-        print(f"| {c / n:,.0f} | `{f[:110]}` |")
-PY
+python3 benches/callgrind_table.py "$OUT/gather.out.1" "$N" message 15 mailroom_actors::
