@@ -267,6 +267,23 @@ pub struct Receipt(ReceiptInner);
 enum ReceiptInner {
     Ready(Result<(), StorageError>),
     Journal(journal::Ack),
+    Pending(tokio::sync::oneshot::Receiver<Result<(), StorageError>>),
+}
+
+/// Settles a [`Receipt::pending`] receipt: for a storage that learns later that a record is
+/// durable (an acknowledgement from another process, a commit of its own that covers many
+/// records). Dropped without [`Settle::settle`], the receipt resolves to
+/// [`StorageError::Closed`].
+#[derive(Debug)]
+pub struct Settle(tokio::sync::oneshot::Sender<Result<(), StorageError>>);
+
+impl Settle {
+    /// Resolves the receipt: `Ok` once the record is durable, or the error that kept it from
+    /// being written (the dispatcher then refuses the message whose record it was).
+    pub fn settle(self, result: Result<(), StorageError>) {
+        // Nobody waiting any more (the receipt was dropped) is fine: nothing to tell.
+        let _ = self.0.send(result);
+    }
 }
 
 impl Receipt {
@@ -275,15 +292,16 @@ impl Receipt {
         Receipt(ReceiptInner::Ready(result))
     }
 
+    /// A receipt that resolves when its [`Settle`] is settled (or dropped), for a
+    /// [`Storage::append`] that returns before the record is durable.
+    pub fn pending() -> (Receipt, Settle) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (Receipt(ReceiptInner::Pending(rx)), Settle(tx))
+    }
+
     /// Waits until the record is durable, or for the error that kept it from being written.
-    pub async fn durable(self) -> Result<(), StorageError> {
-        match self.0 {
-            ReceiptInner::Ready(r) => r,
-            ReceiptInner::Journal(ack) => match ack.await {
-                Ok(r) => r.map_err(StorageError::Io),
-                Err(_) => Err(StorageError::Closed),
-            },
-        }
+    pub async fn durable(mut self) -> Result<(), StorageError> {
+        self.wait().await
     }
 
     /// [`Receipt::durable`] without giving the receipt up: a caller that is dropped while it
@@ -295,6 +313,7 @@ impl Receipt {
                 Ok(r) => r.map_err(StorageError::Io),
                 Err(_) => Err(StorageError::Closed),
             },
+            ReceiptInner::Pending(rx) => rx.await.unwrap_or(Err(StorageError::Closed)),
         }
     }
 
@@ -306,6 +325,7 @@ impl Receipt {
                 Ok(r) => r.map_err(StorageError::Io),
                 Err(_) => Err(StorageError::Closed),
             },
+            ReceiptInner::Pending(rx) => rx.blocking_recv().unwrap_or(Err(StorageError::Closed)),
         }
     }
 }
@@ -395,7 +415,10 @@ pub trait Storage: Send + Sync + 'static {
     /// Whether records outlive the process. When false, nothing is recovered at start-up and
     /// shutdown cancels what it could not finish.
     fn is_durable(&self) -> bool;
-    /// Appends a record, in order after every record appended before it returned.
+    /// Appends a record, in order after every record appended before it returned. The receipt
+    /// says when it is durable: [`Receipt::ready`] if it is on return, else
+    /// [`Receipt::pending`], settled once it is (the caller waits on the receipt, not on this
+    /// call, so several records can share one commit).
     fn append(&self, record: &Record) -> Receipt;
     /// [`Storage::append`] for a record nobody waits for (it becomes durable with a later
     /// record, or soon after; a crash before that loses it, which must be safe).

@@ -251,6 +251,159 @@ impl mailroom_actors::Storage for Flaky {
     }
 }
 
+/// A journal whose `Accepted` records are held: written, but their receipts left pending
+/// ([`Receipt::pending`](mailroom_actors::storage::Receipt::pending)) until the test settles
+/// them, as a storage that learns of durability later does.
+struct Held {
+    journal: Journal,
+    held: std::sync::Mutex<
+        Vec<(
+            mailroom_actors::storage::Receipt,
+            mailroom_actors::storage::Settle,
+        )>,
+    >,
+}
+
+impl mailroom_actors::Storage for Held {
+    fn is_durable(&self) -> bool {
+        true
+    }
+
+    fn append(
+        &self,
+        record: &mailroom_actors::storage::Record,
+    ) -> mailroom_actors::storage::Receipt {
+        use mailroom_actors::storage::{Receipt, Record};
+        let written = self.journal.append(record);
+        if !matches!(record, Record::Accepted(_)) {
+            return written;
+        }
+        let (pending, settle) = Receipt::pending();
+        self.held.lock().unwrap().push((written, settle));
+        pending
+    }
+
+    fn load(&self) -> Result<Vec<mailroom_actors::storage::Record>, mailroom_actors::StorageError> {
+        self.journal.load()
+    }
+
+    fn flush(&self) -> mailroom_actors::storage::Receipt {
+        self.journal.flush()
+    }
+}
+
+/// A pure processor `tally` (which counts the runs it began in `began`) behind [`Held`]: a
+/// message begins while its record is still pending, and is answered only once the record is
+/// settled: completed when it is durable, refused (and leaving no trace in the counters) when
+/// it failed.
+fn early_scenario(
+    began: &'static std::sync::atomic::AtomicUsize,
+    tally: mailroom_actors::Processor,
+) {
+    use mailroom_actors::{Rejected, StorageError};
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    in_system(async move || {
+        let storage = Arc::new(Held {
+            journal: open_journal(&path),
+            held: std::sync::Mutex::new(Vec::new()),
+        });
+        let d = Dispatcher::builder(Settings::default())
+            .processor(tally)
+            .route("tally", RouteSettings::new("tally"))
+            .storage(storage.clone())
+            .build()
+            .unwrap();
+        let until = async |what: &str, ok: &dyn Fn() -> bool| {
+            let end = Instant::now() + Duration::from_secs(10);
+            while !ok() {
+                assert!(Instant::now() < end, "{what}");
+                actix_rt::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        let held = || std::mem::take(&mut *storage.held.lock().unwrap());
+        for (n, (payload, fails)) in [("kept", false), ("refused", true)].into_iter().enumerate() {
+            let sent = actix_rt::spawn({
+                let d = d.clone();
+                async move { d.send(Message::new("tally", json!(payload))).await }
+            });
+            until("the message began while its record was held", &|| {
+                began.load(SeqCst) == n + 1
+            })
+            .await;
+            assert!(
+                !sent.is_finished(),
+                "answered before its record was settled"
+            );
+            let receipts = held();
+            assert_eq!(receipts.len(), 1);
+            for (written, settle) in receipts {
+                let written = written.durable().await;
+                settle.settle(match fails {
+                    false => written,
+                    true => Err(StorageError::Io(Arc::new(std::io::Error::other(
+                        "no space left on device (simulated)",
+                    )))),
+                });
+            }
+            match (fails, sent.await.unwrap()) {
+                (false, Ok(done)) => assert_eq!(
+                    (done.status, done.result.clone()),
+                    (Status::Completed, Some(json!("kept")))
+                ),
+                (true, Err(Rejected::Storage { message, .. })) => {
+                    assert_eq!(message.payload(), &json!("refused"))
+                }
+                (_, other) => panic!("{payload}: got {other:?}"),
+            }
+        }
+        // The refused one ran, but is not counted: taken back once its worker settled it.
+        until("the refused message was taken back", &|| {
+            let k = d.stats().kind("tally").unwrap().clone();
+            k.in_flight == 0 && k.running == 0
+        })
+        .await;
+        let k = d.stats().kind("tally").unwrap().clone();
+        assert_eq!(
+            (k.accepted, k.completed, k.rejected.storage),
+            (1, 1, 1),
+            "{k:?}"
+        );
+        d.shutdown(Duration::from_secs(1)).await;
+    });
+}
+
+#[test]
+fn a_pure_processor_begins_while_its_record_is_pending_and_is_answered_once_it_is_settled() {
+    use mailroom_actors::Processor;
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    static BEGAN: AtomicUsize = AtomicUsize::new(0);
+    early_scenario(
+        &BEGAN,
+        Processor::from_fn("tally", |_job, payload| async move {
+            BEGAN.fetch_add(1, SeqCst);
+            Ok(payload)
+        })
+        .pure(),
+    );
+}
+
+#[test]
+fn a_pure_cpu_processor_begins_while_its_record_is_pending_and_is_answered_once_it_is_settled() {
+    use mailroom_actors::Processor;
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    static BEGAN: AtomicUsize = AtomicUsize::new(0);
+    early_scenario(
+        &BEGAN,
+        Processor::cpu_fn("tally", |_job, payload| {
+            BEGAN.fetch_add(1, SeqCst);
+            Ok(payload)
+        })
+        .pure(),
+    );
+}
+
 #[test]
 fn a_pure_processor_begins_before_its_record_and_a_record_that_fails_leaves_no_trace() {
     use mailroom_actors::Processor;
