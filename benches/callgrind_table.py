@@ -3,15 +3,17 @@
 Usage: python3 benches/callgrind_table.py FILE COUNT UNIT [TOP] [INCLUSIVE_PREFIX]
 
 Prints the total instructions per UNIT (the file's total over COUNT), the TOP functions (20) by
-their own instructions, and, with INCLUSIVE_PREFIX, every function whose name contains it by its
-inclusive instructions (its calls' cost, callees included; a function reached again through
-another is counted in both, so these do not add up). Used by callgrind_echo.sh and
-callgrind_gather.sh.
+their own instructions, and, with INCLUSIVE_PREFIX, the functions whose name contains it (but
+not closures) that cost at least 100 instructions per UNIT inclusive (their calls' cost,
+callees included; a function reached again through another is counted in both, so these do not
+add up). Used by callgrind_echo.sh and callgrind_gather.sh.
 """
 
 import re
 import sys
 
+if len(sys.argv) < 4:
+    sys.exit(__doc__)
 path, n, unit = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 top = int(sys.argv[4]) if len(sys.argv) > 4 else 20
 prefix = sys.argv[5] if len(sys.argv) > 5 else None

@@ -273,8 +273,13 @@ enum ReceiptInner {
 /// Settles a [`Receipt::pending`] receipt: for a storage that learns later that a record is
 /// durable (an acknowledgement from another process, a commit of its own that covers many
 /// records). Dropped without [`Settle::settle`], the receipt resolves to
-/// [`StorageError::Closed`].
+/// [`StorageError::Closed`] (the message whose record it was is refused).
+///
+/// Settle every receipt within a bounded time, by itself: not only when the dispatcher calls
+/// the storage again (not even [`Storage::flush`]). A caller waits on the receipt, and so does
+/// [`Dispatcher::shutdown`](crate::Dispatcher::shutdown) for every admission still waiting.
 #[derive(Debug)]
+#[must_use = "a Settle dropped unsettled refuses the record's message"]
 pub struct Settle(tokio::sync::oneshot::Sender<Result<(), StorageError>>);
 
 impl Settle {
@@ -293,7 +298,9 @@ impl Receipt {
     }
 
     /// A receipt that resolves when its [`Settle`] is settled (or dropped), for a
-    /// [`Storage::append`] that returns before the record is durable.
+    /// [`Storage::append`] that returns before the record is durable. A storage that returns
+    /// these must also override [`Storage::flush`], so that it resolves only once every
+    /// receipt given out before it is settled, with the first error among them.
     pub fn pending() -> (Receipt, Settle) {
         let (tx, rx) = tokio::sync::oneshot::channel();
         (Receipt(ReceiptInner::Pending(rx)), Settle(tx))
@@ -306,18 +313,27 @@ impl Receipt {
 
     /// [`Receipt::durable`] without giving the receipt up: a caller that is dropped while it
     /// waits leaves the receipt to be waited for by someone else.
+    /// Waiting again after it returned gives the same answer.
     pub(crate) async fn wait(&mut self) -> Result<(), StorageError> {
-        match &mut self.0 {
-            ReceiptInner::Ready(r) => r.clone(),
+        let result = match &mut self.0 {
+            ReceiptInner::Ready(r) => return r.clone(),
             ReceiptInner::Journal(ack) => match ack.await {
                 Ok(r) => r.map_err(StorageError::Io),
                 Err(_) => Err(StorageError::Closed),
             },
             ReceiptInner::Pending(rx) => rx.await.unwrap_or(Err(StorageError::Closed)),
-        }
+        };
+        // A channel's receiver must not be polled again once it has answered.
+        self.0 = ReceiptInner::Ready(result.clone());
+        result
     }
 
     /// [`Receipt::durable`] for a thread that may block (never an async arbiter).
+    ///
+    /// # Panics
+    ///
+    /// On a thread that runs an async runtime (an actix arbiter), while the record is not yet
+    /// durable.
     pub fn wait_blocking(self) -> Result<(), StorageError> {
         match self.0 {
             ReceiptInner::Ready(r) => r,
@@ -439,7 +455,9 @@ pub trait Storage: Send + Sync + 'static {
         Ok(Compacted::default())
     }
     /// Resolves once every record appended before it is durable, whatever the fsync mode
-    /// (shutdown calls it last).
+    /// (shutdown calls it last; a duplicate of a message whose record may still be on its way
+    /// is answered after it). The default is for a storage whose receipts are all ready on
+    /// return; one that gives out [`Receipt::pending`] receipts must override it.
     fn flush(&self) -> Receipt {
         Receipt::ready(Ok(()))
     }
