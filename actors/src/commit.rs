@@ -115,6 +115,28 @@ impl Commit {
     }
 }
 
+/// Where a message stands with its `Accepted` record, for whoever begins its attempt.
+pub(crate) enum Standing<'a> {
+    /// Known durable, or the message did not begin early (it has no commit).
+    Durable,
+    /// Still on its way: what must wait for it waits on this commit.
+    Pending(&'a Arc<Commit>),
+    /// It could not be written: the message is refused, and is not to run.
+    Failed,
+}
+
+/// Where the message whose commit is `commit` stands (see [`Standing`]).
+pub(crate) fn standing(commit: &Option<Arc<Commit>>) -> Standing<'_> {
+    match commit {
+        None => Standing::Durable,
+        Some(c) => match c.get() {
+            Some(Ok(())) => Standing::Durable,
+            None => Standing::Pending(c),
+            Some(Err(_)) => Standing::Failed,
+        },
+    }
+}
+
 /// Sets a commit from a receipt it owns: by [`Setter::resolve`], or, if dropped first (the
 /// caller's future went away while it waited), on a thread of its own. So a commit is always set.
 pub(crate) struct Setter {

@@ -23,6 +23,7 @@ use serde_json::Value;
 
 use super::worker::{settle, JobResult, Run, Station};
 use super::{CancelToken, CpuProcessor, Job};
+use crate::commit::{standing, Standing};
 use crate::envelope::Envelope;
 use crate::supervision::panic_message;
 
@@ -131,21 +132,23 @@ impl Handoff {
     fn begin(&self, station: &Station) -> Option<u32> {
         let mut st = self.state.lock();
         let env = st.env.as_mut()?;
-        let started = match env.commit.as_ref().map(|c| (c.get(), c)) {
-            Some((Some(Err(_)), _)) => {
+        let started = match standing(&env.commit) {
+            Standing::Failed => {
                 let env = st.env.take()?;
                 station.ledger.take_back(env.route, &env.ticket);
                 return None;
             }
-            Some((None, commit)) => station.ledger.start_unwritten(&env.ticket).inspect(|&a| {
-                let (ledger, id) = (station.ledger.clone(), env.id);
-                commit.then(move |committed| {
-                    if committed.is_ok() {
-                        ledger.write_started(id, a);
-                    }
-                });
-            }),
-            Some((Some(Ok(())), _)) | None => station.ledger.start(&env.ticket),
+            Standing::Pending(commit) => {
+                station.ledger.start_unwritten(&env.ticket).inspect(|&a| {
+                    let (ledger, id) = (station.ledger.clone(), env.id);
+                    commit.then(move |committed| {
+                        if committed.is_ok() {
+                            ledger.write_started(id, a);
+                        }
+                    });
+                })
+            }
+            Standing::Durable => station.ledger.start(&env.ticket),
         };
         match started {
             Ok(attempt) => {

@@ -46,6 +46,7 @@ use futures_util::FutureExt;
 use super::cpu::{CpuPool, Expiry, Handoff, RunCpu};
 use super::{AsyncProcessor, CancelToken, Job, ProcessError, ProcessResult};
 use crate::alarm::Alarm;
+use crate::commit::{standing, Standing};
 use crate::dispatcher::Submitter;
 use crate::envelope::{Envelope, ErrorClass, ErrorInfo, Status};
 use crate::ledger::{Drain, Ledger};
@@ -394,9 +395,11 @@ impl Worker {
             Exec::Cpu(pool, _) if !pool.connected() => {
                 // The attempt fails without ever running (its `Started` record written only for
                 // a message whose record is known durable: `settle` takes back a refused one).
-                env.attempt = match env.commit.as_ref().map(|c| c.get()) {
-                    Some(Some(Ok(()))) | None => station.ledger.start(&env.ticket).ok()?,
-                    Some(_) => station.ledger.start_unwritten(&env.ticket).ok()?,
+                env.attempt = match standing(&env.commit) {
+                    Standing::Durable => station.ledger.start(&env.ticket).ok()?,
+                    Standing::Pending(_) | Standing::Failed => {
+                        station.ledger.start_unwritten(&env.ticket).ok()?
+                    }
                 };
                 return Some((env, JobResult::Lost("its threads are gone".into())));
             }
@@ -447,10 +450,10 @@ impl Worker {
                 // written, and is settled, only once the record is durable (in its task,
                 // below). One whose record has failed already is not run: settling it takes it
                 // back, and nothing of it is written.
-                let commit = match env.commit.as_ref().map(|c| (c.get(), c)) {
-                    Some((Some(Err(_)), _)) => return Some((env, JobResult::Abandoned)),
-                    Some((None, c)) => Some(c.clone()),
-                    Some((Some(Ok(())), _)) | None => None,
+                let commit = match standing(&env.commit) {
+                    Standing::Failed => return Some((env, JobResult::Abandoned)),
+                    Standing::Pending(c) => Some(c.clone()),
+                    Standing::Durable => None,
                 };
                 let fut = match catch_unwind(AssertUnwindSafe(|| processor.process(job, payload))) {
                     Ok(fut) => fut,
