@@ -84,7 +84,15 @@ pub(super) async fn ensure_stream(
         allow_direct: true,
         ..Default::default()
     };
-    match js.get_stream(stream).await {
+    // Nodes starting together race to create it: one that loses finds it made by another.
+    let found = match js.get_stream(stream).await {
+        Ok(s) => Ok(s),
+        Err(_) => match js.create_stream(config.clone()).await {
+            Ok(s) => return Ok(s),
+            Err(e) => js.get_stream(stream).await.map_err(|_| e),
+        },
+    };
+    match found {
         Ok(mut s) => {
             let info = s
                 .info()
@@ -117,10 +125,9 @@ pub(super) async fn ensure_stream(
             }
             Ok(s)
         }
-        Err(_) => js
-            .create_stream(config)
-            .await
-            .map_err(|e| ClusterError::Setup(format!("cannot create stream {stream}: {e}"))),
+        Err(e) => Err(ClusterError::Setup(format!(
+            "cannot create stream {stream}: {e}"
+        ))),
     }
 }
 
@@ -159,7 +166,7 @@ pub(super) async fn ensure_bucket(
     let setup = |e: &dyn std::fmt::Display| ClusterError::Setup(format!("bucket {bucket}: {e}"));
     let store = match js.get_key_value(bucket).await {
         Ok(store) => store,
-        Err(_) => js
+        Err(_) => match js
             .create_key_value(kv::Config {
                 bucket: bucket.to_owned(),
                 history: 1,
@@ -169,7 +176,12 @@ pub(super) async fn ensure_bucket(
                 ..Default::default()
             })
             .await
-            .map_err(|e| setup(&e))?,
+        {
+            Ok(store) => store,
+            // Nodes starting together race to create it: one that loses (its create differs
+            // from the limits the winner has set since) finds it made by another.
+            Err(e) => js.get_key_value(bucket).await.map_err(|_| setup(&e))?,
+        },
     };
     let mut s = js
         .get_stream(format!("KV_{bucket}"))
