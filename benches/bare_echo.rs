@@ -16,7 +16,10 @@
 //! fsync (group commit). That is the least any server pays that promises an answer only for a
 //! message on disk: one record and its share of an fsync per message, no store, no actors. It is
 //! the ceiling of Mailroom's journal on this machine at the same concurrency (Mailroom also
-//! writes `Finished`, which nobody waits for).
+//! writes `Finished`, which nobody waits for). `sleep` then writes its body while its timer
+//! runs and answers once both are done: the ceiling of the journal's `sleep` (Mailroom runs a
+//! pure processor while its `Accepted` record is fsynced, and also writes `Started` and
+//! `Finished`).
 //!
 //! Run: `cargo run --release --example bare_echo -- 127.0.0.1:8090` (`BARE_WORKERS`: HTTP
 //! worker threads, default one per core; `BARE_CPU_THREADS`, `BARE_JOURNAL`: see above).
@@ -41,12 +44,9 @@ struct Submission {
 async fn submit(body: web::Bytes) -> HttpResponse {
     match serde_json::from_slice::<Submission>(&body) {
         Ok(s) if s.kind == "echo" => {
-            if let Some(journal) = JOURNAL.get() {
-                // On disk before the answer: the writer thread acknowledges after its fsync.
-                let (done, rx) = tokio::sync::oneshot::channel();
-                if journal.send((body.to_vec(), done)).is_err() || rx.await.is_err() {
-                    return HttpResponse::ServiceUnavailable().finish();
-                }
+            // On disk before the answer.
+            if !on_disk(&body).await {
+                return HttpResponse::ServiceUnavailable().finish();
             }
             HttpResponse::Ok().json(json!({
                 "id": "00000000000000000000000000", "kind": "echo", "status": "completed",
@@ -55,7 +55,12 @@ async fn submit(body: web::Bytes) -> HttpResponse {
         }
         Ok(s) if s.kind == "sleep" => {
             let ms = s.payload["ms"].as_u64().unwrap_or(0);
-            actix_rt::time::sleep(Duration::from_millis(ms)).await;
+            // With a journal, the body is written while the timer runs, and the answer waits
+            // for both (as Mailroom runs a pure processor while its record is fsynced).
+            let sleep = actix_rt::time::sleep(Duration::from_millis(ms));
+            if !futures_util::join!(on_disk(&body), sleep).0 {
+                return HttpResponse::ServiceUnavailable().finish();
+            }
             HttpResponse::Ok().json(json!({
                 "id": "00000000000000000000000000", "kind": "sleep", "status": "completed",
                 "result": {"slept_ms": ms}, "attempts": 1,
@@ -117,6 +122,16 @@ fn start_cpu_threads(n: usize) {
 }
 
 type Record = (Vec<u8>, tokio::sync::oneshot::Sender<()>);
+
+/// With `BARE_JOURNAL`, appends `body` and resolves once it is fsynced (false if the writer
+/// stopped); without, resolves at once.
+async fn on_disk(body: &[u8]) -> bool {
+    let Some(journal) = JOURNAL.get() else {
+        return true;
+    };
+    let (done, rx) = tokio::sync::oneshot::channel();
+    journal.send((body.to_vec(), done)).is_ok() && rx.await.is_ok()
+}
 
 /// With `BARE_JOURNAL=FILE`: the writer thread's queue.
 static JOURNAL: OnceLock<mpsc::Sender<Record>> = OnceLock::new();

@@ -139,7 +139,8 @@ start_bare "$BARE"
 start_bare "$BARE_INLINE1" BARE_WORKERS=1
 start_bare "$BARE_POOL" BARE_CPU_THREADS=2
 start_bare "$BARE_POOL1" BARE_CPU_THREADS=1
-# The journal's ceiling: echo answered once its body is fsynced to a file (group commit).
+# The journal's ceiling: echo (and sleep) answered once its body is fsynced to a file (group
+# commit).
 rm -f "$OUT/bare-journal"
 start_bare "$BARE_DURABLE" BARE_JOURNAL="$OUT/bare-journal"
 
@@ -166,11 +167,13 @@ for wl in $ONLY; do
         "echo/go=http://$GO$W" "echo/python=http://$PY$W"
       stop_mailrooms ;;
     sleep)
-      # Every workload runs Mailroom with the journal (the default) and in memory.
+      # Every workload runs Mailroom with the journal (the default) and in memory. Beside the
+      # bare timer, the bare timer that fsyncs each body while it sleeps (the journal's ceiling).
       start_mailroom "$MR"
       start_mailroom "$MR1" MAILROOM_STORAGE__KIND=memory
       measure "$SLEEP" 1000 "$SLEEP_DURATION" "sleep/mailroom=http://$MR$W" "sleep/mailroom-memory=http://$MR1$W" \
-        "sleep/bare=http://$BARE$B" "sleep/go=http://$GO$W" "sleep/python=http://$PY$W"
+        "sleep/bare=http://$BARE$B" "sleep/bare-durable=http://$BARE_DURABLE$B" "sleep/go=http://$GO$W" \
+        "sleep/python=http://$PY$W"
       stop_mailrooms ;;
     fetch)
       start_mailroom "$MR"
@@ -229,6 +232,9 @@ ratio("echo: mailroom (journal) / bare actix-web", "echo/mailroom", "echo/bare",
 ideal("sleep: mailroom / ideal 10,000", "sleep/mailroom", 10000, "≥ 0.95")
 ideal("sleep: bare actix-web timer / ideal 10,000 (this machine's ceiling)", "sleep/bare", 10000, "")
 ratio("sleep: mailroom / bare actix-web timer", "sleep/mailroom", "sleep/bare", "")
+ideal("sleep: bare timer, fsync per body / ideal 10,000 (the journal's ceiling)", "sleep/bare-durable", 10000, "")
+ratio("sleep: mailroom (journal) / bare timer, fsync per body", "sleep/mailroom", "sleep/bare-durable", "")
+ratio("sleep: mailroom (memory) / bare actix-web timer", "sleep/mailroom-memory", "sleep/bare", "")
 ideal("fetch: mailroom / ideal 5,120", "fetch/mailroom", 5120, "≥ 0.90")
 for wl in ("primes", "hash"):
     ratio(f"{wl}: pool / one thread", f"{wl}/mailroom", f"{wl}/mailroom-1-thread", "≥ 1.8")
