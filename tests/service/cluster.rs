@@ -185,10 +185,14 @@ fn node(nats: &Nats, cluster: &str, name: &str) -> Node {
 
 /// [`node`] with more configuration after the routes.
 fn node_with(nats: &Nats, cluster: &str, name: &str, extra: &str) -> Node {
+    node_at(&nats.url(), cluster, name, extra)
+}
+
+/// [`node_with`] for the NATS server at `url`.
+fn node_at(url: &str, cluster: &str, name: &str, extra: &str) -> Node {
     let dir = tempfile::tempdir().unwrap();
     let toml = format!(
-        "[cluster]\nnats_url = \"{}\"\nname = \"{cluster}\"\nnode = \"{name}\"\nack_wait_ms = {ACK_WAIT_MS}\n{ROUTES}\n{extra}",
-        nats.url()
+        "[cluster]\nnats_url = \"{url}\"\nname = \"{cluster}\"\nnode = \"{name}\"\nack_wait_ms = {ACK_WAIT_MS}\n{ROUTES}\n{extra}"
     );
     let served = serve_in(dir.path(), &toml, None).unwrap_or_else(|e| panic!("{e}"));
     let addr = addr_of(&served.base);
@@ -967,4 +971,146 @@ fn a_node_stopped_with_sigterm_hands_its_running_message_to_another_without_coun
     assert_eq!(o["node"], "node-b", "{o}");
     assert_eq!(o["attempts"], 1, "{o}");
     assert!(o.get("error").is_none(), "{o}");
+}
+
+/// A loopback TCP proxy in front of NATS that can lose one answer: once armed with a subject
+/// prefix, the first publish with headers (`HPUB`) to a subject starting with it is passed on
+/// to the server, which acts on it, while nothing the server sends back on that connection
+/// reaches the client any more (the answer among it); 300 ms later the connection is cut. The
+/// client connects again through the proxy, which passes everything on from then on.
+struct LosingProxy {
+    port: u16,
+    /// The subject prefix to lose the answer of, while armed.
+    armed: Arc<Mutex<Option<Vec<u8>>>>,
+    /// Whether an answer was lost.
+    fired: Arc<AtomicBool>,
+}
+
+impl LosingProxy {
+    fn start(upstream: u16) -> LosingProxy {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let armed: Arc<Mutex<Option<Vec<u8>>>> = Arc::default();
+        let fired = Arc::new(AtomicBool::new(false));
+        let (a, f) = (armed.clone(), fired.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let mute = Arc::new(AtomicBool::new(false));
+                // Server to client, until muted.
+                let (mut from, mut to, m) = (
+                    server.try_clone().unwrap(),
+                    client.try_clone().unwrap(),
+                    mute.clone(),
+                );
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16384];
+                    while let Ok(n @ 1..) = from.read(&mut buf) {
+                        if !m.load(SeqCst) && to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to.shutdown(std::net::Shutdown::Both);
+                });
+                // Client to server, watching for the armed subject.
+                let (a, f) = (a.clone(), f.clone());
+                std::thread::spawn(move || {
+                    let (mut from, mut to) = (client, server);
+                    let mut buf = [0u8; 16384];
+                    let mut tail: Vec<u8> = Vec::new();
+                    let mut cut_at: Option<Instant> = None;
+                    from.set_read_timeout(Some(Duration::from_millis(50)))
+                        .unwrap();
+                    loop {
+                        if cut_at.is_some_and(|t| Instant::now() >= t) {
+                            let _ = from.shutdown(std::net::Shutdown::Both);
+                            let _ = to.shutdown(std::net::Shutdown::Both);
+                            return;
+                        }
+                        let n = match from.read(&mut buf) {
+                            Ok(0) => break,
+                            Ok(n) => n,
+                            Err(e)
+                                if e.kind() == std::io::ErrorKind::WouldBlock
+                                    || e.kind() == std::io::ErrorKind::TimedOut =>
+                            {
+                                continue
+                            }
+                            Err(_) => break,
+                        };
+                        if cut_at.is_none() {
+                            // The frame may straddle two reads: look at the end of the last.
+                            tail.extend_from_slice(&buf[..n]);
+                            let mut armed = a.lock().unwrap();
+                            if let Some(prefix) = armed.as_ref() {
+                                let mut pattern = b"HPUB ".to_vec();
+                                pattern.extend_from_slice(prefix);
+                                if tail.windows(pattern.len()).any(|w| w == pattern) {
+                                    // Muted before the publish goes on: its answer cannot
+                                    // slip through.
+                                    mute.store(true, SeqCst);
+                                    f.store(true, SeqCst);
+                                    *armed = None;
+                                    cut_at = Some(Instant::now() + Duration::from_millis(300));
+                                }
+                            }
+                            let keep = tail.len().saturating_sub(256);
+                            tail.drain(..keep);
+                        }
+                        if to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        LosingProxy { port, armed, fired }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Loses the answer to the next publish with headers to a subject starting with `prefix`.
+    fn arm(&self, prefix: &str) {
+        *self.armed.lock().unwrap() = Some(prefix.as_bytes().to_vec());
+    }
+}
+
+#[test]
+fn a_claim_whose_answer_nats_lost_runs_once_as_its_first_attempt() {
+    let _heavy = crate::common::heavy();
+    let Some(nats) = Nats::start() else { return };
+    let proxy = LosingProxy::start(nats.port);
+    let cluster = cluster_name("lostclaim");
+    let a = node_at(&proxy.url(), &cluster, "node-a", "");
+    // The node's claim of the next message: the create of its entry in the messages bucket.
+    // The entry is written, but the node never hears so; the message comes back to it.
+    proxy.arm(&format!("$KV.{cluster}_messages."));
+    let id = submit(&a, json!({"kind": "echo", "payload": {"n": 1}}));
+    // Reads answer 503 while the node's connection is cut and it connects again.
+    let mut o = Value::Null;
+    wait_until("the message ends", Duration::from_secs(60), || {
+        let (code, _, v) = request(
+            &a.addr,
+            "GET",
+            &format!("/v1/messages/{id}?wait_ms=1000"),
+            None,
+        );
+        assert!(code == 200 || code == 503, "{code}: {v}");
+        o = v;
+        code == 200 && !matches!(o["status"].as_str(), Some("queued" | "delayed" | "running"))
+    });
+    assert!(proxy.fired.load(SeqCst), "no claim went through the proxy");
+    assert_eq!(o["status"], "completed", "{o}");
+    assert_eq!(o["result"], json!({"n": 1}), "{o}");
+    // It ran once: the claim that landed unanswered is the same attempt, not one lost by a
+    // node that stopped.
+    assert_eq!(o["attempts"], 1, "{o}");
+    assert!(o.get("error").is_none(), "{o}");
+    assert_eq!(o["node"], "node-a", "{o}");
 }

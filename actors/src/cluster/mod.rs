@@ -136,6 +136,10 @@ const KEYS_BYTES: usize = 64 * 1024 * 1024;
 /// retries: a message that kills every node that runs it ends after this many.
 pub const MAX_LOST_RUNS: u32 = 2;
 
+/// Most claims a node remembers whose answer NATS lost ([`Inner::unanswered`]); beyond it, such
+/// a claim counts as a lost attempt when it comes back, as one whose node died does.
+const MAX_UNANSWERED: usize = 4096;
+
 impl Entry {
     /// The entry of an accepted message that no node has taken yet.
     fn of(acc: &Accepted) -> Entry {
@@ -258,6 +262,11 @@ struct Inner {
     running: AtomicU64,
     /// The messages running here now (what a shutdown leaves to other nodes).
     running_ids: Mutex<std::collections::HashSet<MessageId>>,
+    /// Claims this node wrote whose answer it never got (NATS went away meanwhile): each
+    /// message's entry as written. When the message comes back to this node and its entry is
+    /// exactly that, the claim landed and the message never ran: it runs now, and no attempt is
+    /// counted lost. At most [`MAX_UNANSWERED`].
+    unanswered: Mutex<HashMap<MessageId, Bytes>>,
     /// The last [`Cluster::stats`] and when it was read: read at most once a second, however
     /// many pages and scrapers ask.
     stats: futures_util::lock::Mutex<Option<(Instant, ClusterStats)>>,
@@ -356,6 +365,7 @@ impl Cluster {
             draining: AtomicBool::new(false),
             running: AtomicU64::new(0),
             running_ids: Mutex::new(Default::default()),
+            unanswered: Mutex::new(HashMap::new()),
             stats: futures_util::lock::Mutex::new(None),
             tasks: Mutex::new(Vec::new()),
         }));

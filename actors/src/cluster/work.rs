@@ -238,19 +238,18 @@ async fn claim(
     m: &jetstream::Message,
 ) -> Claim {
     let key = acc.id.to_string();
+    // This node's last claim of it, if NATS lost the answer to that claim.
+    let unanswered = inner.unanswered.lock().remove(&acc.id);
     // The common case, a first delivery of a message that is due: no node has taken it, so it
     // has no entry yet. Taking it is creating its entry (which fails if a cancel, or another
     // node, made one first: then the entry is read below).
-    if acc.due_ms.is_none_or(|d| d <= unix_ms()) {
+    if unanswered.is_none() && acc.due_ms.is_none_or(|d| d <= unix_ms()) {
         let fresh = first_run(inner, acc);
-        match inner.messages.create(&key, fresh.encode()).await {
-            Ok(rev) => return Claim::Run(fresh, rev),
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
-            Err(e) => {
-                tracing::debug!(id = %acc.id, error = %e, "cannot write the entry; handed back");
-                let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
-                return Claim::Done;
-            }
+        let bytes = fresh.encode();
+        match answered(inner, inner.messages.create(&key, bytes.clone())).await {
+            Some(Ok(rev)) => return Claim::Run(fresh, rev),
+            Some(Err(e)) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+            _ => return unanswered_claim(inner, acc, m, bytes).await,
         }
     }
     loop {
@@ -262,9 +261,9 @@ async fn claim(
                 return Claim::Done;
             }
         };
-        let (entry, revision) = match got
+        let (entry, revision, raw) = match got
             .filter(|e| e.operation == kv::Operation::Put)
-            .and_then(|e| Entry::decode(&e.value).map(|v| (v, e.revision)))
+            .and_then(|e| Entry::decode(&e.value).map(|v| (v, e.revision, e.value)))
         {
             Some(x) => x,
             None => {
@@ -276,13 +275,11 @@ async fn claim(
                     return Claim::Done;
                 }
                 let fresh = first_run(inner, acc);
-                match inner.messages.create(&key, fresh.encode()).await {
-                    Ok(rev) => return Claim::Run(fresh, rev),
-                    Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => continue,
-                    Err(_) => {
-                        let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
-                        return Claim::Done;
-                    }
+                let bytes = fresh.encode();
+                match answered(inner, inner.messages.create(&key, bytes.clone())).await {
+                    Some(Ok(rev)) => return Claim::Run(fresh, rev),
+                    Some(Err(e)) if e.kind() == kv::CreateErrorKind::AlreadyExists => continue,
+                    _ => return unanswered_claim(inner, acc, m, bytes).await,
                 }
             }
         };
@@ -300,9 +297,12 @@ async fn claim(
             let _ = m.ack_with(AckKind::Nak(Some(wait))).await;
             return Claim::Done;
         }
-        let attempt = entry.outcome.attempts + 1;
+        // Running here by this node's own claim, whose answer NATS lost: it never ran, so this
+        // is the same attempt, not a lost one.
+        let own = entry.outcome.status == Status::Running && unanswered.as_ref() == Some(&raw);
+        let attempt = entry.outcome.attempts + u32::from(!own);
         let mut next = entry.clone();
-        if entry.outcome.status == Status::Running {
+        if entry.outcome.status == Status::Running && !own {
             // Its last attempt never reported: the node running it died (or lost NATS for
             // longer than ack_wait). Run it again, a bounded number of times.
             let error = ErrorInfo::new(
@@ -346,15 +346,42 @@ async fn claim(
         next.outcome.attempts = attempt;
         next.node = Some(inner.settings.node.clone());
         next.started_ms = Some(unix_ms());
-        match inner.messages.update(&key, next.encode(), revision).await {
-            Ok(rev) => return Claim::Run(next, rev),
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
-            Err(_) => {
-                let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
-                return Claim::Done;
-            }
+        let bytes = next.encode();
+        match answered(inner, inner.messages.update(&key, bytes.clone(), revision)).await {
+            Some(Ok(rev)) => return Claim::Run(next, rev),
+            Some(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+            _ => return unanswered_claim(inner, acc, m, bytes).await,
         }
     }
+}
+
+/// The answer to a claim's write, if it comes within half of `ack_wait`: so a node has given up
+/// on a claim before JetStream would deliver the message again (to it or to another node).
+async fn answered<T>(inner: &Inner, write: impl std::future::Future<Output = T>) -> Option<T> {
+    actix_rt::time::timeout(inner.settings.ack_wait / 2, write)
+        .await
+        .ok()
+}
+
+/// A claim whose write failed without an answer or with no answer in time (NATS went away
+/// meanwhile), so it may have landed: remembers the entry as written, so that when the message
+/// comes back to this node and finds it, it runs as this same attempt rather than one lost by
+/// a dead node; then hands the delivery back for a second.
+async fn unanswered_claim(
+    inner: &Inner,
+    acc: &Accepted,
+    m: &jetstream::Message,
+    written: Bytes,
+) -> Claim {
+    tracing::debug!(id = %acc.id, "no answer to its claim; handed back");
+    {
+        let mut unanswered = inner.unanswered.lock();
+        if unanswered.len() < super::MAX_UNANSWERED {
+            unanswered.insert(acc.id, written);
+        }
+    }
+    let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+    Claim::Done
 }
 
 /// The entry of a message's first attempt, running here from now.
