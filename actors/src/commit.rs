@@ -9,17 +9,14 @@
 //! [`Ledger::undeliverable`](crate::ledger::Ledger::undeliverable) when the route stopped) then
 //! takes the message back (it leaves no trace) instead of settling it. Steps waiting for a
 //! commit ([`Commit::then`]: a `Started` record, a settlement) run in the order they were added.
-//! A commit whose setter cannot start the thread that waits for its receipt is set to
-//! [`StorageError::Closed`].
+//! A commit whose setter is dropped before its receipt is settled is set by a task that waits
+//! for the receipt (or, failing that, a thread; failing both, to [`StorageError::Closed`]).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
-use crate::storage::StorageError;
-
-/// A step to run with a commit's result.
-type Step = Box<dyn FnOnce(Result<(), StorageError>) + Send>;
+use crate::storage::{Step, StorageError};
 
 /// Whether a message's `Accepted` record reached the disk: unknown until [`Commit::set`].
 #[derive(Default)]
@@ -138,13 +135,16 @@ pub(crate) fn standing(commit: &Option<Arc<Commit>>) -> Standing<'_> {
 }
 
 /// Sets a commit from a receipt it owns: by [`Setter::resolve`], or, if dropped first (the
-/// caller's future went away while it waited), on a thread of its own. So a commit is always set.
-pub(crate) struct Setter {
+/// caller's future went away while it waited), by a task on `arbiter` (see
+/// [`Receipt::then_on`](crate::storage::Receipt::then_on)). So a commit is always set.
+pub(crate) struct Setter<'a> {
     pub(crate) commit: Arc<Commit>,
     pub(crate) receipt: Option<crate::storage::Receipt>,
+    /// Where to finish waiting if the caller goes away.
+    pub(crate) arbiter: Option<&'a actix_rt::ArbiterHandle>,
 }
 
-impl Setter {
+impl Setter<'_> {
     /// Waits for the receipt and sets the commit; returns the receipt's result.
     pub(crate) async fn resolve(mut self) -> Result<(), StorageError> {
         // The receipt stays in `self` while it is waited for: if this future is dropped, `drop`
@@ -157,19 +157,13 @@ impl Setter {
     }
 }
 
-impl Drop for Setter {
+impl Drop for Setter<'_> {
     fn drop(&mut self) {
         let Some(receipt) = self.receipt.take() else {
             return;
         };
         let commit = self.commit.clone();
-        let spawned = std::thread::Builder::new()
-            .name("mailroom-commit".into())
-            .spawn(move || commit.set(receipt.wait_blocking()));
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot start a thread to finish an abandoned commit");
-            self.commit.set(Err(StorageError::Closed));
-        }
+        receipt.then_on(self.arbiter, move |result| commit.set(result));
     }
 }
 

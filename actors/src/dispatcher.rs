@@ -86,9 +86,10 @@ fn attached_here() -> bool {
 }
 
 /// An admitted message whose `Accepted` record is on its way to disk. Dropped before it is
-/// taken (the caller's future went away while waiting), it finishes on a thread of its own:
-/// waits for the record, then hands the message on, or withdraws it if the write failed. So a
-/// message is never left admitted and undelivered.
+/// taken (the caller's future went away while waiting), it finishes as a task on the
+/// dispatcher's first I/O arbiter (a thread of its own if that has stopped): waits for the
+/// record, then hands the message on, or withdraws it if the write failed. So a message is
+/// never left admitted and undelivered, and callers that give up hold no thread each.
 struct Pending {
     core: Arc<Core>,
     env: Option<Envelope>,
@@ -102,17 +103,15 @@ impl Drop for Pending {
         };
         let core = self.core.clone();
         let receipt = std::mem::replace(&mut self.receipt, Receipt::ready(Ok(())));
-        let spawned = std::thread::Builder::new()
-            .name("mailroom-admit".into())
-            .spawn(move || match receipt.wait_blocking() {
+        receipt.then_on(
+            self.core.io_arbiters.first(),
+            move |durable| match durable {
                 Ok(()) => core.hand_off(env),
                 Err(e) => {
                     core.ledger.withdraw(env, e);
                 }
-            });
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot start a thread to finish an abandoned admission");
-        }
+            },
+        );
     }
 }
 
@@ -536,6 +535,7 @@ impl Dispatcher {
                 let setter = Setter {
                     commit,
                     receipt: Some(receipt),
+                    arbiter: self.core.io_arbiters.first(),
                 };
                 self.core.hand_off(env);
                 match setter.resolve().await {

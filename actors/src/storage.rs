@@ -328,6 +328,39 @@ impl Receipt {
         result
     }
 
+    /// Runs `step` with the receipt's result, for a caller that went away while it waited:
+    /// as a task on `arbiter` (so no thread is held while the record is written), or, if there
+    /// is none, it has stopped or it stops before the receipt is settled, on a thread of its
+    /// own. If that thread cannot be started either, `step` runs at once with
+    /// [`StorageError::Closed`]. So `step` always runs, once.
+    pub(crate) fn then_on(
+        self,
+        arbiter: Option<&actix_rt::ArbiterHandle>,
+        step: impl FnOnce(Result<(), StorageError>) + Send + 'static,
+    ) {
+        let mut rest = Rest {
+            receipt: Some(self),
+            step: Some(Box::new(step)),
+        };
+        let Some(arbiter) = arbiter else {
+            return; // `rest` is dropped: its thread takes over
+        };
+        // If the task is dropped before it ends (the arbiter stopped, or would not take it),
+        // so is `rest`, whose drop finishes on a thread.
+        arbiter.spawn(async move {
+            let result = rest
+                .receipt
+                .as_mut()
+                .expect("taken only here or on drop")
+                .wait()
+                .await;
+            rest.receipt = None;
+            if let Some(step) = rest.step.take() {
+                step(result);
+            }
+        });
+    }
+
     /// [`Receipt::durable`] for a thread that may block (never an async arbiter).
     ///
     /// # Panics
@@ -342,6 +375,41 @@ impl Receipt {
                 Err(_) => Err(StorageError::Closed),
             },
             ReceiptInner::Pending(rx) => rx.blocking_recv().unwrap_or(Err(StorageError::Closed)),
+        }
+    }
+}
+
+/// A step to run with a record's result (a receipt's, or a commit's).
+pub(crate) type Step = Box<dyn FnOnce(Result<(), StorageError>) + Send>;
+
+/// The step waiting for a receipt ([`Receipt::then_on`]): dropped before it ran, it waits for
+/// the receipt on a thread of its own.
+struct Rest {
+    receipt: Option<Receipt>,
+    step: Option<Step>,
+}
+
+impl Drop for Rest {
+    fn drop(&mut self) {
+        let (Some(receipt), Some(step)) = (self.receipt.take(), self.step.take()) else {
+            return;
+        };
+        // The step is shared with the thread: if the thread cannot start, it runs here.
+        let step = Arc::new(Mutex::new(Some(step)));
+        let on_thread = step.clone();
+        let spawned = std::thread::Builder::new()
+            .name("mailroom-receipt".into())
+            .spawn(move || {
+                let result = receipt.wait_blocking();
+                if let Some(step) = on_thread.lock().take() {
+                    step(result);
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start a thread to wait for a record; its message is refused");
+            if let Some(step) = step.lock().take() {
+                step(Err(StorageError::Closed));
+            }
         }
     }
 }
@@ -708,6 +776,62 @@ pub(crate) mod tests {
     use super::*;
     use crate::envelope::Kind;
     use serde_json::json;
+
+    /// Runs `then_on` with a pending receipt, settles it, and returns the result the step got
+    /// and the name of the thread it ran on.
+    fn step_of(arbiter: Option<&actix_rt::ArbiterHandle>) -> (Result<(), StorageError>, String) {
+        let (receipt, settle) = Receipt::pending();
+        let (tx, rx) = std::sync::mpsc::channel();
+        receipt.then_on(arbiter, move |r| {
+            let name = std::thread::current().name().unwrap_or("").to_owned();
+            tx.send((r, name)).unwrap();
+        });
+        assert!(rx.try_recv().is_err(), "ran before the receipt was settled");
+        settle.settle(Err(StorageError::Closed));
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("the step ran")
+    }
+
+    #[test]
+    fn a_step_for_an_abandoned_receipt_runs_once_on_the_arbiter_or_else_on_a_thread() {
+        let sys = actix_rt::System::new();
+        let arbiter = sys.block_on(async { actix_rt::Arbiter::new() });
+        // On the arbiter: no thread of its own.
+        let (r, on) = step_of(Some(&arbiter.handle()));
+        assert!(matches!(r, Err(StorageError::Closed)), "{r:?}");
+        assert!(on.contains("arbiter"), "ran on {on:?}");
+        // No arbiter, or one that has stopped: on a thread.
+        let (r, on) = step_of(None);
+        assert!(matches!(r, Err(StorageError::Closed)), "{r:?}");
+        assert_eq!(on, "mailroom-receipt");
+        let handle = arbiter.handle();
+        arbiter.stop();
+        arbiter.join().unwrap();
+        let (_, on) = step_of(Some(&handle));
+        assert_eq!(on, "mailroom-receipt");
+    }
+
+    #[test]
+    fn a_step_waiting_on_an_arbiter_that_stops_finishes_on_a_thread() {
+        let sys = actix_rt::System::new();
+        let arbiter = sys.block_on(async { actix_rt::Arbiter::new() });
+        let (receipt, settle) = Receipt::pending();
+        let (tx, rx) = std::sync::mpsc::channel();
+        receipt.then_on(Some(&arbiter.handle()), move |r| {
+            let name = std::thread::current().name().unwrap_or("").to_owned();
+            tx.send((r, name)).unwrap();
+        });
+        // Waiting on the arbiter when it stops: the task is dropped, and a thread waits on.
+        arbiter.stop();
+        arbiter.join().unwrap();
+        assert!(rx.try_recv().is_err(), "ran before the receipt was settled");
+        settle.settle(Ok(()));
+        let (r, on) = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the step ran");
+        assert!(r.is_ok(), "{r:?}");
+        assert_eq!(on, "mailroom-receipt");
+    }
 
     /// An `echo` message's `Accepted` record (for the tests of this crate).
     pub(crate) fn accepted(id: MessageId) -> Record {
