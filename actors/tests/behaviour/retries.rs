@@ -105,3 +105,45 @@ async fn a_panic_is_retried_like_an_error() {
     let stats = settled(&d).await;
     assert_eq!(stats.kind("chaos").unwrap().restarts, 2);
 }
+
+#[actix_rt::test]
+async fn a_retry_waiting_for_its_backoff_can_be_cancelled_and_stops_counting_as_delayed() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = calls.clone();
+    let failing = Processor::from_fn("failing", move |_job, _p| {
+        c.fetch_add(1, Ordering::SeqCst);
+        async move { Err::<serde_json::Value, _>(ProcessError::new("not yet")) }
+    });
+    let d = builder(settings())
+        .processor(failing)
+        .route(
+            "failing",
+            RouteSettings::new("failing").retries(1, Duration::from_secs(60)),
+        )
+        .build()
+        .unwrap();
+    let id = d.submit(Message::new("failing", json!({}))).unwrap();
+    // The first attempt fails; the retry waits a minute.
+    let waiting = super::common::eventually(Duration::from_secs(10), || {
+        d.status(id).is_some_and(|o| o.status == Status::Delayed)
+    })
+    .await;
+    assert!(waiting, "{:?}", d.status(id));
+    let route = |d: &mailroom_actors::Dispatcher| {
+        d.routes()
+            .into_iter()
+            .find(|r| r.kind.as_str() == "failing")
+            .unwrap()
+    };
+    assert_eq!(route(&d).delayed, 1);
+    let out = d.cancel(id).unwrap();
+    assert_eq!(out.status, Status::Cancelled);
+    assert_eq!(out.attempts, 1);
+    // The router lets the waiting retry go at once: nothing counts as delayed, and it never runs.
+    let gone = super::common::eventually(Duration::from_secs(10), || route(&d).delayed == 0).await;
+    assert!(gone, "{:?}", route(&d));
+    let stats = settled(&d).await;
+    let k = stats.kind("failing").unwrap();
+    assert_eq!((k.accepted, k.cancelled, k.retried), (1, 1, 1));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
