@@ -185,14 +185,14 @@ fn node(nats: &Nats, cluster: &str, name: &str) -> Node {
 
 /// [`node`] with more configuration after the routes.
 fn node_with(nats: &Nats, cluster: &str, name: &str, extra: &str) -> Node {
-    node_at(&nats.url(), cluster, name, extra)
+    node_at(&nats.url(), cluster, name, ACK_WAIT_MS, extra)
 }
 
-/// [`node_with`] for the NATS server at `url`.
-fn node_at(url: &str, cluster: &str, name: &str, extra: &str) -> Node {
+/// [`node_with`] for the NATS server at `url`, with its own `ack_wait_ms`.
+fn node_at(url: &str, cluster: &str, name: &str, ack_wait_ms: u64, extra: &str) -> Node {
     let dir = tempfile::tempdir().unwrap();
     let toml = format!(
-        "[cluster]\nnats_url = \"{url}\"\nname = \"{cluster}\"\nnode = \"{name}\"\nack_wait_ms = {ACK_WAIT_MS}\n{ROUTES}\n{extra}"
+        "[cluster]\nnats_url = \"{url}\"\nname = \"{cluster}\"\nnode = \"{name}\"\nack_wait_ms = {ack_wait_ms}\n{ROUTES}\n{extra}"
     );
     let served = serve_in(dir.path(), &toml, None).unwrap_or_else(|e| panic!("{e}"));
     let addr = addr_of(&served.base);
@@ -1083,11 +1083,21 @@ impl LosingProxy {
 
 #[test]
 fn a_claim_whose_answer_nats_lost_runs_once_as_its_first_attempt() {
+    // A short ack_wait: the node gives up on the claim's answer after half of it (1 s).
+    lost_claim(ACK_WAIT_MS);
+    // The default: the client gives up on the answer after 5 s, then finds the entry there
+    // and calls it taken.
+    lost_claim(30_000);
+}
+
+/// A node's claim of a message lands, and its answer is lost: the message runs once, as the
+/// first attempt, on that node.
+fn lost_claim(ack_wait_ms: u64) {
     let _heavy = crate::common::heavy();
     let Some(nats) = Nats::start() else { return };
     let proxy = LosingProxy::start(nats.port);
-    let cluster = cluster_name("lostclaim");
-    let a = node_at(&proxy.url(), &cluster, "node-a", "");
+    let cluster = cluster_name(&format!("lostclaim{ack_wait_ms}_"));
+    let a = node_at(&proxy.url(), &cluster, "node-a", ack_wait_ms, "");
     // The node's claim of the next message: the create of its entry in the messages bucket.
     // The entry is written, but the node never hears so; the message comes back to it.
     proxy.arm(&format!("$KV.{cluster}_messages."));

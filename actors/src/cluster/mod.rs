@@ -140,6 +140,32 @@ pub const MAX_LOST_RUNS: u32 = 2;
 /// a claim counts as a lost attempt when it comes back, as one whose node died does.
 const MAX_UNANSWERED: usize = 4096;
 
+/// A claim of this node whose answer NATS lost: the entry it wrote, and when.
+struct Unanswered {
+    at: Instant,
+    written: Bytes,
+}
+
+/// Remembers an unanswered claim ([`Inner::unanswered`]). One older than twice `ack_wait` (and
+/// a minute) is forgotten when room is needed: by then its message has come back to this node,
+/// or gone to another, where the claim counts as a lost attempt either way.
+fn remember_unanswered(inner: &Inner, id: MessageId, written: Bytes) {
+    let mut unanswered = inner.unanswered.lock();
+    if unanswered.len() >= MAX_UNANSWERED {
+        let keep = inner.settings.ack_wait * 2 + Duration::from_secs(60);
+        unanswered.retain(|_, u| u.at.elapsed() < keep);
+    }
+    if unanswered.len() < MAX_UNANSWERED {
+        unanswered.insert(
+            id,
+            Unanswered {
+                at: Instant::now(),
+                written,
+            },
+        );
+    }
+}
+
 impl Entry {
     /// The entry of an accepted message that no node has taken yet.
     fn of(acc: &Accepted) -> Entry {
@@ -266,7 +292,7 @@ struct Inner {
     /// message's entry as written. When the message comes back to this node and its entry is
     /// exactly that, the claim landed and the message never ran: it runs now, and no attempt is
     /// counted lost. At most [`MAX_UNANSWERED`].
-    unanswered: Mutex<HashMap<MessageId, Bytes>>,
+    unanswered: Mutex<HashMap<MessageId, Unanswered>>,
     /// The last [`Cluster::stats`] and when it was read: read at most once a second, however
     /// many pages and scrapers ask.
     stats: futures_util::lock::Mutex<Option<(Instant, ClusterStats)>>,

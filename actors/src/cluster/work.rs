@@ -238,25 +238,40 @@ async fn claim(
     m: &jetstream::Message,
 ) -> Claim {
     let key = acc.id.to_string();
-    // This node's last claim of it, if NATS lost the answer to that claim.
+    // Every write of this claim is given up on by then (see `answered`).
+    let deadline = tokio::time::Instant::now() + inner.settings.ack_wait / 2;
+    // This node's last claim of it, if NATS lost the answer to that claim; and what this claim
+    // wrote last (a write whose answer is lost may still land, and then be read back below).
     let unanswered = inner.unanswered.lock().remove(&acc.id);
+    let mut mine: Option<Bytes> = None;
     // The common case, a first delivery of a message that is due: no node has taken it, so it
     // has no entry yet. Taking it is creating its entry (which fails if a cancel, or another
     // node, made one first: then the entry is read below).
     if unanswered.is_none() && acc.due_ms.is_none_or(|d| d <= unix_ms()) {
         let fresh = first_run(inner, acc);
         let bytes = fresh.encode();
-        match answered(inner, inner.messages.create(&key, bytes.clone())).await {
+        mine = Some(bytes.clone());
+        match answered(deadline, inner.messages.create(&key, bytes.clone())).await {
             Some(Ok(rev)) => return Claim::Run(fresh, rev),
             Some(Err(e)) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
             _ => return unanswered_claim(inner, acc, m, bytes).await,
         }
     }
     loop {
-        let got = match inner.messages.entry(key.clone()).await {
-            Ok(g) => g,
-            Err(e) => {
-                tracing::debug!(id = %acc.id, error = %e, "cannot read the entry; handed back");
+        let got = match answered(deadline, inner.messages.entry(key.clone())).await {
+            Some(Ok(g)) => g,
+            failed => {
+                if let Some(Err(e)) = failed {
+                    tracing::debug!(id = %acc.id, error = %e, "cannot read the entry; handed back");
+                }
+                // What this node knows of its own claims is kept for the next delivery.
+                match (mine, unanswered) {
+                    (Some(written), _) => return unanswered_claim(inner, acc, m, written).await,
+                    (None, Some(earlier)) => {
+                        inner.unanswered.lock().insert(acc.id, earlier);
+                    }
+                    (None, None) => {}
+                }
                 let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
                 return Claim::Done;
             }
@@ -276,7 +291,8 @@ async fn claim(
                 }
                 let fresh = first_run(inner, acc);
                 let bytes = fresh.encode();
-                match answered(inner, inner.messages.create(&key, bytes.clone())).await {
+                mine = Some(bytes.clone());
+                match answered(deadline, inner.messages.create(&key, bytes.clone())).await {
                     Some(Ok(rev)) => return Claim::Run(fresh, rev),
                     Some(Err(e)) if e.kind() == kv::CreateErrorKind::AlreadyExists => continue,
                     _ => return unanswered_claim(inner, acc, m, bytes).await,
@@ -299,7 +315,9 @@ async fn claim(
         }
         // Running here by this node's own claim, whose answer NATS lost: it never ran, so this
         // is the same attempt, not a lost one.
-        let own = entry.outcome.status == Status::Running && unanswered.as_ref() == Some(&raw);
+        let own = entry.outcome.status == Status::Running
+            && (mine.as_ref() == Some(&raw)
+                || unanswered.as_ref().is_some_and(|u| u.written == raw));
         let attempt = entry.outcome.attempts + u32::from(!own);
         let mut next = entry.clone();
         if entry.outcome.status == Status::Running && !own {
@@ -347,7 +365,13 @@ async fn claim(
         next.node = Some(inner.settings.node.clone());
         next.started_ms = Some(unix_ms());
         let bytes = next.encode();
-        match answered(inner, inner.messages.update(&key, bytes.clone(), revision)).await {
+        mine = Some(bytes.clone());
+        match answered(
+            deadline,
+            inner.messages.update(&key, bytes.clone(), revision),
+        )
+        .await
+        {
             Some(Ok(rev)) => return Claim::Run(next, rev),
             Some(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
             _ => return unanswered_claim(inner, acc, m, bytes).await,
@@ -355,12 +379,15 @@ async fn claim(
     }
 }
 
-/// The answer to a claim's write, if it comes within half of `ack_wait`: so a node has given up
-/// on a claim before JetStream would deliver the message again (to it or to another node).
-async fn answered<T>(inner: &Inner, write: impl std::future::Future<Output = T>) -> Option<T> {
-    actix_rt::time::timeout(inner.settings.ack_wait / 2, write)
-        .await
-        .ok()
+/// The answer to one of a claim's reads or writes, if it comes before `deadline`: half of
+/// `ack_wait` after the claim began, so a node has given up on a claim before JetStream would
+/// deliver the message again (to it or to another node). The client's own timeout for a
+/// JetStream answer (5 s) may end a write sooner.
+async fn answered<T>(
+    deadline: tokio::time::Instant,
+    io: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    tokio::time::timeout_at(deadline, io).await.ok()
 }
 
 /// A claim whose write failed without an answer or with no answer in time (NATS went away
@@ -374,12 +401,7 @@ async fn unanswered_claim(
     written: Bytes,
 ) -> Claim {
     tracing::debug!(id = %acc.id, "no answer to its claim; handed back");
-    {
-        let mut unanswered = inner.unanswered.lock();
-        if unanswered.len() < super::MAX_UNANSWERED {
-            unanswered.insert(acc.id, written);
-        }
-    }
+    super::remember_unanswered(inner, acc.id, written);
     let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
     Claim::Done
 }
