@@ -30,6 +30,7 @@ const state = {
   deadSeen: null, // what the dead-letter list was last loaded for
   deadNext: null,
   lookup: 0, // the current lookup, so an older one stops following
+  skew: 0, // the server's clock minus this browser's, from the last overview
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -73,8 +74,13 @@ function bytes(n) {
   return `${i === 0 ? n : dec.format(n)} ${units[i]}`;
 }
 
+/** Now on the server's clock: ages of the server's timestamps do not depend on this browser's. */
+function serverNow() {
+  return Date.now() + state.skew;
+}
+
 function ago(atMs) {
-  const s = Math.max(0, Math.round((Date.now() - atMs) / 1000));
+  const s = Math.max(0, Math.round((serverNow() - atMs) / 1000));
   if (s < 60) return `${s} s ago`;
   if (s < 3600) return `${Math.floor(s / 60)} min ago`;
   if (s < 86400) return `${Math.floor(s / 3600)} h ago`;
@@ -82,7 +88,7 @@ function ago(atMs) {
 }
 
 function uptime(sinceMs) {
-  const s = Math.max(0, Math.round((Date.now() - sinceMs) / 1000));
+  const s = Math.max(0, Math.round((serverNow() - sinceMs) / 1000));
   if (s < 60) return `${s} s`;
   if (s < 3600) return `${Math.floor(s / 60)} min`;
   if (s < 86400) return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
@@ -208,9 +214,12 @@ async function poll() {
     const gap = state.lastOk ? Math.ceil((Date.now() - state.lastOk) / 1000) + 3 : HISTORY;
     const want = state.seq === 0 ? HISTORY : Math.min(HISTORY, Math.max(10, gap));
     try {
+      const asked = Date.now();
       const o = await api(`/v1/overview?history=${want}`);
       connection(true);
       state.lastOk = Date.now();
+      // The answer was made about halfway through the request.
+      state.skew = o.now_ms - (asked + state.lastOk) / 2;
       const process = `${o.pid}/${o.started_at_ms}`;
       if (state.pid !== null && (process !== state.pid || o.history_seq < state.seq)) {
         // Another process answers now (a restart, even under the same pid, as PID 1 in a
@@ -284,6 +293,10 @@ function render(o) {
   $('draining-pill').hidden = !o.draining;
   renderStorage(o);
   renderRoutes(o.routes);
+  // The list is reloaded only when it changes: its ages move on here.
+  for (const when of document.querySelectorAll('#dead-list .when')) {
+    when.textContent = ago(Number(when.dataset.at));
+  }
   fillKinds(o.routes.map((r) => r.kind));
   // Unknown while NATS does not give it (a cluster node): said here, as the list cannot load.
   if (o.dead_letters === null) {
@@ -559,7 +572,8 @@ function deadItem(dl) {
     h('div', { class: 'dead-head' },
       h('span', { class: 'kind' }, dl.kind),
       idLink(dl.id),
-      h('span', { class: 'when', title: time(dl.died_at_ms) }, ago(dl.died_at_ms))),
+      h('span', { class: 'when', title: time(dl.died_at_ms), 'data-at': dl.died_at_ms },
+        ago(dl.died_at_ms))),
     h('p', { class: 'dead-error' },
       last ? h('span', { class: 'class' }, last.class) : null,
       last ? ` ${last.message}` : 'no error recorded'),

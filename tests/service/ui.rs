@@ -419,6 +419,37 @@ async fn a_dead_letter_shows_up_and_its_retry_button_replays_it() {
 }
 
 #[actix_rt::test]
+async fn ages_are_counted_on_the_servers_clock_and_move_on() {
+    let Some(b) = Browser::start(1400, 1000).await else {
+        return;
+    };
+    let s = start(with_flaky()).await;
+    b.open(&s, "/ui").await;
+    b.wait_text("#conn", SOON, |t| t == "live").await;
+    let id = dead_letter(&s, "aged").await;
+    let when = format!("li.dead-item[data-id='{id}'] .when");
+    b.wait_text(&when, LIVE, |t| t.ends_with(" s ago")).await;
+    // This browser's clock runs an hour ahead of the server's: ages and the uptime go by the
+    // server's.
+    b.js("const real = Date.now.bind(Date); Date.now = () => real() + 3600000;")
+        .await;
+    // The list is not reloaded (it has not changed), yet the age moves on.
+    let seconds = |t: &str| t.strip_suffix(" s ago").and_then(|n| n.parse::<u64>().ok());
+    let shown = b
+        .wait_text(&when, SOON, |t| seconds(t).is_some_and(|n| n >= 2))
+        .await;
+    assert!(seconds(&shown).is_some_and(|n| n < 60), "{shown}");
+    let meta = b.text("#meta").await;
+    assert!(
+        meta.contains(" · up ") && meta.ends_with(" s"),
+        "the uptime is this process's: {meta}"
+    );
+    b.assert_no_console_errors().await;
+    b.close().await;
+    s.stop().await;
+}
+
+#[actix_rt::test]
 async fn the_submit_form_submits_and_the_lookup_follows_the_message() {
     let Some(b) = Browser::start(1400, 1000).await else {
         return;
