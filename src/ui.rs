@@ -12,7 +12,7 @@
 //! asks for one. Polling stops on nothing: a failed poll is shown as "disconnected" and retried.
 
 use std::collections::VecDeque;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix_web::http::header;
 use actix_web::{web, HttpResponse};
@@ -41,7 +41,9 @@ pub struct Pulse {
 #[derive(Debug, Clone)]
 struct Sample {
     seq: u64,
-    at_ms: u64,
+    /// When it was taken, on the monotonic clock: windows and rates do not move when the
+    /// system's clock is set.
+    at: Instant,
     routes: Vec<RouteSample>,
     storage_records: u64,
     storage_fsyncs: u64,
@@ -70,14 +72,13 @@ impl RouteSample {
 }
 
 impl Pulse {
-    /// Adds a sample of `snap` taken at `at_ms` (milliseconds since the Unix epoch), dropping
-    /// the oldest beyond the history.
-    pub fn sample(&self, snap: &LedgerSnapshot, at_ms: u64) {
+    /// Adds a sample of `snap` taken at `at`, dropping the oldest beyond the history.
+    pub fn sample(&self, snap: &LedgerSnapshot, at: Instant) {
         let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
         let seq = samples.back().map_or(1, |s| s.seq + 1);
         samples.push_back(Sample {
             seq,
-            at_ms,
+            at,
             routes: snap.kinds.iter().map(RouteSample::of).collect(),
             storage_records: snap.storage.records,
             storage_fsyncs: snap.storage.fsyncs,
@@ -98,7 +99,7 @@ impl Pulse {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                pulse.sample(&dispatcher.stats(), unix_ms());
+                pulse.sample(&dispatcher.stats(), Instant::now());
             }
         })
     }
@@ -391,20 +392,24 @@ pub async fn overview(
     let snap = d.stats();
     let routes = d.routes();
     let now_ms = unix_ms();
+    let now = Instant::now();
     let samples = dash.pulse.samples.lock().unwrap_or_else(|e| e.into_inner());
     let newest = samples.back();
     // The newest sample at least `window` older than now (else the oldest).
     let back = |window: Duration| {
-        let edge = now_ms.saturating_sub(window.as_millis() as u64);
         samples
             .iter()
             .rev()
-            .find(|s| s.at_ms <= edge)
+            .find(|s| now.saturating_duration_since(s.at) >= window)
             .or(samples.front())
     };
     let rate_base = back(RATE_WINDOW);
     let pct_base = back(PERCENTILE_WINDOW);
-    let elapsed = |s: Option<&Sample>| s.map_or(0, |s| now_ms.saturating_sub(s.at_ms));
+    let elapsed = |s: Option<&Sample>| {
+        s.map_or(0, |s| {
+            now.saturating_duration_since(s.at).as_millis() as u64
+        })
+    };
     let recent: Vec<&Sample> = samples
         .iter()
         .skip(samples.len().saturating_sub(history + 1))
