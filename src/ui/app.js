@@ -30,6 +30,7 @@ const state = {
   deadSeen: null, // what the dead-letter list was last loaded for
   deadNext: null,
   lookup: 0, // the current lookup, so an older one stops following
+  lookupAbort: null, // ends the current lookup's request (a long-poll holds a connection)
   skew: 0, // the server's clock minus this browser's, from the last overview
 };
 
@@ -122,7 +123,7 @@ class ApiError extends Error {
   }
 }
 
-async function api(path, { method = 'GET', body } = {}) {
+async function api(path, { method = 'GET', body, signal } = {}) {
   const headers = { accept: 'application/json' };
   if (body !== undefined) headers['content-type'] = 'application/json';
   if (token) headers.authorization = `Bearer ${token}`;
@@ -131,6 +132,7 @@ async function api(path, { method = 'GET', body } = {}) {
     headers,
     body: body === undefined ? undefined : JSON.stringify(body),
     cache: 'no-store',
+    signal,
   });
   const text = await res.text();
   let data = null;
@@ -651,6 +653,12 @@ window.addEventListener('hashchange', () => {
 
 async function lookup(id) {
   const mine = ++state.lookup;
+  // The last lookup's long-poll lets go of its connection now: a browser opens only a few to
+  // one server, and the page's own polling needs one.
+  if (state.lookupAbort) state.lookupAbort.abort();
+  const abort = new AbortController();
+  state.lookupAbort = abort;
+  const { signal } = abort;
   $('lookup-id').value = id;
   if (location.hash !== `#${id}`) history.replaceState(null, '', `#${id}`);
   const box = $('message');
@@ -660,7 +668,7 @@ async function lookup(id) {
   for (;;) {
     let o;
     try {
-      o = await api(`/v1/messages/${encodeURIComponent(id)}${waitMs ? `?wait_ms=${waitMs}` : ''}`);
+      o = await api(`/v1/messages/${encodeURIComponent(id)}${waitMs ? `?wait_ms=${waitMs}` : ''}`, { signal });
     } catch (err) {
       if (mine !== state.lookup) return;
       box.replaceChildren(h('p', { class: 'error' }, err.status === 404
@@ -670,7 +678,7 @@ async function lookup(id) {
     }
     if (mine !== state.lookup) return;
     let dead = null;
-    if (o.status === 'dead') dead = await api(`/v1/dead-letters/${o.id}`).catch(() => null);
+    if (o.status === 'dead') dead = await api(`/v1/dead-letters/${o.id}`, { signal }).catch(() => null);
     if (mine !== state.lookup) return;
     box.replaceChildren(messageView(o, dead));
     if (['completed', 'failed', 'timed_out', 'cancelled', 'dead'].includes(o.status)) return;

@@ -450,6 +450,45 @@ async fn ages_are_counted_on_the_servers_clock_and_move_on() {
 }
 
 #[actix_rt::test]
+async fn a_new_lookup_lets_go_of_the_last_ones_long_poll() {
+    let Some(b) = Browser::start(1400, 1000).await else {
+        return;
+    };
+    let s = start(with_flaky()).await;
+    b.open(&s, "/ui").await;
+    b.wait_text("#conn", SOON, |t| t == "live").await;
+    // Running messages: looking one up long-polls until it finishes.
+    let mut ids = Vec::new();
+    for _ in 0..8 {
+        let r = s
+            .post(
+                "/v1/messages",
+                json!({"kind": "sleep", "payload": {"ms": 60000}}),
+            )
+            .await;
+        ids.push(r.body["id"].as_str().unwrap().to_owned());
+    }
+    // One after another, as a user clicking through them. A browser opens six connections to
+    // one server: were the earlier long-polls kept, the seventh lookup would wait for one.
+    for id in &ids {
+        b.fill("#lookup-id", id).await;
+        b.click("#lookup-form button").await;
+        // Its answer comes at once (the earlier long-polls, 20 s each, would hold it back).
+        b.wait_text("#message code.id", Duration::from_secs(5), |t| t == id)
+            .await;
+        b.wait_text("#message .badge", SOON, |t| t == "running")
+            .await;
+    }
+    // And the page's own polling goes on.
+    let accepted = b
+        .wait_text("#total-accepted", Duration::from_secs(5), |t| t == "8")
+        .await;
+    assert_eq!(accepted, "8");
+    b.close().await;
+    s.stop().await;
+}
+
+#[actix_rt::test]
 async fn the_submit_form_submits_and_the_lookup_follows_the_message() {
     let Some(b) = Browser::start(1400, 1000).await else {
         return;
