@@ -511,7 +511,10 @@ $('dead-more').addEventListener('click', async () => {
 
 function renderDead(page, append) {
   const list = $('dead-list');
-  const items = page.dead_letters.map(deadItem);
+  // A dead letter does not change: one already shown keeps its element, and with it an open
+  // payload or a retry's answer.
+  const shown = new Map([...list.children].map((li) => [li.dataset.id, li]));
+  const items = page.dead_letters.map((dl) => shown.get(dl.id) || deadItem(dl));
   if (append) list.append(...items);
   else list.replaceChildren(...items);
   state.deadNext = page.next;

@@ -394,12 +394,28 @@ async fn a_dead_letter_shows_up_and_its_retry_button_replays_it() {
     .await;
     assert!(!b.is_displayed(&item).await);
 
+    // A payload opened stays open when more dead letters arrive and the list reloads.
+    let replayed = format!("li.dead-item[data-id='{new_id}']");
+    b.click(&format!("{replayed} button[aria-expanded]")).await;
+    b.wait_text(&format!("{replayed} pre.payload"), SOON, |t| !t.is_empty())
+        .await;
+
     // Retry every dead letter of a kind.
     let more = [
         dead_letter(&s, "second").await,
         dead_letter(&s, "third").await,
     ];
     b.wait_text("#dead-count", LIVE, |t| t == "(3)").await;
+    b.wait_text(
+        &format!("li.dead-item[data-id='{}'] .dead-error", more[1]),
+        SOON,
+        |t| t == "error third",
+    )
+    .await;
+    assert!(
+        b.is_displayed(&format!("{replayed} pre.payload")).await,
+        "the list's reload closed the open payload"
+    );
     b.click("#retry-all").await;
     b.wait_text("#dead-status", SOON, |t| {
         t == "Retried 3 dead letters of flaky."
