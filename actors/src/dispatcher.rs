@@ -86,8 +86,8 @@ fn attached_here() -> bool {
 }
 
 /// An admitted message whose `Accepted` record is on its way to disk. Dropped before it is
-/// taken (the caller's future went away while waiting), it finishes as a task on the
-/// dispatcher's first I/O arbiter (a thread of its own if that has stopped): waits for the
+/// taken (the caller's future went away while waiting), it finishes as a task on its route's
+/// I/O arbiter (a thread of its own if that has stopped): waits for the
 /// record, then hands the message on, or withdraws it if the write failed. So a message is
 /// never left admitted and undelivered, and callers that give up hold no thread each.
 struct Pending {
@@ -103,15 +103,12 @@ impl Drop for Pending {
         };
         let core = self.core.clone();
         let receipt = std::mem::replace(&mut self.receipt, Receipt::ready(Ok(())));
-        receipt.then_on(
-            self.core.io_arbiters.first(),
-            move |durable| match durable {
-                Ok(()) => core.hand_off(env),
-                Err(e) => {
-                    core.ledger.withdraw(env, e);
-                }
-            },
-        );
+        receipt.then_on(self.core.home(env.route), move |durable| match durable {
+            Ok(()) => core.hand_off(env),
+            Err(e) => {
+                core.ledger.withdraw(env, e);
+            }
+        });
     }
 }
 
@@ -135,6 +132,13 @@ impl Core {
     /// The router on the thread of `route`'s worker.
     fn router(&self, route: usize) -> &Addr<Router> {
         &self.routers[self.ledger.routes[route].router]
+    }
+
+    /// The I/O arbiter of `route`'s worker (the first one for a CPU route): where what a caller
+    /// left behind finishes (see [`Receipt::then_on`]).
+    fn home(&self, route: usize) -> Option<&ArbiterHandle> {
+        let router = self.ledger.routes[route].router;
+        self.io_arbiters.get(router).or(self.io_arbiters.first())
     }
 
     /// Hands a newly accepted envelope on: on a thread attached to this dispatcher, an async
@@ -535,7 +539,7 @@ impl Dispatcher {
                 let setter = Setter {
                     commit,
                     receipt: Some(receipt),
-                    arbiter: self.core.io_arbiters.first(),
+                    arbiter: self.core.home(route),
                 };
                 self.core.hand_off(env);
                 match setter.resolve().await {

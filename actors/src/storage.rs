@@ -788,8 +788,15 @@ pub(crate) mod tests {
         });
         assert!(rx.try_recv().is_err(), "ran before the receipt was settled");
         settle.settle(Err(StorageError::Closed));
-        rx.recv_timeout(Duration::from_secs(10))
-            .expect("the step ran")
+        let ran = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the step ran");
+        // Once: the step (and its sender) is gone.
+        assert!(matches!(
+            rx.recv_timeout(Duration::from_secs(10)),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected)
+        ));
+        ran
     }
 
     #[test]

@@ -140,29 +140,29 @@ pub const MAX_LOST_RUNS: u32 = 2;
 /// a claim counts as a lost attempt when it comes back, as one whose node died does.
 const MAX_UNANSWERED: usize = 4096;
 
-/// A claim of this node whose answer NATS lost: the entry it wrote, and when.
+/// Claims of this node whose answer NATS lost, for one message: each entry it may have
+/// written (a claim that read back its own earlier claim wrote a second), and when.
 struct Unanswered {
     at: Instant,
-    written: Bytes,
+    written: Vec<Bytes>,
 }
+
+/// Each message's claims remembered at most (the oldest first let go).
+const UNANSWERED_PER_MESSAGE: usize = 4;
 
 /// Remembers an unanswered claim ([`Inner::unanswered`]). One older than twice `ack_wait` (and
 /// a minute) is forgotten when room is needed: by then its message has come back to this node,
 /// or gone to another, where the claim counts as a lost attempt either way.
-fn remember_unanswered(inner: &Inner, id: MessageId, written: Bytes) {
+fn remember_unanswered(inner: &Inner, id: MessageId, mut claim: Unanswered) {
     let mut unanswered = inner.unanswered.lock();
     if unanswered.len() >= MAX_UNANSWERED {
         let keep = inner.settings.ack_wait * 2 + Duration::from_secs(60);
         unanswered.retain(|_, u| u.at.elapsed() < keep);
     }
     if unanswered.len() < MAX_UNANSWERED {
-        unanswered.insert(
-            id,
-            Unanswered {
-                at: Instant::now(),
-                written,
-            },
-        );
+        let extra = claim.written.len().saturating_sub(UNANSWERED_PER_MESSAGE);
+        claim.written.drain(..extra);
+        unanswered.insert(id, claim);
     }
 }
 

@@ -6,7 +6,7 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, kv, AckKind};
 use bytes::Bytes;
@@ -254,7 +254,7 @@ async fn claim(
         match answered(deadline, inner.messages.create(&key, bytes.clone())).await {
             Some(Ok(rev)) => return Claim::Run(fresh, rev),
             Some(Err(e)) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
-            _ => return unanswered_claim(inner, acc, m, bytes).await,
+            _ => return unanswered_claim(inner, acc, m, vec![bytes]).await,
         }
     }
     loop {
@@ -265,15 +265,9 @@ async fn claim(
                     tracing::debug!(id = %acc.id, error = %e, "cannot read the entry; handed back");
                 }
                 // What this node knows of its own claims is kept for the next delivery.
-                match (mine, unanswered) {
-                    (Some(written), _) => return unanswered_claim(inner, acc, m, written).await,
-                    (None, Some(earlier)) => {
-                        inner.unanswered.lock().insert(acc.id, earlier);
-                    }
-                    (None, None) => {}
-                }
-                let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
-                return Claim::Done;
+                let mut written = unanswered.map_or_else(Vec::new, |u| u.written);
+                written.extend(mine);
+                return unanswered_claim(inner, acc, m, written).await;
             }
         };
         let (entry, revision, raw) = match got
@@ -295,7 +289,7 @@ async fn claim(
                 match answered(deadline, inner.messages.create(&key, bytes.clone())).await {
                     Some(Ok(rev)) => return Claim::Run(fresh, rev),
                     Some(Err(e)) if e.kind() == kv::CreateErrorKind::AlreadyExists => continue,
-                    _ => return unanswered_claim(inner, acc, m, bytes).await,
+                    _ => return unanswered_claim(inner, acc, m, vec![bytes]).await,
                 }
             }
         };
@@ -317,7 +311,9 @@ async fn claim(
         // is the same attempt, not a lost one.
         let own = entry.outcome.status == Status::Running
             && (mine.as_ref() == Some(&raw)
-                || unanswered.as_ref().is_some_and(|u| u.written == raw));
+                || unanswered
+                    .as_ref()
+                    .is_some_and(|u| u.written.contains(&raw)));
         let attempt = entry.outcome.attempts + u32::from(!own);
         let mut next = entry.clone();
         if entry.outcome.status == Status::Running && !own {
@@ -343,8 +339,9 @@ async fn claim(
                 Status::Failed
             };
             next.outcome.timings.total_ms = unix_ms().saturating_sub(acc.id.timestamp_ms()) as f64;
-            match inner.messages.update(&key, next.encode(), revision).await {
-                Ok(_) => {
+            let ended = inner.messages.update(&key, next.encode(), revision);
+            match answered(deadline, ended).await {
+                Some(Ok(_)) => {
                     if next.outcome.status == Status::Dead {
                         bury(inner, acc, &next).await;
                     }
@@ -352,8 +349,9 @@ async fn claim(
                     let _ = m.ack().await;
                     return Claim::Done;
                 }
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
-                Err(_) => {
+                Some(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                // Unknown whether it ended: the next delivery reads the entry again.
+                _ => {
                     let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
                     return Claim::Done;
                 }
@@ -374,7 +372,14 @@ async fn claim(
         {
             Some(Ok(rev)) => return Claim::Run(next, rev),
             Some(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
-            _ => return unanswered_claim(inner, acc, m, bytes).await,
+            _ => {
+                // If it did not land, the entry read (this node's own claim) is still there.
+                let mut written = vec![bytes];
+                if own {
+                    written.insert(0, raw);
+                }
+                return unanswered_claim(inner, acc, m, written).await;
+            }
         }
     }
 }
@@ -391,17 +396,24 @@ async fn answered<T>(
 }
 
 /// A claim whose write failed without an answer or with no answer in time (NATS went away
-/// meanwhile), so it may have landed: remembers the entry as written, so that when the message
-/// comes back to this node and finds it, it runs as this same attempt rather than one lost by
-/// a dead node; then hands the delivery back for a second.
+/// meanwhile), so it may have landed: remembers the entries this node's claims may have left
+/// (`written`), so that when the message comes back to this node and finds one, it runs as
+/// this same attempt rather than one lost by a dead node; then hands the delivery back for a
+/// second.
 async fn unanswered_claim(
     inner: &Inner,
     acc: &Accepted,
     m: &jetstream::Message,
-    written: Bytes,
+    written: Vec<Bytes>,
 ) -> Claim {
     tracing::debug!(id = %acc.id, "no answer to its claim; handed back");
-    super::remember_unanswered(inner, acc.id, written);
+    if !written.is_empty() {
+        let claim = super::Unanswered {
+            at: Instant::now(),
+            written,
+        };
+        super::remember_unanswered(inner, acc.id, claim);
+    }
     let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
     Claim::Done
 }
