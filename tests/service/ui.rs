@@ -270,6 +270,15 @@ fn heavy_test(test: impl std::future::Future<Output = ()>) {
     actix_rt::System::new().block_on(test);
 }
 
+/// A browser on the live dashboard of a server with the `flaky` route (`None`: no browser).
+async fn live_dashboard() -> Option<(Browser, TestServer)> {
+    let b = Browser::start(1400, 1000).await?;
+    let s = start(with_flaky()).await;
+    b.open(&s, "/ui").await;
+    b.wait_text("#conn", SOON, |t| t == "live").await;
+    Some((b, s))
+}
+
 /// Submits a `flaky` message that fails every attempt and waits until it is dead.
 async fn dead_letter(s: &TestServer, message: &str) -> String {
     let r = s
@@ -285,12 +294,9 @@ async fn dead_letter(s: &TestServer, message: &str) -> String {
 #[test]
 fn the_page_loads_with_no_errors_and_counts_a_message_within_two_seconds() {
     heavy_test(async {
-        let Some(b) = Browser::start(1400, 1000).await else {
+        let Some((b, s)) = live_dashboard().await else {
             return;
         };
-        let s = start(with_flaky()).await;
-        b.open(&s, "/ui").await;
-        b.wait_text("#conn", SOON, |t| t == "live").await;
         b.wait_text("#total-accepted", SOON, |t| t == "0").await;
         assert_eq!(b.text("#storage-pill").await, "journal ok");
         let kinds = b
@@ -348,12 +354,9 @@ fn the_page_loads_with_no_errors_and_counts_a_message_within_two_seconds() {
 #[test]
 fn a_dead_letter_shows_up_and_its_retry_button_replays_it() {
     heavy_test(async {
-        let Some(b) = Browser::start(1400, 1000).await else {
+        let Some((b, s)) = live_dashboard().await else {
             return;
         };
-        let s = start(with_flaky()).await;
-        b.open(&s, "/ui").await;
-        b.wait_text("#conn", SOON, |t| t == "live").await;
         let id = dead_letter(&s, "upstream said no").await;
         let item = format!("li.dead-item[data-id='{id}']");
         b.wait_text(&format!("{item} .dead-error"), LIVE, |t| {
@@ -448,12 +451,9 @@ fn a_dead_letter_shows_up_and_its_retry_button_replays_it() {
 #[test]
 fn ages_are_counted_on_the_servers_clock_and_move_on() {
     heavy_test(async {
-        let Some(b) = Browser::start(1400, 1000).await else {
+        let Some((b, s)) = live_dashboard().await else {
             return;
         };
-        let s = start(with_flaky()).await;
-        b.open(&s, "/ui").await;
-        b.wait_text("#conn", SOON, |t| t == "live").await;
         let id = dead_letter(&s, "aged").await;
         let when = format!("li.dead-item[data-id='{id}'] .when");
         b.wait_text(&when, LIVE, |t| t.ends_with(" s ago")).await;
@@ -483,12 +483,9 @@ fn ages_are_counted_on_the_servers_clock_and_move_on() {
 #[test]
 fn a_new_lookup_lets_go_of_the_last_ones_long_poll() {
     heavy_test(async {
-        let Some(b) = Browser::start(1400, 1000).await else {
+        let Some((b, s)) = live_dashboard().await else {
             return;
         };
-        let s = start(with_flaky()).await;
-        b.open(&s, "/ui").await;
-        b.wait_text("#conn", SOON, |t| t == "live").await;
         // Running messages: looking one up long-polls until it finishes.
         let mut ids = Vec::new();
         for _ in 0..8 {
@@ -527,12 +524,9 @@ fn a_new_lookup_lets_go_of_the_last_ones_long_poll() {
 #[test]
 fn the_submit_form_submits_and_the_lookup_follows_the_message() {
     heavy_test(async {
-        let Some(b) = Browser::start(1400, 1000).await else {
+        let Some((b, s)) = live_dashboard().await else {
             return;
         };
-        let s = start(with_flaky()).await;
-        b.open(&s, "/ui").await;
-        b.wait_text("#conn", SOON, |t| t == "live").await;
         // The kinds come from the routes; the payload is suggested from the kind's schema.
         let options = b
             .js("return [...document.querySelectorAll('#submit-kind option')].map(o => o.value)")
