@@ -87,9 +87,9 @@ fn attached_here() -> bool {
 
 /// An admitted message whose `Accepted` record is on its way to disk. Dropped before it is
 /// taken (the caller's future went away while waiting), it finishes as a task on its route's
-/// I/O arbiter (a thread of its own if that has stopped): waits for the
-/// record, then hands the message on, or withdraws it if the write failed. So a message is
-/// never left admitted and undelivered, and callers that give up hold no thread each.
+/// I/O arbiter (a thread of its own if that has stopped): waits for the record, then hands the
+/// message on, or withdraws it if the write failed. So a message is never left admitted and
+/// undelivered, and callers that give up hold no thread each.
 struct Pending {
     core: Arc<Core>,
     env: Option<Envelope>,
