@@ -238,7 +238,7 @@ async fn claim(
     m: &jetstream::Message,
 ) -> Claim {
     let key = acc.id.to_string();
-    // Every write of this claim is given up on by then (see `answered`).
+    // Every read and write of this claim is given up on by then (see `answered`).
     let deadline = tokio::time::Instant::now() + inner.settings.ack_wait / 2;
     // This node's last claim of it, if NATS lost the answer to that claim; and what this claim
     // wrote last (a write whose answer is lost may still land, and then be read back below).
