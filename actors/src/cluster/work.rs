@@ -406,7 +406,7 @@ async fn unanswered_claim(
     m: &jetstream::Message,
     written: Vec<Bytes>,
 ) -> Claim {
-    tracing::debug!(id = %acc.id, "no answer to its claim; handed back");
+    tracing::debug!(id = %acc.id, remembered = written.len(), "claim not settled; handed back");
     if !written.is_empty() {
         let claim = super::Unanswered {
             at: Instant::now(),
