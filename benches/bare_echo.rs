@@ -12,7 +12,8 @@
 //! admission, store or actors).
 //!
 //! With `BARE_JOURNAL=FILE`, `echo` answers only once its request body is appended to FILE and
-//! fsynced: one writer thread, and requests waiting at the same time share one write and one
+//! fsynced (FILE is allocated ahead, as Mailroom allocates its open segment, so an fsync writes
+//! the data alone): one writer thread, and requests waiting at the same time share one write and one
 //! fsync (group commit). That is the least any server pays that promises an answer only for a
 //! message on disk: one record and its share of an fsync per message, no store, no actors. It is
 //! the ceiling of Mailroom's journal on this machine at the same concurrency (Mailroom also
@@ -140,7 +141,16 @@ static JOURNAL: OnceLock<mpsc::Sender<Record>> = OnceLock::new();
 /// with one `write`, fsyncs once, then acknowledges them all. A failed write or fsync ends
 /// the thread, and every request after it gets a 503.
 fn start_journal(path: &str) -> std::io::Result<()> {
-    let mut file = OpenOptions::new().create(true).append(true).open(path)?;
+    let mut file = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(path)?;
+    // Writes begin at 0 and go on past the allocation if they must (or if the file system
+    // cannot allocate ahead).
+    if rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, 256 << 20).is_ok() {
+        file.sync_all()?;
+    }
     let (tx, rx) = mpsc::channel::<Record>();
     std::thread::spawn(move || {
         let mut buf = Vec::new();

@@ -2,7 +2,7 @@
 # A/B of one workload (POST /v1/messages?wait=true) between two builds of the server, both with
 # the journal, beside NEW in memory: 3 interleaved rounds of an 8 s oha cell and an 8 s wrk cell
 # per server, on loopback. WL=sleep (100 ms, 1,000 connections; the default), WL=primes or
-# WL=hash (benches/load.sh's bodies, 16 connections). Prints one line per cell:
+# WL=hash (benches/load.sh's bodies, 16 connections) or WL=echo (64 connections). Prints one line per cell:
 #   round N NAME oha req/s p50 p99  wrk req/s p50 p99
 #
 #   OLD=/path/to/old/mailroom NEW=target/release/mailroom [WL=hash] bash benches/sleep_ab.sh
@@ -35,7 +35,8 @@ case "${WL:-sleep}" in
   sleep) B='{"kind":"sleep","payload":{"ms":100}}'; C=1000 ;;
   primes) B='{"kind":"primes","payload":{"limit":20000}}'; C=16 ;;
   hash) B='{"kind":"hash","payload":{"data":"mailroom","rounds":2000}}'; C=16 ;;
-  *) echo "WL is sleep, primes or hash" >&2; exit 2 ;;
+  echo) B='{"kind":"echo","payload":{"hello":"world","n":42}}'; C=64 ;;
+  *) echo "WL is sleep, primes, hash or echo" >&2; exit 2 ;;
 esac
 for r in $(seq 1 "$ROUNDS"); do
   for pair in "old-journal 18180" "new-journal 18181" "new-memory 18182"; do

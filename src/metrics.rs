@@ -332,7 +332,7 @@ pub fn render(s: &LedgerSnapshot) -> String {
         (
             "mailroom_journal_bytes",
             "gauge",
-            "Bytes of the journal's files on disk.",
+            "Bytes of the journal's records on disk (its open segment's file is allocated ahead to storage.segment_bytes).",
             s.storage.bytes,
         ),
     ] {

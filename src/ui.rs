@@ -323,7 +323,7 @@ pub struct StorageHealth {
     pub fsyncs: u64,
     /// Writes or fsyncs that failed, ever.
     pub failures: u64,
-    /// Bytes of the journal's files on disk.
+    /// Bytes of the journal's records on disk (its open segment's file is allocated ahead).
     pub bytes: u64,
     /// Records written per second over the last few seconds.
     pub records_per_second: f64,

@@ -225,7 +225,17 @@ impl Core {
         }
     }
 
-    fn admit(&self, msg: Message, waiter: Option<Waiter>) -> Result<Admitted, Rejected> {
+    /// Admits a message: checks it, registers it, and writes its `Accepted` record (with
+    /// durable storage). `wait_durable` says whether the caller waits for the record before it
+    /// hands the message on or answers; when it does not, or when the message is one that
+    /// begins early and whose caller waits for its outcome anyway, the record is written
+    /// lazily (in no hurry: it shares a commit with others).
+    fn admit(
+        &self,
+        msg: Message,
+        waiter: Option<Waiter>,
+        wait_durable: bool,
+    ) -> Result<Admitted, Rejected> {
         let Some(&index) = self.ledger.by_kind.get(&*msg.kind) else {
             self.rejected_no_route.fetch_add(1, Relaxed);
             return Err(Rejected::NoRoute(Box::new(msg)));
@@ -291,6 +301,7 @@ impl Core {
             accepted: now,
             attempts: 0,
         };
+        let has_waiter = waiter.is_some();
         let ticket = match self.ledger.store.insert(record, waiter) {
             Ok(ticket) => ticket,
             Err((existing, waiter)) => {
@@ -320,10 +331,12 @@ impl Core {
             _share: share,
             commit: None,
         };
+        let lazy = !wait_durable || (route.begins_early && env.not_before.is_none() && has_waiter);
         let receipt = self.ledger.durable.then(|| {
             self.ledger.write_accepted(
                 &mut env,
                 msg.delay.map(|d| unix_ms() + crate::ledger::millis_u64(d)),
+                lazy,
             )
         });
         Ok(Admitted::New(env, receipt))
@@ -498,9 +511,9 @@ impl Dispatcher {
     /// is in progress, so `shutdown` cannot miss a message accepted just as draining begins.
     fn enqueue(&self, msg: Message, waiter: Option<Waiter>) -> Result<(MessageId, Kind), Rejected> {
         let _admitting = Admitting::enter(&self.core.drain.admitting);
-        match self.core.admit(msg, waiter)? {
+        match self.core.admit(msg, waiter, false)? {
             Admitted::New(env, receipt) => {
-                drop(receipt); // nobody waits: its record rides the next fsync
+                drop(receipt); // nobody waits: its record rides the next commit
                 let (id, kind) = (env.id, env.kind);
                 self.core.hand_off(env);
                 Ok((id, kind))
@@ -519,7 +532,7 @@ impl Dispatcher {
         waiter: Option<Waiter>,
     ) -> Result<(MessageId, Kind), Rejected> {
         let _admitting = Admitting::enter(&self.core.drain.admitting);
-        match self.core.admit(msg, waiter)? {
+        match self.core.admit(msg, waiter, true)? {
             Admitted::New(env, None) => {
                 let (id, kind) = (env.id, env.kind);
                 self.core.hand_off(env);
@@ -674,8 +687,8 @@ impl Dispatcher {
     /// already known, returns the earlier message's id.
     ///
     /// With durable storage (a journal), the message's record is on its way to disk but may not
-    /// be there yet when this returns: use [`Dispatcher::accept`] for a promise that survives a
-    /// crash.
+    /// be there yet when this returns (a journal holds it up to 5 ms to write it with others):
+    /// use [`Dispatcher::accept`] for a promise that survives a crash.
     pub fn submit(&self, msg: Message) -> Result<MessageId, Rejected> {
         self.enqueue(msg, None).map(|(id, _)| id)
     }
@@ -737,11 +750,14 @@ impl Dispatcher {
         let mut batch = Vec::with_capacity(CHUNK.min(n));
         let admitting = Admitting::enter(&self.core.drain.admitting);
         for (i, msg) in msgs.into_iter().enumerate() {
-            match self.core.admit(msg, Some(Waiter::slot(&gathered, i))) {
+            match self
+                .core
+                .admit(msg, Some(Waiter::slot(&gathered, i)), false)
+            {
                 // Not waited for: the outcomes are the answer, and a message that ran needs no
                 // promise that it will run.
                 Ok(Admitted::New(env, receipt)) => {
-                    drop(receipt); // nobody waits: its record rides the next fsync
+                    drop(receipt); // nobody waits: its record rides the next commit
                     batch.push(env);
                     if batch.len() == CHUNK {
                         let full = std::mem::replace(&mut batch, Vec::with_capacity(CHUNK));

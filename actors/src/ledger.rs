@@ -106,6 +106,14 @@ impl Ledger {
         self.store.start(ticket)
     }
 
+    /// Has the storage commit the records it holds lazily now ([`Storage::hurry`]): for a
+    /// message that began early and whose attempt ended before its `Accepted` record was durable.
+    pub(crate) fn hurry(&self) {
+        if self.durable {
+            self.storage.hurry();
+        }
+    }
+
     /// Writes a `Started` record (with durable storage).
     pub(crate) fn write_started(&self, id: MessageId, attempt: u32) {
         if self.durable {
@@ -205,7 +213,14 @@ impl Ledger {
     }
 
     /// Writes an envelope's `Accepted` record. The payload is lent to the record, not copied.
-    pub(crate) fn write_accepted(&self, env: &mut Envelope, due_ms: Option<u64>) -> Receipt {
+    /// A `lazy` record's waiter is in no hurry ([`Storage::append_lazy`]): whoever comes to
+    /// need it before it is durable calls [`Ledger::hurry`].
+    pub(crate) fn write_accepted(
+        &self,
+        env: &mut Envelope,
+        due_ms: Option<u64>,
+        lazy: bool,
+    ) -> Receipt {
         let record = Record::Accepted(Accepted {
             id: env.id,
             kind: env.kind,
@@ -217,7 +232,11 @@ impl Ledger {
             replay_of: env.replay_of,
             attempts: env.attempt,
         });
-        let receipt = self.storage.append(&record);
+        let receipt = if lazy {
+            self.storage.append_lazy(&record)
+        } else {
+            self.storage.append(&record)
+        };
         if let Record::Accepted(a) = record {
             env.payload = a.payload;
         }

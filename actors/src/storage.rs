@@ -486,7 +486,7 @@ pub struct StorageStats {
     pub fsyncs: u64,
     /// Writes or fsyncs that failed.
     pub failures: u64,
-    /// Bytes on disk.
+    /// Bytes of records on disk (a journal's open segment is allocated ahead of them).
     pub bytes: u64,
 }
 
@@ -509,6 +509,15 @@ pub trait Storage: Send + Sync + 'static {
     fn write(&self, record: &Record) {
         drop(self.append(record));
     }
+    /// [`Storage::append`] for a record whose waiter is in no hurry (a message that runs
+    /// meanwhile): the storage may hold it a few milliseconds to commit it with others, and
+    /// commits it at once on [`Storage::hurry`] or [`Storage::flush`].
+    fn append_lazy(&self, record: &Record) -> Receipt {
+        self.append(record)
+    }
+    /// Commits the records held by [`Storage::append_lazy`] now, with no commit of its own
+    /// beyond theirs. The default does nothing (nothing is held).
+    fn hurry(&self) {}
     /// Every record written and not compacted away, oldest first. Called once, before the
     /// first append.
     fn load(&self) -> Result<Vec<Record>, StorageError>;
@@ -637,6 +646,14 @@ impl Storage for Journal {
 
     fn write(&self, record: &Record) {
         self.log.append_detached(record.encode());
+    }
+
+    fn append_lazy(&self, record: &Record) -> Receipt {
+        Receipt(ReceiptInner::Journal(self.log.append_lazy(record.encode())))
+    }
+
+    fn hurry(&self) {
+        self.log.hurry();
     }
 
     fn load(&self) -> Result<Vec<Record>, StorageError> {

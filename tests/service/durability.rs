@@ -327,11 +327,14 @@ fn a_torn_tail_is_dropped_and_a_corrupt_record_stops_start_up() {
         .collect();
     kill_9(&mut s);
     drop(s);
-    // A write cut short by the crash: half a record at the end.
+    // A write cut short by the crash: half a record after the last one, in the zeros the
+    // segment was allocated ahead with.
     let last = segments(dir.path()).pop().unwrap();
     let mut data = std::fs::read(&last).unwrap();
-    let whole = data.len();
-    data.extend_from_slice(&[200, 0, 0, 0, 7, 7, 7, 7, b'{']);
+    let whole = data.iter().rposition(|&b| b != 0).unwrap() + 1;
+    let torn = [200, 0, 0, 0, 7, 7, 7, 7, b'{'];
+    data.resize(data.len().max(whole + torn.len()), 0); // a file system that cannot allocate
+    data[whole..whole + torn.len()].copy_from_slice(&torn);
     std::fs::write(&last, &data).unwrap();
     let s = start(dir.path(), toml);
     let warning = s

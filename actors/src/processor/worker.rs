@@ -492,6 +492,9 @@ impl Worker {
                     env: Some(env),
                     rescue: rescue.clone(),
                 };
+                // Its record may be held to share a commit while the attempt runs (see
+                // `Ledger::write_accepted`); an attempt that ends first hurries it.
+                let hurry = commit.clone().map(|c| (c, station.clone()));
                 let committed = commit.map(|commit| {
                     let station = station.clone();
                     let env = attempt.env.as_ref().expect("set above");
@@ -505,13 +508,19 @@ impl Worker {
                 });
                 actix_rt::spawn(async move {
                     let run = async move {
-                        match timeout {
+                        let result = match timeout {
                             Some(t) => match actix_rt::time::timeout(t, fut).await {
                                 Ok(r) => caught(r),
                                 Err(_) => JobResult::TimedOut(t),
                             },
                             None => caught(fut.await),
+                        };
+                        if let Some((commit, station)) = hurry {
+                            if commit.get().is_none() {
+                                station.ledger.hurry();
+                            }
                         }
+                        result
                     };
                     let result = match committed {
                         Some(committed) => futures_util::future::join(run, committed).await.0,
@@ -653,6 +662,9 @@ pub(crate) fn settle(
         // not, and it settles when the commit is set). A record that was never written means
         // the message was refused: it leaves no trace.
         Some(commit) => {
+            if commit.get().is_none() {
+                station.ledger.hurry(); // its record may be held to share a commit: not now
+            }
             let station = station.clone();
             commit.then(move |committed| match committed {
                 Ok(()) => settle_committed(&station, env, result),
