@@ -53,6 +53,9 @@ pub const LAZY: Duration = Duration::from_millis(5);
 /// before it tries again (so a folder that is gone or a full disk costs one error a second, not
 /// one per batch).
 const ROTATE_RETRY: Duration = Duration::from_secs(1);
+/// With [`Fsync::Always`], how long after an fsync that failed the writer tries again when no
+/// batch comes first (so a failing disk costs one error a second, not one per [`LAZY`]).
+const SYNC_RETRY: Duration = Duration::from_secs(1);
 /// Most bytes written between two fsyncs of one batch.
 const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
 
@@ -187,16 +190,15 @@ pub fn scan(dir: &Path) -> Result<Scan, ScanError> {
         let short = data.len() < MAGIC.len();
         // A segment begun just before a crash may not even have its header yet, or only its
         // allocation.
-        let begun = if short {
-            MAGIC.starts_with(&data)
-        } else {
-            data.iter().all(|&b| b == 0)
-        };
+        let begun = (short && MAGIC.starts_with(&data)) || data.iter().all(|&b| b == 0);
         if begun && is_last {
             scan.torn = Some(Torn {
                 file: path.clone(),
                 offset: 0,
-                bytes: if short { data.len() as u64 } else { 0 },
+                bytes: data
+                    .iter()
+                    .rposition(|&b| b != 0)
+                    .map_or(0, |i| i as u64 + 1),
             });
             scan.segments.push(path.clone());
             scan.ends.push(0);
@@ -640,7 +642,7 @@ impl Iterator for SegmentRecords {
         let mut got = 0;
         while got < 8 {
             match self.file.read(&mut header[got..]) {
-                Ok(0) if got == 0 => return None,
+                Ok(0) if header[..got].iter().all(|&b| b == 0) => return None,
                 Ok(0) => return Some(Err(corrupt(self.at, "less than a record header"))),
                 Ok(n) => got += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -785,9 +787,10 @@ impl Writer {
         let _gone = Gone(queue);
         loop {
             // Written records not yet fsynced are fsynced by the next batch, or after a while:
-            // [`LAZY`] with `Always` (after an fsync that failed), the interval with `Interval`.
+            // [`SYNC_RETRY`] with `Always` (after an fsync that failed), the interval with
+            // `Interval`.
             let sync_by = match self.fsync {
-                Fsync::Always if self.dirty => Instant::now().checked_add(LAZY),
+                Fsync::Always if self.dirty => Instant::now().checked_add(SYNC_RETRY),
                 Fsync::Interval(every) if self.dirty => self.last_sync.checked_add(every),
                 _ => None,
             };
@@ -917,33 +920,36 @@ impl Writer {
     /// After a failed write: drops whatever of it is buffered or on disk, so the segment ends
     /// with its last whole record again.
     fn recover(&mut self) {
-        let path = self.dir.join(segment_name(self.segment.seq));
         let good = self.segment.good;
-        let reopened = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .and_then(|mut f| {
-                f.set_len(good)?;
-                allocate(&f, good, self.segment_bytes);
-                f.seek(SeekFrom::Start(good))?;
-                Ok(f)
-            });
-        match reopened {
+        // Through the descriptor already open (the folder may be gone, or no descriptor left).
+        let cut = self.segment.out.get_ref().try_clone().and_then(|mut f| {
+            f.set_len(good)?;
+            allocate(&f, good, self.segment_bytes);
+            f.seek(SeekFrom::Start(good))?;
+            Ok(f)
+        });
+        match cut {
             // The old writer (and what it buffered) is dropped without flushing into the file.
             Ok(f) => {
-                let old = std::mem::replace(&mut self.segment.out, BufWriter::new(f));
+                let fresh = BufWriter::with_capacity(256 * 1024, f);
+                let old = std::mem::replace(&mut self.segment.out, fresh);
                 let _ = old.into_parts();
             }
             Err(e) => {
-                tracing::error!(error = %e, file = %path.display(), "journal: cannot cut the segment back after a failed write");
+                let file = self.dir.join(segment_name(self.segment.seq));
+                tracing::error!(error = %e, file = %file.display(), "journal: cannot cut the segment back after a failed write");
             }
         }
     }
 
     fn rotate(&mut self) -> io::Result<()> {
         self.sync()?;
-        let next = Segment::open(&self.dir, self.segment.seq + 1, 0, self.segment_bytes)?;
+        let seq = self.segment.seq + 1;
+        let next = Segment::open(&self.dir, seq, 0, self.segment_bytes).inspect_err(|_| {
+            // Not left behind half begun: as the last segment it would make the one written
+            // on meanwhile an earlier one, where a torn tail is corruption.
+            let _ = fs::remove_file(self.dir.join(segment_name(seq)));
+        })?;
         let mut closed = std::mem::replace(&mut self.segment, next);
         if let Err(e) = closed.close() {
             // Its records are whole and fsynced; the zeros after them are read as their end.
