@@ -768,6 +768,7 @@ struct Writer {
     segment_bytes: u64,
     fsync: Fsync,
     stats: Arc<LogStats>,
+    /// When the last fsync was done (or, after one failed with nothing else to write, tried).
     last_sync: Instant,
     /// Written since the last fsync.
     dirty: bool,
@@ -804,6 +805,8 @@ impl Writer {
                 if let Err(e) = self.sync() {
                     self.stats.failures.fetch_add(1, Relaxed);
                     tracing::error!(error = %e, "journal: fsync failed; it is tried again");
+                    // Tried again after the interval (or SYNC_RETRY), not at once.
+                    self.last_sync = Instant::now();
                 }
                 continue;
             }
