@@ -8,8 +8,8 @@
 //! append does not grow the file, and its fsync has no new size to commit: on ext4 measured two
 //! disk writes per fsync instead of three, and about a third less CPU. Zeros where a record
 //! would begin are the end of the records. A segment is cut back to its records when it is
-//! closed, and so is the last one when the log is dropped (or, after a crash, when it is
-//! opened again).
+//! closed and when the log is dropped; a closed one that a crash left uncut is cut back when
+//! the log is opened.
 //!
 //! Appends that someone is in a hurry for ([`Log::append`], [`Log::sync`]) wake the writer at
 //! once; the others ([`Log::append_lazy`], [`Log::append_detached`]) wait up to [`LAZY`] for
@@ -19,10 +19,10 @@
 //! of the last segment — a crash in the middle of a write: cut short, followed only by zeros, or
 //! with a block of zeros where the crash kept part of the write from the disk — is a *torn
 //! tail*: reported (file, offset, bytes) and dropped by [`Log::open`], which cuts the file back
-//! there and goes on. Anything else that does
-//! not check out (a bad checksum with records after it, a short record in an earlier segment, a
-//! bad header) is corruption: [`ScanError::Corrupt`] names the file and offset, and nothing is
-//! opened. A write or fsync that fails is reported to every record of its batch and the segment
+//! there and goes on. (A block the disk itself lost inside acknowledged records of the last
+//! segment looks the same, and is dropped the same way.) Anything else that does not check out
+//! (a bad checksum with records after it, a short record in an earlier segment, a bad header) is
+//! corruption: [`ScanError::Corrupt`] names the file and offset, and nothing is opened. A write or fsync that fails is reported to every record of its batch and the segment
 //! is cut back to its last good length, so a later write that succeeds follows whole records
 //! only. When the file system cannot allocate ahead (no space, or no support), the segment grows
 //! as it is written, as it would without it.
