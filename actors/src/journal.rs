@@ -22,10 +22,11 @@
 //! there and goes on. (A block the disk itself lost inside acknowledged records of the last
 //! segment looks the same, and is dropped the same way.) Anything else that does not check out
 //! (a bad checksum with records after it, a short record in an earlier segment, a bad header) is
-//! corruption: [`ScanError::Corrupt`] names the file and offset, and nothing is opened. A write or fsync that fails is reported to every record of its batch and the segment
-//! is cut back to its last good length, so a later write that succeeds follows whole records
-//! only. When the file system cannot allocate ahead (no space, or no support), the segment grows
-//! as it is written, as it would without it.
+//! corruption: [`ScanError::Corrupt`] names the file and offset, and nothing is opened. A write
+//! or fsync that fails is reported to every record of its batch and the segment is cut back to
+//! its last good length, so a later write that succeeds follows whole records only. When the
+//! file system cannot allocate ahead (no space, or no support), the segment grows as it is
+//! written, as it would without it.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
@@ -741,7 +742,7 @@ impl Segment {
 }
 
 /// Allocates `file` ahead to `size` bytes of zeros (its records end at `good`), so appending
-/// changes no metadata and an fsync writes only the data. Returns whether the length changed.
+/// does not grow it and an fsync has no new size to commit. Returns whether the length changed.
 /// A file system that cannot (no space, or no support) leaves the file as it was: it grows as
 /// it is written.
 fn allocate(file: &File, good: u64, size: u64) -> bool {
@@ -1046,14 +1047,22 @@ mod tests {
         assert!(after.torn.is_none());
     }
 
-    /// The segment's file as a `kill -9` leaves it (the log is still open): its records, then
-    /// the zeros it was allocated ahead with.
-    fn crashed_copy(log: &Log, into: &Path) -> (PathBuf, Vec<u8>) {
+    /// A log in `dir/live` (1 MiB segments) with `n` records of 100 bytes (1s, 2s, ...), and
+    /// in `dir/crashed` a copy of its segment as a `kill -9` leaves it (the log is still open):
+    /// its records, then the zeros it was allocated ahead with. Returns the log, the crashed
+    /// folder, the copy and its bytes.
+    fn after_a_crash(dir: &Path, n: u8) -> (Log, PathBuf, PathBuf, Vec<u8>) {
+        let (log, _) = Log::open_with(&dir.join("live"), Fsync::Always, 1 << 20).unwrap();
+        for i in 0..n {
+            block_on(log.append(vec![i + 1; 100])).unwrap().unwrap();
+        }
+        let crashed = dir.join("crashed");
+        fs::create_dir(&crashed).unwrap();
         let seg = only_segment(log.dir());
         let data = fs::read(&seg).unwrap();
-        let copy = into.join(seg.file_name().unwrap());
+        let copy = crashed.join(seg.file_name().unwrap());
         fs::write(&copy, &data).unwrap();
-        (copy, data)
+        (log, crashed, copy, data)
     }
 
     #[test]
@@ -1099,15 +1108,9 @@ mod tests {
     #[test]
     fn the_open_segment_is_allocated_ahead_and_its_zeros_end_the_records() {
         let dir = tempfile::tempdir().unwrap();
-        let (log, _) = Log::open_with(&dir.path().join("live"), Fsync::Always, 1 << 20).unwrap();
-        for i in 0..3 {
-            block_on(log.append(vec![i + 1; 100])).unwrap().unwrap();
-        }
+        let (log, crashed, copy, data) = after_a_crash(dir.path(), 3);
         let records = 8 + 3 * (8 + 100);
         assert_eq!(log.stats().disk_bytes.load(Relaxed), records as u64);
-        let crashed = dir.path().join("crashed");
-        fs::create_dir(&crashed).unwrap();
-        let (copy, data) = crashed_copy(&log, &crashed);
         assert_eq!(data.len(), 1 << 20, "allocated ahead");
         assert!(data[records..].iter().all(|&b| b == 0));
         // After a crash: every record, nothing torn, and the next one goes after them.
@@ -1127,14 +1130,8 @@ mod tests {
     #[test]
     fn a_write_torn_inside_the_allocation_is_dropped() {
         let dir = tempfile::tempdir().unwrap();
-        let (log, _) = Log::open_with(&dir.path().join("live"), Fsync::Always, 1 << 20).unwrap();
-        for i in 0..3 {
-            block_on(log.append(vec![i + 1; 100])).unwrap().unwrap();
-        }
+        let (log, crashed, copy, clean) = after_a_crash(dir.path(), 3);
         let records = 8 + 3 * (8 + 100);
-        let crashed = dir.path().join("crashed");
-        fs::create_dir(&crashed).unwrap();
-        let (copy, clean) = crashed_copy(&log, &crashed);
         // Each way a crash can leave the write of a fourth record (100 bytes of 5s), followed
         // by the allocation's zeros: (the offset after the records and the bytes that reached
         // the disk, the torn bytes reported).
@@ -1217,12 +1214,8 @@ mod tests {
     #[test]
     fn a_block_of_a_write_kept_from_the_disk_makes_a_torn_tail_a_flipped_bit_does_not() {
         let dir = tempfile::tempdir().unwrap();
-        let (log, _) = Log::open_with(&dir.path().join("live"), Fsync::Always, 1 << 20).unwrap();
-        block_on(log.append(vec![1; 100])).unwrap().unwrap();
+        let (log, crashed, copy, clean) = after_a_crash(dir.path(), 1);
         let records = 8 + 8 + 100;
-        let crashed = dir.path().join("crashed");
-        fs::create_dir(&crashed).unwrap();
-        let (copy, clean) = crashed_copy(&log, &crashed);
         drop(log);
         // A write of three records of 600 bytes that the crash cut: its second 512-byte block
         // never reached the disk, the blocks after it did.
