@@ -18,7 +18,7 @@ use actix_web::web::{self, BytesMut};
 use actix_web::{HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use mailroom_actors::source::{
-    client_id, parse_json, token_accepted, truncated, JsonError, Submission,
+    client_id, cut_quoted, parse_json, token_accepted, truncated, JsonError, Submission, ECHO_MAX,
 };
 use mailroom_actors::{
     Cluster, ClusterStats, DeadLetter, Dispatcher, ErrorClass, ErrorInfo, MessageId, Outcome, Pool,
@@ -231,7 +231,7 @@ async fn json_body(
         if mime != "application/json" && !mime.ends_with("+json") {
             return Err(ApiError::UnsupportedMediaType(format!(
                 "expected Content-Type: application/json, got {:?}",
-                truncated(ct, 128)
+                truncated(ct, ECHO_MAX)
             )));
         }
     }
@@ -433,6 +433,7 @@ fn bearer(req: &HttpRequest) -> Option<&str> {
 }
 
 fn rejected_item(code: u16, class: &str, message: String) -> Value {
+    let message = cut_quoted(&message, ECHO_MAX);
     json!({"status": "rejected", "code": code, "error": {"class": class, "message": message}})
 }
 
@@ -895,8 +896,8 @@ pub async fn auth(
 async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound(format!(
         "no such endpoint: {} {}",
-        req.method(),
-        req.path()
+        truncated(req.method().as_str(), ECHO_MAX),
+        truncated(req.path(), ECHO_MAX)
     )))
 }
 

@@ -5,6 +5,7 @@
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
+use mailroom_actors::source::{cut_quoted, ECHO_MAX};
 use mailroom_actors::{CancelError, ClusterError, Rejected, ReplayError, StorageError};
 use serde::Serialize;
 
@@ -105,7 +106,8 @@ impl ApiError {
             kind: format!("urn:mailroom:problem:{slug}"),
             title: title.to_owned(),
             status: self.status_code().as_u16(),
-            detail: self.to_string(),
+            // What it echoes of the client's input (serde quotes it) is cut, as documented.
+            detail: cut_quoted(&self.to_string(), ECHO_MAX).into_owned(),
         }
     }
 }

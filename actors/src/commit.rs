@@ -4,6 +4,11 @@
 //! message is shown (its outcome written, counted or told) until the commit says the record is
 //! durable.
 //!
+//! With durable storage a message with an idempotency key has one too, kept beside its key:
+//! set from its record's receipt by a task of its own (whether or not its caller waits), and
+//! waited for by a duplicate of the key, which is answered only once it is set, and refused if
+//! the record could not be written.
+//!
 //! Failure: a commit set to an error means the record could not be written; whoever ends the
 //! attempt (its worker or CPU pool thread, or
 //! [`Ledger::undeliverable`](crate::ledger::Ledger::undeliverable) when the route stopped) then

@@ -290,6 +290,9 @@ impl Core {
         }
         let id = MessageId::next();
         let now = Instant::now();
+        // A duplicate of this key is answered only once this message's record is durable, and
+        // refused if it never is: the commit says which (set below, from the record's receipt).
+        let keyed = (self.ledger.durable && msg.key.is_some()).then(Commit::new);
         let record = NewRecord {
             id,
             kind: route.kind,
@@ -300,18 +303,24 @@ impl Core {
             accepted_at_ms: id.timestamp_ms(),
             accepted: now,
             attempts: 0,
+            commit: keyed.clone(),
         };
         let has_waiter = waiter.is_some();
         let ticket = match self.ledger.store.insert(record, waiter) {
             Ok(ticket) => ticket,
-            Err((existing, waiter)) => {
+            Err((existing, waiter, first)) => {
                 route.release();
                 if let Some(w) = waiter {
                     if let Err(w) = self.ledger.store.watch(existing, w) {
                         w.notify(&Arc::new(lost_outcome(existing, route.kind)));
                     }
                 }
-                return Ok(Admitted::Duplicate(existing, route.kind, Box::new(msg)));
+                return Ok(Admitted::Duplicate(
+                    existing,
+                    route.kind,
+                    Box::new(msg),
+                    first,
+                ));
             }
         };
         route.stats.accepted.fetch_add(1, Relaxed);
@@ -333,11 +342,24 @@ impl Core {
         };
         let lazy = !wait_durable || (route.begins_early && env.not_before.is_none() && has_waiter);
         let receipt = self.ledger.durable.then(|| {
-            self.ledger.write_accepted(
+            let receipt = self.ledger.write_accepted(
                 &mut env,
                 msg.delay.map(|d| unix_ms() + crate::ledger::millis_u64(d)),
                 lazy,
-            )
+            );
+            match keyed {
+                None => receipt,
+                // Set by a task of its own, so it is set whether or not this message's caller
+                // waits for the receipt (a `submit` does not); the caller gets the result after.
+                Some(commit) => {
+                    let (after, settle) = Receipt::pending();
+                    receipt.then_on(self.home(index), move |result| {
+                        commit.set(result.clone());
+                        settle.settle(result);
+                    });
+                    after
+                }
+            }
         });
         Ok(Admitted::New(env, receipt))
     }
@@ -378,8 +400,9 @@ impl Core {
 enum Admitted {
     /// A new message, with the receipt of its `Accepted` record when storage is durable.
     New(Envelope, Option<Receipt>),
-    /// An idempotency key that is already known: the earlier message.
-    Duplicate(MessageId, Kind, Box<Message>),
+    /// An idempotency key that is already known: the earlier message, and its commit (see
+    /// [`NewRecord::commit`]).
+    Duplicate(MessageId, Kind, Box<Message>, Option<Arc<Commit>>),
 }
 
 fn lost_outcome(id: MessageId, kind: Kind) -> Outcome {
@@ -518,7 +541,7 @@ impl Dispatcher {
                 self.core.hand_off(env);
                 Ok((id, kind))
             }
-            Admitted::Duplicate(id, kind, _) => Ok((id, kind)),
+            Admitted::Duplicate(id, kind, ..) => Ok((id, kind)),
         }
     }
 
@@ -581,12 +604,22 @@ impl Dispatcher {
                     Err(e) => Err(self.core.ledger.withdraw(env, e)),
                 }
             }
-            Admitted::Duplicate(id, kind, msg) => {
+            Admitted::Duplicate(id, kind, msg, first) => {
                 if self.core.ledger.durable {
                     // The first message's record may still be on its way to disk: answer once
-                    // it is there (and refuse if it never got there).
-                    let flushed = self.core.ledger.storage.flush().durable().await;
-                    if let Err(error) = flushed {
+                    // it is there (and refuse if it never got there). One recovered at start
+                    // has no commit; its record is on disk, and a flush covers any record of it
+                    // written since.
+                    let durable = match first {
+                        Some(commit) => {
+                            // Its record may be held to share a commit: not now.
+                            self.core.ledger.hurry();
+                            commit.settled().await;
+                            commit.get().unwrap_or(Err(StorageError::Closed))
+                        }
+                        None => self.core.ledger.storage.flush().durable().await,
+                    };
+                    if let Err(error) = durable {
                         return Err(Rejected::Storage {
                             message: msg,
                             error,
@@ -983,10 +1016,14 @@ impl Dispatcher {
         self.core.drain.draining.load(Relaxed)
     }
 
-    /// Stops intake, lets queued and running messages finish within `deadline`, and cancels
-    /// (class `shutdown`) whatever could not finish: delayed messages due after the deadline at
-    /// once, everything else when the deadline passes. Afterwards every accepted message is in a
-    /// terminal state.
+    /// Stops intake and lets queued and running messages finish within `deadline`. What could
+    /// not finish depends on the storage:
+    /// - durable storage keeps it: delayed messages due after the deadline, and whatever is
+    ///   still queued or running when it passes, stay stored (their records flushed) and run
+    ///   after the next start;
+    /// - in memory, it is cancelled (class `shutdown`): delayed messages due after the deadline
+    ///   at once, everything else when the deadline passes, so afterwards every accepted
+    ///   message is in a terminal state.
     pub async fn shutdown(&self, deadline: Duration) -> ShutdownReport {
         let started = Instant::now();
         *self.core.drain.deadline.lock() = Some(started + deadline);

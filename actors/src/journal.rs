@@ -24,14 +24,15 @@
 //! (a bad checksum with records after it, a short record in an earlier segment, a bad header) is
 //! corruption: [`ScanError::Corrupt`] names the file and offset, and nothing is opened. A write
 //! or fsync that fails is reported to every record of its batch and the segment is cut back to
-//! its last good length, so a later write that succeeds follows whole records only. When the
+//! its last good length, so a later write that succeeds follows whole records only; if it
+//! cannot be cut back, the writer stops and every later record is refused. When the
 //! file system cannot allocate ahead (no space, or no support), the segment grows as it is
 //! written, as it would without it.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use parking_lot::{Condvar, Mutex};
@@ -284,6 +285,12 @@ pub fn scan(dir: &Path) -> Result<Scan, ScanError> {
 /// Counts of what the writer has done, for metrics and benchmarks.
 #[derive(Debug, Default)]
 pub struct LogStats {
+    /// Tests only: the next batch's write fails after its records are buffered, and (with
+    /// `fail_cut`) cutting the segment back after it fails too.
+    #[cfg(test)]
+    fail_write: std::sync::atomic::AtomicBool,
+    #[cfg(test)]
+    fail_cut: std::sync::atomic::AtomicBool,
     /// Records written.
     pub records: AtomicU64,
     /// Batches written (each one write, and one fsync with [`Fsync::Always`]).
@@ -300,6 +307,27 @@ pub struct LogStats {
     /// allocated ahead of them). Kept up to date by the writer and by compaction, so reading it
     /// touches no file.
     pub disk_bytes: AtomicU64,
+}
+
+/// Whether `bytes` can be a record: refused on its own here, an empty or too long record does
+/// not reach the writer, where it would fail every other record of its batch.
+fn writable(bytes: &[u8]) -> io::Result<()> {
+    if bytes.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "an empty record",
+        ));
+    }
+    if u64::try_from(bytes.len()).map_or(true, |l| l > u64::from(MAX_RECORD)) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "a record of {} bytes is over the journal's limit of {MAX_RECORD}",
+                bytes.len()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The answer to an append: `Ok` once the record is as durable as the [`Fsync`] mode promises.
@@ -331,6 +359,8 @@ struct Waiting {
 struct Queue {
     waiting: Mutex<Waiting>,
     wake: Condvar,
+    /// The writer has stopped (read without the lock, by admission).
+    stopped: AtomicBool,
 }
 
 impl Queue {
@@ -372,6 +402,7 @@ impl Queue {
     /// The writer stopped (it panicked): what waits, and whatever comes after, is dropped, so
     /// its waiters learn it at once instead of waiting for ever.
     fn writer_gone(&self) {
+        self.stopped.store(true, Relaxed);
         let mut w = self.waiting.lock();
         w.gone = true;
         w.closed = true;
@@ -479,6 +510,7 @@ impl Log {
             stats: stats.clone(),
             last_sync: Instant::now(),
             rotate_after: None,
+            broken: false,
             dirty: false,
         };
         let thread = std::thread::Builder::new()
@@ -513,8 +545,7 @@ impl Log {
 
     fn append_acked(&self, bytes: Vec<u8>, urgent: bool) -> Ack {
         let (tx, rx) = oneshot::channel();
-        if bytes.is_empty() {
-            let e = io::Error::new(io::ErrorKind::InvalidInput, "an empty record");
+        if let Err(e) = writable(&bytes) {
             let _ = tx.send(Err(Arc::new(e)));
             return rx;
         }
@@ -554,8 +585,12 @@ impl Log {
     /// Appends a record nobody waits for: the writer takes it within [`LAZY`] (see
     /// [`Log::append_lazy`]).
     pub fn append_detached(&self, bytes: Vec<u8>) {
-        if bytes.is_empty() {
-            return; // an empty record would be a barrier
+        if let Err(e) = writable(&bytes) {
+            // An empty record would be a barrier; one too long would fail its whole batch.
+            if !bytes.is_empty() {
+                tracing::error!(error = %e, bytes = bytes.len(), "journal: a record nobody waits for is not written");
+            }
+            return;
         }
         self.send(Append { bytes, ack: None }, false);
     }
@@ -565,6 +600,12 @@ impl Log {
             .backlog
             .fetch_add(append.bytes.len() as u64, Relaxed);
         self.queue.push(append, urgent);
+    }
+
+    /// Whether the writer thread has stopped (it panicked, or could not cut a failed write
+    /// back): every append is refused from then on.
+    pub fn is_stopped(&self) -> bool {
+        self.queue.stopped.load(Relaxed)
     }
 
     /// What the writer has done so far.
@@ -775,6 +816,9 @@ struct Writer {
     dirty: bool,
     /// After a failed rotation: not tried again before then.
     rotate_after: Option<Instant>,
+    /// A failed write could not be cut back: the file no longer ends where the writer thinks,
+    /// so it stops rather than acknowledge records written after refused ones.
+    broken: bool,
 }
 
 impl Writer {
@@ -826,10 +870,26 @@ impl Writer {
                         let _ = ack.send(result.clone());
                     }
                 }
+                if self.broken {
+                    break;
+                }
                 // After the acks: the records are written (and fsynced as the mode promises),
                 // so a failure here is the writer's own to retry, not theirs.
                 self.housekeeping();
             }
+            if self.broken {
+                // Everything still waiting, and every later append, is refused (`Gone`).
+                break;
+            }
+        }
+        if self.broken {
+            // What the failed write left buffered is thrown away, not flushed; the segment is
+            // cut back to its records if it can be (else the next start reads what follows
+            // them as a torn tail or refuses it as corrupt).
+            let good = self.segment.good;
+            let (file, _unwritten) = self.segment.out.into_parts();
+            let _ = file.set_len(good);
+            return;
         }
         if self.dirty {
             let _ = self.sync();
@@ -863,6 +923,10 @@ impl Writer {
                 self.segment.out.write_all(&a.bytes)?;
                 added += 8 + u64::from(len);
             }
+            #[cfg(test)]
+            if self.stats.fail_write.swap(false, Relaxed) {
+                return Err(io::Error::other("a write failure made by a test"));
+            }
             self.segment.out.flush()?;
             self.dirty |= added > 0;
             if (self.fsync == Fsync::Always || barrier) && self.dirty {
@@ -882,7 +946,7 @@ impl Writer {
             Err(e) => {
                 self.stats.failures.fetch_add(1, Relaxed);
                 tracing::error!(error = %e, records = batch.len(), "journal: write failed; the records were not accepted");
-                self.recover();
+                self.broken = !self.recover();
                 Err(e)
             }
         }
@@ -922,9 +986,14 @@ impl Writer {
     }
 
     /// After a failed write: drops whatever of it is buffered or on disk, so the segment ends
-    /// with its last whole record again.
-    fn recover(&mut self) {
+    /// with its last whole record again. False if it could not.
+    fn recover(&mut self) -> bool {
         let good = self.segment.good;
+        #[cfg(test)]
+        if self.stats.fail_cut.load(Relaxed) {
+            tracing::error!("journal: cannot cut the segment back (a failure made by a test); the journal stops");
+            return false;
+        }
         // Through the descriptor already open (the folder may be gone, or no descriptor left).
         let cut = self.segment.out.get_ref().try_clone().and_then(|mut f| {
             f.set_len(good)?;
@@ -938,10 +1007,12 @@ impl Writer {
                 let fresh = BufWriter::with_capacity(256 * 1024, f);
                 let old = std::mem::replace(&mut self.segment.out, fresh);
                 let _ = old.into_parts();
+                true
             }
             Err(e) => {
                 let file = self.dir.join(segment_name(self.segment.seq));
-                tracing::error!(error = %e, file = %file.display(), "journal: cannot cut the segment back after a failed write");
+                tracing::error!(error = %e, file = %file.display(), "journal: cannot cut the segment back after a failed write; the journal stops, and every later record is refused");
+                false
             }
         }
     }
@@ -1063,6 +1134,31 @@ mod tests {
         let copy = crashed.join(seg.file_name().unwrap());
         fs::write(&copy, &data).unwrap();
         (log, crashed, copy, data)
+    }
+
+    #[test]
+    fn a_record_over_the_limit_is_refused_alone_and_its_batch_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = Log::open(dir.path(), Fsync::Always).unwrap();
+        let too_long = || vec![b'x'; MAX_RECORD as usize + 1];
+        let before = log.append_lazy(b"before".to_vec());
+        log.append_detached(too_long());
+        let refused = log.append(too_long());
+        let after = log.append(b"after".to_vec());
+        let error = block_on(refused).unwrap().unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
+        assert!(
+            error.to_string().contains("over the journal's limit"),
+            "{error}"
+        );
+        block_on(before).unwrap().unwrap();
+        block_on(after).unwrap().unwrap();
+        assert_eq!(log.stats().failures.load(Relaxed), 0);
+        drop(log);
+        assert_eq!(
+            scan_dir(dir.path()).records,
+            [b"before".to_vec(), b"after".to_vec()]
+        );
     }
 
     #[test]
@@ -1295,25 +1391,48 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (log, _) = Log::open(dir.path(), Fsync::Always).unwrap();
         block_on(log.append(b"first".to_vec())).unwrap().unwrap();
-        // A record over the limit cannot be written: its batch fails (whatever else was in it).
-        let maybe = log.append(b"second".to_vec());
-        let bad = log.append(vec![0; MAX_RECORD as usize + 1]);
-        assert!(block_on(bad).unwrap().is_err());
-        let second_ok = block_on(maybe).unwrap().is_ok();
-        block_on(log.append(b"third".to_vec())).unwrap().unwrap();
-        assert!(log.stats().failures.load(Relaxed) >= 1);
+        // The next batch's write fails once its records are buffered: its records are refused
+        // (the second, and the third if it came in time to share the batch).
+        log.stats().fail_write.store(true, Relaxed);
+        let acks: Vec<(&[u8], Ack)> = [&b"second"[..], b"third"]
+            .into_iter()
+            .map(|r| (r, log.append(r.to_vec())))
+            .collect();
+        let written: Vec<&[u8]> = acks
+            .into_iter()
+            .filter_map(|(r, ack)| block_on(ack).unwrap().is_ok().then_some(r))
+            .collect();
+        assert!(!written.contains(&&b"second"[..]), "the failed batch");
+        block_on(log.append(b"fourth".to_vec())).unwrap().unwrap();
+        assert_eq!(log.stats().failures.load(Relaxed), 1);
+        assert!(!log.is_stopped());
         drop(log);
         let found = scan_dir(dir.path());
         assert!(found.torn.is_none());
         let mut want: Vec<&[u8]> = vec![b"first"];
-        if second_ok {
-            want.push(b"second");
-        }
-        want.push(b"third");
+        want.extend(written);
+        want.push(b"fourth");
         assert_eq!(
             found.records, want,
             "a record is on disk exactly when it was acknowledged"
         );
+    }
+
+    #[test]
+    fn a_failed_write_that_cannot_be_cut_back_stops_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = Log::open(dir.path(), Fsync::Always).unwrap();
+        block_on(log.append(b"first".to_vec())).unwrap().unwrap();
+        log.stats().fail_cut.store(true, Relaxed);
+        log.stats().fail_write.store(true, Relaxed);
+        assert!(block_on(log.append(b"refused".to_vec())).unwrap().is_err());
+        // Nothing is written after it: every later append is refused (its ack dropped).
+        assert!(block_on(log.append(b"later".to_vec())).is_err());
+        assert!(log.is_stopped());
+        drop(log);
+        let found = scan_dir(dir.path());
+        assert_eq!(found.records, [b"first".to_vec()]);
+        assert!(found.torn.is_none());
     }
 
     #[test]

@@ -130,12 +130,16 @@ pub(crate) fn restore(core: &Core, recovered: Recovered) {
             accepted_at_ms: a.id.timestamp_ms(),
             accepted: now.checked_sub(age).unwrap_or(now),
             attempts: a.attempts,
+            // Its record is on disk: a duplicate of its key needs no commit to wait for.
+            commit: None,
         };
         let ticket = match ledger.store.insert(record.clone(), None) {
             Ok(t) => t,
             Err(_) => {
-                // Its key now names another message (which cannot happen unless records were
-                // edited): it runs without the key rather than not at all.
+                // Its key now names another message: the store evicted an old outcome that held
+                // the key (by count or bytes, before its `result_ttl`), a new message took the
+                // key, and the old outcome came back at start. The unfinished message runs
+                // without the key rather than not at all.
                 record.key = None;
                 ledger
                     .store

@@ -532,8 +532,8 @@ pub trait Storage: Send + Sync + 'static {
         Ok(Compacted::default())
     }
     /// Resolves once every record appended before it is durable, whatever the fsync mode
-    /// (shutdown calls it last; a duplicate of a message whose record may still be on its way
-    /// is answered after it). The default is for a storage whose receipts are all ready on
+    /// (shutdown calls it last; a duplicate of a message recovered at start is answered after
+    /// it). The default is for a storage whose receipts are all ready on
     /// return; one that gives out [`Receipt::pending`] receipts must override it.
     fn flush(&self) -> Receipt {
         Receipt::ready(Ok(()))
@@ -770,6 +770,9 @@ impl Storage for Journal {
     }
 
     fn admitting(&self) -> Result<(), StorageError> {
+        if self.log.is_stopped() {
+            return Err(StorageError::Closed);
+        }
         let behind = self.log.stats().backlog.load(Relaxed);
         if behind > self.max_backlog_bytes {
             return Err(StorageError::Backlog(behind));

@@ -24,6 +24,7 @@ use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::sync::oneshot;
 
+use crate::commit::Commit;
 use crate::envelope::{
     approx_bytes, millis, ErrorInfo, Kind, MessageId, Outcome, Source, Status, Timings,
 };
@@ -50,7 +51,18 @@ pub struct NewRecord {
     pub accepted: Instant,
     /// Attempts already started (a message recovered after a restart).
     pub attempts: u32,
+    /// With a key and durable storage: set once its `Accepted` record is durable (or could not
+    /// be written). A duplicate of the key is answered only after it (see [`Store::insert`]).
+    pub commit: Option<Arc<Commit>>,
 }
+
+/// What [`Store::insert`] hands back for a key already held: the message that holds it, the
+/// waiter, and that message's commit (`None` for one recovered at start, whose record is on
+/// disk already).
+pub type Held = (MessageId, Option<Waiter>, Option<Arc<Commit>>);
+
+/// The message holding a key, and its commit.
+type KeyHolder = (MessageId, Option<Arc<Commit>>);
 
 /// Someone waiting for a message's outcome. Told exactly once, by the terminal transition.
 #[derive(Debug)]
@@ -219,12 +231,9 @@ impl std::fmt::Debug for Finished {
 pub trait Store: Send + Sync + 'static {
     /// Records a newly accepted message (queued, or delayed), with an optional first waiter.
     /// If it has a key and a message of the same kind with that key is remembered, nothing is
-    /// recorded and that message's id is returned as the error, with the waiter handed back.
-    fn insert(
-        &self,
-        rec: NewRecord,
-        waiter: Option<Waiter>,
-    ) -> Result<Ticket, (MessageId, Option<Waiter>)>;
+    /// recorded and that message's id and commit are returned as the error, with the waiter
+    /// handed back.
+    fn insert(&self, rec: NewRecord, waiter: Option<Waiter>) -> Result<Ticket, Held>;
     /// queued | delayed → running. Returns the attempt number now starting, or the status that
     /// stops it.
     fn start(&self, ticket: &Ticket) -> Result<u32, Status>;
@@ -413,7 +422,8 @@ const SHARDS: usize = 32;
 /// never contend.
 pub struct MemoryStore {
     shards: Box<[Mutex<Shard>]>,
-    keys: Mutex<HashMap<(Kind, String), MessageId>>,
+    /// The message holding each key, and its commit (see [`NewRecord::commit`]).
+    keys: Mutex<HashMap<(Kind, String), KeyHolder>>,
     ttl: Duration,
     per_shard_max: usize,
     per_shard_bytes: usize,
@@ -502,7 +512,7 @@ impl MemoryStore {
             if let Some(key) = &cell.key {
                 let keys = keys.get_or_insert_with(|| self.keys.lock());
                 let k = (cell.kind, key.clone());
-                if keys.get(&k) == Some(&cell.id) {
+                if keys.get(&k).is_some_and(|(id, _)| *id == cell.id) {
                     keys.remove(&k);
                 }
             }
@@ -511,23 +521,19 @@ impl MemoryStore {
 }
 
 impl Store for MemoryStore {
-    fn insert(
-        &self,
-        rec: NewRecord,
-        waiter: Option<Waiter>,
-    ) -> Result<Ticket, (MessageId, Option<Waiter>)> {
+    fn insert(&self, rec: NewRecord, waiter: Option<Waiter>) -> Result<Ticket, Held> {
         // The keys lock is held until the record is in its shard, so two submissions with the
         // same key cannot both be accepted (lock order: keys, then shard).
         let mut keys = rec.key.as_ref().map(|_| self.keys.lock());
         if let (Some(keys), Some(key)) = (keys.as_mut(), &rec.key) {
             let k = (rec.kind, key.clone());
-            if let Some(&existing) = keys.get(&k) {
+            if let Some((existing, commit)) = keys.get(&k) {
                 // A key whose record was just evicted no longer counts.
-                if self.shard(existing).lock().cells.contains_key(&existing) {
-                    return Err((existing, waiter));
+                if self.shard(*existing).lock().cells.contains_key(existing) {
+                    return Err((*existing, waiter, commit.clone()));
                 }
             }
-            keys.insert(k, rec.id);
+            keys.insert(k, (rec.id, rec.commit.clone()));
         }
         let cell = Arc::new(Cell {
             id: rec.id,
@@ -711,7 +717,7 @@ impl Store for MemoryStore {
             }),
         });
         if let Some(key) = key {
-            self.keys.lock().insert((cell.kind, key), id);
+            self.keys.lock().insert((cell.kind, key), (id, None));
         }
         let mut evicted = Vec::new();
         {
@@ -740,6 +746,7 @@ mod tests {
             accepted_at_ms: 0,
             accepted: Instant::now(),
             attempts: 0,
+            commit: None,
         }
     }
 

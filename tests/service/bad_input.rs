@@ -142,3 +142,75 @@ async fn every_bad_input_gets_its_documented_status_and_the_server_keeps_serving
     );
     s.stop().await;
 }
+
+/// An error echoes at most 64 characters of each piece of client input it quotes (README,
+/// "Every error body … echoes client input … cut to 64 characters at most"): a name or value of
+/// thousands of characters comes back cut, with "…", in a problem's detail and a batch item's
+/// message alike.
+#[actix_rt::test]
+async fn errors_echo_at_most_64_characters_of_client_input() {
+    let s = start(config()).await;
+    let j = "application/json";
+    let long = |c: char| c.to_string().repeat(3000);
+    let content_type = long('d');
+    /// The text echoes `c` at most 64 times in a row, and says where it was cut ("…").
+    fn cut(text: &str, c: char) -> bool {
+        text.contains(&format!("{c}…")) && !text.contains(&c.to_string().repeat(65))
+    }
+    /// What is sent (name, method, path, body), the status, and the character repeated.
+    type Case<'a> = (
+        &'a str,
+        String,
+        String,
+        Option<(&'a str, Vec<u8>)>,
+        u16,
+        char,
+    );
+    let cases: Vec<Case> = vec![
+        ("unknown field", "POST".into(), "/v1/messages".into(),
+         Some((j, format!(r#"{{"kind":"echo","{}":1}}"#, long('a')).into_bytes())), 400, 'a'),
+        ("mistyped delay", "POST".into(), "/v1/messages".into(),
+         Some((j, format!(r#"{{"kind":"echo","delay_ms":"{}"}}"#, long('b')).into_bytes())), 400, 'b'),
+        ("fetch method", "POST".into(), "/v1/messages".into(),
+         Some((j, format!(r#"{{"kind":"fetch","payload":{{"url":"http://example.com/","method":"{} x"}}}}"#, long('C')).into_bytes())), 422, 'C'),
+        ("content type", "POST".into(), "/v1/messages".into(),
+         Some((&content_type, br#"{"kind":"echo"}"#.to_vec())), 415, 'd'),
+        ("unknown path", "GET".into(), format!("/v1/{}", long('e')), None, 404, 'e'),
+        ("unknown query field", "POST".into(), format!("/v1/messages?{}=1", long('f')),
+         Some((j, br#"{"kind":"echo"}"#.to_vec())), 400, 'f'),
+    ];
+    for (name, method, path, body, status, c) in cases {
+        let r = s.request(&method, &path, body, None).await;
+        r.assert_problem(status);
+        let detail = r.body["detail"].as_str().unwrap();
+        assert!(cut(detail, c), "{name}: {detail}");
+    }
+    let batch = s
+        .post(
+            "/v1/batch",
+            json!({"messages": [{"kind": "echo", long('g'): 1}]}),
+        )
+        .await;
+    let message = batch.body["results"][0]["error"]["message"].as_str();
+    // A backtick in a field's name ends serde's quote early: the rest is cut all the same, at
+    // 256 bytes.
+    let broken = s
+        .request(
+            "POST",
+            "/v1/messages",
+            Some((
+                j,
+                format!(r#"{{"kind":"echo","a`{}":1}}"#, long('h')).into_bytes(),
+            )),
+            None,
+        )
+        .await;
+    broken.assert_problem(400);
+    let detail = broken.body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("h…") && !detail.contains(&"h".repeat(257)),
+        "{detail}"
+    );
+    assert!(message.is_some_and(|m| cut(m, 'g')), "{}", batch.text);
+    s.stop().await;
+}

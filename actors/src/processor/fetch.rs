@@ -270,6 +270,10 @@ impl Fetch {
             allow: allow.clone(),
         });
         let connector = awc::Connector::new()
+            // HTTP/1.1 only, over TLS too: awc sets no limit on an HTTP/2 answer's headers (h2
+            // decodes up to 16 MiB of them, which HPACK lets an upstream send in a few KiB),
+            // while its HTTP/1.1 parser takes at most 96 headers in a 128 KiB head.
+            .max_http_version(awc::http::Version::HTTP_11)
             .connector(TcpConnector::new(resolver).service())
             .limit(settings.max_connections)
             .timeout(settings.timeout);
@@ -468,5 +472,61 @@ mod tests {
         assert!(check_target(&host, &none)
             .err()
             .is_some_and(|e| e.contains("\"Host\" is not allowed")));
+    }
+
+    /// An upstream that speaks HTTP/2 could send headers without limit (see `Fetch::new`): the
+    /// client offers only HTTP/1.1 in its TLS handshake. A loopback listener reads the client's
+    /// first TLS message and the protocols it offers (it has no certificate, so the fetch then
+    /// fails, as it should).
+    #[actix_rt::test]
+    async fn over_tls_the_client_offers_only_http_1_1() {
+        use std::io::Read;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        let offered = std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let mut stream = loop {
+                match listener.accept() {
+                    Ok((stream, _)) => break stream,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        assert!(Instant::now() < deadline, "the client never connected");
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            };
+            stream.set_nonblocking(false).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let mut acceptor = rustls::server::Acceptor::default();
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = stream.read(&mut buf).unwrap();
+                assert!(n > 0, "the client closed before its hello");
+                acceptor.read_tls(&mut &buf[..n]).unwrap();
+                if let Some(accepted) = acceptor.accept().map_err(|(e, _)| e).unwrap() {
+                    let hello = accepted.client_hello();
+                    return hello
+                        .alpn()
+                        .map(|protocols| protocols.map(<[u8]>::to_vec).collect::<Vec<_>>());
+                }
+            }
+        });
+        let settings = FetchSettings {
+            allow_hosts: vec!["127.0.0.1".into()],
+            timeout: Duration::from_secs(5),
+            ..FetchSettings::default()
+        };
+        let fetch = Fetch::new(&settings, Arc::new(AllowList::new(&settings.allow_hosts)));
+        let url = format!("https://127.0.0.1:{port}/");
+        let result = fetch.client.get(url).send().await;
+        assert!(result.is_err(), "no TLS server answered");
+        assert_eq!(
+            offered.join().unwrap(),
+            Some(vec![b"http/1.1".to_vec()]),
+            "the protocols offered"
+        );
     }
 }

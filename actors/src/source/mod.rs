@@ -289,6 +289,70 @@ pub fn truncated(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
     format!("{}…", &text[..end]).into()
 }
 
+/// How much of a client's input an error message echoes: at most this many bytes of each
+/// quoted part (see [`cut_quoted`]).
+pub const ECHO_MAX: usize = 64;
+
+/// The longest stretch of an error message outside quotes that [`cut_quoted`] leaves whole:
+/// longer than any message of the service's own, so only client input that broke the quoting
+/// (a field's name with a backtick in it) is cut by it.
+pub const PROSE_MAX: usize = 256;
+
+/// `text` with every quoted part (between backticks or double quotes, as serde's messages and
+/// `{:?}` quote what they echo) longer than `max` bytes cut to `max` with "…", and every
+/// stretch outside quotes longer than [`PROSE_MAX`] cut to it (see [`truncated`]): an error
+/// message made from client input (an unknown field's name, a mistyped value) echoes at most
+/// `max` bytes of each quoted part of it, and at most [`PROSE_MAX`] of input whose own quote
+/// marks end a part early.
+pub fn cut_quoted(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    /// Where the part opened by `quote` ends in `rest`: its closing quote, past backslash
+    /// escapes inside double quotes; `None` if it runs to the end.
+    fn close(rest: &str, quote: u8) -> Option<usize> {
+        let bytes = rest.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'\\' if quote == b'"' => i += 2,
+                b if b == quote => return Some(i),
+                _ => i += 1,
+            }
+        }
+        None
+    }
+    /// Appends `part` cut to `max`; true if it was cut.
+    fn push(out: &mut String, part: &str, max: usize) -> bool {
+        if part.len() > max {
+            out.push_str(&truncated(part, max));
+            true
+        } else {
+            out.push_str(part);
+            false
+        }
+    }
+    let mut out = String::new();
+    let mut rest = text;
+    let mut cut = false;
+    while let Some(open) = rest.find(['`', '"']) {
+        let quote = rest.as_bytes()[open];
+        cut |= push(&mut out, &rest[..open], PROSE_MAX);
+        out.push(char::from(quote));
+        let after = &rest[open + 1..];
+        let end = close(after, quote).unwrap_or(after.len());
+        cut |= push(&mut out, &after[..end], max);
+        if end == after.len() {
+            rest = "";
+            break;
+        }
+        out.push(char::from(quote));
+        rest = &after[end + 1..];
+    }
+    cut |= push(&mut out, rest, PROSE_MAX);
+    if !cut {
+        return text.into();
+    }
+    out.into()
+}
+
 /// Who a submission comes from, for per-client limits: the token it showed (by its place in
 /// `tokens`, never its text) when tokens are set, else its address — for IPv6 its /64, which one
 /// host commonly holds whole. HTTP and TCP name clients alike, so one client has one share over
@@ -432,6 +496,28 @@ mod tests {
         assert_eq!(ours.to_string(), theirs.to_string());
         assert_eq!(truncated("abcdef", 3), "abc…");
         assert_eq!(truncated("ééé", 3), "é…");
+        // Each quoted part of a message is cut on its own; the rest stays whole.
+        let long = "x".repeat(100);
+        let message =
+            format!("unknown field `{long}`, expected `kind` at \"{long}\\\"y\" or \"é{long}");
+        let cut = cut_quoted(&message, 4);
+        assert_eq!(
+            cut,
+            "unknown field `xxxx…`, expected `kind` at \"xxxx…\" or \"éxx…"
+        );
+        assert!(matches!(
+            cut_quoted("a `short` one", 64),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        // A quote mark in the input ends its part early: what follows it is cut as prose.
+        let broken = format!("unknown field `a`{long}{long}{long}`, expected `kind`");
+        assert_eq!(
+            cut_quoted(&broken, 64),
+            format!(
+                "unknown field `a`{}…`, expected `kind`",
+                "x".repeat(PROSE_MAX)
+            )
+        );
     }
 
     #[test]

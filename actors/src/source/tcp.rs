@@ -13,7 +13,8 @@
 //! closes. When the listener fails, the source logs it and stops; connections already open go on.
 //!
 //! Bounds (see [`TcpSettings`]): at most `max_connections` connections (one more gets a single
-//! error line, code 503, and is closed); at most `max_pending` lines of a connection read and not
+//! error line, code 503, and is closed: at most [`MAX_REFUSING`] such goodbyes at once, each
+//! within a second, and past them a connection is closed with no line); at most `max_pending` lines of a connection read and not
 //! yet answered — past that the connection is not read until its client reads answers
 //! (backpressure: a client that writes and never reads holds `max_pending` answers, not all of
 //! them); a connection with nothing pending that completes no line within `idle_timeout` is
@@ -87,6 +88,8 @@ pub struct TcpSource {
     listener: Option<std::net::TcpListener>,
     /// Connections open now.
     open: Arc<AtomicUsize>,
+    /// Connections over the limit being refused now (see [`refuse`]).
+    refusing: Arc<AtomicUsize>,
     /// When an accept error was last logged, and how many were not logged since.
     last_error_log: Option<Instant>,
     errors_not_logged: u64,
@@ -105,6 +108,7 @@ impl TcpSource {
             settings: Arc::new(settings),
             listener: Some(listener),
             open: Arc::new(AtomicUsize::new(0)),
+            refusing: Arc::new(AtomicUsize::new(0)),
             last_error_log: None,
             errors_not_logged: 0,
         }))
@@ -151,7 +155,7 @@ impl StreamHandler<Accepted> for TcpSource {
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);
                 if self.open.load(SeqCst) >= self.settings.max_connections {
-                    refuse(stream, self.settings.max_connections);
+                    refuse(stream, self.settings.max_connections, &self.refusing);
                     return;
                 }
                 let slot = OpenSlot::take(&self.open);
@@ -186,9 +190,22 @@ impl Handler<StopAccepting> for TcpSource {
     }
 }
 
-/// Answers a connection over `max_connections` with one error line, then closes it.
-fn refuse(stream: TcpStream, max: usize) {
+/// Most connections over `max_connections` answered with an error line at once: each is held
+/// up to a second while its goodbye is read, so without this bound a client that keeps
+/// connecting could hold any number of sockets (and the HTTP listener's file descriptors).
+pub const MAX_REFUSING: usize = 64;
+
+/// Answers a connection over `max_connections` with one error line, then closes it; past
+/// [`MAX_REFUSING`] refusals in progress, closes it at once.
+fn refuse(stream: TcpStream, max: usize, refusing: &Arc<AtomicUsize>) {
+    if refusing.fetch_add(1, SeqCst) >= MAX_REFUSING {
+        refusing.fetch_sub(1, SeqCst);
+        drop(stream);
+        return;
+    }
+    let slot = OpenSlot(refusing.clone());
     actix_rt::spawn(async move {
+        let _slot = slot; // given back however this ends
         let line = json!({
             "ref": null, "status": "rejected", "code": 503,
             "error": {"class": "unavailable",
@@ -208,8 +225,8 @@ fn refuse(stream: TcpStream, max: usize) {
     });
 }
 
-/// One open connection counted in the source's `open`; given back when dropped (by the
-/// connection's writer, the last part of it to end).
+/// One connection counted in the source's `open` (given back when dropped by the connection's
+/// writer, the last part of it to end) or `refusing` (when its refusal ends).
 struct OpenSlot(Arc<AtomicUsize>);
 
 impl OpenSlot {
@@ -301,6 +318,7 @@ impl Connection {
         class: &str,
         message: String,
     ) {
+        let message = super::cut_quoted(&message, super::ECHO_MAX);
         let line = json!({
             "ref": reference, "status": "rejected", "code": code,
             "error": {"class": class, "message": message},
@@ -428,7 +446,7 @@ fn outcome_line(outcome: &Outcome, reference: Value) -> String {
 fn rejection_line(r: &Rejected, reference: Value) -> String {
     let v = json!({
         "ref": reference, "status": "rejected", "code": line_code(r),
-        "error": {"class": r.reason(), "message": r.to_string()},
+        "error": {"class": r.reason(), "message": super::cut_quoted(&r.to_string(), super::ECHO_MAX)},
     });
     format!("{v}\n")
 }
@@ -524,5 +542,58 @@ impl StreamHandler<Line> for Connection {
     fn finished(&mut self, ctx: &mut Context<Self>) {
         tracing::debug!("TCP connection closed by the client; answers still pending are sent");
         ctx.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connected pair on loopback: the server's end (tokio) and the client's (std).
+    async fn pair() -> (TcpStream, std::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = std::net::TcpStream::connect(addr).unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (server, client)
+    }
+
+    /// Reads what the server sends until it closes (in a thread: the client is blocking).
+    async fn read_all(mut client: std::net::TcpStream) -> Vec<u8> {
+        use std::io::Read;
+        client
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        actix_rt::task::spawn_blocking(move || {
+            let mut got = Vec::new();
+            let _ = client.read_to_end(&mut got);
+            got
+        })
+        .await
+        .unwrap()
+    }
+
+    #[actix_rt::test]
+    async fn a_refusal_says_why_until_too_many_are_in_progress_then_just_closes() {
+        let refusing = Arc::new(AtomicUsize::new(0));
+        let (server, client) = pair().await;
+        refuse(server, 7, &refusing);
+        let line = String::from_utf8(read_all(client).await).unwrap();
+        assert!(
+            line.contains("too many connections (sources.tcp.max_connections = 7)"),
+            "{line}"
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while refusing.load(SeqCst) != 0 {
+            assert!(Instant::now() < deadline, "the refusal never ended");
+            actix_rt::time::sleep(Duration::from_millis(5)).await;
+        }
+        // As many refusals in progress as allowed: the next connection is closed with no line,
+        // and is not counted.
+        refusing.store(MAX_REFUSING, SeqCst);
+        let (server, client) = pair().await;
+        refuse(server, 7, &refusing);
+        assert_eq!(read_all(client).await, b"");
+        assert_eq!(refusing.load(SeqCst), MAX_REFUSING);
     }
 }

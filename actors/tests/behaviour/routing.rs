@@ -1,6 +1,10 @@
+use std::sync::Arc;
 use std::time::Duration;
 
-use mailroom_actors::{Message, Processor, Rejected, RouteSettings, Source, Status};
+use mailroom_actors::storage::{Receipt, Record, RecordKind, Settle};
+use mailroom_actors::{
+    Message, MessageId, Processor, Rejected, RouteSettings, Source, Status, Storage, StorageError,
+};
 use serde_json::json;
 
 use super::common::{builder, settings, settled};
@@ -144,6 +148,107 @@ async fn a_repeated_idempotency_key_returns_the_first_message() {
     assert_eq!(waited.status, Status::Completed);
     let stats = settled(&d).await;
     assert_eq!(stats.kind("sleep").unwrap().accepted, 2);
+}
+
+/// A durable storage whose records become durable, or fail, only when the test settles them;
+/// its flush, like the journal's barrier, cannot tell that an earlier record failed.
+#[derive(Default)]
+struct HeldRecords(std::sync::Mutex<Vec<(RecordKind, MessageId, Settle)>>);
+
+impl Storage for HeldRecords {
+    fn is_durable(&self) -> bool {
+        true
+    }
+    fn append(&self, record: &Record) -> Receipt {
+        let (receipt, settle) = Receipt::pending();
+        self.0
+            .lock()
+            .unwrap()
+            .push((record.kind(), record.id(), settle));
+        receipt
+    }
+    fn load(&self) -> Result<Vec<Record>, StorageError> {
+        Ok(Vec::new())
+    }
+    fn flush(&self) -> Receipt {
+        Receipt::ready(Ok(()))
+    }
+}
+
+impl HeldRecords {
+    /// Waits (with a deadline) for an `Accepted` record not yet settled, and returns its id.
+    async fn accepted(&self) -> MessageId {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let found = (self.0.lock().unwrap().iter())
+                .find(|(kind, ..)| *kind == RecordKind::Accepted)
+                .map(|(_, id, _)| *id);
+            if let Some(id) = found {
+                return id;
+            }
+            assert!(std::time::Instant::now() < deadline, "no record came");
+            actix_rt::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// Settles the `Accepted` record of `id`.
+    fn settle(&self, id: MessageId, result: Result<(), StorageError>) {
+        let mut held = self.0.lock().unwrap();
+        let at = held
+            .iter()
+            .position(|(kind, of, _)| *kind == RecordKind::Accepted && *of == id)
+            .expect("the record is held");
+        held.remove(at).2.settle(result);
+    }
+}
+
+/// A repeated key is answered only once the first message's record is durable, and refused
+/// when that record could not be written, however the storage's flush answers: the duplicate
+/// waits for the first message's own record.
+#[actix_rt::test]
+async fn a_repeated_key_waits_for_the_first_record_and_is_refused_with_it() {
+    let storage = Arc::new(HeldRecords::default());
+    let d = mailroom_actors::Dispatcher::builder(settings())
+        .storage(storage.clone())
+        .builtin_routes()
+        .build()
+        .unwrap();
+    let accept = |key: &'static str| {
+        let d = d.clone();
+        actix_rt::spawn(async move {
+            d.accept(Message::new("sleep", json!({"ms": 1})).key(key))
+                .await
+        })
+    };
+    for (key, written) in [("lost", false), ("kept", true)] {
+        let first = accept(key);
+        let id = storage.accepted().await;
+        let again = accept(key);
+        for _ in 0..50 {
+            actix_rt::task::yield_now().await;
+        }
+        assert!(
+            !again.is_finished(),
+            "{key}: answered before the first record was durable"
+        );
+        let result = if written {
+            Ok(())
+        } else {
+            Err(StorageError::Io(Arc::new(std::io::Error::other(
+                "disk full",
+            ))))
+        };
+        storage.settle(id, result);
+        let (first, again) = (first.await.unwrap(), again.await.unwrap());
+        if written {
+            assert_eq!(first.unwrap(), id);
+            assert_eq!(again.unwrap(), id);
+        } else {
+            for r in [first, again] {
+                assert!(matches!(r, Err(Rejected::Storage { .. })), "{key}: {r:?}");
+            }
+        }
+    }
 }
 
 #[actix_rt::test]
