@@ -612,8 +612,10 @@ impl Dispatcher {
                     // written since.
                     let durable = match first {
                         Some(commit) => {
-                            // Its record may be held to share a commit: not now.
-                            self.core.ledger.hurry();
+                            if commit.get().is_none() {
+                                // Its record may be held to share a commit: not now.
+                                self.core.ledger.hurry();
+                            }
                             commit.settled().await;
                             commit.get().unwrap_or(Err(StorageError::Closed))
                         }

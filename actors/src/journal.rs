@@ -399,8 +399,9 @@ impl Queue {
         self.wake.notify_one();
     }
 
-    /// The writer stopped (it panicked): what waits, and whatever comes after, is dropped, so
-    /// its waiters learn it at once instead of waiting for ever.
+    /// The writer stopped (it panicked, or could not cut a failed write back): what waits, and
+    /// whatever comes after, is dropped, so its waiters learn it at once instead of waiting for
+    /// ever.
     fn writer_gone(&self) {
         self.stopped.store(true, Relaxed);
         let mut w = self.waiting.lock();
@@ -732,10 +733,34 @@ impl Drop for Log {
     }
 }
 
+/// The segment file under the writer's buffer. After a failed write, what the buffer still
+/// holds is swallowed rather than written (see `Writer::recover`), so it never reaches the file
+/// and no second descriptor is needed to get rid of it.
+struct SegmentFile {
+    file: File,
+    swallow: bool,
+}
+
+impl Write for SegmentFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.swallow {
+            return Ok(buf.len());
+        }
+        self.file.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.swallow {
+            return Ok(());
+        }
+        self.file.flush()
+    }
+}
+
 /// The segment being appended to.
 struct Segment {
     seq: u64,
-    out: BufWriter<File>,
+    out: BufWriter<SegmentFile>,
     /// Length of the file up to its last whole record.
     good: u64,
 }
@@ -769,7 +794,13 @@ impl Segment {
         file.seek(SeekFrom::Start(good))?;
         Ok(Segment {
             seq,
-            out: BufWriter::with_capacity(256 * 1024, file),
+            out: BufWriter::with_capacity(
+                256 * 1024,
+                SegmentFile {
+                    file,
+                    swallow: false,
+                },
+            ),
             good,
         })
     }
@@ -778,7 +809,7 @@ impl Segment {
     /// dropped), so it holds no allocation it will not use.
     fn close(&mut self) -> io::Result<()> {
         self.out.flush()?;
-        self.out.get_ref().set_len(self.good)
+        self.out.get_ref().file.set_len(self.good)
     }
 }
 
@@ -883,12 +914,16 @@ impl Writer {
             }
         }
         if self.broken {
-            // What the failed write left buffered is thrown away, not flushed; the segment is
-            // cut back to its records if it can be (else the next start reads what follows
-            // them as a torn tail or refuses it as corrupt).
+            // What the failed write left buffered is thrown away, not flushed, and the segment
+            // is cut back to its records if it can be now. If it cannot, the next start reads
+            // what follows them: a torn tail or corruption, or, when the failure was the fsync
+            // of records already written whole, those records, whose messages were refused and
+            // then run after the restart.
             let good = self.segment.good;
-            let (file, _unwritten) = self.segment.out.into_parts();
-            let _ = file.set_len(good);
+            let (out, _unwritten) = self.segment.out.into_parts();
+            if out.file.set_len(good).is_ok() {
+                let _ = out.file.sync_data();
+            }
             return;
         }
         if self.dirty {
@@ -978,7 +1013,7 @@ impl Writer {
     }
 
     fn sync(&mut self) -> io::Result<()> {
-        self.segment.out.get_ref().sync_data()?;
+        self.segment.out.get_ref().file.sync_data()?;
         self.stats.fsyncs.fetch_add(1, Relaxed);
         self.last_sync = Instant::now();
         self.dirty = false;
@@ -994,21 +1029,20 @@ impl Writer {
             tracing::error!("journal: cannot cut the segment back (a failure made by a test); the journal stops");
             return false;
         }
-        // Through the descriptor already open (the folder may be gone, or no descriptor left).
-        let cut = self.segment.out.get_ref().try_clone().and_then(|mut f| {
-            f.set_len(good)?;
-            allocate(&f, good, self.segment_bytes);
-            f.seek(SeekFrom::Start(good))?;
-            Ok(f)
+        // What the buffer still holds is swallowed, not written; then the file is cut back and
+        // its position set through the descriptor already open (the folder may be gone, or no
+        // descriptor left for another).
+        let out = &mut self.segment.out;
+        out.get_mut().swallow = true;
+        let _ = out.flush();
+        out.get_mut().swallow = false;
+        let file = &out.get_ref().file;
+        let cut = file.set_len(good).and_then(|()| {
+            allocate(file, good, self.segment_bytes);
+            (&*file).seek(SeekFrom::Start(good)).map(|_| ())
         });
         match cut {
-            // The old writer (and what it buffered) is dropped without flushing into the file.
-            Ok(f) => {
-                let fresh = BufWriter::with_capacity(256 * 1024, f);
-                let old = std::mem::replace(&mut self.segment.out, fresh);
-                let _ = old.into_parts();
-                true
-            }
+            Ok(()) => true,
             Err(e) => {
                 let file = self.dir.join(segment_name(self.segment.seq));
                 tracing::error!(error = %e, file = %file.display(), "journal: cannot cut the segment back after a failed write; the journal stops, and every later record is refused");

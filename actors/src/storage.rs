@@ -544,7 +544,9 @@ pub trait Storage: Send + Sync + 'static {
     }
     /// Whether a new message may be admitted now: an error when records already wait to be
     /// written beyond the storage's bound (so a slow disk cannot make memory grow without
-    /// bound). Records of messages already accepted are always taken.
+    /// bound), or [`StorageError::Closed`] when the storage can write nothing any more (a
+    /// journal whose writer stopped). Otherwise records of messages already accepted are
+    /// always taken.
     fn admitting(&self) -> Result<(), StorageError> {
         Ok(())
     }

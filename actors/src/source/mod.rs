@@ -298,12 +298,16 @@ pub const ECHO_MAX: usize = 64;
 /// (a field's name with a backtick in it) is cut by it.
 pub const PROSE_MAX: usize = 256;
 
+/// The longest error message [`cut_quoted`] returns whole: an input cut into many short quoted
+/// parts still echoes no more than this (the 4 KiB that processor errors are cut to).
+pub const MESSAGE_MAX: usize = 4096;
+
 /// `text` with every quoted part (between backticks or double quotes, as serde's messages and
 /// `{:?}` quote what they echo) longer than `max` bytes cut to `max` with "…", and every
 /// stretch outside quotes longer than [`PROSE_MAX`] cut to it (see [`truncated`]): an error
 /// message made from client input (an unknown field's name, a mistyped value) echoes at most
 /// `max` bytes of each quoted part of it, and at most [`PROSE_MAX`] of input whose own quote
-/// marks end a part early.
+/// marks end a part early; the whole is cut to [`MESSAGE_MAX`].
 pub fn cut_quoted(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
     /// Where the part opened by `quote` ends in `rest`: its closing quote, past backslash
     /// escapes inside double quotes; `None` if it runs to the end.
@@ -347,6 +351,9 @@ pub fn cut_quoted(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
         rest = &after[end + 1..];
     }
     cut |= push(&mut out, rest, PROSE_MAX);
+    if out.len() > MESSAGE_MAX {
+        return truncated(&out, MESSAGE_MAX).into_owned().into();
+    }
     if !cut {
         return text.into();
     }
@@ -518,6 +525,9 @@ mod tests {
                 "x".repeat(PROSE_MAX)
             )
         );
+        // Many short parts: the whole is cut.
+        let many = "`x`".repeat(10_000);
+        assert_eq!(cut_quoted(&many, 64).len(), MESSAGE_MAX + "…".len());
     }
 
     #[test]

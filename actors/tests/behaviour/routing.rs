@@ -239,7 +239,10 @@ async fn a_repeated_key_waits_for_the_first_record_and_is_refused_with_it() {
             ))))
         };
         storage.settle(id, result);
-        let (first, again) = (first.await.unwrap(), again.await.unwrap());
+        // Each ends within a deadline (a hang fails the test rather than stalling it).
+        let ended = |task| actix_rt::time::timeout(Duration::from_secs(30), task);
+        let first = ended(first).await.expect("the first ended").unwrap();
+        let again = ended(again).await.expect("the duplicate ended").unwrap();
         if written {
             assert_eq!(first.unwrap(), id);
             assert_eq!(again.unwrap(), id);
