@@ -715,14 +715,22 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-/// Readiness: false while draining, and on a cluster node while NATS cannot be reached.
+/// Readiness: false while draining, when the storage can write nothing any more (a journal whose
+/// writer stopped), and on a cluster node while NATS cannot be reached.
 #[utoipa::path(get, path = "/readyz", responses((status = 200, description = "Accepting messages"),
-    (status = 503, description = "Draining", body = Problem, content_type = "application/problem+json")))]
+    (status = 503, description = "Draining, storage closed, or NATS unreachable", body = Problem, content_type = "application/problem+json")))]
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     if state.dispatcher.is_draining() || state.cluster.as_ref().is_some_and(|c| c.is_draining()) {
         return Err(ApiError::Unavailable {
             detail: "the server is draining and accepts no new messages".into(),
             retry_after: 5,
+        });
+    }
+    if state.dispatcher.is_storage_closed() {
+        return Err(ApiError::Unavailable {
+            detail: "the storage can write nothing any more (see the log); restart the server"
+                .into(),
+            retry_after: 60,
         });
     }
     if state.cluster.as_ref().is_some_and(|c| !c.is_connected()) {

@@ -45,11 +45,13 @@ pub(crate) struct DeadLetters {
     max_bytes: usize,
 }
 
-/// The dead letters in id order (oldest accepted first), and their bytes.
+/// The dead letters in id order (oldest accepted first), their bytes, and those being replayed
+/// now (still held, so compaction keeps their records, until the replay is durable).
 #[derive(Default)]
 struct Held {
     list: VecDeque<Arc<DeadLetter>>,
     bytes: usize,
+    replaying: Vec<MessageId>,
 }
 
 impl DeadLetter {
@@ -138,6 +140,32 @@ impl DeadLetters {
 
     pub(crate) fn restore(&self, dl: Arc<DeadLetter>) {
         self.inner.lock().insert(dl);
+    }
+
+    /// Marks a dead letter as being replayed and returns it; `None` if there is none with that
+    /// id, or it is being replayed already. It stays listed (and its record kept) until
+    /// [`DeadLetters::end_replay`].
+    pub(crate) fn begin_replay(&self, id: MessageId) -> Option<Arc<DeadLetter>> {
+        let mut held = self.inner.lock();
+        if held.replaying.contains(&id) {
+            return None;
+        }
+        let dl = held.list[held.position(id).ok()?].clone();
+        held.replaying.push(id);
+        Some(dl)
+    }
+
+    /// Ends a replay begun by [`DeadLetters::begin_replay`]: the dead letter is removed if its
+    /// replay is durable (`replayed`), else left as it was. (The bounds may have dropped it
+    /// meanwhile.)
+    pub(crate) fn end_replay(&self, id: MessageId, replayed: bool) {
+        let mut held = self.inner.lock();
+        held.replaying.retain(|&r| r != id);
+        if replayed {
+            if let Ok(at) = held.position(id) {
+                held.remove(at);
+            }
+        }
     }
 
     pub(crate) fn len(&self) -> usize {

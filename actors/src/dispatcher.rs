@@ -928,41 +928,30 @@ impl Dispatcher {
 
     /// Replays a dead letter as a new message (new id, `replay_of` naming the original) and
     /// removes it from the dead letters. If the replay is refused, the dead letter stays. Like
-    /// [`Dispatcher::accept`], returns once the new message is durable.
+    /// [`Dispatcher::accept`], returns once the new message is durable; until then the dead
+    /// letter stays listed (and in the storage), and a second replay of it is
+    /// [`ReplayError::Unknown`].
     pub async fn replay(&self, id: MessageId) -> Result<MessageId, ReplayError> {
-        let dl = self
-            .core
-            .ledger
-            .dead
-            .take(id)
-            .ok_or(ReplayError::Unknown(id))?;
+        let dead = &self.core.ledger.dead;
+        let dl = dead.begin_replay(id).ok_or(ReplayError::Unknown(id))?;
         let mut msg = Message::new(dl.kind.as_str(), dl.payload.clone()).source(Source::Replay);
         msg.replay_of = Some(dl.id);
-        match self.accept(msg).await {
-            Ok(new) => {
-                if self.core.ledger.durable {
-                    // A crash before this is written leaves the dead letter as well as its
-                    // replay: at least once, never lost.
-                    self.core
-                        .ledger
-                        .storage
-                        .write(&Record::Replayed { id: dl.id });
-                }
-                tracing::info!(id = %new, replay_of = %dl.id, kind = %dl.kind, "dead letter replayed");
-                Ok(new)
-            }
-            Err(r) => {
-                if self.core.ledger.durable {
-                    // Compaction may have dropped its record while it was out: write it again.
-                    self.core
-                        .ledger
-                        .storage
-                        .write(&Record::Dead(DeadLetter::clone(&dl)));
-                }
-                self.core.ledger.dead.restore(dl);
-                Err(ReplayError::Rejected(r))
-            }
+        let accepted = self.accept(msg).await;
+        // Removed only now: compaction keeps a dead letter's record while it is held, so a
+        // crash before the replay is durable leaves the dead letter, and one after it leaves
+        // the replay (and maybe the dead letter too: at least once, never lost).
+        dead.end_replay(id, accepted.is_ok());
+        let new = accepted?;
+        if self.core.ledger.durable {
+            // Written after the removal, so it also follows any copy of the dead letter's
+            // record that a compaction running meanwhile wrote again.
+            self.core
+                .ledger
+                .storage
+                .write(&Record::Replayed { id: dl.id });
         }
+        tracing::info!(id = %new, replay_of = %dl.id, kind = %dl.kind, "dead letter replayed");
+        Ok(new)
     }
 
     /// Runs `schedule` from a timer source actor: every interval, or once after a delay.
@@ -1016,6 +1005,16 @@ impl Dispatcher {
     /// Whether the dispatcher has stopped accepting (shutdown has begun).
     pub fn is_draining(&self) -> bool {
         self.core.drain.draining.load(Relaxed)
+    }
+
+    /// Whether the storage can write nothing any more (a journal whose writer stopped after a
+    /// failed write it could not cut back): every new message is then refused until the process
+    /// restarts, so a readiness check should fail. A storage that is only behind is not closed.
+    pub fn is_storage_closed(&self) -> bool {
+        matches!(
+            self.core.ledger.storage.admitting(),
+            Err(StorageError::Closed)
+        )
     }
 
     /// Stops intake and lets queued and running messages finish within `deadline`. What could

@@ -3,6 +3,7 @@ use std::time::Duration;
 
 use actix_web::{web, App, HttpResponse, HttpServer};
 use mailroom::config::RouteConfig;
+use mailroom_actors::StorageError;
 use serde_json::json;
 
 use crate::common::{config, eventually, start};
@@ -397,4 +398,104 @@ async fn schedules_in_the_config_run_periodically_and_once() {
         "an after_ms schedule runs once"
     );
     s.stop().await;
+}
+
+/// A durable storage that writes every record at once, until the test says it is behind (it
+/// admits nothing new for a while) or closed (it can write nothing any more, as a journal whose
+/// writer stopped).
+#[derive(Default)]
+struct Closable(std::sync::atomic::AtomicU8);
+
+const BEHIND: u8 = 1;
+const CLOSED: u8 = 2;
+
+impl mailroom_actors::Storage for Closable {
+    fn is_durable(&self) -> bool {
+        true
+    }
+    fn append(&self, _: &mailroom_actors::storage::Record) -> mailroom_actors::storage::Receipt {
+        mailroom_actors::storage::Receipt::ready(self.admitting())
+    }
+    fn load(&self) -> Result<Vec<mailroom_actors::storage::Record>, StorageError> {
+        Ok(Vec::new())
+    }
+    fn admitting(&self) -> Result<(), StorageError> {
+        match self.0.load(std::sync::atomic::Ordering::Relaxed) {
+            CLOSED => Err(StorageError::Closed),
+            BEHIND => Err(StorageError::Backlog(1 << 30)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// `/readyz` fails once the storage can write nothing any more (as every submission then does),
+/// so a load balancer stops sending work to the node; a storage that is only behind keeps it
+/// ready.
+#[actix_rt::test]
+async fn readyz_fails_when_the_storage_can_write_nothing() {
+    let storage = std::sync::Arc::new(Closable::default());
+    let c = config();
+    let dispatcher = mailroom_actors::Dispatcher::builder(c.settings())
+        .storage(storage.clone())
+        .builtin_routes()
+        .build()
+        .unwrap();
+    let s = &c.server;
+    let state = web::Data::new(mailroom::api::AppState {
+        dispatcher: dispatcher.clone(),
+        cluster: None,
+        max_body: s.max_body_bytes,
+        max_batch: s.max_batch,
+        max_depth: s.max_json_depth,
+        max_wait: Duration::from_millis(s.max_wait_ms),
+        tokens: Vec::new(),
+        body_timeout: Duration::from_millis(s.body_timeout_ms),
+        buffered: mailroom::api::BodyBudget::new(s.max_buffered_body_bytes),
+        openapi: web::Bytes::new(),
+    });
+    let app = actix_web::test::init_service(
+        App::new()
+            .app_data(state)
+            .configure(mailroom::api::configure),
+    )
+    .await;
+    let call = |method: &str, path: &str| {
+        let req = match method {
+            "GET" => actix_web::test::TestRequest::get(),
+            _ => {
+                actix_web::test::TestRequest::post().set_json(json!({"kind": "echo", "payload": 1}))
+            }
+        };
+        req.uri(path).to_request()
+    };
+    let ready = actix_web::test::call_service(&app, call("GET", "/readyz")).await;
+    assert_eq!(ready.status(), 200);
+    let sent = actix_web::test::call_service(&app, call("POST", "/v1/messages?wait=true")).await;
+    assert_eq!(sent.status(), 200);
+
+    storage
+        .0
+        .store(BEHIND, std::sync::atomic::Ordering::Relaxed);
+    let ready = actix_web::test::call_service(&app, call("GET", "/readyz")).await;
+    assert_eq!(ready.status(), 200, "only behind: still ready");
+    let sent = actix_web::test::call_service(&app, call("POST", "/v1/messages")).await;
+    assert_eq!(
+        sent.status(),
+        503,
+        "a submission waits for the backlog to shrink"
+    );
+
+    storage
+        .0
+        .store(CLOSED, std::sync::atomic::Ordering::Relaxed);
+    let ready = actix_web::test::call_service(&app, call("GET", "/readyz")).await;
+    assert_eq!(ready.status(), 503);
+    let body: serde_json::Value = actix_web::test::read_body_json(ready).await;
+    assert_eq!(
+        body["detail"],
+        json!("the storage can write nothing any more (see the log); restart the server")
+    );
+    let sent = actix_web::test::call_service(&app, call("POST", "/v1/messages")).await;
+    assert_eq!(sent.status(), 503, "submissions are refused alike");
+    dispatcher.shutdown(Duration::from_secs(5)).await;
 }

@@ -1,9 +1,11 @@
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use mailroom_actors::storage::{Compacted, Keep, Receipt, Record, RecordKind, Settle};
 use mailroom_actors::{
-    ErrorClass, Message, ProcessError, Processor, ReplayError, RouteSettings, Source, Status,
+    ErrorClass, Message, MessageId, ProcessError, Processor, ReplayError, RouteSettings, Source,
+    Status, Storage, StorageError,
 };
 use serde_json::json;
 
@@ -146,4 +148,124 @@ async fn a_retry_waiting_for_its_backoff_can_be_cancelled_and_stops_counting_as_
     let k = stats.kind("failing").unwrap();
     assert_eq!((k.accepted, k.cancelled, k.retried), (1, 1, 1));
     assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+/// A durable storage that writes every record at once except, while `hold` is set, `Accepted`
+/// records (kept until the test settles them); its compaction asks about every dead letter's
+/// record and notes the answer.
+#[derive(Default)]
+struct CompactedDuringReplay {
+    hold: AtomicBool,
+    held: Mutex<Vec<Settle>>,
+    dead: Mutex<Vec<MessageId>>,
+    verdicts: Mutex<Vec<(MessageId, Keep)>>,
+}
+
+impl Storage for CompactedDuringReplay {
+    fn is_durable(&self) -> bool {
+        true
+    }
+    fn append(&self, record: &Record) -> Receipt {
+        if let Record::Dead(dl) = record {
+            self.dead.lock().unwrap().push(dl.id);
+        }
+        if record.kind() == RecordKind::Accepted && self.hold.load(Ordering::SeqCst) {
+            let (receipt, settle) = Receipt::pending();
+            self.held.lock().unwrap().push(settle);
+            return receipt;
+        }
+        Receipt::ready(Ok(()))
+    }
+    fn load(&self) -> Result<Vec<Record>, StorageError> {
+        Ok(Vec::new())
+    }
+    fn compact(
+        &self,
+        keep: &mut dyn FnMut(RecordKind, MessageId, bool) -> Keep,
+    ) -> Result<Compacted, StorageError> {
+        let dead = self.dead.lock().unwrap().clone();
+        for id in dead {
+            let verdict = keep(RecordKind::Dead, id, false);
+            self.verdicts.lock().unwrap().push((id, verdict));
+        }
+        Ok(Compacted::default())
+    }
+}
+
+impl CompactedDuringReplay {
+    /// Waits (with a deadline) until a compaction has asked about `id` at least `n` times,
+    /// and returns its last answer.
+    async fn verdict(&self, id: MessageId, n: usize) -> Keep {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let seen: Vec<Keep> = (self.verdicts.lock().unwrap().iter())
+                .filter(|(of, _)| *of == id)
+                .map(|&(_, k)| k)
+                .collect();
+            if seen.len() >= n {
+                return *seen.last().unwrap();
+            }
+            assert!(Instant::now() < deadline, "no compaction asked about {id}");
+            actix_rt::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// A dead letter being replayed keeps its record through a compaction until the replay is
+/// durable: a crash in between leaves the dead letter, never neither. It stays listed until then,
+/// and a second replay of it meanwhile is refused.
+#[actix_rt::test]
+async fn a_dead_letter_keeps_its_record_until_its_replay_is_durable() {
+    let storage = Arc::new(CompactedDuringReplay::default());
+    let failing = Processor::from_fn("failing", |_job, _p| async move {
+        Err::<serde_json::Value, _>(ProcessError::new("no"))
+    });
+    let d = mailroom_actors::Dispatcher::builder(settings())
+        .storage(storage.clone())
+        .processor(failing)
+        .route(
+            "failing",
+            RouteSettings::new("failing").retries(1, Duration::from_millis(1)),
+        )
+        .build()
+        .unwrap();
+    let out = d.send(Message::new("failing", json!(1))).await.unwrap();
+    assert_eq!(out.status, Status::Dead);
+    assert_eq!(storage.verdict(out.id, 1).await, Keep::AsIs);
+
+    storage.hold.store(true, Ordering::SeqCst);
+    let replay = {
+        let d = d.clone();
+        let id = out.id;
+        actix_rt::spawn(async move { d.replay(id).await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while storage.held.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the replay's record never came");
+        actix_rt::time::sleep(Duration::from_millis(2)).await;
+    }
+    let asked = storage.verdicts.lock().unwrap().len();
+    assert_eq!(
+        storage.verdict(out.id, asked + 1).await,
+        Keep::AsIs,
+        "a compaction while the replay is not durable keeps the dead letter"
+    );
+    assert_eq!(d.dead_letters(None, 10).len(), 1, "still listed");
+    assert!(matches!(
+        d.replay(out.id).await,
+        Err(ReplayError::Unknown(_))
+    ));
+    assert!(!replay.is_finished());
+
+    storage.held.lock().unwrap().pop().unwrap().settle(Ok(()));
+    let new = actix_rt::time::timeout(Duration::from_secs(30), replay)
+        .await
+        .expect("the replay ended")
+        .unwrap()
+        .unwrap();
+    assert_ne!(new, out.id);
+    assert!(d.dead_letters(None, 10).is_empty(), "removed once durable");
+    let asked = storage.verdicts.lock().unwrap().len();
+    assert_eq!(storage.verdict(out.id, asked + 1).await, Keep::Drop);
+    d.shutdown(Duration::from_secs(5)).await;
 }
