@@ -25,7 +25,9 @@
 //! corruption: [`ScanError::Corrupt`] names the file and offset, and nothing is opened. A write
 //! or fsync that fails is reported to every record of its batch and the segment is cut back to
 //! its last good length, so a later write that succeeds follows whole records only; if it
-//! cannot be cut back, the writer stops and every later record is refused. When the
+//! cannot be cut back, the writer stops and every later record is refused. It stops too when
+//! an fsync fails after its records were acknowledged ([`Fsync::Interval`], [`Fsync::Never`]):
+//! a later fsync could not be trusted to cover them. When the
 //! file system cannot allocate ahead (no space, or no support), the segment grows as it is
 //! written, as it would without it.
 
@@ -291,6 +293,9 @@ pub struct LogStats {
     fail_write: std::sync::atomic::AtomicBool,
     #[cfg(test)]
     fail_cut: std::sync::atomic::AtomicBool,
+    /// Tests only: the next fsync fails.
+    #[cfg(test)]
+    fail_sync: std::sync::atomic::AtomicBool,
     /// Records written.
     pub records: AtomicU64,
     /// Batches written (each one write, and one fsync with [`Fsync::Always`]).
@@ -880,15 +885,18 @@ impl Writer {
                 }
                 if let Err(e) = self.sync() {
                     self.stats.failures.fetch_add(1, Relaxed);
+                    if self.broken {
+                        break;
+                    }
                     tracing::error!(error = %e, "journal: fsync failed; it is tried again");
-                    // Tried again after the interval (or SYNC_RETRY), not at once.
+                    // Tried again after SYNC_RETRY, not at once.
                     self.last_sync = Instant::now();
                 }
                 continue;
             }
             // One write and one fsync per batch of at most MAX_BATCH_BYTES.
             let mut appends = appends.into_iter().peekable();
-            while appends.peek().is_some() {
+            while !self.broken && appends.peek().is_some() {
                 let (mut batch, mut bytes) = (Vec::new(), 0);
                 while let Some(a) = appends.next_if(|_| bytes < MAX_BATCH_BYTES) {
                     bytes += a.bytes.len();
@@ -981,22 +989,22 @@ impl Writer {
             Err(e) => {
                 self.stats.failures.fetch_add(1, Relaxed);
                 tracing::error!(error = %e, records = batch.len(), "journal: write failed; the records were not accepted");
-                self.broken = !self.recover();
+                if !self.recover() {
+                    self.broken = true;
+                }
                 Err(e)
             }
         }
     }
 
     /// The interval fsync when it is due, and the next segment once this one is full. A
-    /// failure is logged and counted; a failed fsync is tried again after the next batch, a
-    /// failed rotation after [`ROTATE_RETRY`].
+    /// failure is counted; a failed fsync stops the writer (see [`Writer::sync`]), a failed
+    /// rotation is logged and tried again after [`ROTATE_RETRY`].
     fn housekeeping(&mut self) {
         if let Fsync::Interval(every) = self.fsync {
-            if self.dirty && self.last_sync.elapsed() >= every {
-                if let Err(e) = self.sync() {
-                    self.stats.failures.fetch_add(1, Relaxed);
-                    tracing::error!(error = %e, "journal: fsync failed; it is tried again");
-                }
+            if self.dirty && self.last_sync.elapsed() >= every && self.sync().is_err() {
+                self.stats.failures.fetch_add(1, Relaxed);
+                return;
             }
         }
         let due = self.rotate_after.is_none_or(|t| Instant::now() >= t);
@@ -1012,8 +1020,26 @@ impl Writer {
         }
     }
 
+    /// fsyncs the segment. With [`Fsync::Interval`] or [`Fsync::Never`], records written
+    /// before were acknowledged already, and a failed fsync may have lost them for good: Linux
+    /// marks the pages it could not write clean, so a second fsync would report success over
+    /// them. The writer then stops, as PostgreSQL does after a failed fsync: every later record
+    /// is refused (and `/readyz` fails) until a restart reads back what the disk really holds.
+    /// With [`Fsync::Always`] nothing unsynced was acknowledged: the caller refuses the batch.
     fn sync(&mut self) -> io::Result<()> {
-        self.segment.out.get_ref().file.sync_data()?;
+        let synced = self.segment.out.get_ref().file.sync_data();
+        #[cfg(test)]
+        let synced = match self.stats.fail_sync.swap(false, Relaxed) {
+            true => Err(io::Error::other("an fsync failure made by a test")),
+            false => synced,
+        };
+        if let Err(e) = synced {
+            if self.fsync != Fsync::Always {
+                self.broken = true;
+                tracing::error!(error = %e, "journal: fsync failed after its records were acknowledged, and may have lost them; the journal stops and every later record is refused until the server is restarted");
+            }
+            return Err(e);
+        }
         self.stats.fsyncs.fetch_add(1, Relaxed);
         self.last_sync = Instant::now();
         self.dirty = false;
@@ -1463,6 +1489,41 @@ mod tests {
         // Nothing is written after it: every later append is refused (its ack dropped).
         assert!(block_on(log.append(b"later".to_vec())).is_err());
         assert!(log.is_stopped());
+        drop(log);
+        let found = scan_dir(dir.path());
+        assert_eq!(found.records, [b"first".to_vec()]);
+        assert!(found.torn.is_none());
+    }
+
+    #[test]
+    fn a_failed_fsync_stops_the_writer_only_when_it_had_acknowledged_its_records() {
+        // With `Always`, the failed fsync's batch is refused and writing goes on.
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = Log::open(dir.path(), Fsync::Always).unwrap();
+        block_on(log.append(b"first".to_vec())).unwrap().unwrap();
+        log.stats().fail_sync.store(true, Relaxed);
+        assert!(block_on(log.append(b"refused".to_vec())).unwrap().is_err());
+        block_on(log.append(b"third".to_vec())).unwrap().unwrap();
+        assert!(!log.is_stopped());
+        drop(log);
+        assert_eq!(
+            scan_dir(dir.path()).records,
+            [b"first".to_vec(), b"third".to_vec()]
+        );
+
+        // With `Interval`, a record is acknowledged once written: after its fsync fails, no
+        // later fsync can be trusted to cover it, so the writer stops.
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = Log::open(dir.path(), Fsync::Interval(Duration::from_millis(1))).unwrap();
+        log.stats().fail_sync.store(true, Relaxed);
+        block_on(log.append(b"first".to_vec())).unwrap().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !log.is_stopped() {
+            assert!(Instant::now() < deadline, "the writer did not stop");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(block_on(log.append(b"later".to_vec())).is_err());
+        assert_eq!(log.stats().failures.load(Relaxed), 1);
         drop(log);
         let found = scan_dir(dir.path());
         assert_eq!(found.records, [b"first".to_vec()]);
