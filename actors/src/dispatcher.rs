@@ -492,6 +492,18 @@ impl Submitter {
     }
 }
 
+/// A dead letter being replayed: dropped before the replay ended, it ends it as refused (the
+/// letter stays, and can be replayed again).
+struct Replaying(Arc<Ledger>, Option<MessageId>);
+
+impl Drop for Replaying {
+    fn drop(&mut self) {
+        if let Some(id) = self.1.take() {
+            self.0.dead.end_replay(id, false);
+        }
+    }
+}
+
 /// What [`Dispatcher::shutdown`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShutdownReport {
@@ -930,25 +942,48 @@ impl Dispatcher {
     /// removes it from the dead letters. If the replay is refused, the dead letter stays. Like
     /// [`Dispatcher::accept`], returns once the new message is durable; until then the dead
     /// letter stays listed (and in the storage), and a second replay of it is
-    /// [`ReplayError::Unknown`].
+    /// [`ReplayError::Unknown`]. The replay goes on if this future is dropped.
     pub async fn replay(&self, id: MessageId) -> Result<MessageId, ReplayError> {
-        let dead = &self.core.ledger.dead;
-        let dl = dead.begin_replay(id).ok_or(ReplayError::Unknown(id))?;
+        let ledger = &self.core.ledger;
+        let dl = ledger
+            .dead
+            .begin_replay(id)
+            .ok_or(ReplayError::Unknown(id))?;
+        let replaying = Replaying(ledger.clone(), Some(id));
+        // A task of its own, so a caller that goes away (an HTTP client that hangs up) does not
+        // leave the letter marked as being replayed; if the task is dropped (its arbiter
+        // stopping), `replaying` ends the replay as refused.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (d, letter) = (self.clone(), dl.clone());
+        self.core.io_arbiters[0].spawn(async move {
+            let _ = tx.send(d.replay_letter(letter, replaying).await);
+        });
+        rx.await.unwrap_or_else(|_| {
+            let msg = Message::new(dl.kind.as_str(), dl.payload.clone()).source(Source::Replay);
+            Err(ReplayError::Rejected(Rejected::ShuttingDown(Box::new(msg))))
+        })
+    }
+
+    /// [`Dispatcher::replay`] of a letter marked as being replayed.
+    async fn replay_letter(
+        &self,
+        dl: Arc<DeadLetter>,
+        mut replaying: Replaying,
+    ) -> Result<MessageId, ReplayError> {
         let mut msg = Message::new(dl.kind.as_str(), dl.payload.clone()).source(Source::Replay);
         msg.replay_of = Some(dl.id);
         let accepted = self.accept(msg).await;
         // Removed only now: compaction keeps a dead letter's record while it is held, so a
         // crash before the replay is durable leaves the dead letter, and one after it leaves
         // the replay (and maybe the dead letter too: at least once, never lost).
-        dead.end_replay(id, accepted.is_ok());
+        replaying.1 = None;
+        let ledger = &self.core.ledger;
+        ledger.dead.end_replay(dl.id, accepted.is_ok());
         let new = accepted?;
-        if self.core.ledger.durable {
+        if ledger.durable {
             // Written after the removal, so it also follows any copy of the dead letter's
             // record that a compaction running meanwhile wrote again.
-            self.core
-                .ledger
-                .storage
-                .write(&Record::Replayed { id: dl.id });
+            ledger.storage.write(&Record::Replayed { id: dl.id });
         }
         tracing::info!(id = %new, replay_of = %dl.id, kind = %dl.kind, "dead letter replayed");
         Ok(new)

@@ -269,3 +269,54 @@ async fn a_dead_letter_keeps_its_record_until_its_replay_is_durable() {
     assert_eq!(storage.verdict(out.id, asked + 1).await, Keep::Drop);
     d.shutdown(Duration::from_secs(5)).await;
 }
+
+/// A replay whose caller goes away (an HTTP client that hangs up) still ends: the dead letter is
+/// removed once the replay is durable, not left marked as being replayed.
+#[actix_rt::test]
+async fn a_replay_goes_on_when_its_caller_goes_away() {
+    let storage = Arc::new(CompactedDuringReplay::default());
+    let failing = Processor::from_fn("failing", |_job, _p| async move {
+        Err::<serde_json::Value, _>(ProcessError::new("no"))
+    });
+    let d = mailroom_actors::Dispatcher::builder(settings())
+        .storage(storage.clone())
+        .processor(failing)
+        .route(
+            "failing",
+            RouteSettings::new("failing").retries(1, Duration::from_millis(1)),
+        )
+        .build()
+        .unwrap();
+    let out = d.send(Message::new("failing", json!(1))).await.unwrap();
+    assert_eq!(out.status, Status::Dead);
+
+    storage.hold.store(true, Ordering::SeqCst);
+    let caller = {
+        let d = d.clone();
+        let id = out.id;
+        actix_rt::spawn(async move { d.replay(id).await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while storage.held.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the replay's record never came");
+        actix_rt::time::sleep(Duration::from_millis(2)).await;
+    }
+    caller.abort();
+    assert!(caller.await.unwrap_err().is_cancelled());
+    storage.held.lock().unwrap().pop().unwrap().settle(Ok(()));
+    while d.dead_letter(out.id).is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "the dead letter was never removed"
+        );
+        actix_rt::time::sleep(Duration::from_millis(2)).await;
+    }
+    let stats = settled(&d).await;
+    let k = stats.kind("failing").unwrap();
+    assert_eq!(
+        (k.accepted, k.dead),
+        (2, 2),
+        "the replay ran (and died too)"
+    );
+    d.shutdown(Duration::from_secs(5)).await;
+}
