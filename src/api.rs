@@ -671,7 +671,9 @@ pub async fn get_dead_letter(
 
 /// Replay a dead letter as a new message.
 #[utoipa::path(post, path = "/v1/dead-letters/{id}/retry", params(("id" = String, Path, description = "Dead letter id")),
-    responses((status = 202, body = Replayed), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 503, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 202, body = Replayed), (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Being replayed already", body = Problem, content_type = "application/problem+json"),
+        (status = 503, body = Problem, content_type = "application/problem+json")))]
 pub async fn retry_dead_letter(
     state: web::Data<AppState>,
     id: web::Path<String>,

@@ -221,6 +221,7 @@ impl From<ReplayError> for ApiError {
     fn from(e: ReplayError) -> ApiError {
         match e {
             ReplayError::Unknown(_) => ApiError::NotFound(e.to_string()),
+            ReplayError::InProgress(_) => ApiError::Conflict(e.to_string()),
             ReplayError::Rejected(r) => r.into(),
         }
     }

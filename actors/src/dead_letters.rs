@@ -4,7 +4,7 @@
 //! dropped, with a warning in the log. Kept in id order, so they are listed a page at a time
 //! (`after` an id).
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::envelope::{approx_bytes, ErrorInfo, Kind, MessageId, Source};
+use crate::error::ReplayError;
 
 /// A message that exhausted its retries.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,13 +46,17 @@ pub(crate) struct DeadLetters {
     max_bytes: usize,
 }
 
-/// The dead letters in id order (oldest accepted first), their bytes, and those being replayed
-/// now (still held, so compaction keeps their records, until the replay is durable).
+/// The dead letters in id order (oldest accepted first), their bytes, those being replayed now
+/// (still held, so compaction keeps their records, until the replay is durable), and the
+/// replayed ones whose `Dead` record a compaction copied during their replay.
 #[derive(Default)]
 struct Held {
     list: VecDeque<Arc<DeadLetter>>,
     bytes: usize,
     replaying: Vec<MessageId>,
+    /// Their copy may follow their `Replayed` record in storage, so that record must stay as
+    /// long as the copy does (recovery ignores a `Dead` record after a `Replayed` one).
+    copied: HashSet<MessageId>,
 }
 
 impl DeadLetter {
@@ -100,15 +105,19 @@ impl DeadLetters {
         }
     }
 
-    /// Files a dead letter; returns the oldest ones dropped to stay within the bounds (never
-    /// the new one itself, even when it alone is over the byte bound).
+    /// Files a dead letter; returns the oldest ones dropped to stay within the bounds: never
+    /// the new one itself (even when it alone is over the byte bound), nor one being replayed
+    /// (it leaves once its replay is durable, or stays if that is refused, so the bounds may be
+    /// passed by as many letters as are being replayed at once).
     pub(crate) fn push(&self, dl: DeadLetter) -> Vec<Arc<DeadLetter>> {
         let id = dl.id;
         let mut held = self.inner.lock();
         held.insert(Arc::new(dl));
         let mut dropped = Vec::new();
-        while held.list.len() > self.cap || (held.bytes > self.max_bytes && held.list.len() > 1) {
-            let at = usize::from(held.list[0].id == id);
+        while held.list.len() > self.cap || held.bytes > self.max_bytes {
+            let oldest =
+                (held.list.iter()).position(|d| d.id != id && !held.replaying.contains(&d.id));
+            let Some(at) = oldest else { break };
             dropped.extend(held.remove(at));
         }
         dropped
@@ -142,22 +151,21 @@ impl DeadLetters {
         self.inner.lock().insert(dl);
     }
 
-    /// Marks a dead letter as being replayed and returns it; `None` if there is none with that
-    /// id, or it is being replayed already. It stays listed (and its record kept) until
-    /// [`DeadLetters::end_replay`].
-    pub(crate) fn begin_replay(&self, id: MessageId) -> Option<Arc<DeadLetter>> {
+    /// Marks a dead letter as being replayed and returns it, or says why not. It stays listed
+    /// (and its record kept, and the bounds do not drop it) until [`DeadLetters::end_replay`].
+    pub(crate) fn begin_replay(&self, id: MessageId) -> Result<Arc<DeadLetter>, ReplayError> {
         let mut held = self.inner.lock();
         if held.replaying.contains(&id) {
-            return None;
+            return Err(ReplayError::InProgress(id));
         }
-        let dl = held.list[held.position(id).ok()?].clone();
+        let at = held.position(id).map_err(|_| ReplayError::Unknown(id))?;
+        let dl = held.list[at].clone();
         held.replaying.push(id);
-        Some(dl)
+        Ok(dl)
     }
 
     /// Ends a replay begun by [`DeadLetters::begin_replay`]: the dead letter is removed if its
-    /// replay is durable (`replayed`), else left as it was. (The bounds may have dropped it
-    /// meanwhile.)
+    /// replay is durable (`replayed`), else left as it was.
     pub(crate) fn end_replay(&self, id: MessageId, replayed: bool) {
         let mut held = self.inner.lock();
         held.replaying.retain(|&r| r != id);
@@ -166,6 +174,32 @@ impl DeadLetters {
                 held.remove(at);
             }
         }
+    }
+
+    /// Compaction's question for a `Dead` record: whether it is still needed (its letter is
+    /// held, being replayed or not). A copy made during a replay is noted, so the `Replayed`
+    /// record that may come before it is kept as long as it ([`DeadLetters::keeps_replayed`]).
+    pub(crate) fn keeps_dead(&self, id: MessageId) -> bool {
+        let mut held = self.inner.lock();
+        if held.position(id).is_err() {
+            held.copied.remove(&id);
+            return false;
+        }
+        if held.replaying.contains(&id) {
+            held.copied.insert(id);
+        }
+        true
+    }
+
+    /// Compaction's question for a `Replayed` record with no older records behind it: whether
+    /// a copy of the letter's `Dead` record may still follow it.
+    pub(crate) fn keeps_replayed(&self, id: MessageId) -> bool {
+        self.inner.lock().copied.contains(&id)
+    }
+
+    /// Notes letters whose `Dead` record recovery found after their `Replayed` one.
+    pub(crate) fn copied_after_replay(&self, ids: impl IntoIterator<Item = MessageId>) {
+        self.inner.lock().copied.extend(ids);
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -216,5 +250,46 @@ mod tests {
         assert!(d.get(big_id).is_some(), "the new one is kept");
         assert!(d.take(big_id).is_some());
         assert_eq!(d.inner.lock().bytes, 0);
+    }
+
+    #[test]
+    fn a_letter_being_replayed_is_not_dropped_and_its_records_are_kept_until_it_ends() {
+        let d = DeadLetters::new(2, 10_000);
+        let first = dl(10);
+        let id = first.id;
+        d.push(first);
+        assert!(d.begin_replay(id).is_ok());
+        assert!(matches!(
+            d.begin_replay(id),
+            Err(ReplayError::InProgress(_))
+        ));
+        // The bounds drop the oldest letter not being replayed.
+        let (second, third) = (dl(10), dl(10));
+        let second_id = second.id;
+        d.push(second);
+        let dropped = d.push(third);
+        assert_eq!(
+            dropped.iter().map(|x| x.id).collect::<Vec<_>>(),
+            [second_id]
+        );
+        assert!(d.get(id).is_some());
+        // A compaction during the replay keeps the `Dead` record, and notes the copy.
+        assert!(d.keeps_dead(id));
+        assert!(
+            d.keeps_replayed(id),
+            "the copy may follow the Replayed record"
+        );
+        d.end_replay(id, true);
+        assert!(d.get(id).is_none());
+        assert!(matches!(d.begin_replay(id), Err(ReplayError::Unknown(_))));
+        assert!(d.keeps_replayed(id), "until the copy itself is dropped");
+        assert!(!d.keeps_dead(id));
+        assert!(!d.keeps_replayed(id));
+        // A refused replay leaves the letter as it was.
+        let other = d.page(None, 1)[0].id;
+        assert!(d.begin_replay(other).is_ok());
+        d.end_replay(other, false);
+        assert!(d.get(other).is_some());
+        assert!(d.begin_replay(other).is_ok());
     }
 }

@@ -942,13 +942,12 @@ impl Dispatcher {
     /// removes it from the dead letters. If the replay is refused, the dead letter stays. Like
     /// [`Dispatcher::accept`], returns once the new message is durable; until then the dead
     /// letter stays listed (and in the storage), and a second replay of it is
-    /// [`ReplayError::Unknown`]. The replay goes on if this future is dropped.
+    /// [`ReplayError::InProgress`]. The replay goes on if this future is dropped; if the task
+    /// it runs in is dropped instead (its arbiter stopping), the letter stays, and the new
+    /// message, if it was admitted, runs as well (at least once).
     pub async fn replay(&self, id: MessageId) -> Result<MessageId, ReplayError> {
         let ledger = &self.core.ledger;
-        let dl = ledger
-            .dead
-            .begin_replay(id)
-            .ok_or(ReplayError::Unknown(id))?;
+        let dl = ledger.dead.begin_replay(id)?;
         let replaying = Replaying(ledger.clone(), Some(id));
         // A task of its own, so a caller that goes away (an HTTP client that hangs up) does not
         // leave the letter marked as being replayed; if the task is dropped (its arbiter
@@ -975,14 +974,16 @@ impl Dispatcher {
         let accepted = self.accept(msg).await;
         // Removed only now: compaction keeps a dead letter's record while it is held, so a
         // crash before the replay is durable leaves the dead letter, and one after it leaves
-        // the replay (and maybe the dead letter too: at least once, never lost).
+        // the replay (and the dead letter too if the `Replayed` record below was not yet
+        // written: at least once, never lost).
         replaying.1 = None;
         let ledger = &self.core.ledger;
         ledger.dead.end_replay(dl.id, accepted.is_ok());
         let new = accepted?;
         if ledger.durable {
-            // Written after the removal, so it also follows any copy of the dead letter's
-            // record that a compaction running meanwhile wrote again.
+            // A copy of the dead letter's record that a compaction made meanwhile may land
+            // after this; recovery lets this record win wherever the copy is, and compaction
+            // keeps it as long as the copy (`DeadLetters::keeps_replayed`).
             ledger.storage.write(&Record::Replayed { id: dl.id });
         }
         tracing::info!(id = %new, replay_of = %dl.id, kind = %dl.kind, "dead letter replayed");

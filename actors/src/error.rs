@@ -119,6 +119,10 @@ pub enum ReplayError {
     /// No dead letter has that id.
     #[error("no dead letter with id {0}")]
     Unknown(MessageId),
+    /// The dead letter is being replayed already (its replay not yet durable); it leaves the
+    /// dead letters once it is, or stays if that replay is refused.
+    #[error("dead letter {0} is being replayed already")]
+    InProgress(MessageId),
     /// The replay was refused at admission; the dead letter stays where it was.
     #[error("the replay was refused: {0}")]
     Rejected(#[from] Rejected),

@@ -404,7 +404,7 @@ impl Queue {
         self.wake.notify_one();
     }
 
-    /// The writer stopped (it panicked, or could not cut a failed write back): what waits, and
+    /// The writer stopped (it panicked, or broke: see [`Log::is_stopped`]): what waits, and
     /// whatever comes after, is dropped, so its waiters learn it at once instead of waiting for
     /// ever.
     fn writer_gone(&self) {
@@ -608,8 +608,8 @@ impl Log {
         self.queue.push(append, urgent);
     }
 
-    /// Whether the writer thread has stopped (it panicked, or could not cut a failed write
-    /// back): every append is refused from then on.
+    /// Whether the writer thread has stopped (it panicked, could not cut a failed write back,
+    /// or an fsync of acknowledged records failed): every append is refused from then on.
     pub fn is_stopped(&self) -> bool {
         self.queue.stopped.load(Relaxed)
     }
@@ -852,8 +852,9 @@ struct Writer {
     dirty: bool,
     /// After a failed rotation: not tried again before then.
     rotate_after: Option<Instant>,
-    /// A failed write could not be cut back: the file no longer ends where the writer thinks,
-    /// so it stops rather than acknowledge records written after refused ones.
+    /// A failed write could not be cut back (the file no longer ends where the writer thinks),
+    /// or an fsync failed after its records were acknowledged ([`Writer::sync`]): the writer
+    /// stops rather than acknowledge anything more.
     broken: bool,
 }
 
@@ -888,9 +889,8 @@ impl Writer {
                     if self.broken {
                         break;
                     }
+                    // `Always` (the other modes broke): tried again after SYNC_RETRY.
                     tracing::error!(error = %e, "journal: fsync failed; it is tried again");
-                    // Tried again after SYNC_RETRY, not at once.
-                    self.last_sync = Instant::now();
                 }
                 continue;
             }
@@ -1011,6 +1011,10 @@ impl Writer {
         if self.segment.good >= self.segment_bytes && due {
             match self.rotate() {
                 Ok(()) => self.rotate_after = None,
+                Err(_) if self.broken => {
+                    // Its fsync failed and stopped the writer (logged there).
+                    self.stats.failures.fetch_add(1, Relaxed);
+                }
                 Err(e) => {
                     self.stats.failures.fetch_add(1, Relaxed);
                     self.rotate_after = Some(Instant::now() + ROTATE_RETRY);

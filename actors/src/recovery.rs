@@ -11,8 +11,10 @@
 //! Compaction keeps an `Accepted` record only while its message is unfinished (rewritten with
 //! its current attempt count), a `Finished` one only while the outcome is held, a dead letter
 //! only while it is filed; `Started` and `Replayed` records are never needed once older records
-//! are gone. What changed while a segment was being compacted is written again after the
-//! copies, so the last record of a message is always its latest state.
+//! are gone, except a `Replayed` record that a copy of its letter's `Dead` record (made while the
+//! letter was being replayed) may follow: recovery lets `Replayed` win wherever the copy is, and
+//! the record stays as long as the copy. What changed while a segment was being compacted is
+//! written again after the copies, so the last record of a message is always its latest state.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
@@ -32,14 +34,18 @@ pub(crate) struct Recovered {
     unfinished: BTreeMap<MessageId, Accepted>,
     finished: Vec<(Arc<Outcome>, Option<String>)>,
     dead: BTreeMap<MessageId, DeadLetter>,
+    /// Letters whose `Dead` record came after their `Replayed` one (a compaction copied it
+    /// during the replay): not filed, and their `Replayed` record is kept.
+    copied_after_replay: Vec<MessageId>,
 }
 
 impl Recovered {
     /// Folds records, oldest first. A message's `Finished` record wins over any `Accepted` copy
-    /// of it, wherever the copy is.
+    /// of it, and a letter's `Replayed` record over any `Dead` copy of it, wherever the copy is.
     pub(crate) fn fold(records: Vec<Record>) -> Recovered {
         let mut r = Recovered::default();
         let mut finished_ids = HashSet::new();
+        let mut replayed = HashSet::new();
         // A `Started` may come before the `Accepted` copy compaction wrote after it.
         let mut early_starts: std::collections::HashMap<MessageId, u32> = Default::default();
         for record in records {
@@ -71,11 +77,15 @@ impl Recovered {
                         r.finished.push((outcome, key));
                     }
                 }
+                Record::Dead(d) if replayed.contains(&d.id) => {
+                    r.copied_after_replay.push(d.id);
+                }
                 Record::Dead(d) => {
                     r.dead.insert(d.id, d);
                 }
                 Record::Replayed { id } => {
                     r.dead.remove(&id);
+                    replayed.insert(id);
                 }
             }
         }
@@ -110,6 +120,9 @@ pub(crate) fn restore(core: &Core, recovered: Recovered) {
     for d in recovered.dead.into_values() {
         ledger.dead.push(d);
     }
+    ledger
+        .dead
+        .copied_after_replay(recovered.copied_after_replay);
     let (mut queued, mut delayed, mut rerun, mut unroutable) = (0usize, 0usize, 0usize, 0usize);
     let now = Instant::now();
     let mut envs = Vec::with_capacity(recovered.unfinished.len());
@@ -225,8 +238,8 @@ pub(crate) fn compact(ledger: &Ledger) {
                 Some(now) if now.status.is_terminal() => Keep::AsIs,
                 _ => Keep::Drop,
             },
-            RecordKind::Dead if dead.get(id).is_some() => Keep::AsIs,
-            RecordKind::Replayed if behind => Keep::AsIs,
+            RecordKind::Dead if dead.keeps_dead(id) => Keep::AsIs,
+            RecordKind::Replayed if behind || dead.keeps_replayed(id) => Keep::AsIs,
             RecordKind::Dead | RecordKind::Started | RecordKind::Replayed => Keep::Drop,
         }
     };
@@ -331,11 +344,28 @@ mod tests {
             }),
             finished(c),
             Record::Replayed { id: c },
+            // A compaction's copy of the dead letter, made while it was being replayed and
+            // written after its `Replayed` record, does not bring it back either.
+            Record::Dead(DeadLetter {
+                id: c,
+                kind: Kind::new("echo").unwrap(),
+                payload: json!(1),
+                attempts: 1,
+                errors: vec![],
+                died_at_ms: 0,
+                source: Source::Http,
+                replay_of: None,
+            }),
         ]);
         assert_eq!(r.unfinished.keys().copied().collect::<Vec<_>>(), vec![a]);
         assert_eq!(r.unfinished[&a].attempts, 2);
         let done: Vec<MessageId> = r.finished.iter().map(|(o, _)| o.id).collect();
         assert!(done.contains(&b) && done.contains(&c) && done.len() == 2);
         assert!(r.dead.is_empty(), "a replayed dead letter stays replayed");
+        assert_eq!(
+            r.copied_after_replay,
+            [c],
+            "and its Replayed record is kept"
+        );
     }
 }
