@@ -212,6 +212,63 @@ fn a_tcp_client_that_never_reads_is_not_read_either() {
     );
 }
 
+/// A client that stops reading its answers, while one of its messages is delayed and it sends
+/// half a line, is closed whole: not only its writing side (which gives up after the idle
+/// timeout) but its reading side too, which before went on reading (and counting for nothing)
+/// until the delayed message ended, a day later by default.
+#[test]
+fn a_tcp_client_that_stops_reading_is_closed_whole() {
+    let _heavy = crate::common::heavy();
+    let s = serve(
+        "[sources.tcp]\nbind = \"127.0.0.1:0\"\nmax_connections = 1\nidle_timeout_ms = 3000\nmax_pending = 64\n",
+    );
+    let tcp = s.tcp.clone().unwrap();
+    let mut a = TcpStream::connect(&tcp).unwrap();
+    a.write_all(b"{\"kind\":\"echo\",\"payload\":0,\"delay_ms\":600000}\n")
+        .unwrap();
+    // 50 answers of 512 KiB (25 MiB): more than the socket buffers hold, so answers stall. With
+    // the delayed line and the half line they take 52 of the 64 pending places: the reader is
+    // reading the half line, not waiting for a place, when the writer gives up.
+    let pad = "p".repeat(512 * 1024);
+    for i in 0..50 {
+        a.write_all(format!("{{\"kind\":\"echo\",\"payload\":[{i},\"{pad}\"]}}\n").as_bytes())
+            .unwrap();
+    }
+    a.write_all(b"{\"kind\":\"echo\",\"payload\":\"half a line")
+        .unwrap();
+    // Closed whole: a write then fails (the server resets it) rather than being read.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if a.write_all(b"x").is_err() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server still reads a connection whose answers it gave up writing"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // And its place is free for another client.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut b = TcpStream::connect(&tcp).unwrap();
+        b.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let _ = b.write_all(b"{\"kind\":\"echo\",\"payload\":2}\n");
+        let mut line = String::new();
+        let _ = BufReader::new(&b).read_line(&mut line);
+        let v: Value = serde_json::from_str(line.trim()).unwrap_or(Value::Null);
+        if v["status"] == "completed" {
+            assert_eq!(v["result"], 2);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no place for a new client: {line}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn tcp_connections_are_capped_and_idle_ones_closed() {
     let _heavy = crate::common::heavy();

@@ -225,8 +225,8 @@ fn refuse(stream: TcpStream, max: usize, refusing: &Arc<AtomicUsize>) {
     });
 }
 
-/// One connection counted in the source's `open` (given back when dropped by the connection's
-/// writer, the last part of it to end) or `refusing` (when its refusal ends).
+/// One connection counted in the source's `open` (given back once both halves of the
+/// connection, its reader and its writer, have ended) or `refusing` (when its refusal ends).
 struct OpenSlot(Arc<AtomicUsize>);
 
 impl OpenSlot {
@@ -282,8 +282,11 @@ impl Connection {
         let stall = settings.idle_timeout;
         let pending = Arc::new(Semaphore::new(settings.max_pending));
         let closing = pending.clone();
+        // Held by both halves: the connection counts until the last of them ends.
+        let slot = Arc::new(slot);
+        let writer_slot = slot.clone();
         actix_rt::spawn(async move {
-            let _slot = slot;
+            let _slot = writer_slot;
             while let Some((line, permit)) = rx.recv().await {
                 match actix_rt::time::timeout(stall, write.write_all(line.as_bytes())).await {
                     Ok(Ok(())) => drop(permit),
@@ -297,7 +300,7 @@ impl Connection {
             closing.close();
             let _ = write.shutdown().await;
         });
-        let reader = lines(read, settings.clone(), pending);
+        let reader = lines(read, settings.clone(), pending, slot);
         Connection::create(move |ctx| {
             ctx.add_stream(reader);
             tracing::debug!(?peer, "TCP connection opened");
@@ -454,18 +457,20 @@ fn rejection_line(r: &Rejected, reference: Value) -> String {
 /// Reads `\n`-terminated lines (a trailing `\r` is dropped); a line longer than the limit is
 /// reported as [`Line::TooLong`] and skipped up to its newline, and reading goes on. Before each
 /// line it takes a pending place (waiting while `max_pending` answers are outstanding). It ends
-/// at end of input, on a read error, or when the connection is idle: nothing pending and no
-/// whole line within `idle_timeout`.
+/// at end of input, on a read error, when the connection is idle (nothing pending and no whole
+/// line within `idle_timeout`), or within `idle_timeout` of the writer ending (a client that
+/// stopped reading its answers). It holds the connection's `slot` until it ends.
 fn lines(
     read: OwnedReadHalf,
     settings: Arc<TcpSettings>,
     pending: Arc<Semaphore>,
+    slot: Arc<OpenSlot>,
 ) -> impl futures_util::Stream<Item = Line> {
-    let state = Some(BufReader::new(read));
-    futures_util::stream::unfold(state, move |reader| {
+    let state = Some((BufReader::new(read), slot));
+    futures_util::stream::unfold(state, move |held| {
         let (settings, pending) = (settings.clone(), pending.clone());
         async move {
-            let mut reader = reader?;
+            let (mut reader, slot) = held?;
             let max = settings.max_line_bytes;
             // Closed by the writer when the client stopped reading: the connection ends.
             let permit = pending.clone().acquire_owned().await.ok()?;
@@ -476,10 +481,16 @@ fn lines(
                     let mut limited = (&mut reader).take(room);
                     let read = limited.read_until(b'\n', &mut buf);
                     match actix_rt::time::timeout(settings.idle_timeout, read).await {
-                        Ok(Ok(0)) => return None, // end of input (a partial last line is dropped)
+                        Ok(Ok(0)) => return None, // end of input
+                        // A whole line, or a last one cut short by the end of input (taken
+                        // as a line).
                         Ok(Ok(_)) => break true,
                         Ok(Err(_)) => return None,
                         Err(_) => {
+                            if pending.is_closed() {
+                                // The writer ended: nobody would read an answer.
+                                return None;
+                            }
                             // Only this line's own place is taken: no answer is pending.
                             if pending.available_permits() + 1 >= settings.max_pending {
                                 tracing::debug!("TCP connection idle: closing");
@@ -510,12 +521,12 @@ fn lines(
                             break;
                         }
                     }
-                    return Some((Line::TooLong(permit), Some(reader)));
+                    return Some((Line::TooLong(permit), Some((reader, slot))));
                 }
                 if buf.iter().all(u8::is_ascii_whitespace) {
                     continue; // blank lines are ignored
                 }
-                return Some((Line::Text(buf, permit), Some(reader)));
+                return Some((Line::Text(buf, permit), Some((reader, slot))));
             }
         }
     })
