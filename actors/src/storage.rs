@@ -173,12 +173,7 @@ impl Record {
     /// a library message without a limit, and the record adds its own levels), so serde_json's
     /// 128-level cap is lifted and the stack grows as the record needs (serde_stacker).
     pub fn decode(bytes: &[u8]) -> Result<Record, serde_json::Error> {
-        use serde::Deserialize;
-        let mut de = serde_json::Deserializer::from_slice(bytes);
-        de.disable_recursion_limit();
-        let record = Record::deserialize(serde_stacker::Deserializer::new(&mut de))?;
-        de.end()?;
-        Ok(record)
+        decode_deep(bytes)
     }
 
     /// Which record this is.
@@ -423,6 +418,16 @@ pub struct Compacted {
     pub read: usize,
     /// Records written again because they were still needed: the kind and id of each.
     pub kept: Vec<(RecordKind, MessageId)>,
+}
+
+/// Reads JSON that this process or another node wrote, however deep it nests (see
+/// [`Record::decode`]): serde_json's 128-level cap is lifted and the stack grows as needed.
+pub(crate) fn decode_deep<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> serde_json::Result<T> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    de.disable_recursion_limit();
+    let value = T::deserialize(serde_stacker::Deserializer::new(&mut de))?;
+    de.end()?;
+    Ok(value)
 }
 
 /// Which [`Record`] a stored record is, without reading all of it.

@@ -461,6 +461,46 @@ fn three_nodes_share_a_mixed_load_and_a_killed_node_loses_nothing() {
     assert!(metrics.contains("mailroom_cluster_pending{kind=\"echo\"} 0"));
 }
 
+/// A node refuses to start with a route whose last retry could wait longer than the cluster
+/// keeps a message's failure count (the retries would start counting again), and runs a payload
+/// nested as deep as its server accepts (its record, a level deeper, is read back whole).
+#[test]
+fn a_node_refuses_retries_that_outlive_their_count_and_runs_deep_payloads() {
+    let _heavy = crate::common::heavy();
+    let Some(nats) = Nats::start() else { return };
+    let cluster = cluster_name("limits");
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "[cluster]\nnats_url = \"{}\"\nname = \"{cluster}\"\nnode = \"n\"\n\
+         [dispatch]\nresult_ttl_ms = 60000\n\
+         [routes.slow]\nprocessor = \"echo\"\nretries = 8\nbackoff_ms = 1000\n",
+        nats.url()
+    );
+    let err = serve_in(dir.path(), &toml, None)
+        .err()
+        .expect("the node refuses to start");
+    assert!(
+        err.contains("route slow: its last retry may wait 158000 ms"),
+        "{err}"
+    );
+
+    let a = node_with(
+        &nats,
+        &cluster,
+        "node-a",
+        "[server]\nmax_json_depth = 128\n",
+    );
+    let mut deep = json!(1);
+    for _ in 0..126 {
+        deep = json!([deep]);
+    }
+    let body = json!({"kind": "echo", "payload": deep});
+    let (code, _, v) = request(&a.addr, "POST", "/v1/messages?wait=true", Some(&body));
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["status"], "completed");
+    assert_eq!(v["result"], body["payload"]);
+}
+
 #[test]
 fn any_node_reads_cancels_replays_and_dedupes_what_another_accepted() {
     let _heavy = crate::common::heavy();

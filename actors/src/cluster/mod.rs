@@ -185,8 +185,9 @@ impl Entry {
             .into()
     }
 
+    /// However deep its outcome's result nests (as a single node's journal reads it back).
     fn decode(bytes: &[u8]) -> Option<Entry> {
-        serde_json::from_slice(bytes).ok()
+        crate::storage::decode_deep(bytes).ok()
     }
 
     /// The outcome as a reader sees it now (timings of an unfinished message run to now).
@@ -343,6 +344,19 @@ impl Cluster {
                 .get(info.kind.as_str())
                 .copied()
                 .unwrap_or((0, Duration::ZERO));
+            // A message's entry, which counts its failures, is kept `result_ttl` after its last
+            // change: a retry that waits longer would find it gone and start counting again.
+            let longest = work::longest_backoff(backoff, retries) + settings.ack_wait;
+            if retries > 0 && longest >= result_ttl.max(Duration::from_secs(60)) {
+                return Err(ClusterError::Setup(format!(
+                    "route {}: its last retry may wait {} ms (its backoff doubled per retry, \
+                     plus ack_wait), not less than the result TTL ({} ms) for which a message's \
+                     failures are kept: lower its retries or backoff, or keep results longer",
+                    info.kind,
+                    longest.as_millis(),
+                    result_ttl.max(Duration::from_secs(60)).as_millis()
+                )));
+            }
             let slots = match info.pool {
                 Pool::Cpu => info.concurrency.min(cpu_threads * 4).max(1),
                 Pool::Io => info.concurrency,

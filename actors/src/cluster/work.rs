@@ -16,6 +16,7 @@ use tokio::sync::Semaphore;
 use super::{status_index, ClusterRoute, Entry, Inner, MAX_LOST_RUNS};
 use crate::dead_letters::DeadLetter;
 use crate::envelope::{unix_ms, ErrorClass, ErrorInfo, Message, Status};
+use crate::error::Rejected;
 use crate::storage::{Accepted, Record};
 
 /// Pulls route `i`'s messages for as long as the node runs: asks for as many as it has free
@@ -106,9 +107,9 @@ enum Claim {
 /// and acknowledge it (or hand it back for a retry).
 async fn handle(inner: &Inner, i: usize, m: jetstream::Message) {
     let route = &inner.routes[i];
-    // Read with serde_json's nesting cap (not `Record::decode`, which lifts it for the journal's
-    // own files): what comes off the network is bounded like any other input.
-    let acc = match serde_json::from_slice::<Record>(&m.payload) {
+    // Written by a node's admission, so read however deep it nests (a payload nests as deep as
+    // admission allows, and the record adds its own levels); its size is bounded by NATS.
+    let acc = match Record::decode(&m.payload) {
         Ok(Record::Accepted(a)) => a,
         _ => {
             tracing::warn!(kind = %route.kind, "a message in the work stream is not an accepted message; dropped");
@@ -149,6 +150,23 @@ async fn run(
     };
     let ran = match result {
         Ok(o) => o,
+        Err(Rejected::Invalid { reason, .. }) => {
+            // Accepted by a node whose routes allowed it, refused by this one's (a deploy
+            // changed the route): that does not pass, so it fails here rather than going round.
+            let error = ErrorInfo::new(
+                ErrorClass::Invalid,
+                format!("this node's route refuses it: {reason}"),
+            );
+            entry.outcome.status = Status::Failed;
+            entry.outcome.error = Some(error.clone());
+            entry.errors.push(error);
+            entry.outcome.timings.total_ms = unix_ms().saturating_sub(acc.id.timestamp_ms()) as f64;
+            if write(inner, acc, m, &entry, revision).await.is_ok() {
+                route.finished[status_index(Status::Failed)].fetch_add(1, Relaxed);
+                let _ = m.ack().await;
+            }
+            return;
+        }
         Err(r) => {
             // This node cannot run it now (degraded, shutting down): back to the queue, not an
             // attempt.
@@ -221,10 +239,10 @@ async fn run(
         ));
     }
     if write(inner, acc, m, &entry, revision).await.is_ok() {
-        if entry.outcome.status == Status::Dead {
-            bury(inner, acc, &entry).await;
-        }
         route.finished[status_index(entry.outcome.status)].fetch_add(1, Relaxed);
+        if entry.outcome.status == Status::Dead && !filed(inner, acc, &entry, m).await {
+            return; // handed back: its next delivery files it
+        }
         let _ = m.ack_with(ack).await;
     }
 }
@@ -296,8 +314,8 @@ async fn claim(
         if entry.outcome.status.is_terminal() {
             // Delivered again after it ended: its node died between writing the end and the
             // acknowledgement, so the dead letter may not be filed yet (filing is idempotent).
-            if entry.outcome.status == Status::Dead {
-                bury(inner, acc, &entry).await;
+            if entry.outcome.status == Status::Dead && !filed(inner, acc, &entry, m).await {
+                return Claim::Done;
             }
             let _ = m.ack().await;
             return Claim::Done;
@@ -342,10 +360,10 @@ async fn claim(
             let ended = inner.messages.update(&key, next.encode(), revision);
             match answered(deadline, ended).await {
                 Some(Ok(_)) => {
-                    if next.outcome.status == Status::Dead {
-                        bury(inner, acc, &next).await;
-                    }
                     route.finished[status_index(next.outcome.status)].fetch_add(1, Relaxed);
+                    if next.outcome.status == Status::Dead && !filed(inner, acc, &next, m).await {
+                        return Claim::Done;
+                    }
                     let _ = m.ack().await;
                     return Claim::Done;
                 }
@@ -473,9 +491,41 @@ async fn write(
     Err(())
 }
 
-/// Files a dead letter in the cluster's bucket.
-async fn bury(inner: &Inner, acc: &Accepted, entry: &Entry) {
-    let dl = DeadLetter {
+/// Deliveries of a dead message that try to file its dead letter before it is given up.
+const FILING_TRIES: i64 = 10;
+
+/// Files the dead letter of a message whose entry says `dead`, or hands the delivery back (in
+/// 5 s) when it cannot be filed now, so that its next delivery files it: true if filed (or given
+/// up on after [`FILING_TRIES`] deliveries, logged as an error), and the delivery may be
+/// acknowledged.
+async fn filed(inner: &Inner, acc: &Accepted, entry: &Entry, m: &jetstream::Message) -> bool {
+    match bury(inner, acc, entry).await {
+        Ok(()) => true,
+        Err(e) => {
+            let tries = m.info().map_or(FILING_TRIES, |i| i.delivered);
+            if tries >= FILING_TRIES {
+                tracing::error!(id = %acc.id, error = %e, tries, "cannot file the dead letter; given up (the message's entry still says dead)");
+                return true;
+            }
+            tracing::warn!(id = %acc.id, error = %e, "cannot file the dead letter yet; tried again in 5 s");
+            let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(5)))).await;
+            false
+        }
+    }
+}
+
+/// Files a dead letter in the cluster's bucket, once: not again if it is there, nor if it was
+/// there and has been replayed since (its key's last operation is the replay's delete), as when
+/// the message is delivered again after a node died between filing and acknowledging. A letter
+/// too big for one NATS message keeps only its last error, cut short.
+async fn bury(inner: &Inner, acc: &Accepted, entry: &Entry) -> Result<(), String> {
+    let key = acc.id.to_string();
+    match inner.dead.entry(key.clone()).await {
+        Ok(Some(_)) => return Ok(()), // filed already (and maybe replayed)
+        Ok(None) => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    let mut dl = DeadLetter {
         id: acc.id,
         kind: acc.kind,
         payload: acc.payload.clone(),
@@ -485,10 +535,27 @@ async fn bury(inner: &Inner, acc: &Accepted, entry: &Entry) {
         source: acc.source,
         replay_of: acc.replay_of,
     };
-    let bytes: Bytes = serde_json::to_vec(&dl).expect("serializes").into();
-    if let Err(e) = inner.dead.put(acc.id.to_string(), bytes).await {
-        tracing::warn!(id = %acc.id, error = %e, "cannot file the dead letter");
+    let mut bytes = serde_json::to_vec(&dl).expect("serializes");
+    let limit = inner.client.server_info().max_payload;
+    if bytes.len() + 1024 > limit {
+        let last = dl.errors.pop().map(|mut e| {
+            e.message = crate::source::truncated(&e.message, 256).into_owned();
+            e
+        });
+        dl.errors = last.into_iter().collect();
+        bytes = serde_json::to_vec(&dl).expect("serializes");
     }
+    match inner.dead.create(key, Bytes::from(bytes)).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The longest wait before a route's last retry: its backoff doubled per retry, as [`backoff`]
+/// draws it at most.
+pub(super) fn longest_backoff(base: Duration, retries: u32) -> Duration {
+    base.saturating_mul(1u32 << (retries.max(1) - 1).min(16))
 }
 
 /// The backoff before retry `n` (1 for the first): `base` doubled each time, half of it
