@@ -598,6 +598,10 @@ pub struct DeadLettersQuery {
 /// whole at `GET /v1/dead-letters/{id}`.
 pub const MAX_INLINE_PAYLOAD_BYTES: usize = 64 * 1024;
 
+/// Payloads and errors in one page of the dead-letter list stop at about this many bytes: the
+/// page ends early (with `next`) rather than grow to a thousand 64 KiB payloads.
+pub const MAX_PAGE_BYTES: usize = 1024 * 1024;
+
 /// A dead letter as listed: its payload inline when it is small, else left out
 /// (`payload_truncated`), with its size.
 fn dead_letter_item(dl: &DeadLetter) -> Value {
@@ -618,7 +622,8 @@ fn dead_letter_item(dl: &DeadLetter) -> Value {
 }
 
 /// Messages that failed every attempt, oldest first, a page at a time. A payload over 64 KiB is
-/// left out of the list (`payload_truncated`); `GET /v1/dead-letters/{id}` has it whole.
+/// left out of the list (`payload_truncated`); `GET /v1/dead-letters/{id}` has it whole. A page
+/// ends early (with `next`) once its payloads and errors reach about 1 MiB.
 #[utoipa::path(get, path = "/v1/dead-letters", params(DeadLettersQuery),
     responses((status = 200, body = DeadLettersResponse), (status = 400, body = Problem, content_type = "application/problem+json")))]
 pub async fn list_dead_letters(
@@ -646,9 +651,25 @@ pub async fn list_dead_letters(
             .collect(),
         None => state.dispatcher.dead_letters(after, limit),
     };
-    let next = (page.len() == limit).then(|| page[limit - 1].id);
+    // At least one letter, then as many as fit in MAX_PAGE_BYTES.
+    let mut bytes = 0;
+    let fit = page
+        .iter()
+        .take_while(|d| {
+            let first = bytes == 0;
+            let payload = d.payload_bytes();
+            bytes += (if payload <= MAX_INLINE_PAYLOAD_BYTES {
+                payload
+            } else {
+                0
+            }) + d.errors.iter().map(|e| e.message.len() + 32).sum::<usize>()
+                + 128;
+            first || bytes <= MAX_PAGE_BYTES
+        })
+        .count();
+    let next = (fit < page.len() || page.len() == limit).then(|| page[fit - 1].id);
     Ok(HttpResponse::Ok().json(DeadLettersResponse {
-        dead_letters: page.iter().map(|d| dead_letter_item(d)).collect(),
+        dead_letters: page[..fit].iter().map(|d| dead_letter_item(d)).collect(),
         next,
     }))
 }

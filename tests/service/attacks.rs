@@ -449,6 +449,42 @@ fn dead_letters_are_listed_a_page_at_a_time_without_large_payloads() {
     );
     let (code, _) = http(&addr, "GET", "/v1/dead-letters?limit=0", None).unwrap();
     assert_eq!(code, 400);
+
+    // Payloads just small enough to be listed whole: a page of up to 1,000 stops at about
+    // 1 MiB (with `next`), not at 40 × 60 KB.
+    let medium = "m".repeat(60_000);
+    for _ in 0..40 {
+        let body = json!({"kind": "doomed", "payload": {"mode": "error", "message": medium}});
+        let (code, _) = http(
+            &addr,
+            "POST",
+            "/v1/messages?wait=true",
+            Some(&body.to_string()),
+        )
+        .unwrap();
+        assert_eq!(code, 200);
+    }
+    let (mut listed, mut pages, mut after) = (0, 0, String::new());
+    loop {
+        let (code, text) = http(
+            &addr,
+            "GET",
+            &format!("/v1/dead-letters?limit=1000{after}"),
+            None,
+        )
+        .unwrap();
+        assert_eq!(code, 200);
+        assert!(text.len() < 1_200_000, "a page is {} bytes", text.len());
+        let v: Value = serde_json::from_str(&text).unwrap();
+        listed += v["dead_letters"].as_array().unwrap().len();
+        pages += 1;
+        match v["next"].as_str() {
+            Some(n) => after = format!("&after={n}"),
+            None => break,
+        }
+    }
+    assert_eq!(listed, 65, "every dead letter once, over the pages");
+    assert!(pages >= 3, "{pages} pages");
 }
 
 #[test]
