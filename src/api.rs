@@ -423,13 +423,12 @@ fn with_client(
     }
 }
 
-/// The bearer token of a request, if it has one.
+/// The bearer token of a request, if it has one (the scheme's name in any case, as RFC 7235
+/// allows).
 fn bearer(req: &HttpRequest) -> Option<&str> {
-    req.headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 fn rejected_item(code: u16, class: &str, message: String) -> Value {

@@ -20,8 +20,25 @@ pub struct Remote {
     #[arg(long, env = "MAILROOM_URL", default_value = "http://127.0.0.1:8080")]
     pub url: String,
     /// Bearer token (when the server sets `server.tokens`).
-    #[arg(long, env = "MAILROOM_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "MAILROOM_TOKEN", hide_env_values = true, value_parser = token)]
     pub token: Option<String>,
+}
+
+/// A message id (so that it goes into a URL as it is).
+fn message_id(text: &str) -> Result<String, String> {
+    text.parse::<mailroom_actors::MessageId>()
+        .map(|_| text.to_owned())
+        .map_err(|_| "not a message id (26 characters of Crockford base32)".to_owned())
+}
+
+/// A token that can be sent as `Authorization: Bearer <token>`: visible ASCII, as the server's
+/// `server.tokens` must be.
+fn token(text: &str) -> Result<String, String> {
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(text.to_owned())
+    } else {
+        Err("a token is one or more visible ASCII characters (no spaces)".to_owned())
+    }
 }
 
 /// `mailroom send KIND [PAYLOAD]`
@@ -71,6 +88,7 @@ pub struct BatchArgs {
 #[derive(Debug, Clone, clap::Args)]
 pub struct IdArgs {
     /// The message id.
+    #[arg(value_parser = message_id)]
     pub id: String,
     /// For `status`: wait up to this many ms for the message to finish.
     #[arg(long)]
@@ -87,6 +105,7 @@ struct Answer {
 
 fn client(remote: &Remote, timeout: Duration) -> awc::Client {
     let mut b = awc::Client::builder().timeout(timeout);
+    // Checked when parsed (`token`): awc panics on a token that cannot be a header.
     if let Some(t) = &remote.token {
         b = b.bearer_auth(t);
     }

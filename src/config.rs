@@ -568,6 +568,17 @@ impl Config {
         if s.tokens.iter().any(|t| t.trim().is_empty()) {
             return err("server.tokens", "tokens must not be empty strings".into());
         }
+        // Sent in an HTTP header, which is trimmed and must be visible ASCII: any other token
+        // could never match over HTTP.
+        if s.tokens
+            .iter()
+            .any(|t| !t.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return err(
+                "server.tokens",
+                "a token may hold only visible ASCII characters (no spaces)".into(),
+            );
+        }
         if !(1..=3_600_000).contains(&s.body_timeout_ms) {
             return err("server.body_timeout_ms", "expected 1 to 3600000".into());
         }

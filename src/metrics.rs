@@ -59,6 +59,8 @@ fn histogram(
 /// every node), this node's admissions and the terminal states it wrote, and its connection.
 pub fn render_cluster(c: &ClusterStats) -> String {
     let mut out = String::with_capacity(1024 + c.routes.len() * 512);
+    // The node's name comes from configuration: escaped as a label value must be.
+    let node = label_value(&c.node);
     header(
         &mut out,
         "mailroom_cluster_connected",
@@ -68,7 +70,7 @@ pub fn render_cluster(c: &ClusterStats) -> String {
     let _ = writeln!(
         out,
         "mailroom_cluster_connected{{node=\"{}\"}} {}",
-        c.node,
+        node,
         u8::from(c.connected)
     );
     header(
@@ -80,7 +82,7 @@ pub fn render_cluster(c: &ClusterStats) -> String {
     let _ = writeln!(
         out,
         "mailroom_cluster_running{{node=\"{}\"}} {}",
-        c.node, c.running_here
+        node, c.running_here
     );
     // A figure NATS did not give (unreachable, or no answer within 2 s) has no sample.
     type Of = fn(&mailroom_actors::cluster::ClusterRouteStats) -> Option<u64>;
@@ -119,7 +121,7 @@ pub fn render_cluster(c: &ClusterStats) -> String {
         let _ = writeln!(
             out,
             "mailroom_cluster_accepted_total{{kind=\"{}\",node=\"{}\"}} {}",
-            r.kind, c.node, r.accepted_here
+            r.kind, node, r.accepted_here
         );
     }
     header(
@@ -135,7 +137,7 @@ pub fn render_cluster(c: &ClusterStats) -> String {
             let _ = writeln!(
                 out,
                 "mailroom_cluster_finished_total{{kind=\"{}\",node=\"{}\",status=\"{status}\"}} {n}",
-                r.kind, c.node
+                r.kind, node
             );
         }
     }
@@ -340,4 +342,24 @@ pub fn render(s: &LedgerSnapshot) -> String {
         let _ = writeln!(out, "{name} {value}");
     }
     out
+}
+
+/// A label value as the text format wants it: backslash, double quote and newline escaped.
+fn label_value(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_label_value_is_escaped() {
+        assert_eq!(super::label_value("node-a"), "node-a");
+        assert_eq!(
+            super::label_value("a\"b\\c\nd"),
+            "a\\\"b\\\\c\\nd",
+            "a quote, a backslash and a newline from the configuration"
+        );
+    }
 }

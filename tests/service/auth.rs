@@ -42,6 +42,22 @@ async fn tokens_guard_every_endpoint_but_health() {
             .status,
         200
     );
+    // The scheme's name in any case (RFC 7235), and only that scheme.
+    let client = awc::Client::default();
+    for (header, status) in [
+        ("bearer s3cret", 200),
+        ("BEARER other", 200),
+        ("Basic s3cret", 401),
+        ("Bearers3cret", 401),
+    ] {
+        let res = client
+            .get(format!("{}/v1/routes", s.base))
+            .insert_header(("authorization", header))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), status, "{header}");
+    }
     assert_eq!(s.get("/healthz").await.status, 200);
     assert_eq!(s.get("/readyz").await.status, 200);
     s.stop().await;

@@ -106,6 +106,19 @@ async fn the_client_commands_talk_to_a_live_server() {
             >= summary["latency_ms"]["p50"].as_f64().unwrap()
     );
 
+    // An id that is not one, and a token that cannot be a header: refused before any request
+    // (the token would have made the HTTP client panic).
+    let r = mailroom(args(&["status", "../metrics", "--url", &url]), vec![]).await;
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("not a message id"), "{}", r.stderr);
+    let r = mailroom(
+        args(&["routes", "--url", &url]),
+        vec![("MAILROOM_TOKEN", "a\tb".to_owned())],
+    )
+    .await;
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("visible ASCII"), "{}", r.stderr);
+
     // Nothing listens on port 1 of loopback: the client says so and exits 2.
     let r = mailroom(args(&["routes", "--url", "http://127.0.0.1:1"]), vec![]).await;
     assert_eq!(r.code, 2);

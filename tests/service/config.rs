@@ -83,6 +83,11 @@ fn unknown_keys_and_bad_values_name_the_file_the_key_and_the_expectation() {
     );
     let msg = load_err("[[schedule]]\nkind = \"nope\"\nevery_ms = 10\n");
     assert!(msg.contains("has no route"), "{msg}");
+    let msg = load_err("[server]\ntokens = [\"two words\"]\n");
+    assert!(
+        msg.contains("server.tokens: a token may hold only visible ASCII characters"),
+        "{msg}"
+    );
     let msg = load_err("[pools.io]\nstall_warn_ms = 20\n");
     assert!(
         msg.contains("pools.io.stall_warn_ms: expected 0 (off) or at least 100"),
