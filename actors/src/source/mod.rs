@@ -138,12 +138,14 @@ impl Submission {
 }
 
 /// Whether `given` is one of `tokens` (shared by HTTP's bearer check and TCP's `"token"`). The
-/// comparison does not stop at the first differing byte, so its time says nothing about how much
-/// of a token was right.
+/// comparison stops neither at the first differing byte nor at the first matching token, so its
+/// time says nothing about how much of a token was right, or which one.
 pub fn token_accepted(tokens: &[String], given: &str) -> bool {
-    tokens.iter().any(|t| {
+    tokens.iter().fold(false, |found, t| {
         let (t, g) = (t.as_bytes(), given.as_bytes());
-        t.len() == g.len() && t.iter().zip(g).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        let same =
+            t.len() == g.len() && t.iter().zip(g).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0;
+        found | same
     })
 }
 
