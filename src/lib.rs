@@ -323,7 +323,14 @@ pub async fn run(
     };
     handle.stop(true).await;
     pulse.abort();
-    if !report.kept.is_empty() {
+    if !report.kept.is_empty() && cluster.is_some() {
+        tracing::info!(
+            kept = report.kept.len(),
+            "shutdown: {} messages could not finish here within the shutdown timeout and were \
+             handed back to the cluster: other nodes run them",
+            report.kept.len()
+        );
+    } else if !report.kept.is_empty() {
         tracing::info!(
             drained = report.drained,
             kept = report.kept.len(),

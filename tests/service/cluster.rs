@@ -1125,8 +1125,8 @@ impl LosingProxy {
 fn a_claim_whose_answer_nats_lost_runs_once_as_its_first_attempt() {
     // A short ack_wait: the node gives up on the claim's answer after half of it (1 s).
     lost_claim(ACK_WAIT_MS);
-    // The default: the client gives up on the answer after 5 s, then finds the entry there
-    // and calls it taken.
+    // The default: the client gives up on the answer after 5 s (before half of ack_wait), the
+    // claim is handed back, and the node finds its own claim when the message comes back.
     lost_claim(30_000);
 }
 

@@ -448,8 +448,9 @@ fn first_run(inner: &Inner, acc: &Accepted) -> Entry {
 
 /// Writes the entry of a claimed message (it is ours: revision `revision`). While NATS is away
 /// it tries again, telling JetStream the delivery is alive, so the message is not given to
-/// another node meanwhile; after about two minutes it gives up (the delivery then comes back
-/// after `ack_wait`, and its entry says whether it still has to run).
+/// another node meanwhile; after 120 tries (two to twelve minutes: each may wait 5 s for an
+/// answer) it gives up (the delivery then comes back after `ack_wait`, and its entry says
+/// whether it still has to run).
 async fn write(
     inner: &Inner,
     acc: &Accepted,
