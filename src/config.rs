@@ -683,6 +683,10 @@ impl Config {
                 "max_connections and max_body_bytes must be at least 1".into(),
             );
         }
+        // Each fetch running holds up to this much: bounded like a request body.
+        if self.fetch.max_body_bytes > 256 * 1024 * 1024 {
+            return err("fetch.max_body_bytes", "expected 1 to 268435456".into());
+        }
         let routes = self.effective_routes();
         for (kind, r) in &routes {
             let at = |k: &str| format!("routes.{kind}.{k}");

@@ -88,6 +88,11 @@ fn unknown_keys_and_bad_values_name_the_file_the_key_and_the_expectation() {
         msg.contains("server.tokens: a token may hold only visible ASCII characters"),
         "{msg}"
     );
+    let msg = load_err("[fetch]\nmax_body_bytes = 1000000000000\n");
+    assert!(
+        msg.contains("fetch.max_body_bytes: expected 1 to 268435456"),
+        "{msg}"
+    );
     let msg = load_err("[pools.io]\nstall_warn_ms = 20\n");
     assert!(
         msg.contains("pools.io.stall_warn_ms: expected 0 (off) or at least 100"),
