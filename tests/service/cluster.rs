@@ -499,6 +499,13 @@ fn a_node_refuses_retries_that_outlive_their_count_and_runs_deep_payloads() {
     assert_eq!(code, 200, "{v}");
     assert_eq!(v["status"], "completed");
     assert_eq!(v["result"], body["payload"]);
+
+    // A body the server takes (under 1 MiB) that is too big for one NATS message once wrapped
+    // as a record: refused as invalid, not a 503 a client would retry for ever.
+    let big = json!({"kind": "echo", "payload": "x".repeat(1_047_500)});
+    let (code, _, v) = request(&a.addr, "POST", "/v1/messages", Some(&big));
+    assert_eq!(code, 422, "{v}");
+    assert!(v["detail"].as_str().unwrap().contains("max_payload"), "{v}");
 }
 
 #[test]

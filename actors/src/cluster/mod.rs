@@ -466,6 +466,22 @@ impl Cluster {
         }
         let route = &inner.routes[index];
         let id = MessageId::next();
+        let record = accepted_record(id, route.kind, &msg);
+        // A message too big for one NATS message could never be published: refused as invalid
+        // (a 422, not a 503 that a client would retry for ever).
+        let (size, limit) = (
+            record.encode().len(),
+            inner.client.server_info().max_payload,
+        );
+        if size + 1024 > limit {
+            return Err(Rejected::Invalid {
+                reason: format!(
+                    "the message takes {size} bytes as a record, more than the NATS server's \
+                     max_payload ({limit} bytes, less 1 KiB for headers) allows"
+                ),
+                message: Box::new(msg),
+            });
+        }
         let key = msg.key.as_ref().map(|k| key_name(route.kind, k));
         if let Some(k) = &key {
             match inner.keys.create(k, id.to_string().into()).await {
@@ -501,7 +517,6 @@ impl Cluster {
                 Err(e) => return Err(refused(msg, e)),
             }
         }
-        let record = accepted_record(id, route.kind, &msg);
         Ok(Prepared::New(Admission {
             route: index,
             record,
