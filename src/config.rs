@@ -568,8 +568,8 @@ impl Config {
         if s.tokens.iter().any(|t| t.trim().is_empty()) {
             return err("server.tokens", "tokens must not be empty strings".into());
         }
-        // Sent in an HTTP header, which is trimmed and must be visible ASCII: any other token
-        // could never match over HTTP.
+        // Sent as `Bearer <token>` in an HTTP header, which must be visible ASCII and is split
+        // at its first space: other tokens would not work over HTTP, or not as written.
         if s.tokens
             .iter()
             .any(|t| !t.bytes().all(|b| b.is_ascii_graphic()))

@@ -327,7 +327,8 @@ pub async fn run(
         tracing::info!(
             kept = report.kept.len(),
             "shutdown: {} messages could not finish here within the shutdown timeout and were \
-             handed back to the cluster: other nodes run them",
+             handed back to the cluster (or, where that failed, come back after ack_wait): \
+             other nodes run them",
             report.kept.len()
         );
     } else if !report.kept.is_empty() {

@@ -221,8 +221,9 @@ impl From<ReplayError> for ApiError {
     fn from(e: ReplayError) -> ApiError {
         match e {
             ReplayError::Unknown(_) => ApiError::NotFound(e.to_string()),
-            ReplayError::InProgress(_) => ApiError::Conflict(e.to_string()),
             ReplayError::Rejected(r) => r.into(),
+            // `InProgress`, and any later kind: the letter is there but cannot be replayed now.
+            _ => ApiError::Conflict(e.to_string()),
         }
     }
 }

@@ -54,8 +54,8 @@ struct Held {
     list: VecDeque<Arc<DeadLetter>>,
     bytes: usize,
     replaying: Vec<MessageId>,
-    /// Their copy may follow their `Replayed` record in storage, so that record must stay as
-    /// long as the copy does (recovery ignores a `Dead` record after a `Replayed` one).
+    /// Their copy may follow their `Replayed` record in storage, so that record stays for the
+    /// life of the process (recovery ignores a `Dead` record after a `Replayed` one).
     copied: HashSet<MessageId>,
 }
 
@@ -177,12 +177,14 @@ impl DeadLetters {
     }
 
     /// Compaction's question for a `Dead` record: whether it is still needed (its letter is
-    /// held, being replayed or not). A copy made during a replay is noted, so the `Replayed`
-    /// record that may come before it is kept as long as it ([`DeadLetters::keeps_replayed`]).
+    /// held, being replayed or not). A copy made during a replay is noted, so that the
+    /// `Replayed` record that may come before it is kept from then on
+    /// ([`DeadLetters::keeps_replayed`]): not only while the copy is known to be there, since a
+    /// compaction that drops the copy may still fail, or keep its segment after all. (Such races
+    /// are rare and each costs one small record; a restart forgets those whose copy is gone.)
     pub(crate) fn keeps_dead(&self, id: MessageId) -> bool {
         let mut held = self.inner.lock();
         if held.position(id).is_err() {
-            held.copied.remove(&id);
             return false;
         }
         if held.replaying.contains(&id) {
@@ -192,7 +194,7 @@ impl DeadLetters {
     }
 
     /// Compaction's question for a `Replayed` record with no older records behind it: whether
-    /// a copy of the letter's `Dead` record may still follow it.
+    /// a copy of the letter's `Dead` record may follow it.
     pub(crate) fn keeps_replayed(&self, id: MessageId) -> bool {
         self.inner.lock().copied.contains(&id)
     }
@@ -282,9 +284,14 @@ mod tests {
         d.end_replay(id, true);
         assert!(d.get(id).is_none());
         assert!(matches!(d.begin_replay(id), Err(ReplayError::Unknown(_))));
-        assert!(d.keeps_replayed(id), "until the copy itself is dropped");
-        assert!(!d.keeps_dead(id));
-        assert!(!d.keeps_replayed(id));
+        assert!(
+            !d.keeps_dead(id),
+            "the copy is dropped once the letter is gone"
+        );
+        assert!(
+            d.keeps_replayed(id),
+            "and the Replayed record kept all the same (that compaction may not finish)"
+        );
         // A refused replay leaves the letter as it was.
         let other = d.page(None, 1)[0].id;
         assert!(d.begin_replay(other).is_ok());

@@ -115,6 +115,7 @@ pub enum CancelError {
 
 /// Why a dead letter could not be replayed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ReplayError {
     /// No dead letter has that id.
     #[error("no dead letter with id {0}")]

@@ -420,6 +420,37 @@ pub struct Compacted {
     pub kept: Vec<(RecordKind, MessageId)>,
 }
 
+/// Whether JSON text nests at most `max` arrays and objects deep (brackets inside strings do
+/// not count). One pass, no recursion: checked before a deep decode, so that what is decoded
+/// can also be dropped and cloned (which recurse) without running out of stack.
+#[cfg(feature = "cluster")]
+pub(crate) fn nests_within(bytes: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in bytes {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return false;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    true
+}
+
 /// Reads JSON that this process or another node wrote, however deep it nests (see
 /// [`Record::decode`]): serde_json's 128-level cap is lifted and the stack grows as needed.
 pub(crate) fn decode_deep<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> serde_json::Result<T> {
@@ -428,6 +459,15 @@ pub(crate) fn decode_deep<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> serde
     let value = T::deserialize(serde_stacker::Deserializer::new(&mut de))?;
     de.end()?;
     Ok(value)
+}
+
+/// [`decode_deep`] of what came over the network, refused (`None`) past `max` levels of
+/// nesting: another node's records nest a few levels more than the payloads it admits.
+#[cfg(feature = "cluster")]
+pub(crate) fn decode_within<T: serde::de::DeserializeOwned>(bytes: &[u8], max: usize) -> Option<T> {
+    nests_within(bytes, max)
+        .then(|| decode_deep(bytes).ok())
+        .flatten()
 }
 
 /// Which [`Record`] a stored record is, without reading all of it.
@@ -801,6 +841,20 @@ impl Storage for Journal {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[cfg(feature = "cluster")]
+    #[test]
+    fn nesting_is_measured_outside_strings() {
+        assert!(nests_within(br#"{"a":[1,{"b":2}]}"#, 3));
+        assert!(!nests_within(br#"{"a":[1,{"b":2}]}"#, 2));
+        // Brackets in strings, escaped quotes included, do not count.
+        assert!(nests_within(br#"["[[[\"[[[", "{{{"]"#, 1));
+        let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+        assert!(nests_within(deep.as_bytes(), 200));
+        assert!(!nests_within(deep.as_bytes(), 199));
+        assert!(decode_within::<Value>(deep.as_bytes(), 199).is_none());
+        assert!(decode_within::<Value>(deep.as_bytes(), 200).is_some());
+    }
     use crate::envelope::Kind;
     use serde_json::json;
 

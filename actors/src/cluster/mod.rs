@@ -136,6 +136,13 @@ const KEYS_BYTES: usize = 64 * 1024 * 1024;
 /// retries: a message that kills every node that runs it ends after this many.
 pub const MAX_LOST_RUNS: u32 = 2;
 
+/// Deepest payload a cluster node admits (as deep as a single node's HTTP admission allows).
+const MAX_PAYLOAD_DEPTH: usize = 128;
+/// Deepest record, entry or dead letter read back from NATS: a payload or result, plus the few
+/// levels it is wrapped in. Anything deeper is refused unread (dropping or cloning a value that
+/// deep would run out of stack).
+pub(super) const MAX_READ_DEPTH: usize = MAX_PAYLOAD_DEPTH + 8;
+
 /// Most claims a node remembers whose answer NATS lost ([`Inner::unanswered`]); beyond it, such
 /// a claim counts as a lost attempt when it comes back, as one whose node died does.
 const MAX_UNANSWERED: usize = 4096;
@@ -187,7 +194,7 @@ impl Entry {
 
     /// However deep its outcome's result nests (as a single node's journal reads it back).
     fn decode(bytes: &[u8]) -> Option<Entry> {
-        crate::storage::decode_deep(bytes).ok()
+        crate::storage::decode_within(bytes, MAX_READ_DEPTH)
     }
 
     /// The outcome as a reader sees it now (timings of an unfinished message run to now).
@@ -323,6 +330,24 @@ impl Cluster {
         let max_results = builder.settings().max_results;
         let max_dead = builder.settings().max_dead_letters;
         let cpu_threads = builder.settings().cpu.resolved_threads();
+        // A message's entry, which counts its failures, is kept `result_ttl` after its last
+        // change: a retry that waits longer would find it gone and start counting again.
+        // Checked before anything starts, so the error is this one whether NATS is up or not.
+        let kept = result_ttl.max(Duration::from_secs(60));
+        let mut routes_by_name: Vec<_> = retries.iter().collect();
+        routes_by_name.sort();
+        for (kind, &(retries, backoff)) in routes_by_name {
+            let longest = work::longest_backoff(backoff, retries) + settings.ack_wait;
+            if retries > 0 && longest >= kept {
+                return Err(ClusterError::Setup(format!(
+                    "route {kind}: its last retry may wait {} ms (its backoff doubled per retry, \
+                     plus ack_wait), not less than the result TTL ({} ms) for which a message's \
+                     failures are kept: lower its retries or backoff, or keep results longer",
+                    longest.as_millis(),
+                    kept.as_millis()
+                )));
+            }
+        }
         let local = builder.build()?;
         let client = async_nats::ConnectOptions::new()
             .name(format!("mailroom {}", settings.node))
@@ -344,19 +369,6 @@ impl Cluster {
                 .get(info.kind.as_str())
                 .copied()
                 .unwrap_or((0, Duration::ZERO));
-            // A message's entry, which counts its failures, is kept `result_ttl` after its last
-            // change: a retry that waits longer would find it gone and start counting again.
-            let longest = work::longest_backoff(backoff, retries) + settings.ack_wait;
-            if retries > 0 && longest >= result_ttl.max(Duration::from_secs(60)) {
-                return Err(ClusterError::Setup(format!(
-                    "route {}: its last retry may wait {} ms (its backoff doubled per retry, \
-                     plus ack_wait), not less than the result TTL ({} ms) for which a message's \
-                     failures are kept: lower its retries or backoff, or keep results longer",
-                    info.kind,
-                    longest.as_millis(),
-                    result_ttl.max(Duration::from_secs(60)).as_millis()
-                )));
-            }
             let slots = match info.pool {
                 Pool::Cpu => info.concurrency.min(cpu_threads * 4).max(1),
                 Pool::Io => info.concurrency,
@@ -467,18 +479,26 @@ impl Cluster {
         let route = &inner.routes[index];
         let id = MessageId::next();
         let record = accepted_record(id, route.kind, &msg);
-        // A message too big for one NATS message could never be published: refused as invalid
-        // (a 422, not a 503 that a client would retry for ever).
-        let (size, limit) = (
-            record.encode().len(),
-            inner.client.server_info().max_payload,
-        );
-        if size + 1024 > limit {
+        // A message too big for one NATS message could never be published, and one nested too
+        // deep could not be read back: refused as invalid (a 422, not a 503 that a client
+        // would retry for ever).
+        let encoded = record.encode();
+        let (size, limit) = (encoded.len(), inner.client.server_info().max_payload);
+        let refusal = if size + 1024 > limit {
+            Some(format!(
+                "the message takes {size} bytes as a record, more than the NATS server's \
+                 max_payload ({limit} bytes, less 1 KiB for headers) allows"
+            ))
+        } else if !crate::storage::nests_within(&encoded, MAX_PAYLOAD_DEPTH + 2) {
+            Some(format!(
+                "its payload nests deeper than {MAX_PAYLOAD_DEPTH} levels"
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
             return Err(Rejected::Invalid {
-                reason: format!(
-                    "the message takes {size} bytes as a record, more than the NATS server's \
-                     max_payload ({limit} bytes, less 1 KiB for headers) allows"
-                ),
+                reason,
                 message: Box::new(msg),
             });
         }
@@ -631,7 +651,8 @@ impl Cluster {
                 .await
             {
                 Ok(m) => {
-                    if let Ok(Record::Accepted(acc)) = serde_json::from_slice::<Record>(&m.payload)
+                    if let Some(Record::Accepted(acc)) =
+                        crate::storage::decode_within::<Record>(&m.payload, MAX_READ_DEPTH)
                     {
                         return Ok(Some((acc, i, m.sequence)));
                     }
@@ -791,18 +812,26 @@ impl Cluster {
             .await;
         keys.sort();
         let after = after.map(|a| a.to_string());
-        let page = keys
+        let keys: Vec<String> = keys
             .into_iter()
             .filter(|k| after.as_ref().is_none_or(|a| k > a))
-            .take(limit);
-        let reads = page.map(|k| async move { self.0.dead.get(k).await });
+            .collect();
+        // Read `limit` at a time until `limit` letters are read or the keys run out: a key
+        // whose letter is gone (replayed meanwhile) or unreadable does not end the list early.
         let mut out = Vec::new();
-        for got in futures_util::future::join_all(reads).await {
-            if let Some(dl) = got
-                .map_err(unreachable)?
-                .and_then(|v| serde_json::from_slice::<DeadLetter>(&v).ok())
-            {
-                out.push(dl);
+        for chunk in keys.chunks(limit.max(1)) {
+            let wanted = limit - out.len();
+            let reads = (chunk.iter().take(wanted)).map(|k| self.0.dead.get(k.clone()));
+            for got in futures_util::future::join_all(reads).await {
+                let got = got.map_err(unreachable)?;
+                if let Some(dl) = got
+                    .and_then(|v| crate::storage::decode_within::<DeadLetter>(&v, MAX_READ_DEPTH))
+                {
+                    out.push(dl);
+                }
+            }
+            if out.len() >= limit {
+                break;
             }
         }
         Ok(out)
@@ -811,7 +840,7 @@ impl Cluster {
     /// One dead letter, whole.
     pub async fn dead_letter(&self, id: MessageId) -> Result<Option<DeadLetter>, ClusterError> {
         let got = self.0.dead.get(id.to_string()).await.map_err(unreachable)?;
-        Ok(got.and_then(|v| serde_json::from_slice(&v).ok()))
+        Ok(got.and_then(|v| crate::storage::decode_within(&v, MAX_READ_DEPTH)))
     }
 
     /// Replays a dead letter as a new message and removes it from the dead letters (taken
@@ -824,7 +853,8 @@ impl Cluster {
         let Some(entry) = self.0.dead.entry(key.clone()).await.map_err(unreachable)? else {
             return Ok(Err(ReplayError::Unknown(id)));
         };
-        let Ok(dl) = serde_json::from_slice::<DeadLetter>(&entry.value) else {
+        let Some(dl) = crate::storage::decode_within::<DeadLetter>(&entry.value, MAX_READ_DEPTH)
+        else {
             return Ok(Err(ReplayError::Unknown(id)));
         };
         // Admitted first, under an idempotency key of this letter as it is now: two replays at

@@ -107,10 +107,10 @@ enum Claim {
 /// and acknowledge it (or hand it back for a retry).
 async fn handle(inner: &Inner, i: usize, m: jetstream::Message) {
     let route = &inner.routes[i];
-    // Written by a node's admission, so read however deep it nests (a payload nests as deep as
-    // admission allows, and the record adds its own levels); its size is bounded by NATS.
-    let acc = match Record::decode(&m.payload) {
-        Ok(Record::Accepted(a)) => a,
+    // Written by a node's admission, which bounds a payload's depth: read as deep as that
+    // allows, plus the record's own levels (deeper is not a record of ours).
+    let acc = match crate::storage::decode_within::<Record>(&m.payload, super::MAX_READ_DEPTH) {
+        Some(Record::Accepted(a)) => a,
         _ => {
             tracing::warn!(kind = %route.kind, "a message in the work stream is not an accepted message; dropped");
             let _ = m.ack_with(AckKind::Term).await;
@@ -228,15 +228,23 @@ async fn run(
             return;
         }
     };
-    // A result too big for one NATS message cannot be kept: the message fails, saying so.
+    // A result too big for one NATS message, or nested too deep to be read back, cannot be
+    // kept: the message fails, saying so.
     let limit = inner.client.server_info().max_payload;
-    if entry.encode().len() + 1024 > limit {
+    let encoded = entry.encode();
+    let unkept = if encoded.len() + 1024 > limit {
+        Some(format!(
+            "its result is larger than the NATS server's max_payload ({limit} bytes)"
+        ))
+    } else if !crate::storage::nests_within(&encoded, super::MAX_READ_DEPTH) {
+        Some("its result nests too deep to be kept (128 levels at most)".to_owned())
+    } else {
+        None
+    };
+    if let Some(why) = unkept {
         entry.outcome.status = Status::Failed;
         entry.outcome.result = None;
-        entry.outcome.error = Some(ErrorInfo::new(
-            ErrorClass::Error,
-            format!("its result is larger than the NATS server's max_payload ({limit} bytes)"),
-        ));
+        entry.outcome.error = Some(ErrorInfo::new(ErrorClass::Error, why));
     }
     if write(inner, acc, m, &entry, revision).await.is_ok() {
         route.finished[status_index(entry.outcome.status)].fetch_add(1, Relaxed);
@@ -492,20 +500,21 @@ async fn write(
     Err(())
 }
 
-/// Deliveries of a dead message that try to file its dead letter before it is given up.
-const FILING_TRIES: i64 = 10;
+/// How long after a message died its dead letter is still tried: every 5 s, about 12 times.
+const FILING_FOR: Duration = Duration::from_secs(60);
 
 /// Files the dead letter of a message whose entry says `dead`, or hands the delivery back (in
 /// 5 s) when it cannot be filed now, so that its next delivery files it: true if filed (or given
-/// up on after [`FILING_TRIES`] deliveries, logged as an error), and the delivery may be
+/// up on [`FILING_FOR`] after the death, logged as an error), and the delivery may be
 /// acknowledged.
 async fn filed(inner: &Inner, acc: &Accepted, entry: &Entry, m: &jetstream::Message) -> bool {
     match bury(inner, acc, entry).await {
         Ok(()) => true,
         Err(e) => {
-            let tries = m.info().map_or(FILING_TRIES, |i| i.delivered);
-            if tries >= FILING_TRIES {
-                tracing::error!(id = %acc.id, error = %e, tries, "cannot file the dead letter; given up (the message's entry still says dead)");
+            let died = entry.outcome.accepted_at_ms + entry.outcome.timings.total_ms as u64;
+            let since = Duration::from_millis(unix_ms().saturating_sub(died));
+            if since >= FILING_FOR {
+                tracing::error!(id = %acc.id, error = %e, "cannot file the dead letter; given up a minute after the death (the message's entry still says dead)");
                 return true;
             }
             tracing::warn!(id = %acc.id, error = %e, "cannot file the dead letter yet; tried again in 5 s");

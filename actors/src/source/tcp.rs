@@ -481,7 +481,8 @@ fn lines(
                     let mut limited = (&mut reader).take(room);
                     let read = limited.read_until(b'\n', &mut buf);
                     match actix_rt::time::timeout(settings.idle_timeout, read).await {
-                        Ok(Ok(0)) => return None, // end of input
+                        Ok(Ok(0)) if buf.is_empty() => return None, // end of input
+                        Ok(Ok(0)) => break true, // the last line, cut short by the end
                         // A whole line, or a last one cut short by the end of input (taken
                         // as a line).
                         Ok(Ok(_)) => break true,
@@ -524,6 +525,9 @@ fn lines(
                     return Some((Line::TooLong(permit), Some((reader, slot))));
                 }
                 if buf.iter().all(u8::is_ascii_whitespace) {
+                    if pending.is_closed() {
+                        return None; // as on an idle tick: nobody reads answers any more
+                    }
                     continue; // blank lines are ignored
                 }
                 return Some((Line::Text(buf, permit), Some((reader, slot))));
