@@ -320,6 +320,19 @@ mod tests {
         }
     }
 
+    fn dead(id: MessageId) -> Record {
+        Record::Dead(DeadLetter {
+            id,
+            kind: Kind::new("echo").unwrap(),
+            payload: json!(1),
+            attempts: 1,
+            errors: vec![],
+            died_at_ms: 0,
+            source: Source::Http,
+            replay_of: None,
+        })
+    }
+
     #[test]
     fn the_latest_state_of_each_message_wins() {
         let (a, b, c) = (MessageId::next(), MessageId::next(), MessageId::next());
@@ -332,30 +345,12 @@ mod tests {
             // A compaction copy written after the message finished does not bring it back.
             accepted(b),
             accepted(c),
-            Record::Dead(DeadLetter {
-                id: c,
-                kind: Kind::new("echo").unwrap(),
-                payload: json!(1),
-                attempts: 1,
-                errors: vec![],
-                died_at_ms: 0,
-                source: Source::Http,
-                replay_of: None,
-            }),
+            dead(c),
             finished(c),
             Record::Replayed { id: c },
             // A compaction's copy of the dead letter, made while it was being replayed and
             // written after its `Replayed` record, does not bring it back either.
-            Record::Dead(DeadLetter {
-                id: c,
-                kind: Kind::new("echo").unwrap(),
-                payload: json!(1),
-                attempts: 1,
-                errors: vec![],
-                died_at_ms: 0,
-                source: Source::Http,
-                replay_of: None,
-            }),
+            dead(c),
         ]);
         assert_eq!(r.unfinished.keys().copied().collect::<Vec<_>>(), vec![a]);
         assert_eq!(r.unfinished[&a].attempts, 2);

@@ -400,16 +400,7 @@ fn dead_letters_are_listed_a_page_at_a_time_without_large_payloads() {
     let addr = addr_of(&s.base);
     let big = "e".repeat(1_000_000);
     for _ in 0..25 {
-        let body = json!({"kind": "doomed", "payload": {"mode": "error", "message": big}});
-        let (code, text) = http(
-            &addr,
-            "POST",
-            "/v1/messages?wait=true",
-            Some(&body.to_string()),
-        )
-        .unwrap();
-        assert_eq!(code, 200);
-        let v: Value = serde_json::from_str(&text).unwrap();
+        let v = doom(&addr, &big);
         assert_eq!(v["status"], "dead");
         assert!(
             v["error"]["message"].as_str().unwrap().len() <= 4100,
@@ -417,26 +408,12 @@ fn dead_letters_are_listed_a_page_at_a_time_without_large_payloads() {
         );
     }
     let mut seen = Vec::new();
-    let mut after = String::new();
-    loop {
-        let (code, text) = http(
-            &addr,
-            "GET",
-            &format!("/v1/dead-letters?limit=10{after}"),
-            None,
-        )
-        .unwrap();
-        assert_eq!(code, 200, "{text:.200}");
+    for (text, page) in dead_letter_pages(&addr, 10) {
         assert!(text.len() < 200_000, "a page of 10 is {} bytes", text.len());
-        let v: Value = serde_json::from_str(&text).unwrap();
-        for d in v["dead_letters"].as_array().unwrap() {
+        for d in page["dead_letters"].as_array().unwrap() {
             assert_eq!(d["payload_truncated"], true);
             assert!(d.get("payload").is_none());
             seen.push(d["id"].as_str().unwrap().to_owned());
-        }
-        match v["next"].as_str() {
-            Some(n) => after = format!("&after={n}"),
-            None => break,
         }
     }
     assert_eq!(seen.len(), 25, "every dead letter once, over the pages");
@@ -454,37 +431,43 @@ fn dead_letters_are_listed_a_page_at_a_time_without_large_payloads() {
     // 1 MiB (with `next`), not at 40 × 60 KB.
     let medium = "m".repeat(60_000);
     for _ in 0..40 {
-        let body = json!({"kind": "doomed", "payload": {"mode": "error", "message": medium}});
-        let (code, _) = http(
-            &addr,
-            "POST",
-            "/v1/messages?wait=true",
-            Some(&body.to_string()),
-        )
-        .unwrap();
-        assert_eq!(code, 200);
+        assert_eq!(doom(&addr, &medium)["status"], "dead");
     }
-    let (mut listed, mut pages, mut after) = (0, 0, String::new());
-    loop {
-        let (code, text) = http(
-            &addr,
-            "GET",
-            &format!("/v1/dead-letters?limit=1000{after}"),
-            None,
-        )
-        .unwrap();
-        assert_eq!(code, 200);
+    let pages = dead_letter_pages(&addr, 1000);
+    for (text, _) in &pages {
         assert!(text.len() < 1_200_000, "a page is {} bytes", text.len());
-        let v: Value = serde_json::from_str(&text).unwrap();
-        listed += v["dead_letters"].as_array().unwrap().len();
-        pages += 1;
-        match v["next"].as_str() {
-            Some(n) => after = format!("&after={n}"),
-            None => break,
+    }
+    let listed: usize = (pages.iter())
+        .map(|(_, page)| page["dead_letters"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(listed, 65, "every dead letter once, over the pages");
+    assert!(pages.len() >= 3, "{} pages", pages.len());
+}
+
+/// Sends a `doomed` message (the chaos processor failing with `message`) and waits for it.
+fn doom(addr: &str, message: &str) -> Value {
+    let body = json!({"kind": "doomed", "payload": {"mode": "error", "message": message}});
+    let path = "/v1/messages?wait=true";
+    let (code, text) = http(addr, "POST", path, Some(&body.to_string())).unwrap();
+    assert_eq!(code, 200, "{text:.200}");
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Every page of `GET /v1/dead-letters?limit=…`, following `next`: each page's text and JSON.
+fn dead_letter_pages(addr: &str, limit: usize) -> Vec<(String, Value)> {
+    let (mut pages, mut after) = (Vec::new(), String::new());
+    loop {
+        let path = format!("/v1/dead-letters?limit={limit}{after}");
+        let (code, text) = http(addr, "GET", &path, None).unwrap();
+        assert_eq!(code, 200, "{text:.200}");
+        let page: Value = serde_json::from_str(&text).unwrap();
+        let next = page["next"].as_str().map(|n| format!("&after={n}"));
+        pages.push((text, page));
+        match next {
+            Some(n) => after = n,
+            None => return pages,
         }
     }
-    assert_eq!(listed, 65, "every dead letter once, over the pages");
-    assert!(pages >= 3, "{pages} pages");
 }
 
 #[test]

@@ -192,7 +192,40 @@ impl Storage for CompactedDuringReplay {
     }
 }
 
+/// A dispatcher on a [`CompactedDuringReplay`] storage whose one message has died.
+async fn one_dead_letter() -> (
+    Arc<CompactedDuringReplay>,
+    mailroom_actors::Dispatcher,
+    Arc<mailroom_actors::Outcome>,
+) {
+    let storage = Arc::new(CompactedDuringReplay::default());
+    let failing = Processor::from_fn("failing", |_job, _p| async move {
+        Err::<serde_json::Value, _>(ProcessError::new("no"))
+    });
+    let d = mailroom_actors::Dispatcher::builder(settings())
+        .storage(storage.clone())
+        .processor(failing)
+        .route(
+            "failing",
+            RouteSettings::new("failing").retries(1, Duration::from_millis(1)),
+        )
+        .build()
+        .unwrap();
+    let out = d.send(Message::new("failing", json!(1))).await.unwrap();
+    assert_eq!(out.status, Status::Dead);
+    (storage, d, out)
+}
+
 impl CompactedDuringReplay {
+    /// Waits (with a deadline) until the replay's `Accepted` record is held.
+    async fn replay_record(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.held.lock().unwrap().is_empty() {
+            assert!(Instant::now() < deadline, "the replay's record never came");
+            actix_rt::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
     /// The answers given about `id` so far.
     fn asked(&self, id: MessageId) -> Vec<Keep> {
         (self.verdicts.lock().unwrap().iter())
@@ -221,21 +254,7 @@ impl CompactedDuringReplay {
 /// and a second replay of it meanwhile is refused.
 #[actix_rt::test]
 async fn a_dead_letter_keeps_its_record_until_its_replay_is_durable() {
-    let storage = Arc::new(CompactedDuringReplay::default());
-    let failing = Processor::from_fn("failing", |_job, _p| async move {
-        Err::<serde_json::Value, _>(ProcessError::new("no"))
-    });
-    let d = mailroom_actors::Dispatcher::builder(settings())
-        .storage(storage.clone())
-        .processor(failing)
-        .route(
-            "failing",
-            RouteSettings::new("failing").retries(1, Duration::from_millis(1)),
-        )
-        .build()
-        .unwrap();
-    let out = d.send(Message::new("failing", json!(1))).await.unwrap();
-    assert_eq!(out.status, Status::Dead);
+    let (storage, d, out) = one_dead_letter().await;
     assert_eq!(storage.verdict(out.id).await, Keep::AsIs);
 
     storage.hold.store(true, Ordering::SeqCst);
@@ -244,11 +263,7 @@ async fn a_dead_letter_keeps_its_record_until_its_replay_is_durable() {
         let id = out.id;
         actix_rt::spawn(async move { d.replay(id).await })
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while storage.held.lock().unwrap().is_empty() {
-        assert!(Instant::now() < deadline, "the replay's record never came");
-        actix_rt::time::sleep(Duration::from_millis(2)).await;
-    }
+    storage.replay_record().await;
     assert_eq!(
         storage.verdict(out.id).await,
         Keep::AsIs,
@@ -277,21 +292,7 @@ async fn a_dead_letter_keeps_its_record_until_its_replay_is_durable() {
 /// removed once the replay is durable, not left marked as being replayed.
 #[actix_rt::test]
 async fn a_replay_goes_on_when_its_caller_goes_away() {
-    let storage = Arc::new(CompactedDuringReplay::default());
-    let failing = Processor::from_fn("failing", |_job, _p| async move {
-        Err::<serde_json::Value, _>(ProcessError::new("no"))
-    });
-    let d = mailroom_actors::Dispatcher::builder(settings())
-        .storage(storage.clone())
-        .processor(failing)
-        .route(
-            "failing",
-            RouteSettings::new("failing").retries(1, Duration::from_millis(1)),
-        )
-        .build()
-        .unwrap();
-    let out = d.send(Message::new("failing", json!(1))).await.unwrap();
-    assert_eq!(out.status, Status::Dead);
+    let (storage, d, out) = one_dead_letter().await;
 
     storage.hold.store(true, Ordering::SeqCst);
     let caller = {
@@ -299,14 +300,11 @@ async fn a_replay_goes_on_when_its_caller_goes_away() {
         let id = out.id;
         actix_rt::spawn(async move { d.replay(id).await })
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while storage.held.lock().unwrap().is_empty() {
-        assert!(Instant::now() < deadline, "the replay's record never came");
-        actix_rt::time::sleep(Duration::from_millis(2)).await;
-    }
+    storage.replay_record().await;
     caller.abort();
     assert!(caller.await.unwrap_err().is_cancelled());
     storage.held.lock().unwrap().pop().unwrap().settle(Ok(()));
+    let deadline = Instant::now() + Duration::from_secs(30);
     while d.dead_letter(out.id).is_some() {
         assert!(
             Instant::now() < deadline,
