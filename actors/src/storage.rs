@@ -849,6 +849,9 @@ pub(crate) mod tests {
         assert!(!nests_within(br#"{"a":[1,{"b":2}]}"#, 2));
         // Brackets in strings, escaped quotes included, do not count.
         assert!(nests_within(br#"["[[[\"[[[", "{{{"]"#, 1));
+        // A backslash escaped just before the closing quote: the quote closes the string.
+        assert!(!nests_within(br#"["a\\",[[1]]]"#, 2));
+        assert!(nests_within(br#"["a\\",[[1]]]"#, 3));
         let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
         assert!(nests_within(deep.as_bytes(), 200));
         assert!(!nests_within(deep.as_bytes(), 199));

@@ -184,7 +184,7 @@ fn a_tcp_client_that_never_reads_is_not_read_either() {
     );
     let held = rss_mb(s.child.id());
     // Now stop sending and read: every whole line that was sent gets its answer (the server
-    // reads the rest of what the kernel holds as answers drain; a last half line is dropped).
+    // reads the rest of what the kernel holds as answers drain; a last half line is a line too).
     stream.set_nonblocking(false).unwrap();
     stream.shutdown(std::net::Shutdown::Write).unwrap();
     let lines = input[..sent].iter().filter(|&&b| b == b'\n').count();

@@ -35,8 +35,8 @@
 //! reconnects by itself. A refusal before the publish keeps nothing; a publish whose answer was
 //! lost (tried twice) may have been stored, so the message may run (the client was told to try
 //! again; with its idempotency key it gets the same id). A terminal state that cannot be written
-//! is retried for about two minutes while the delivery is kept alive; if the node dies first,
-//! the message is delivered again and runs again (at least once).
+//! is retried 120 times (two to twelve minutes) while the delivery is kept alive; if the node
+//! dies first, the message is delivered again and runs again (at least once).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -127,6 +127,10 @@ struct Entry {
     /// Attempts whose node stopped before it reported (run again, up to [`MAX_LOST_RUNS`]).
     #[serde(default)]
     lost: u32,
+    /// Of a dead message: JetStream's delivery count when it died, so that later deliveries
+    /// count the tries to file its dead letter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    died_at_delivery: Option<i64>,
 }
 
 /// Bytes of idempotency keys the cluster keeps (the oldest are forgotten past it).
@@ -183,6 +187,7 @@ impl Entry {
             errors: Vec::new(),
             failures: 0,
             lost: 0,
+            died_at_delivery: None,
         }
     }
 
@@ -192,7 +197,7 @@ impl Entry {
             .into()
     }
 
-    /// However deep its outcome's result nests (as a single node's journal reads it back).
+    /// `None` past [`MAX_READ_DEPTH`] levels (which no node writes).
     fn decode(bytes: &[u8]) -> Option<Entry> {
         crate::storage::decode_within(bytes, MAX_READ_DEPTH)
     }
@@ -818,10 +823,11 @@ impl Cluster {
             .collect();
         // Read `limit` at a time until `limit` letters are read or the keys run out: a key
         // whose letter is gone (replayed meanwhile) or unreadable does not end the list early.
-        let mut out = Vec::new();
-        for chunk in keys.chunks(limit.max(1)) {
-            let wanted = limit - out.len();
-            let reads = (chunk.iter().take(wanted)).map(|k| self.0.dead.get(k.clone()));
+        let (mut out, mut rest) = (Vec::new(), &keys[..]);
+        while out.len() < limit && !rest.is_empty() {
+            let (now, later) = rest.split_at((limit - out.len()).min(rest.len()));
+            rest = later;
+            let reads = now.iter().map(|k| self.0.dead.get(k.clone()));
             for got in futures_util::future::join_all(reads).await {
                 let got = got.map_err(unreachable)?;
                 if let Some(dl) = got
@@ -829,9 +835,6 @@ impl Cluster {
                 {
                     out.push(dl);
                 }
-            }
-            if out.len() >= limit {
-                break;
             }
         }
         Ok(out)

@@ -213,6 +213,7 @@ async fn run(
             if route.retries > 0 {
                 // Filed once the terminal state is written (below).
                 entry.outcome.status = Status::Dead;
+                entry.died_at_delivery = m.info().ok().map(|i| i.delivered);
             } else {
                 entry.outcome.status = ran.status;
             }
@@ -237,7 +238,7 @@ async fn run(
             "its result is larger than the NATS server's max_payload ({limit} bytes)"
         ))
     } else if !crate::storage::nests_within(&encoded, super::MAX_READ_DEPTH) {
-        Some("its result nests too deep to be kept (128 levels at most)".to_owned())
+        Some("its result nests too deep to be kept".to_owned())
     } else {
         None
     };
@@ -296,29 +297,38 @@ async fn claim(
                 return unanswered_claim(inner, acc, m, written).await;
             }
         };
-        let (entry, revision, raw) = match got
-            .filter(|e| e.operation == kv::Operation::Put)
-            .and_then(|e| Entry::decode(&e.value).map(|v| (v, e.revision, e.value)))
+        let got = got.filter(|e| e.operation == kv::Operation::Put);
+        if got
+            .as_ref()
+            .is_some_and(|e| Entry::decode(&e.value).is_none())
         {
-            Some(x) => x,
-            None => {
-                // No node has taken it yet (or its entry expired): hand a delayed one back
-                // until it is due, else take it.
-                if let Some(due) = acc.due_ms.filter(|&d| d > unix_ms()) {
-                    let wait = Duration::from_millis(due.saturating_sub(unix_ms()));
-                    let _ = m.ack_with(AckKind::Nak(Some(wait))).await;
-                    return Claim::Done;
+            // An entry no node of this version writes (nested too deep, or not an entry):
+            // taking it over could only loop, so the delivery is dropped, loudly.
+            tracing::error!(id = %acc.id, "its entry cannot be read; the message is dropped");
+            let _ = m.ack().await;
+            return Claim::Done;
+        }
+        let (entry, revision, raw) =
+            match got.and_then(|e| Entry::decode(&e.value).map(|v| (v, e.revision, e.value))) {
+                Some(x) => x,
+                None => {
+                    // No node has taken it yet (or its entry expired): hand a delayed one back
+                    // until it is due, else take it.
+                    if let Some(due) = acc.due_ms.filter(|&d| d > unix_ms()) {
+                        let wait = Duration::from_millis(due.saturating_sub(unix_ms()));
+                        let _ = m.ack_with(AckKind::Nak(Some(wait))).await;
+                        return Claim::Done;
+                    }
+                    let fresh = first_run(inner, acc);
+                    let bytes = fresh.encode();
+                    mine = Some(bytes.clone());
+                    match answered(deadline, inner.messages.create(&key, bytes.clone())).await {
+                        Some(Ok(rev)) => return Claim::Run(fresh, rev),
+                        Some(Err(e)) if e.kind() == kv::CreateErrorKind::AlreadyExists => continue,
+                        _ => return unanswered_claim(inner, acc, m, vec![bytes]).await,
+                    }
                 }
-                let fresh = first_run(inner, acc);
-                let bytes = fresh.encode();
-                mine = Some(bytes.clone());
-                match answered(deadline, inner.messages.create(&key, bytes.clone())).await {
-                    Some(Ok(rev)) => return Claim::Run(fresh, rev),
-                    Some(Err(e)) if e.kind() == kv::CreateErrorKind::AlreadyExists => continue,
-                    _ => return unanswered_claim(inner, acc, m, vec![bytes]).await,
-                }
-            }
-        };
+            };
         if entry.outcome.status.is_terminal() {
             // Delivered again after it ended: its node died between writing the end and the
             // acknowledgement, so the dead letter may not be filed yet (filing is idempotent).
@@ -364,6 +374,7 @@ async fn claim(
             } else {
                 Status::Failed
             };
+            next.died_at_delivery = m.info().ok().map(|i| i.delivered);
             next.outcome.timings.total_ms = unix_ms().saturating_sub(acc.id.timestamp_ms()) as f64;
             let ended = inner.messages.update(&key, next.encode(), revision);
             match answered(deadline, ended).await {
@@ -500,21 +511,26 @@ async fn write(
     Err(())
 }
 
-/// How long after a message died its dead letter is still tried: every 5 s, about 12 times.
-const FILING_FOR: Duration = Duration::from_secs(60);
+/// Deliveries of a dead message that try to file its dead letter (5 s apart) before it is given
+/// up on.
+const FILING_TRIES: i64 = 12;
 
 /// Files the dead letter of a message whose entry says `dead`, or hands the delivery back (in
 /// 5 s) when it cannot be filed now, so that its next delivery files it: true if filed (or given
-/// up on [`FILING_FOR`] after the death, logged as an error), and the delivery may be
-/// acknowledged.
+/// up on after [`FILING_TRIES`] deliveries since the death, logged as an error), and the
+/// delivery may be acknowledged.
 async fn filed(inner: &Inner, acc: &Accepted, entry: &Entry, m: &jetstream::Message) -> bool {
     match bury(inner, acc, entry).await {
         Ok(()) => true,
         Err(e) => {
-            let died = entry.outcome.accepted_at_ms + entry.outcome.timings.total_ms as u64;
-            let since = Duration::from_millis(unix_ms().saturating_sub(died));
-            if since >= FILING_FOR {
-                tracing::error!(id = %acc.id, error = %e, "cannot file the dead letter; given up a minute after the death (the message's entry still says dead)");
+            // Counted from the delivery it died in (an entry written by an older node does not
+            // say: then this is its only try).
+            let tries = match (m.info().ok().map(|i| i.delivered), entry.died_at_delivery) {
+                (Some(now), Some(died)) => now.saturating_sub(died).saturating_add(1),
+                _ => FILING_TRIES,
+            };
+            if tries >= FILING_TRIES {
+                tracing::error!(id = %acc.id, error = %e, tries, "cannot file the dead letter; given up (the message's entry still says dead)");
                 return true;
             }
             tracing::warn!(id = %acc.id, error = %e, "cannot file the dead letter yet; tried again in 5 s");
