@@ -821,8 +821,9 @@ impl Cluster {
             .into_iter()
             .filter(|k| after.as_ref().is_none_or(|a| k > a))
             .collect();
-        // Read `limit` at a time until `limit` letters are read or the keys run out: a key
-        // whose letter is gone (replayed meanwhile) or unreadable does not end the list early.
+        // Read as many keys as letters are still wanted, until `limit` letters are read or the
+        // keys run out: a key whose letter is gone (replayed meanwhile) or unreadable does not
+        // end the list early.
         let (mut out, mut rest) = (Vec::new(), &keys[..]);
         while out.len() < limit && !rest.is_empty() {
             let (now, later) = rest.split_at((limit - out.len()).min(rest.len()));
@@ -1011,11 +1012,17 @@ impl Cluster {
             .entry(id.to_string())
             .await
             .map_err(unreachable)?;
-        Ok(got.and_then(|e| {
-            (e.operation == kv::Operation::Put)
-                .then(|| Entry::decode(&e.value).map(|v| (v, e.revision)))
-                .flatten()
-        }))
+        match got.filter(|e| e.operation == kv::Operation::Put) {
+            None => Ok(None),
+            Some(e) => match Entry::decode(&e.value) {
+                Some(v) => Ok(Some((v, e.revision))),
+                // Not "absent": a cancel would try to create it and loop.
+                None => Err(ClusterError::Unreachable(format!(
+                    "the entry of message {id} cannot be read by this node (nested too deep, \
+                     or written by a newer version)"
+                ))),
+            },
+        }
     }
 }
 

@@ -298,37 +298,42 @@ async fn claim(
             }
         };
         let got = got.filter(|e| e.operation == kv::Operation::Put);
-        if got
-            .as_ref()
-            .is_some_and(|e| Entry::decode(&e.value).is_none())
-        {
-            // An entry no node of this version writes (nested too deep, or not an entry):
-            // taking it over could only loop, so the delivery is dropped, loudly.
-            tracing::error!(id = %acc.id, "its entry cannot be read; the message is dropped");
-            let _ = m.ack().await;
-            return Claim::Done;
-        }
-        let (entry, revision, raw) =
-            match got.and_then(|e| Entry::decode(&e.value).map(|v| (v, e.revision, e.value))) {
-                Some(x) => x,
+        let read = match got {
+            Some(e) => match Entry::decode(&e.value) {
+                Some(v) => Some((v, e.revision, e.value)),
                 None => {
-                    // No node has taken it yet (or its entry expired): hand a delayed one back
-                    // until it is due, else take it.
-                    if let Some(due) = acc.due_ms.filter(|&d| d > unix_ms()) {
-                        let wait = Duration::from_millis(due.saturating_sub(unix_ms()));
-                        let _ = m.ack_with(AckKind::Nak(Some(wait))).await;
-                        return Claim::Done;
-                    }
-                    let fresh = first_run(inner, acc);
-                    let bytes = fresh.encode();
-                    mine = Some(bytes.clone());
-                    match answered(deadline, inner.messages.create(&key, bytes.clone())).await {
-                        Some(Ok(rev)) => return Claim::Run(fresh, rev),
-                        Some(Err(e)) if e.kind() == kv::CreateErrorKind::AlreadyExists => continue,
-                        _ => return unanswered_claim(inner, acc, m, vec![bytes]).await,
-                    }
+                    // An entry this node cannot read (nested too deep, or written by a newer
+                    // version): taking it over would loop, and dropping it could lose the
+                    // message during an upgrade. Handed back for a minute, loudly.
+                    tracing::error!(id = %acc.id, "its entry cannot be read here; handed back for a minute");
+                    let _ = m
+                        .ack_with(AckKind::Nak(Some(Duration::from_secs(60))))
+                        .await;
+                    return Claim::Done;
                 }
-            };
+            },
+            None => None,
+        };
+        let (entry, revision, raw) = match read {
+            Some(x) => x,
+            None => {
+                // No node has taken it yet (or its entry expired): hand a delayed one back
+                // until it is due, else take it.
+                if let Some(due) = acc.due_ms.filter(|&d| d > unix_ms()) {
+                    let wait = Duration::from_millis(due.saturating_sub(unix_ms()));
+                    let _ = m.ack_with(AckKind::Nak(Some(wait))).await;
+                    return Claim::Done;
+                }
+                let fresh = first_run(inner, acc);
+                let bytes = fresh.encode();
+                mine = Some(bytes.clone());
+                match answered(deadline, inner.messages.create(&key, bytes.clone())).await {
+                    Some(Ok(rev)) => return Claim::Run(fresh, rev),
+                    Some(Err(e)) if e.kind() == kv::CreateErrorKind::AlreadyExists => continue,
+                    _ => return unanswered_claim(inner, acc, m, vec![bytes]).await,
+                }
+            }
+        };
         if entry.outcome.status.is_terminal() {
             // Delivered again after it ended: its node died between writing the end and the
             // acknowledgement, so the dead letter may not be filed yet (filing is idempotent).
@@ -374,7 +379,9 @@ async fn claim(
             } else {
                 Status::Failed
             };
-            next.died_at_delivery = m.info().ok().map(|i| i.delivered);
+            if next.outcome.status == Status::Dead {
+                next.died_at_delivery = m.info().ok().map(|i| i.delivered);
+            }
             next.outcome.timings.total_ms = unix_ms().saturating_sub(acc.id.timestamp_ms()) as f64;
             let ended = inner.messages.update(&key, next.encode(), revision);
             match answered(deadline, ended).await {
@@ -523,11 +530,20 @@ async fn filed(inner: &Inner, acc: &Accepted, entry: &Entry, m: &jetstream::Mess
     match bury(inner, acc, entry).await {
         Ok(()) => true,
         Err(e) => {
-            // Counted from the delivery it died in (an entry written by an older node does not
-            // say: then this is its only try).
+            // Counted from the delivery it died in; an entry written by an older node does not
+            // say, and is tried for a minute after the death, as that node did.
             let tries = match (m.info().ok().map(|i| i.delivered), entry.died_at_delivery) {
                 (Some(now), Some(died)) => now.saturating_sub(died).saturating_add(1),
-                _ => FILING_TRIES,
+                _ => {
+                    let died = entry.outcome.accepted_at_ms
+                        + entry.outcome.timings.total_ms.max(0.0) as u64;
+                    let minute_on = unix_ms().saturating_sub(died) >= 60_000;
+                    if minute_on {
+                        FILING_TRIES
+                    } else {
+                        1
+                    }
+                }
             };
             if tries >= FILING_TRIES {
                 tracing::error!(id = %acc.id, error = %e, tries, "cannot file the dead letter; given up (the message's entry still says dead)");
