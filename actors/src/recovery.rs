@@ -13,7 +13,8 @@
 //! only while it is filed; `Started` and `Replayed` records are never needed once older records
 //! are gone, except a `Replayed` record that a copy of its letter's `Dead` record (made while the
 //! letter was being replayed) may follow: recovery lets `Replayed` win wherever the copy is, and
-//! the record stays as long as the copy. What changed while a segment was being compacted is
+//! that record is kept while the process runs (a restart keeps it only if the copy is still
+//! there). What changed while a segment was being compacted is
 //! written again after the copies, so the last record of a message is always its latest state.
 
 use std::collections::{BTreeMap, HashSet};
