@@ -601,10 +601,10 @@ pub const MAX_INLINE_PAYLOAD_BYTES: usize = 64 * 1024;
 /// page ends early (with `next`) rather than grow to a thousand 64 KiB payloads.
 pub const MAX_PAGE_BYTES: usize = 1024 * 1024;
 
-/// A dead letter as listed: its payload inline when it is small, else left out
+/// A dead letter as listed (`bytes`: its [`DeadLetter::payload_bytes`]): its payload inline when
+/// it is small, else left out
 /// (`payload_truncated`), with its size.
-fn dead_letter_item(dl: &DeadLetter) -> Value {
-    let bytes = dl.payload_bytes();
+fn dead_letter_item(dl: &DeadLetter, bytes: usize) -> Value {
     let mut v = json!({
         "id": dl.id, "kind": dl.kind, "attempts": dl.attempts, "errors": dl.errors,
         "died_at_ms": dl.died_at_ms, "source": dl.source, "payload_bytes": bytes,
@@ -651,24 +651,25 @@ pub async fn list_dead_letters(
         None => state.dispatcher.dead_letters(after, limit),
     };
     // At least one letter, then as many as fit in MAX_PAGE_BYTES.
-    let mut bytes = 0;
-    let fit = page
-        .iter()
-        .take_while(|d| {
-            let first = bytes == 0;
-            let payload = d.payload_bytes();
-            bytes += (if payload <= MAX_INLINE_PAYLOAD_BYTES {
-                payload
-            } else {
-                0
-            }) + d.errors.iter().map(|e| e.message.len() + 32).sum::<usize>()
-                + 128;
-            first || bytes <= MAX_PAGE_BYTES
-        })
-        .count();
+    let (mut items, mut bytes) = (Vec::new(), 0);
+    for d in &page {
+        let payload = d.payload_bytes();
+        let inline = if payload <= MAX_INLINE_PAYLOAD_BYTES {
+            payload
+        } else {
+            0
+        };
+        let size = inline + d.errors.iter().map(|e| e.message.len() + 32).sum::<usize>() + 128;
+        if !items.is_empty() && bytes + size > MAX_PAGE_BYTES {
+            break;
+        }
+        bytes += size;
+        items.push(dead_letter_item(d, payload));
+    }
+    let fit = items.len();
     let next = (fit < page.len() || page.len() == limit).then(|| page[fit - 1].id);
     Ok(HttpResponse::Ok().json(DeadLettersResponse {
-        dead_letters: page[..fit].iter().map(|d| dead_letter_item(d)).collect(),
+        dead_letters: items,
         next,
     }))
 }

@@ -487,7 +487,7 @@ impl Cluster {
         // A message too big for one NATS message could never be published, and one nested too
         // deep could not be read back: refused as invalid (a 422, not a 503 that a client
         // would retry for ever).
-        let encoded = record.encode();
+        let encoded: Bytes = record.encode().into();
         let (size, limit) = (encoded.len(), inner.client.server_info().max_payload);
         let refusal = if size + 1024 > limit {
             Some(format!(
@@ -545,6 +545,7 @@ impl Cluster {
         Ok(Prepared::New(Admission {
             route: index,
             record,
+            encoded,
             key,
             msg,
         }))
@@ -555,11 +556,11 @@ impl Cluster {
         let inner = &self.0;
         let route = &inner.routes[p.route];
         let id = p.record.id();
-        let mut published = self.publish(route, &p.record).await;
+        let mut published = self.publish(route, id, p.encoded.clone()).await;
         if published.as_ref().is_err_and(|e| !full(e)) && self.is_connected() {
             // The answer was lost, or the publish was: once more under the same id is stored
             // once either way (JetStream's duplicate window).
-            published = self.publish(route, &p.record).await;
+            published = self.publish(route, id, p.encoded.clone()).await;
         }
         match published {
             Ok(()) => {
@@ -585,10 +586,15 @@ impl Cluster {
 
     /// Publishes an accepted message to its route's stream (its subject ends with the message's
     /// id, which is also the JetStream message id) and waits for JetStream's acknowledgement.
-    async fn publish(&self, route: &ClusterRoute, record: &Record) -> Result<(), String> {
-        let id = record.id().to_string();
+    async fn publish(
+        &self,
+        route: &ClusterRoute,
+        id: MessageId,
+        encoded: Bytes,
+    ) -> Result<(), String> {
+        let id = id.to_string();
         let publish = jetstream::message::PublishMessage::build()
-            .payload(record.encode().into())
+            .payload(encoded)
             .message_id(id.clone());
         let ack = self
             .0
@@ -622,7 +628,8 @@ impl Cluster {
             return Ok(None);
         }
         let record = accepted_record(first, self.0.routes[route].kind, msg);
-        self.publish(&self.0.routes[route], &record).await?;
+        self.publish(&self.0.routes[route], first, record.encode().into())
+            .await?;
         Ok(Some(first))
     }
 
@@ -1110,11 +1117,13 @@ enum Prepared {
     New(Admission),
 }
 
-/// A message ready to publish: its route, its record, its idempotency key's bucket key, and the
-/// message itself (handed back if it is refused).
+/// A message ready to publish: its route, its record (and that encoded, as admission checked
+/// and publishes it), its idempotency key's bucket key, and the message itself (handed back if
+/// it is refused).
 struct Admission {
     route: usize,
     record: Record,
+    encoded: Bytes,
     key: Option<String>,
     msg: Message,
 }
