@@ -640,6 +640,9 @@ impl Default for JournalSettings {
 /// How long compaction leaves a segment alone after finding it still mostly needed.
 const RECHECK: Duration = Duration::from_secs(30);
 
+/// Bytes of records compaction hands the journal's writer at once (see [`Journal::compact`]).
+const COPY_CHUNK: usize = 1 << 20;
+
 /// The embedded journal: records in checksummed segment files in one folder, written by one
 /// thread with group commit (see [`crate::journal`]). Compaction reads a closed segment, writes
 /// again what is still needed and deletes the file.
@@ -792,19 +795,33 @@ impl Storage for Journal {
                 continue;
             }
             done.read += read;
-            let acks: Vec<_> = kept
-                .iter_mut()
-                .map(|(b, _)| self.log.append(std::mem::take(b)))
-                .collect();
+            let wait = |acks: &mut Vec<journal::Ack>| -> Result<(), StorageError> {
+                for ack in acks.drain(..) {
+                    match ack.blocking_recv() {
+                        Ok(r) => r.map_err(StorageError::Io)?,
+                        Err(_) => return Err(StorageError::Closed),
+                    }
+                }
+                Ok(())
+            };
+            // Copied a chunk at a time, each in no hurry and waited for before the next: the
+            // writer's queue never holds more than a chunk of copies, so the records of
+            // messages arriving meanwhile are not queued behind megabytes of them (nor refused
+            // as a backlog), and the copies share their commits.
+            let (mut acks, mut chunk) = (Vec::new(), 0);
+            for (b, _) in kept.iter_mut() {
+                chunk += b.len();
+                acks.push(self.log.append_lazy(std::mem::take(b)));
+                if chunk >= COPY_CHUNK {
+                    wait(&mut acks)?;
+                    chunk = 0;
+                }
+            }
             // The segment goes only once what it still held is durable elsewhere, and so is
             // everything written before now (records nobody waited for, such as the `Finished`
             // of a message whose `Accepted` is in this segment), whatever the fsync mode.
-            for ack in acks.into_iter().chain([self.log.sync()]) {
-                match ack.blocking_recv() {
-                    Ok(r) => r.map_err(StorageError::Io)?,
-                    Err(_) => return Err(StorageError::Closed),
-                }
-            }
+            acks.push(self.log.sync());
+            wait(&mut acks)?;
             self.log.remove_segment(&path)?;
             done.segments += 1;
             done.kept.extend(kept.into_iter().map(|(_, k)| k));
@@ -1027,6 +1044,61 @@ pub(crate) mod tests {
         }
         let j = Journal::open(dir.path(), JournalSettings::default()).unwrap();
         assert_eq!(j.load().unwrap(), vec![a, finished]);
+    }
+
+    #[test]
+    fn compaction_copies_many_chunks_and_every_copy_is_back_after_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = JournalSettings {
+            segment_bytes: 4 << 20,
+            ..JournalSettings::default()
+        };
+        let big = |id: MessageId| match accepted(id) {
+            Record::Accepted(mut a) => {
+                a.payload = json!("y".repeat(2000));
+                Record::Accepted(a)
+            }
+            _ => unreachable!(),
+        };
+        // About 6 MiB: the first segment closes at 4 MiB, and a third of it (more than one
+        // `COPY_CHUNK`) is still needed.
+        let ids: Vec<MessageId> = (0..3000).map(|_| MessageId::next()).collect();
+        let needed = |id: MessageId| ids.iter().position(|i| *i == id).unwrap() % 3 == 0;
+        let copied;
+        {
+            let j = Journal::open(dir.path(), settings).unwrap();
+            let receipts: Vec<_> = ids.iter().map(|id| j.append(&big(*id))).collect();
+            for r in receipts {
+                r.wait_blocking().unwrap();
+            }
+            let done = j
+                .compact(&mut |_, id, _| {
+                    if needed(id) {
+                        Keep::WithAttempts(2)
+                    } else {
+                        Keep::Drop
+                    }
+                })
+                .unwrap();
+            assert_eq!(done.segments, 1);
+            copied = done.kept.len();
+            assert!(copied * 2000 > COPY_CHUNK, "{copied} copied");
+        }
+        let j = Journal::open(dir.path(), settings).unwrap();
+        let loaded = j.load().unwrap();
+        let with_attempts: std::collections::HashSet<MessageId> = loaded
+            .iter()
+            .filter_map(|r| match r {
+                Record::Accepted(a) if a.attempts == 2 => Some(a.id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(with_attempts.len(), copied, "every copy is on disk once");
+        assert!(with_attempts.iter().all(|id| needed(*id)));
+        let back: std::collections::HashSet<MessageId> = loaded.iter().map(Record::id).collect();
+        for (n, id) in ids.iter().enumerate() {
+            assert!(!needed(*id) || back.contains(id), "message {n} kept");
+        }
     }
 
     #[test]

@@ -576,3 +576,46 @@ fn pure_scenario(
     );
     assert!(records.iter().all(|r| !matches!(r, Record::Finished { outcome, .. } if outcome.result == Some(json!("refused")))));
 }
+
+/// The nice values of this process's threads named `name` (`/proc/self/task`).
+#[cfg(target_os = "linux")]
+fn nice_of(name: &str) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name))
+        .filter_map(|t| {
+            let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
+            // Field 19 is the nice value; the fields after the name (`) `) begin at field 3.
+            stat.rsplit_once(") ")?.1.split(' ').nth(16)?.parse().ok()
+        })
+        .collect()
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn compaction_runs_at_a_lower_cpu_priority_than_the_threads_that_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    in_system(async move || {
+        let d = dispatcher(&path);
+        d.send(Message::new("echo", json!(1))).await.unwrap();
+        let end = Instant::now() + Duration::from_secs(30);
+        // Its name, cut to the 15 bytes Linux keeps.
+        while !nice_of("mailroom-compac").contains(&10) {
+            assert!(
+                Instant::now() < end,
+                "compactor nice values: {:?}",
+                nice_of("mailroom-compac")
+            );
+            actix_rt::time::sleep(Duration::from_millis(10)).await;
+        }
+        let writers = nice_of("mailroom-journa");
+        assert!(
+            !writers.is_empty() && writers.iter().all(|&n| n == 0),
+            "the journal's writer keeps its priority: {writers:?}"
+        );
+    });
+}
