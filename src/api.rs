@@ -6,8 +6,9 @@
 //! invalid UTF-8, nesting too deep, a missing or mistyped field — is an [`ApiError`] with its
 //! documented status and a problem+json body.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix_web::body::MessageBody;
@@ -21,8 +22,8 @@ use mailroom_actors::source::{
     client_id, cut_quoted, parse_json, token_accepted, truncated, JsonError, Submission, ECHO_MAX,
 };
 use mailroom_actors::{
-    Cluster, ClusterStats, DeadLetter, Dispatcher, ErrorClass, ErrorInfo, MessageId, Outcome, Pool,
-    Rejected, RouteInfo, Source, Status, Timings,
+    ClientId, Cluster, ClusterStats, DeadLetter, Dispatcher, ErrorClass, ErrorInfo, MessageId,
+    Outcome, Pool, Rejected, RouteInfo, Source, Status, Timings,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -50,46 +51,80 @@ pub struct AppState {
     pub tokens: Vec<String>,
     /// `server.body_timeout_ms`
     pub body_timeout: Duration,
-    /// `server.max_buffered_body_bytes`: bytes of bodies being read now, over all workers.
+    /// `server.max_buffered_body_bytes` and its share per client: bytes of bodies being read
+    /// now, over all workers.
     pub buffered: BodyBudget,
     /// `/openapi.json`, made once at start-up by [`openapi`].
     pub openapi: web::Bytes,
 }
 
-/// A bound on the bytes of request bodies held at once by all connections together: each
-/// chunk read takes its size from it, given back when the body is dropped.
+/// A bound on the bytes of request bodies held at once by all connections together, and on
+/// each client's share of it: each chunk read takes its size from both, given back when the
+/// body is dropped.
 #[derive(Debug)]
 pub struct BodyBudget {
     used: AtomicUsize,
     max: usize,
+    per_client: usize,
+    /// Bytes held per client, for those holding any.
+    clients: Mutex<HashMap<ClientId, usize>>,
+}
+
+/// Which bound a chunk did not fit in.
+enum Short {
+    /// `server.max_buffered_body_bytes`: the server's.
+    Server,
+    /// `server.max_buffered_body_bytes_per_client`: this client's share.
+    Client,
 }
 
 impl BodyBudget {
-    /// A budget of `max` bytes.
-    pub fn new(max: usize) -> BodyBudget {
+    /// A budget of `max` bytes, of which one client may hold `per_client`.
+    pub fn new(max: usize, per_client: usize) -> BodyBudget {
         BodyBudget {
             used: Default::default(),
             max,
+            per_client,
+            clients: Default::default(),
         }
     }
 
-    /// Takes `n` more bytes for `held`, if the budget has them.
-    fn take(&self, n: usize, held: &mut Held<'_>) -> bool {
-        let ok = self
-            .used
-            .fetch_update(Relaxed, Relaxed, |u| (u + n <= self.max).then_some(u + n))
-            .is_ok();
-        if ok {
+    /// Takes `n` more bytes for `held`, if the budget and the client's share have them.
+    fn take(&self, n: usize, held: &mut Held<'_>) -> Result<(), Short> {
+        let Some(client) = &held.client else {
+            self.take_from_server(n)?;
             held.bytes += n;
+            return Ok(());
+        };
+        let mut clients = self.clients();
+        let mine = clients.get(client).copied().unwrap_or(0);
+        if mine + n > self.per_client {
+            return Err(Short::Client);
         }
-        ok
+        self.take_from_server(n)?;
+        clients.insert(client.clone(), mine + n);
+        held.bytes += n;
+        Ok(())
     }
 
-    /// A holding of no bytes yet.
-    fn hold(&self) -> Held<'_> {
+    fn take_from_server(&self, n: usize) -> Result<(), Short> {
+        self.used
+            .fetch_update(Relaxed, Relaxed, |u| (u + n <= self.max).then_some(u + n))
+            .map(drop)
+            .map_err(|_| Short::Server)
+    }
+
+    /// The bytes each client holds (a panic cannot leave the map half changed).
+    fn clients(&self) -> std::sync::MutexGuard<'_, HashMap<ClientId, usize>> {
+        self.clients.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A holding of no bytes yet, for `client` (`None`: only the server's bound applies).
+    fn hold(&self, client: Option<ClientId>) -> Held<'_> {
         Held {
             budget: self,
             bytes: 0,
+            client,
         }
     }
 }
@@ -98,11 +133,24 @@ impl BodyBudget {
 struct Held<'a> {
     budget: &'a BodyBudget,
     bytes: usize,
+    client: Option<ClientId>,
 }
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
+        if self.bytes == 0 {
+            return;
+        }
         self.budget.used.fetch_sub(self.bytes, Relaxed);
+        if let Some(client) = &self.client {
+            let mut clients = self.budget.clients();
+            if let Some(held) = clients.get_mut(client) {
+                *held -= self.bytes;
+                if *held == 0 {
+                    clients.remove(client);
+                }
+            }
+        }
     }
 }
 
@@ -249,7 +297,7 @@ async fn json_body(
     if declared.is_some_and(|n| n > state.max_body) {
         return Err(too_large());
     }
-    let mut held = state.buffered.hold();
+    let mut held = state.buffered.hold(client_of(req, state));
     let read = async {
         let mut body = BytesMut::new();
         while let Some(chunk) = payload.next().await {
@@ -258,15 +306,26 @@ async fn json_body(
             if body.len() + chunk.len() > state.max_body {
                 return Err(too_large());
             }
-            if !state.buffered.take(chunk.len(), &mut held) {
-                return Err(ApiError::Unavailable {
-                    detail: format!(
-                        "the server is reading server.max_buffered_body_bytes ({} bytes) of \
-                         bodies already; try again shortly",
-                        state.buffered.max
-                    ),
-                    retry_after: 1,
-                });
+            match state.buffered.take(chunk.len(), &mut held) {
+                Ok(()) => {}
+                Err(Short::Server) => {
+                    return Err(ApiError::Unavailable {
+                        detail: format!(
+                            "the server is reading server.max_buffered_body_bytes ({} bytes) of \
+                             bodies already; try again shortly",
+                            state.buffered.max
+                        ),
+                        retry_after: 1,
+                    })
+                }
+                Err(Short::Client) => {
+                    return Err(ApiError::TooManyRequests(format!(
+                        "the server is reading this client's share of the bodies \
+                         (server.max_buffered_body_bytes_per_client, {} bytes) already; send \
+                         fewer bodies at once",
+                        state.buffered.per_client
+                    )))
+                }
             }
             body.extend_from_slice(&chunk);
         }
@@ -371,6 +430,8 @@ fn submission(v: Value) -> Result<Submission, String> {
         (status = 413, description = "Body over server.max_body_bytes", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Unknown kind or invalid payload", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body did not arrive within server.body_timeout_ms", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The client holds its share of the route (routes.KIND.max_per_client) or of the bodies being read (server.max_buffered_body_bytes_per_client); Retry-After", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Route full, degraded, or server draining (Retry-After)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn submit(
@@ -416,11 +477,15 @@ fn with_client(
     req: &HttpRequest,
     state: &AppState,
 ) -> mailroom_actors::Message {
-    let token = bearer(req);
-    match client_id(&state.tokens, token, req.peer_addr().map(|a| a.ip())) {
+    match client_of(req, state) {
         Some(c) => msg.client(c),
         None => msg,
     }
+}
+
+/// A request's client: its token, or its address.
+fn client_of(req: &HttpRequest, state: &AppState) -> Option<ClientId> {
+    client_id(&state.tokens, bearer(req), req.peer_addr().map(|a| a.ip()))
 }
 
 /// The bearer token of a request, if it has one (the scheme's name in any case, as RFC 7235
@@ -449,7 +514,10 @@ fn rejection(r: &Rejected) -> Value {
     responses(
         (status = 200, description = "One result per message", body = BatchResponse),
         (status = 400, body = Problem, content_type = "application/problem+json"), (status = 413, description = "Over server.max_batch", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body did not arrive within server.body_timeout_ms", body = Problem, content_type = "application/problem+json"),
         (status = 415, body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The client holds its share of the bodies being read (server.max_buffered_body_bytes_per_client); Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The server is reading server.max_buffered_body_bytes of bodies (Retry-After)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn batch(
     req: HttpRequest,

@@ -173,10 +173,28 @@ pub struct ServerConfig {
     /// Bytes of request bodies being read at once, over all connections; past it a body gets
     /// 503 (with `Retry-After`) instead of more memory.
     pub max_buffered_body_bytes: usize,
+    /// One client's share of `max_buffered_body_bytes` (a client is its token, or its address:
+    /// an IPv4 address or an IPv6 /64); past it that client's body gets 429. 0 = a sixteenth
+    /// of `max_buffered_body_bytes`, at least `max_body_bytes` ([`ServerConfig::client_body_share`]).
+    pub max_buffered_body_bytes_per_client: usize,
     /// Most HTTP connections open at once (past it, new ones wait in the listen backlog).
     pub max_connections: usize,
     /// Listen backlog of the HTTP and TCP listeners.
     pub backlog: u32,
+}
+
+impl ServerConfig {
+    /// One client's share of the bodies being read: `max_buffered_body_bytes_per_client`, or
+    /// when that is 0 a sixteenth of `max_buffered_body_bytes`, at least `max_body_bytes` (so
+    /// one client can always send one body) and at most the whole.
+    pub fn client_body_share(&self) -> usize {
+        match self.max_buffered_body_bytes_per_client {
+            0 => (self.max_buffered_body_bytes / 16)
+                .max(self.max_body_bytes)
+                .min(self.max_buffered_body_bytes),
+            n => n,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -192,6 +210,7 @@ impl Default for ServerConfig {
             tokens: Vec::new(),
             body_timeout_ms: 10_000,
             max_buffered_body_bytes: 256 * 1024 * 1024,
+            max_buffered_body_bytes_per_client: 0,
             max_connections: 10_000,
             backlog: 4096,
         }
@@ -588,6 +607,17 @@ impl Config {
                 format!(
                     "expected at least server.max_body_bytes ({})",
                     s.max_body_bytes
+                ),
+            );
+        }
+        let share = s.max_buffered_body_bytes_per_client;
+        if share != 0 && !(s.max_body_bytes..=s.max_buffered_body_bytes).contains(&share) {
+            return err(
+                "server.max_buffered_body_bytes_per_client",
+                format!(
+                    "expected 0 (a sixteenth of server.max_buffered_body_bytes) or \
+                     server.max_body_bytes ({}) to server.max_buffered_body_bytes ({})",
+                    s.max_body_bytes, s.max_buffered_body_bytes
                 ),
             );
         }

@@ -258,7 +258,7 @@ pub async fn run(
         max_wait: Duration::from_millis(s.max_wait_ms),
         tokens: s.tokens.clone(),
         body_timeout: Duration::from_millis(s.body_timeout_ms),
-        buffered: api::BodyBudget::new(s.max_buffered_body_bytes),
+        buffered: api::BodyBudget::new(s.max_buffered_body_bytes, s.client_body_share()),
         openapi: serde_json::to_vec(&api::openapi(
             &dispatcher,
             config.dispatch.max_delay_ms,

@@ -450,7 +450,7 @@ async fn readyz_fails_when_the_storage_can_write_nothing() {
         max_wait: Duration::from_millis(s.max_wait_ms),
         tokens: Vec::new(),
         body_timeout: Duration::from_millis(s.body_timeout_ms),
-        buffered: mailroom::api::BodyBudget::new(s.max_buffered_body_bytes),
+        buffered: mailroom::api::BodyBudget::new(s.max_buffered_body_bytes, s.client_body_share()),
         openapi: web::Bytes::new(),
     });
     let app = actix_web::test::init_service(

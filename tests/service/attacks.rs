@@ -673,6 +673,86 @@ fn one_client_cannot_fill_a_route_for_the_others() {
     }
 }
 
+#[test]
+fn one_client_cannot_hold_the_bodies_budget_for_the_others() {
+    let _heavy = crate::common::heavy();
+    // Before: one client's slow bodies could take all of `max_buffered_body_bytes`, and every
+    // other client's body got 503 until they timed out (and the client could send them again).
+    let s = serve(
+        "[server]\ntokens = [\"alice\", \"bob\"]\nmax_body_bytes = 65536\n\
+         max_buffered_body_bytes = 524288\nmax_buffered_body_bytes_per_client = 262144\n\
+         body_timeout_ms = 60000\n",
+    );
+    let addr = addr_of(&s.base);
+    let head = |token: &str, len: usize| {
+        format!(
+            "POST /v1/messages HTTP/1.1\r\nHost: t\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n"
+        )
+    };
+    let body = format!(r#"{{"kind":"echo","payload":"{}"}}"#, "x".repeat(59_972));
+    assert_eq!(body.len(), 60_000);
+    let whole = |token: &str| {
+        let mut c = TcpStream::connect(&addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(c, "{}{body}", head(token, body.len())).unwrap();
+        let mut text = String::new();
+        c.read_to_string(&mut text).unwrap();
+        text
+    };
+    // Alice sends nine bodies of 60,000 bytes (more than the whole budget) and holds each one
+    // byte short of its end.
+    let mut held: Vec<(TcpStream, Option<String>)> = (0..9)
+        .map(|_| {
+            let mut c = TcpStream::connect(&addr).unwrap();
+            write!(
+                c,
+                "{}{}",
+                head("alice", body.len()),
+                &body[..body.len() - 1]
+            )
+            .unwrap();
+            (c, None)
+        })
+        .collect();
+    // At most four fit in her share (4 × 60,000 ≤ 262,144 < 5 × 60,000): five or more are
+    // refused, each with 429, none with the server's 503.
+    wait_until(
+        "alice's bodies over her share to be refused",
+        Duration::from_secs(60),
+        || {
+            for (c, answer) in held.iter_mut().filter(|(_, a)| a.is_none()) {
+                c.set_nonblocking(true).unwrap();
+                let mut buf = vec![0u8; 4096];
+                if let Ok(n @ 1..) = c.read(&mut buf) {
+                    *answer = Some(String::from_utf8_lossy(&buf[..n]).into_owned());
+                }
+            }
+            held.iter().filter(|(_, a)| a.is_some()).count() >= 5
+        },
+    );
+    for answer in held.iter().filter_map(|(_, a)| a.as_ref()) {
+        assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+        assert!(
+            answer.to_ascii_lowercase().contains("retry-after: 1"),
+            "{answer}"
+        );
+        assert!(
+            answer.contains("max_buffered_body_bytes_per_client"),
+            "{answer}"
+        );
+    }
+    // Bob still gets in while she holds her share.
+    let t = whole("bob");
+    assert!(t.starts_with("HTTP/1.1 202"), "bob still gets in: {t}");
+    // Her share is given back once her connections go.
+    drop(held);
+    wait_until(
+        "alice's share to be given back",
+        Duration::from_secs(30),
+        || whole("alice").starts_with("HTTP/1.1 202"),
+    );
+}
+
 /// `ListenOverflows` from `/proc/net/netstat`: connections the kernel dropped because a listen
 /// queue was full.
 fn listen_overflows() -> u64 {

@@ -36,6 +36,29 @@ fn the_shipped_config_toml_parses_and_means_what_it_says() {
     );
     assert_eq!(c.sources.tcp.unwrap().bind, "127.0.0.1:7070");
     assert!(c.schedule.is_empty());
+    // One client may hold a sixteenth of the bodies being read: 16 MiB of 256.
+    assert_eq!(c.server.client_body_share(), 16 << 20);
+}
+
+#[test]
+fn a_clients_share_of_the_bodies_is_a_sixteenth_but_at_least_one_body() {
+    let share = |text: &str| {
+        let (_d, path) = write("c.toml", text);
+        let c = Config::load(Some(&path), &Overrides::default()).unwrap();
+        c.config.server.client_body_share()
+    };
+    assert_eq!(
+        share("[server]\nmax_buffered_body_bytes = 1600000\n"),
+        1_048_576
+    );
+    assert_eq!(
+        share("[server]\nmax_buffered_body_bytes = 32000000\n"),
+        2_000_000
+    );
+    assert_eq!(
+        share("[server]\nmax_buffered_body_bytes_per_client = 3000000\n"),
+        3_000_000
+    );
 }
 
 #[test]
@@ -91,6 +114,11 @@ fn unknown_keys_and_bad_values_name_the_file_the_key_and_the_expectation() {
     let msg = load_err("[fetch]\nmax_body_bytes = 1000000000000\n");
     assert!(
         msg.contains("fetch.max_body_bytes: expected 1 to 268435456"),
+        "{msg}"
+    );
+    let msg = load_err("[server]\nmax_buffered_body_bytes_per_client = 1000\n");
+    assert!(
+        msg.contains("server.max_buffered_body_bytes_per_client: expected 0 (a sixteenth of server.max_buffered_body_bytes) or server.max_body_bytes (1048576) to server.max_buffered_body_bytes (268435456)"),
         "{msg}"
     );
     let msg = load_err("[pools.io]\nstall_warn_ms = 20\n");
