@@ -91,6 +91,9 @@ impl BodyBudget {
 
     /// Takes `n` more bytes for `held`, if the budget and the client's share have them.
     fn take(&self, n: usize, held: &mut Held<'_>) -> Result<(), Short> {
+        if n == 0 {
+            return Ok(());
+        }
         let Some(client) = &held.client else {
             self.take_from_server(n)?;
             held.bytes += n;
@@ -432,7 +435,7 @@ fn submission(v: Value) -> Result<Submission, String> {
         (status = 422, description = "Unknown kind or invalid payload", body = Problem, content_type = "application/problem+json"),
         (status = 408, description = "The body did not arrive within server.body_timeout_ms", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "The client holds its share of the route (routes.KIND.max_per_client) or of the bodies being read (server.max_buffered_body_bytes_per_client); Retry-After", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Route full, degraded, or server draining (Retry-After)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Route full, degraded, server draining, the server busy reading server.max_buffered_body_bytes of bodies, or the message's record could not be written (Retry-After)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn submit(
     req: HttpRequest,
@@ -973,12 +976,24 @@ pub fn openapi(dispatcher: &Dispatcher, max_delay_ms: u64, max_timeout_ms: u64) 
 )]
 pub struct ApiDoc;
 
-/// Checks the bearer token (when tokens are set) on every path except `/healthz`, `/readyz`
+/// Refuses every request on a connection over its client's share
+/// (`server.max_connections_per_client`, see [`crate::connections`]) with 429, closing it; then
+/// checks the bearer token (when tokens are set) on every path except `/healthz`, `/readyz`
 /// and the dashboard's own files (the page asks for the token, then sends it with each call).
 pub async fn auth(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    if let Some(open) = req.conn_data::<crate::connections::Open>() {
+        if open.over() {
+            return Err(ApiError::TooManyConnections(format!(
+                "this client holds server.max_connections_per_client ({}) connections already; \
+                 send on those, or close one first",
+                open.share()
+            ))
+            .into());
+        }
+    }
     if let Some(state) = req.app_data::<web::Data<AppState>>() {
         let open = matches!(req.path(), "/healthz" | "/readyz") || crate::ui::is_public(req.path());
         if !state.tokens.is_empty() && !open {

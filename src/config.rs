@@ -177,6 +177,10 @@ pub struct ServerConfig {
     /// an IPv4 address or an IPv6 /64); past it that client's body gets 429. 0 = a sixteenth
     /// of `max_buffered_body_bytes`, at least `max_body_bytes` ([`ServerConfig::client_body_share`]).
     pub max_buffered_body_bytes_per_client: usize,
+    /// Most HTTP connections one client (its address: an IPv4 address, an IPv6 /64) holds at
+    /// once; a request on one more gets 429 and the connection is closed. 0 = a quarter of
+    /// `max_connections` ([`ServerConfig::client_connection_share`]).
+    pub max_connections_per_client: usize,
     /// Most HTTP connections open at once (past it, new ones wait in the listen backlog).
     pub max_connections: usize,
     /// Listen backlog of the HTTP and TCP listeners.
@@ -197,6 +201,17 @@ impl ServerConfig {
     }
 }
 
+impl ServerConfig {
+    /// Most HTTP connections one client holds: `max_connections_per_client`, or when that is 0
+    /// a quarter of `max_connections` (at least 1).
+    pub fn client_connection_share(&self) -> usize {
+        match self.max_connections_per_client {
+            0 => (self.max_connections / 4).max(1),
+            n => n,
+        }
+    }
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
@@ -212,6 +227,7 @@ impl Default for ServerConfig {
             max_buffered_body_bytes: 256 * 1024 * 1024,
             max_buffered_body_bytes_per_client: 0,
             max_connections: 10_000,
+            max_connections_per_client: 0,
             backlog: 4096,
         }
     }
@@ -623,6 +639,16 @@ impl Config {
         }
         if !(1..=1_000_000).contains(&s.max_connections) {
             return err("server.max_connections", "expected 1 to 1000000".into());
+        }
+        if s.max_connections_per_client > s.max_connections {
+            return err(
+                "server.max_connections_per_client",
+                format!(
+                    "expected 0 (a quarter of server.max_connections) to server.max_connections \
+                     ({})",
+                    s.max_connections
+                ),
+            );
         }
         if !(1..=65_535).contains(&s.backlog) {
             return err("server.backlog", "expected 1 to 65535".into());

@@ -6,6 +6,7 @@
 //! - [`config`] — the configuration as data, and its layered loader.
 //! - [`api`] — the HTTP handlers, their OpenAPI description and the route table.
 //! - [`problem`] — [`problem::ApiError`], the only error → status table.
+//! - [`connections`] — each client's share of the HTTP connections.
 //! - [`metrics`] — the ledger as Prometheus text.
 //! - [`ui`] — the dashboard at `/ui` and the `/v1/overview` it polls.
 //! - [`cli`] — the command-line client (`send`, `batch`, `status`, `routes`, …).
@@ -16,6 +17,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod connections;
 pub mod metrics;
 pub mod problem;
 pub mod ui;
@@ -289,6 +291,17 @@ pub async fn run(
             .wrap(middleware::from_fn(api::auth))
             .configure(ui::configure)
             .configure(api::configure)
+    })
+    .on_connect({
+        let shares = connections::Shares::new(s.client_connection_share());
+        move |conn, data| {
+            let peer = conn
+                .downcast_ref::<actix_web::rt::net::TcpStream>()
+                .and_then(|c| c.peer_addr().ok());
+            if let Some(peer) = peer {
+                data.insert(shares.open(peer.ip()));
+            }
+        }
     })
     .workers(workers)
     .max_connections(s.max_connections.div_ceil(workers))

@@ -56,6 +56,10 @@ pub enum ApiError {
     /// 429: the client holds its share of the route (`routes.KIND.max_per_client`).
     #[error("{0}")]
     TooManyRequests(String),
+    /// 429, and the connection is closed: the client holds its share of the connections
+    /// (`server.max_connections_per_client`).
+    #[error("{0}")]
+    TooManyConnections(String),
     /// 503: a full or degraded route, or the server is draining.
     #[error("{detail}")]
     Unavailable {
@@ -94,6 +98,7 @@ impl ApiError {
             }
             ApiError::Unprocessable(_) => ("unprocessable", "Unprocessable message"),
             ApiError::TooManyRequests(_) => ("too-many-requests", "Too many requests"),
+            ApiError::TooManyConnections(_) => ("too-many-connections", "Too many connections"),
             ApiError::Unavailable { .. } => ("unavailable", "Service unavailable"),
             ApiError::Storage(_) => ("storage", "Storage unavailable"),
         }
@@ -124,7 +129,9 @@ impl ResponseError for ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooManyRequests(_) | ApiError::TooManyConnections(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::Unavailable { .. } | ApiError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -138,6 +145,10 @@ impl ResponseError for ApiError {
             }
             ApiError::TooManyRequests(_) | ApiError::Storage(_) => {
                 res.insert_header((header::RETRY_AFTER, "1"));
+            }
+            ApiError::TooManyConnections(_) => {
+                res.insert_header((header::RETRY_AFTER, "1"));
+                res.force_close();
             }
             ApiError::MethodNotAllowed(allow) => {
                 res.insert_header((header::ALLOW, *allow));

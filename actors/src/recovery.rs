@@ -275,16 +275,17 @@ pub(crate) fn compact(ledger: &Ledger) {
     }
 }
 
-/// The compactor's nice value on Linux (see [`start_compactor`]).
+/// How much nicer than the process the compactor runs on Linux (see [`start_compactor`]).
 #[cfg(target_os = "linux")]
 const COMPACTOR_NICE: i32 = 10;
 
 /// Starts the thread that compacts the storage every second, until the dispatcher is gone or
 /// shutting down. A thread of its own: compaction reads and writes files. On Linux it runs at
-/// a lower CPU priority (nice [`COMPACTOR_NICE`], as RocksDB's compaction threads can): on a
-/// busy machine, the threads that answer requests and write the journal come first, and
-/// compaction takes what they leave (a tenth of a core's share against each busy thread at
-/// least, so it does not stop). If the priority cannot be lowered it runs as it is.
+/// a lower CPU priority ([`COMPACTOR_NICE`] above the process's nice value, at most 19, as
+/// RocksDB's compaction threads can): on a busy machine, the threads that answer requests and
+/// write the journal come first, and compaction takes what they leave (about a tenth of a busy
+/// thread's share, so it does not stop; when it holds a lock they wait on, they sleep and it
+/// runs). If the priority cannot be lowered it runs as it is.
 pub(crate) fn start_compactor(core: &Core) {
     let weak: Weak<Ledger> = Arc::downgrade(&core.ledger);
     let drain = core.drain.clone();
@@ -293,8 +294,13 @@ pub(crate) fn start_compactor(core: &Core) {
         .spawn(move || {
             // On Linux a nice value is the calling thread's own, not the process's.
             #[cfg(target_os = "linux")]
-            if let Err(e) = rustix::process::setpriority_process(None, COMPACTOR_NICE) {
-                tracing::debug!(error = %e, "storage: cannot lower the compactor's priority");
+            {
+                use rustix::process::{getpriority_process, setpriority_process};
+                let nicer = getpriority_process(None)
+                    .and_then(|now| setpriority_process(None, (now + COMPACTOR_NICE).min(19)));
+                if let Err(e) = nicer {
+                    tracing::debug!(error = %e, "storage: cannot lower the compactor's priority");
+                }
             }
             loop {
                 std::thread::sleep(Duration::from_secs(1));

@@ -1086,7 +1086,7 @@ pub(crate) mod tests {
         }
         let j = Journal::open(dir.path(), settings).unwrap();
         let loaded = j.load().unwrap();
-        let with_attempts: std::collections::HashSet<MessageId> = loaded
+        let with_attempts: Vec<MessageId> = loaded
             .iter()
             .filter_map(|r| match r {
                 Record::Accepted(a) if a.attempts == 2 => Some(a.id),
@@ -1094,6 +1094,8 @@ pub(crate) mod tests {
             })
             .collect();
         assert_eq!(with_attempts.len(), copied, "every copy is on disk once");
+        let distinct: std::collections::HashSet<_> = with_attempts.iter().collect();
+        assert_eq!(distinct.len(), copied, "no copy is on disk twice");
         assert!(with_attempts.iter().all(|id| needed(*id)));
         let back: std::collections::HashSet<MessageId> = loaded.iter().map(Record::id).collect();
         for (n, id) in ids.iter().enumerate() {

@@ -38,6 +38,8 @@ fn the_shipped_config_toml_parses_and_means_what_it_says() {
     assert!(c.schedule.is_empty());
     // One client may hold a sixteenth of the bodies being read: 16 MiB of 256.
     assert_eq!(c.server.client_body_share(), 16 << 20);
+    // And a quarter of the connections.
+    assert_eq!(c.server.client_connection_share(), 2_500);
 }
 
 #[test]
@@ -119,6 +121,11 @@ fn unknown_keys_and_bad_values_name_the_file_the_key_and_the_expectation() {
     let msg = load_err("[server]\nmax_buffered_body_bytes_per_client = 1000\n");
     assert!(
         msg.contains("server.max_buffered_body_bytes_per_client: expected 0 (a sixteenth of server.max_buffered_body_bytes) or server.max_body_bytes (1048576) to server.max_buffered_body_bytes (268435456)"),
+        "{msg}"
+    );
+    let msg = load_err("[server]\nmax_connections = 10\nmax_connections_per_client = 11\n");
+    assert!(
+        msg.contains("server.max_connections_per_client: expected 0 (a quarter of server.max_connections) to server.max_connections (10)"),
         "{msg}"
     );
     let msg = load_err("[pools.io]\nstall_warn_ms = 20\n");
