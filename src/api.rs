@@ -976,24 +976,12 @@ pub fn openapi(dispatcher: &Dispatcher, max_delay_ms: u64, max_timeout_ms: u64) 
 )]
 pub struct ApiDoc;
 
-/// Refuses every request on a connection over its client's share
-/// (`server.max_connections_per_client`, see [`crate::connections`]) with 429, closing it; then
-/// checks the bearer token (when tokens are set) on every path except `/healthz`, `/readyz`
+/// Checks the bearer token (when tokens are set) on every path except `/healthz`, `/readyz`
 /// and the dashboard's own files (the page asks for the token, then sends it with each call).
 pub async fn auth(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    if let Some(open) = req.conn_data::<crate::connections::Open>() {
-        if open.over() {
-            return Err(ApiError::TooManyConnections(format!(
-                "this client holds server.max_connections_per_client ({}) connections already; \
-                 send on those, or close one first",
-                open.share()
-            ))
-            .into());
-        }
-    }
     if let Some(state) = req.app_data::<web::Data<AppState>>() {
         let open = matches!(req.path(), "/healthz" | "/readyz") || crate::ui::is_public(req.path());
         if !state.tokens.is_empty() && !open {

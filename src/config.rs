@@ -397,6 +397,11 @@ pub struct TcpConfig {
     /// Most connections open at once; past it a new one gets one error line and is closed.
     #[serde(default = "default_tcp_connections")]
     pub max_connections: usize,
+    /// Most connections one client address (an IPv6 address by its /64) holds at once; past it
+    /// a new one gets one error line (code 429) and is closed. 0 = a quarter of
+    /// `max_connections` (at least 1).
+    #[serde(default)]
+    pub max_connections_per_client: usize,
     /// A connection with no answer pending that completes no line for this long is closed.
     #[serde(default = "default_tcp_idle")]
     pub idle_timeout_ms: u64,
@@ -424,6 +429,7 @@ impl TcpConfig {
         TcpConfig {
             bind: bind.into(),
             max_connections: default_tcp_connections(),
+            max_connections_per_client: 0,
             idle_timeout_ms: default_tcp_idle(),
             max_pending: default_tcp_pending(),
         }
@@ -794,6 +800,16 @@ impl Config {
                     "expected 1 to 1000000".into(),
                 );
             }
+            if tcp.max_connections_per_client > tcp.max_connections {
+                return err(
+                    "sources.tcp.max_connections_per_client",
+                    format!(
+                        "expected 0 (a quarter of sources.tcp.max_connections) to \
+                         sources.tcp.max_connections ({})",
+                        tcp.max_connections
+                    ),
+                );
+            }
             if !(1..=86_400_000).contains(&tcp.idle_timeout_ms) {
                 return err(
                     "sources.tcp.idle_timeout_ms",
@@ -962,6 +978,10 @@ impl Config {
             max_wait: None,
             tokens: self.server.tokens.clone(),
             max_connections: tcp.max_connections,
+            max_connections_per_client: match tcp.max_connections_per_client {
+                0 => (tcp.max_connections / 4).max(1),
+                n => n,
+            },
             idle_timeout: Duration::from_millis(tcp.idle_timeout_ms),
             max_pending: tcp.max_pending,
         }

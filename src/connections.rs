@@ -5,9 +5,10 @@
 //! head timeout closes them). [`Shares::open`] counts each new connection against its address
 //! (an IPv4 address, an IPv6 /64: [`ClientId::address`]) when actix-web hands it over; the
 //! [`Open`] it returns is kept with the connection and uncounts it when the connection ends. A
-//! connection over its client's share is not counted, and every request on it is answered `429`
-//! with `Connection: close` ([`crate::api::auth`]). Nothing here fails: a connection whose peer
-//! address cannot be read is simply not counted.
+//! connection over its client's share is not counted: [`refuse`] writes it a `429` at once,
+//! before it sends anything, and shuts it down, so actix-web lets it go without waiting for a
+//! request. Nothing here fails: a connection whose peer address cannot be read is not
+//! counted, and a refusal that cannot be written just closes the connection.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -31,20 +32,19 @@ impl Shares {
         })
     }
 
-    /// Counts a connection from `peer`, unless its client holds its share already.
-    pub fn open(self: &Arc<Self>, peer: IpAddr) -> Open {
+    /// Counts a connection from `peer`; `None` when its client holds its share already.
+    pub fn open(self: &Arc<Self>, peer: IpAddr) -> Option<Open> {
         let client = ClientId::address(peer);
         let mut open = self.lock();
-        let n = open.entry(client.clone()).or_insert(0);
-        let over = *n >= self.per_client;
-        if !over {
-            *n += 1;
+        let n = open.get(&client).copied().unwrap_or(0);
+        if n >= self.per_client {
+            return None;
         }
-        Open {
+        open.insert(client.clone(), n + 1);
+        Some(Open {
             shares: self.clone(),
             client,
-            over,
-        }
+        })
     }
 
     /// Most connections one client may hold.
@@ -71,34 +71,39 @@ impl Shares {
 pub struct Open {
     shares: Arc<Shares>,
     client: ClientId,
-    over: bool,
-}
-
-impl Open {
-    /// Whether the connection came when its client held its share already: it is not
-    /// counted, and its requests are refused.
-    pub fn over(&self) -> bool {
-        self.over
-    }
-
-    /// Most connections its client may hold.
-    pub fn share(&self) -> usize {
-        self.shares.per_client
-    }
 }
 
 impl Drop for Open {
     fn drop(&mut self) {
         let mut open = self.shares.lock();
         if let Some(n) = open.get_mut(&self.client) {
-            if !self.over {
-                *n -= 1;
-            }
+            *n -= 1;
             if *n == 0 {
                 open.remove(&self.client);
             }
         }
     }
+}
+
+/// Answers a connection over its client's share with `429` (problem+json, `Retry-After: 1`,
+/// `Connection: close`) before it sends anything, and shuts it down both ways: actix-web then
+/// reads its end at once and drops it. The answer is written without waiting (a new
+/// connection's send buffer is empty); if it cannot be written, the connection is only closed.
+pub fn refuse(stream: &actix_web::rt::net::TcpStream, share: usize) {
+    let problem = crate::problem::ApiError::TooManyConnections(format!(
+        "this client holds server.max_connections_per_client ({share}) connections already; \
+         send on those, or close one first"
+    ))
+    .problem();
+    let body = serde_json::to_string(&problem).unwrap_or_default();
+    let answer = format!(
+        "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/problem+json\r\n\
+         retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let socket = socket2::SockRef::from(stream);
+    let _ = socket.send(answer.as_bytes());
+    let _ = socket.shutdown(std::net::Shutdown::Both);
 }
 
 #[cfg(test)]
@@ -110,19 +115,15 @@ mod tests {
         let shares = Shares::new(2);
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
-        let first = shares.open(a);
-        let second = shares.open(a);
-        let third = shares.open(a);
-        assert!(!first.over() && !second.over());
-        assert!(third.over(), "a third connection is over a share of 2");
-        assert!(!shares.open(b).over(), "another client has its own share");
+        let first = shares.open(a).expect("one of two");
+        let second = shares.open(a).expect("two of two");
+        assert!(shares.open(a).is_none(), "a third is over a share of 2");
+        assert!(shares.open(b).is_some(), "another client has its own share");
         assert_eq!(shares.held(a), 2);
-        drop(third);
-        assert_eq!(shares.held(a), 2, "one over the share was never counted");
         drop(first);
         assert_eq!(shares.held(a), 1);
-        assert!(!shares.open(a).over(), "a freed slot is taken again");
-        drop(second);
+        let again = shares.open(a).expect("a freed place is taken again");
+        drop((second, again));
         assert_eq!(shares.held(a), 0);
         assert!(
             shares.lock().is_empty(),
@@ -133,9 +134,8 @@ mod tests {
     #[test]
     fn an_ipv6_client_is_its_slash_64() {
         let shares = Shares::new(1);
-        let one = shares.open("2001:db8::1".parse().unwrap());
-        assert!(!one.over());
-        assert!(shares.open("2001:db8::ffff:2".parse().unwrap()).over());
-        assert!(!shares.open("2001:db8:0:1::1".parse().unwrap()).over());
+        let _one = shares.open("2001:db8::1".parse().unwrap()).unwrap();
+        assert!(shares.open("2001:db8::ffff:2".parse().unwrap()).is_none());
+        assert!(shares.open("2001:db8:0:1::1".parse().unwrap()).is_some());
     }
 }

@@ -295,11 +295,13 @@ pub async fn run(
     .on_connect({
         let shares = connections::Shares::new(s.client_connection_share());
         move |conn, data| {
-            let peer = conn
-                .downcast_ref::<actix_web::rt::net::TcpStream>()
-                .and_then(|c| c.peer_addr().ok());
-            if let Some(peer) = peer {
-                data.insert(shares.open(peer.ip()));
+            let Some(stream) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() else {
+                return;
+            };
+            let Ok(peer) = stream.peer_addr() else { return };
+            match shares.open(peer.ip()) {
+                Some(open) => drop(data.insert(open)),
+                None => connections::refuse(stream, shares.per_client()),
             }
         }
     })

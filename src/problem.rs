@@ -57,7 +57,7 @@ pub enum ApiError {
     #[error("{0}")]
     TooManyRequests(String),
     /// 429, and the connection is closed: the client holds its share of the connections
-    /// (`server.max_connections_per_client`).
+    /// (`server.max_connections_per_client`; written by [`crate::connections::refuse`]).
     #[error("{0}")]
     TooManyConnections(String),
     /// 503: a full or degraded route, or the server is draining.

@@ -274,7 +274,8 @@ fn tcp_connections_are_capped_and_idle_ones_closed() {
     let _heavy = crate::common::heavy();
     // Before: 1,000 connections each holding an unfinished 1 MB line held 1.14 GB forever.
     let s = serve(
-        "[sources.tcp]\nbind = \"127.0.0.1:0\"\nmax_connections = 64\nidle_timeout_ms = 3000\n",
+        "[sources.tcp]\nbind = \"127.0.0.1:0\"\nmax_connections = 64\n\
+         max_connections_per_client = 64\nidle_timeout_ms = 3000\n",
     );
     let tcp = s.tcp.clone().unwrap();
     let idle = rss_mb(s.child.id());

@@ -34,12 +34,13 @@ fn the_shipped_config_toml_parses_and_means_what_it_says() {
         ["echo", "fetch", "hash", "primes", "sleep"],
         "every built-in but chaos"
     );
-    assert_eq!(c.sources.tcp.unwrap().bind, "127.0.0.1:7070");
+    assert_eq!(c.sources.tcp.as_ref().unwrap().bind, "127.0.0.1:7070");
     assert!(c.schedule.is_empty());
     // One client may hold a sixteenth of the bodies being read: 16 MiB of 256.
     assert_eq!(c.server.client_body_share(), 16 << 20);
-    // And a quarter of the connections.
+    // And a quarter of the connections, HTTP and TCP.
     assert_eq!(c.server.client_connection_share(), 2_500);
+    assert_eq!(c.tcp_settings().max_connections_per_client, 64);
 }
 
 #[test]
@@ -126,6 +127,13 @@ fn unknown_keys_and_bad_values_name_the_file_the_key_and_the_expectation() {
     let msg = load_err("[server]\nmax_connections = 10\nmax_connections_per_client = 11\n");
     assert!(
         msg.contains("server.max_connections_per_client: expected 0 (a quarter of server.max_connections) to server.max_connections (10)"),
+        "{msg}"
+    );
+    let msg = load_err(
+        "[sources.tcp]\nbind = \"127.0.0.1:0\"\nmax_connections = 8\nmax_connections_per_client = 9\n",
+    );
+    assert!(
+        msg.contains("sources.tcp.max_connections_per_client: expected 0 (a quarter of sources.tcp.max_connections) to sources.tcp.max_connections (8)"),
         "{msg}"
     );
     let msg = load_err("[pools.io]\nstall_warn_ms = 20\n");

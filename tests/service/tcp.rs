@@ -200,3 +200,64 @@ async fn tcp_needs_the_servers_token_and_answers_with_the_outcome_past_max_wait(
     );
     s.stop().await;
 }
+
+#[actix_rt::test]
+async fn one_tcp_client_cannot_hold_every_connection() {
+    let mut c = config();
+    c.sources.tcp = Some(TcpConfig {
+        max_connections: 10,
+        max_connections_per_client: 2,
+        ..TcpConfig::on("127.0.0.1:0")
+    });
+    let s = start(c).await;
+    let addr = s.tcp.unwrap();
+    // A connection answered once: the source holds it (and has counted it).
+    let answered = async || {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (read, mut write) = stream.into_split();
+        let mut lines = BufReader::new(read).lines();
+        write
+            .write_all(b"{\"kind\":\"echo\",\"payload\":1,\"ref\":1}\n")
+            .await
+            .unwrap();
+        let line = next_line(&mut lines).await;
+        (lines, write, line)
+    };
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let (lines, write, line) = answered().await;
+        let v: Value = serde_json::from_str(&line.unwrap()).unwrap();
+        assert_eq!(
+            (v["status"].as_str(), v["ref"].as_i64()),
+            (Some("completed"), Some(1))
+        );
+        held.push((lines, write));
+    }
+    // A third from the same address: one line saying why, then closed.
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (read, write) = stream.into_split();
+    let answers = exchange(read, write, "").await;
+    assert_eq!(
+        answers,
+        vec![json!({"ref": null, "status": "rejected", "code": 429,
+            "error": {"class": "client_share",
+                      "message": "too many connections from this client \
+                                  (sources.tcp.max_connections_per_client = 2); close one first"}})]
+    );
+    // Once one of the two closes, its place is given back.
+    drop(held.pop());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, _, line) = answered().await;
+        let v: Value = serde_json::from_str(&line.unwrap()).unwrap();
+        if v["status"] == "completed" {
+            break;
+        }
+        assert_eq!(v["code"], 429, "{v}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the place was never given back"
+        );
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+}

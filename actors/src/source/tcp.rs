@@ -14,13 +14,16 @@
 //!
 //! Bounds (see [`TcpSettings`]): at most `max_connections` connections (one more gets a single
 //! error line, code 503, and is closed: at most [`MAX_REFUSING`] such goodbyes at once, each
-//! within a second, and past them a connection is closed with no line); at most `max_pending` lines of a connection read and not
+//! within a second, and past them a connection is closed with no line), of which one client
+//! address (an IPv6 address by its /64) holds at most `max_connections_per_client` (one more
+//! gets the same goodbye with code 429); at most `max_pending` lines of a connection read and not
 //! yet answered — past that the connection is not read until its client reads answers
 //! (backpressure: a client that writes and never reads holds `max_pending` answers, not all of
 //! them); a connection with nothing pending that completes no line within `idle_timeout` is
 //! closed (so is one that holds half a line that long). Accept errors (out of file descriptors)
 //! pause accepting for 100 ms and are logged at most once a second.
 
+use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
@@ -35,7 +38,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use super::{client_id, parse_json, token_accepted, Submission};
 use crate::dispatcher::Dispatcher;
-use crate::envelope::{Outcome, Source};
+use crate::envelope::{ClientId, Outcome, Source};
 use crate::error::Rejected;
 
 /// Limits of the TCP source.
@@ -55,6 +58,9 @@ pub struct TcpSettings {
     pub tokens: Vec<String>,
     /// Most connections open at once (default 256).
     pub max_connections: usize,
+    /// Most connections one client address (an IPv4 address, an IPv6 /64) holds at once
+    /// (default 64), so one client cannot take every connection.
+    pub max_connections_per_client: usize,
     /// A connection with no answer pending that completes no line for this long is closed
     /// (default 60 s).
     pub idle_timeout: Duration,
@@ -70,6 +76,7 @@ impl Default for TcpSettings {
             max_wait: None,
             tokens: Vec::new(),
             max_connections: 256,
+            max_connections_per_client: 64,
             idle_timeout: Duration::from_secs(60),
             max_pending: 64,
         }
@@ -88,6 +95,8 @@ pub struct TcpSource {
     listener: Option<std::net::TcpListener>,
     /// Connections open now.
     open: Arc<AtomicUsize>,
+    /// Connections open now per client address, for those holding any.
+    clients: Clients,
     /// Connections over the limit being refused now (see [`refuse`]).
     refusing: Arc<AtomicUsize>,
     /// When an accept error was last logged, and how many were not logged since.
@@ -108,6 +117,7 @@ impl TcpSource {
             settings: Arc::new(settings),
             listener: Some(listener),
             open: Arc::new(AtomicUsize::new(0)),
+            clients: Clients::default(),
             refusing: Arc::new(AtomicUsize::new(0)),
             last_error_log: None,
             errors_not_logged: 0,
@@ -154,11 +164,25 @@ impl StreamHandler<Accepted> for TcpSource {
         match item.0 {
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);
-                if self.open.load(SeqCst) >= self.settings.max_connections {
-                    refuse(stream, self.settings.max_connections, &self.refusing);
+                let max = self.settings.max_connections;
+                if self.open.load(SeqCst) >= max {
+                    let why = format!(
+                        "too many connections (sources.tcp.max_connections = {max}); try again later"
+                    );
+                    refuse(stream, 503, why, &self.refusing);
                     return;
                 }
-                let slot = OpenSlot::take(&self.open);
+                let client = stream.peer_addr().ok().map(|a| ClientId::address(a.ip()));
+                let Some(slot) = OpenSlot::take(&self.open, &self.clients, client, &self.settings)
+                else {
+                    let why = format!(
+                        "too many connections from this client \
+                         (sources.tcp.max_connections_per_client = {}); close one first",
+                        self.settings.max_connections_per_client
+                    );
+                    refuse(stream, 429, why, &self.refusing);
+                    return;
+                };
                 Connection::start(self.dispatcher.clone(), self.settings.clone(), stream, slot);
             }
             Err(e) => {
@@ -195,21 +219,29 @@ impl Handler<StopAccepting> for TcpSource {
 /// connecting could hold any number of sockets (and the HTTP listener's file descriptors).
 pub const MAX_REFUSING: usize = 64;
 
-/// Answers a connection over `max_connections` with one error line, then closes it; past
-/// [`MAX_REFUSING`] refusals in progress, closes it at once.
-fn refuse(stream: TcpStream, max: usize, refusing: &Arc<AtomicUsize>) {
+/// Answers a connection over `max_connections` (`code` 503) or over its client's share (429)
+/// with one error line saying `why`, then closes it; past [`MAX_REFUSING`] refusals in
+/// progress, closes it at once.
+fn refuse(stream: TcpStream, code: u16, why: String, refusing: &Arc<AtomicUsize>) {
     if refusing.fetch_add(1, SeqCst) >= MAX_REFUSING {
         refusing.fetch_sub(1, SeqCst);
         drop(stream);
         return;
     }
-    let slot = OpenSlot(refusing.clone());
+    let slot = OpenSlot {
+        count: refusing.clone(),
+        client: None,
+    };
     actix_rt::spawn(async move {
         let _slot = slot; // given back however this ends
+        let class = if code == 429 {
+            "client_share"
+        } else {
+            "unavailable"
+        };
         let line = json!({
-            "ref": null, "status": "rejected", "code": 503,
-            "error": {"class": "unavailable",
-                      "message": format!("too many connections (sources.tcp.max_connections = {max}); try again later")},
+            "ref": null, "status": "rejected", "code": code,
+            "error": {"class": class, "message": why},
         });
         let mut stream = stream;
         let write = async {
@@ -225,20 +257,52 @@ fn refuse(stream: TcpStream, max: usize, refusing: &Arc<AtomicUsize>) {
     });
 }
 
-/// One connection counted in the source's `open` (given back once both halves of the
-/// connection, its reader and its writer, have ended) or `refusing` (when its refusal ends).
-struct OpenSlot(Arc<AtomicUsize>);
+/// Connections open per client address.
+type Clients = Arc<parking_lot::Mutex<HashMap<ClientId, usize>>>;
+
+/// One connection counted in the source's `open` and its client's count in `clients` (given
+/// back once both halves of the connection, its reader and its writer, have ended), or in
+/// `refusing` (when its refusal ends).
+struct OpenSlot {
+    count: Arc<AtomicUsize>,
+    client: Option<(Clients, ClientId)>,
+}
 
 impl OpenSlot {
-    fn take(open: &Arc<AtomicUsize>) -> OpenSlot {
+    /// Counts a connection of `client`, unless that client holds its share already.
+    fn take(
+        open: &Arc<AtomicUsize>,
+        clients: &Clients,
+        client: Option<ClientId>,
+        settings: &TcpSettings,
+    ) -> Option<OpenSlot> {
+        if let Some(c) = &client {
+            let mut held = clients.lock();
+            if held.get(c).copied().unwrap_or(0) >= settings.max_connections_per_client {
+                return None;
+            }
+            *held.entry(c.clone()).or_insert(0) += 1;
+        }
         open.fetch_add(1, SeqCst);
-        OpenSlot(open.clone())
+        Some(OpenSlot {
+            count: open.clone(),
+            client: client.map(|c| (clients.clone(), c)),
+        })
     }
 }
 
 impl Drop for OpenSlot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, SeqCst);
+        self.count.fetch_sub(1, SeqCst);
+        if let Some((clients, client)) = &self.client {
+            let mut held = clients.lock();
+            if let Some(n) = held.get_mut(client) {
+                *n -= 1;
+                if *n == 0 {
+                    held.remove(client);
+                }
+            }
+        }
     }
 }
 
@@ -592,11 +656,13 @@ mod tests {
     async fn a_refusal_says_why_until_too_many_are_in_progress_then_just_closes() {
         let refusing = Arc::new(AtomicUsize::new(0));
         let (server, client) = pair().await;
-        refuse(server, 7, &refusing);
-        let line = String::from_utf8(read_all(client).await).unwrap();
-        assert!(
-            line.contains("too many connections (sources.tcp.max_connections = 7)"),
-            "{line}"
+        refuse(server, 503, "too many connections".into(), &refusing);
+        let line: serde_json::Value =
+            serde_json::from_slice(&read_all(client).await).expect("one JSON line");
+        assert_eq!(
+            line,
+            json!({"ref": null, "status": "rejected", "code": 503,
+                   "error": {"class": "unavailable", "message": "too many connections"}})
         );
         let deadline = Instant::now() + Duration::from_secs(30);
         while refusing.load(SeqCst) != 0 {
@@ -607,7 +673,7 @@ mod tests {
         // and is not counted.
         refusing.store(MAX_REFUSING, SeqCst);
         let (server, client) = pair().await;
-        refuse(server, 7, &refusing);
+        refuse(server, 429, "over its share".into(), &refusing);
         assert_eq!(read_all(client).await, b"");
         assert_eq!(refusing.load(SeqCst), MAX_REFUSING);
     }
