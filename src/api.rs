@@ -7,7 +7,7 @@
 //! documented status and a problem+json body.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -54,6 +54,9 @@ pub struct AppState {
     /// `server.max_buffered_body_bytes` and its share per client: bytes of bodies being read
     /// now, over all workers.
     pub buffered: BodyBudget,
+    /// `server.max_connections_per_client`: the connections each client holds (counted as
+    /// actix-web hands them over, see [`crate::connections`]).
+    pub connections: Arc<crate::connections::Shares>,
     /// `/openapi.json`, made once at start-up by [`openapi`].
     pub openapi: web::Bytes,
 }
@@ -68,9 +71,12 @@ pub struct BodyBudget {
     per_client: usize,
     /// Bytes held per client, for those holding any.
     clients: Mutex<HashMap<ClientId, usize>>,
+    /// Bodies refused: over the server's bound, over a client's share.
+    refused: [AtomicU64; 2],
 }
 
 /// Which bound a chunk did not fit in.
+#[derive(Clone, Copy)]
 enum Short {
     /// `server.max_buffered_body_bytes`: the server's.
     Server,
@@ -86,7 +92,19 @@ impl BodyBudget {
             max,
             per_client,
             clients: Default::default(),
+            refused: Default::default(),
         }
+    }
+
+    /// Bodies refused so far: over `server.max_buffered_body_bytes`, and over a client's
+    /// share of it.
+    pub fn refused(&self) -> (u64, u64) {
+        (self.refused[0].load(Relaxed), self.refused[1].load(Relaxed))
+    }
+
+    fn count(&self, short: Short) -> Short {
+        self.refused[short as usize].fetch_add(1, Relaxed);
+        short
     }
 
     /// Takes `n` more bytes for `held`, if the budget and the client's share have them.
@@ -309,7 +327,11 @@ async fn json_body(
             if body.len() + chunk.len() > state.max_body {
                 return Err(too_large());
             }
-            match state.buffered.take(chunk.len(), &mut held) {
+            match state
+                .buffered
+                .take(chunk.len(), &mut held)
+                .map_err(|s| state.buffered.count(s))
+            {
                 Ok(()) => {}
                 Err(Short::Server) => {
                     return Err(ApiError::Unavailable {
@@ -795,6 +817,12 @@ pub async fn retry_dead_letter(
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format 0.0.4", body = String)))]
 pub async fn metrics_text(state: web::Data<AppState>) -> HttpResponse {
     let mut text = metrics::render(&state.dispatcher.stats());
+    let (budget, body_share) = state.buffered.refused();
+    text.push_str(&metrics::render_http_refusals(
+        state.connections.refused(),
+        body_share,
+        budget,
+    ));
     if let Some(c) = &state.cluster {
         text.push_str(&metrics::render_cluster(&c.stats().await));
     }

@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use mailroom_actors::ClientId;
@@ -21,6 +22,8 @@ use mailroom_actors::ClientId;
 pub struct Shares {
     per_client: usize,
     open: Mutex<HashMap<ClientId, usize>>,
+    /// Connections refused for being over their client's share.
+    refused: AtomicU64,
 }
 
 impl Shares {
@@ -29,6 +32,7 @@ impl Shares {
         Arc::new(Shares {
             per_client,
             open: Mutex::new(HashMap::new()),
+            refused: AtomicU64::new(0),
         })
     }
 
@@ -38,6 +42,7 @@ impl Shares {
         let mut open = self.lock();
         let n = open.get(&client).copied().unwrap_or(0);
         if n >= self.per_client {
+            self.refused.fetch_add(1, Relaxed);
             return None;
         }
         open.insert(client.clone(), n + 1);
@@ -45,6 +50,11 @@ impl Shares {
             shares: self.clone(),
             client,
         })
+    }
+
+    /// Connections refused so far for being over their client's share.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Relaxed)
     }
 
     /// Most connections one client may hold.
@@ -118,6 +128,7 @@ mod tests {
         let first = shares.open(a).expect("one of two");
         let second = shares.open(a).expect("two of two");
         assert!(shares.open(a).is_none(), "a third is over a share of 2");
+        assert_eq!(shares.refused(), 1);
         assert!(shares.open(b).is_some(), "another client has its own share");
         assert_eq!(shares.held(a), 2);
         drop(first);

@@ -251,6 +251,7 @@ pub async fn run(
         None => None,
     };
     let s = &config.server;
+    let shares = connections::Shares::new(s.client_connection_share());
     let state = web::Data::new(AppState {
         dispatcher: dispatcher.clone(),
         cluster: cluster.clone(),
@@ -261,6 +262,7 @@ pub async fn run(
         tokens: s.tokens.clone(),
         body_timeout: Duration::from_millis(s.body_timeout_ms),
         buffered: api::BodyBudget::new(s.max_buffered_body_bytes, s.client_body_share()),
+        connections: shares.clone(),
         openapi: serde_json::to_vec(&api::openapi(
             &dispatcher,
             config.dispatch.max_delay_ms,
@@ -292,17 +294,15 @@ pub async fn run(
             .configure(ui::configure)
             .configure(api::configure)
     })
-    .on_connect({
-        let shares = connections::Shares::new(s.client_connection_share());
-        move |conn, data| {
-            let Some(stream) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() else {
-                return;
-            };
-            let Ok(peer) = stream.peer_addr() else { return };
-            match shares.open(peer.ip()) {
-                Some(open) => drop(data.insert(open)),
-                None => connections::refuse(stream, shares.per_client()),
-            }
+    .on_connect(move |conn, data| {
+        // Counted against its client's share, or refused (see `connections`).
+        let Some(stream) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() else {
+            return;
+        };
+        let Ok(peer) = stream.peer_addr() else { return };
+        match shares.open(peer.ip()) {
+            Some(open) => drop(data.insert(open)),
+            None => connections::refuse(stream, shares.per_client()),
         }
     })
     .workers(workers)

@@ -144,6 +144,32 @@ pub fn render_cluster(c: &ClusterStats) -> String {
     out
 }
 
+/// The HTTP edge's refusals (see [`crate::connections`] and `api::BodyBudget`) as Prometheus
+/// text.
+pub fn render_http_refusals(connection_share: u64, body_share: u64, body_budget: u64) -> String {
+    let mut out = String::new();
+    header(
+        &mut out,
+        "mailroom_http_refused_total",
+        "counter",
+        "What the HTTP edge refused before reading a request whole: connections over their \
+         client's share (server.max_connections_per_client), bodies over their client's share \
+         (server.max_buffered_body_bytes_per_client) or over the server's \
+         (server.max_buffered_body_bytes).",
+    );
+    for (reason, n) in [
+        ("connection_share", connection_share),
+        ("body_share", body_share),
+        ("body_budget", body_budget),
+    ] {
+        let _ = writeln!(
+            out,
+            "mailroom_http_refused_total{{reason=\"{reason}\"}} {n}"
+        );
+    }
+    out
+}
+
 /// Renders the snapshot.
 pub fn render(s: &LedgerSnapshot) -> String {
     let mut out = String::with_capacity(4096 + s.kinds.len() * 2048);

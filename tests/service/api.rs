@@ -451,6 +451,7 @@ async fn readyz_fails_when_the_storage_can_write_nothing() {
         tokens: Vec::new(),
         body_timeout: Duration::from_millis(s.body_timeout_ms),
         buffered: mailroom::api::BodyBudget::new(s.max_buffered_body_bytes, s.client_body_share()),
+        connections: mailroom::connections::Shares::new(s.client_connection_share()),
         openapi: web::Bytes::new(),
     });
     let app = actix_web::test::init_service(

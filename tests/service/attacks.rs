@@ -759,6 +759,26 @@ fn one_client_cannot_hold_the_bodies_budget_for_the_others() {
         Duration::from_secs(30),
         || whole("alice").starts_with("HTTP/1.1 202"),
     );
+    // Her refusals are counted (five to nine of her bodies, and any refused while her
+    // connections were closing); none was over the server's bound.
+    let mut c = TcpStream::connect(&addr).unwrap();
+    write!(
+        c,
+        "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\nAuthorization: Bearer bob\r\n\r\n"
+    )
+    .unwrap();
+    let mut metrics = String::new();
+    c.read_to_string(&mut metrics).unwrap();
+    let count = |reason: &str| -> u64 {
+        let prefix = format!("mailroom_http_refused_total{{reason=\"{reason}\"}} ");
+        let line = metrics.lines().find_map(|l| l.strip_prefix(&prefix));
+        line.unwrap_or_else(|| panic!("{prefix} in {metrics}"))
+            .parse()
+            .unwrap()
+    };
+    assert!(count("body_share") >= 5, "{metrics}");
+    assert_eq!(count("body_budget"), 0);
+    assert_eq!(count("connection_share"), 0);
 }
 
 #[test]
@@ -823,14 +843,31 @@ fn one_client_cannot_hold_every_connection() {
     for c in &mut held {
         c.get_mut().write_all(poll.as_bytes()).unwrap();
     }
-    // A fourth connection from the same address: its request is refused and it is closed.
-    let (code, answer) = http(&addr, "GET", "/healthz", None).unwrap();
-    assert_eq!(code, 429, "{answer}");
-    assert!(answer.contains("too-many-connections"), "{answer}");
+    // A fourth connection from the same address is answered before it sends anything, and
+    // closed (read to its end; a reset after the answer is fine).
+    let mut fourth = TcpStream::connect(&addr).unwrap();
+    fourth
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = fourth.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
     assert!(
-        answer.contains("max_connections_per_client (3)"),
+        answer.starts_with("HTTP/1.1 429 Too Many Requests\r\n"),
         "{answer}"
     );
+    for part in [
+        "connection: close\r\n",
+        "retry-after: 1\r\n",
+        "content-type: application/problem+json\r\n",
+        "\"type\":\"urn:mailroom:problem:too-many-connections\"",
+        "\"status\":429",
+        "max_connections_per_client (3)",
+    ] {
+        assert!(answer.contains(part), "{part} in {answer}");
+    }
+    let body = answer.split_once("\r\n\r\n").unwrap().1;
+    serde_json::from_str::<Value>(body).expect("a whole problem+json body");
     // The long-polls were held meanwhile, and end as asked.
     for mut c in held {
         let mut text = String::new();
@@ -839,11 +876,20 @@ fn one_client_cannot_hold_every_connection() {
         assert!(text.contains("\"delayed\""), "{text}");
     }
     // Their slots are given back once they close.
+    let mut refused = 1;
     wait_until(
         "the client's connections to be given back",
         Duration::from_secs(30),
-        || http(&addr, "GET", "/healthz", None).is_ok_and(|(code, _)| code == 200),
+        || {
+            let ok = http(&addr, "GET", "/healthz", None).is_ok_and(|(code, _)| code == 200);
+            refused += usize::from(!ok);
+            ok
+        },
     );
+    // Each refusal is counted.
+    let (_, metrics) = http(&addr, "GET", "/metrics", None).unwrap();
+    let line = format!("mailroom_http_refused_total{{reason=\"connection_share\"}} {refused}\n");
+    assert!(metrics.contains(&line), "{line} in {metrics}");
 }
 
 /// `ListenOverflows` from `/proc/net/netstat`: connections the kernel dropped because a listen
