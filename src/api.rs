@@ -71,7 +71,7 @@ pub struct BodyBudget {
     per_client: usize,
     /// Bytes held per client, for those holding any.
     clients: Mutex<HashMap<ClientId, usize>>,
-    /// Bodies refused: over the server's bound, over a client's share.
+    /// Bodies refused, indexed by [`Short`]: over the server's bound, over a client's share.
     refused: [AtomicU64; 2],
 }
 
@@ -79,9 +79,9 @@ pub struct BodyBudget {
 #[derive(Clone, Copy)]
 enum Short {
     /// `server.max_buffered_body_bytes`: the server's.
-    Server,
+    Server = 0,
     /// `server.max_buffered_body_bytes_per_client`: this client's share.
-    Client,
+    Client = 1,
 }
 
 impl BodyBudget {
@@ -1004,12 +1004,17 @@ pub fn openapi(dispatcher: &Dispatcher, max_delay_ms: u64, max_timeout_ms: u64) 
 )]
 pub struct ApiDoc;
 
-/// Checks the bearer token (when tokens are set) on every path except `/healthz`, `/readyz`
-/// and the dashboard's own files (the page asks for the token, then sends it with each call).
+/// Refuses every request on a connection refused for being over its client's share (one that
+/// came before the refusal shut it down: [`crate::connections`]); then checks the bearer token
+/// (when tokens are set) on every path except `/healthz`, `/readyz` and the dashboard's own
+/// files (the page asks for the token, then sends it with each call).
 pub async fn auth(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    if let Some(refused) = req.conn_data::<crate::connections::Refused>() {
+        return Err(refused.error().into());
+    }
     if let Some(state) = req.app_data::<web::Data<AppState>>() {
         let open = matches!(req.path(), "/healthz" | "/readyz") || crate::ui::is_public(req.path());
         if !state.tokens.is_empty() && !open {

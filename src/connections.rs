@@ -5,10 +5,13 @@
 //! head timeout closes them). [`Shares::open`] counts each new connection against its address
 //! (an IPv4 address, an IPv6 /64: [`ClientId::address`]) when actix-web hands it over; the
 //! [`Open`] it returns is kept with the connection and uncounts it when the connection ends. A
-//! connection over its client's share is not counted: [`refuse`] writes it a `429` at once,
-//! before it sends anything, and shuts it down, so actix-web lets it go without waiting for a
-//! request. Nothing here fails: a connection whose peer address cannot be read is not
-//! counted, and a refusal that cannot be written just closes the connection.
+//! connection over its client's share is not counted: [`refuse`] writes it a `429` as soon as
+//! it is handed over and shuts it down, so actix-web lets it go without waiting for a request,
+//! and marks it [`Refused`], so a request that arrived before the shutdown (already in the
+//! socket's queue) is refused too and never reaches a handler ([`crate::api::auth`]). Nothing
+//! here fails: a connection whose peer address cannot be read is not counted, and a refusal
+//! that cannot be written just closes the connection (a client that writes after the shutdown
+//! may see a reset instead of the answer).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -95,25 +98,42 @@ impl Drop for Open {
     }
 }
 
+/// Marks a connection refused by [`refuse`] (in its connection data): every request on it is
+/// refused.
+#[derive(Debug, Clone, Copy)]
+pub struct Refused {
+    /// The share it was over.
+    pub share: usize,
+}
+
 /// Answers a connection over its client's share with `429` (problem+json, `Retry-After: 1`,
 /// `Connection: close`) before it sends anything, and shuts it down both ways: actix-web then
 /// reads its end at once and drops it. The answer is written without waiting (a new
 /// connection's send buffer is empty); if it cannot be written, the connection is only closed.
-pub fn refuse(stream: &actix_web::rt::net::TcpStream, share: usize) {
-    let problem = crate::problem::ApiError::TooManyConnections(format!(
-        "this client holds server.max_connections_per_client ({share}) connections already; \
-         send on those, or close one first"
-    ))
-    .problem();
+pub fn refuse(stream: &actix_web::rt::net::TcpStream, share: usize) -> Refused {
+    let problem = Refused { share }.error().problem();
     let body = serde_json::to_string(&problem).unwrap_or_default();
     let answer = format!(
         "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/problem+json\r\n\
          retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     );
+    // A failed write raises no SIGPIPE: Rust programs ignore it.
     let socket = socket2::SockRef::from(stream);
     let _ = socket.send(answer.as_bytes());
     let _ = socket.shutdown(std::net::Shutdown::Both);
+    Refused { share }
+}
+
+impl Refused {
+    /// The error its requests get.
+    pub fn error(self) -> crate::problem::ApiError {
+        crate::problem::ApiError::TooManyConnections(format!(
+            "this client holds server.max_connections_per_client ({}) connections already; \
+             send on those, or close one first",
+            self.share
+        ))
+    }
 }
 
 #[cfg(test)]

@@ -302,7 +302,7 @@ pub async fn run(
         let Ok(peer) = stream.peer_addr() else { return };
         match shares.open(peer.ip()) {
             Some(open) => drop(data.insert(open)),
-            None => connections::refuse(stream, shares.per_client()),
+            None => drop(data.insert(connections::refuse(stream, shares.per_client()))),
         }
     })
     .workers(workers)
