@@ -340,7 +340,8 @@ impl Core {
             _share: share,
             commit: None,
         };
-        let lazy = !wait_durable || (route.begins_early && env.not_before.is_none() && has_waiter);
+        let lazy = !wait_durable
+            || (has_waiter && env.not_before.is_none() && route.purity.of(&env.payload));
         let receipt = self.ledger.durable.then(|| {
             let receipt = self.ledger.write_accepted(
                 &mut env,
@@ -574,7 +575,8 @@ impl Dispatcher {
                 Ok((id, kind))
             }
             Admitted::New(mut env, Some(receipt))
-                if self.core.ledger.routes[env.route].begins_early && env.not_before.is_none() =>
+                if env.not_before.is_none()
+                    && self.core.ledger.routes[env.route].purity.of(&env.payload) =>
             {
                 // A pure processor's message begins now; its worker settles it only once the
                 // record is durable, and takes it back if the record could not be written. The
@@ -1324,7 +1326,7 @@ impl DispatcherBuilder {
                 backoff: rs.backoff,
                 validate: p.validate.clone(),
                 schema: p.schema.clone(),
-                begins_early: p.pure,
+                purity: p.pure.clone(),
                 stats: RouteStats::default(),
                 degraded_until: AtomicU64::new(0),
                 restarts: Default::default(),

@@ -16,6 +16,7 @@ use serde::Serialize;
 use crate::envelope::{ClientId, Kind};
 use crate::metrics::RouteStats;
 use crate::processor::worker::Run;
+use crate::processor::Purity;
 use crate::processor::{Pool, Validator};
 use crate::settings::RestartPolicy;
 use crate::supervision::{RestartDecision, RestartWindow};
@@ -31,9 +32,9 @@ pub(crate) struct Route {
     pub backoff: Duration,
     pub validate: Option<Validator>,
     pub schema: Option<serde_json::Value>,
-    /// A route whose processor is pure: with durable storage, its messages begin before
+    /// Which of the route's messages are pure: with durable storage, those begin before
     /// their `Accepted` record is on disk (see `commit`).
-    pub begins_early: bool,
+    pub purity: Purity,
     pub stats: RouteStats,
     /// Milliseconds since the dispatcher's epoch until which the route rejects new messages.
     pub degraded_until: AtomicU64,

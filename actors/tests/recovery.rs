@@ -458,6 +458,91 @@ fn a_pure_cpu_processor_begins_while_its_record_is_pending_and_is_answered_once_
 }
 
 #[test]
+fn a_message_its_processor_calls_pure_begins_while_its_record_is_pending() {
+    use mailroom_actors::Processor;
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    static BEGAN: AtomicUsize = AtomicUsize::new(0);
+    // Every payload but "write" is pure: the scenario's "kept" and "refused" begin early.
+    early_scenario(
+        &BEGAN,
+        Processor::from_fn("tally", |_job, payload| async move {
+            BEGAN.fetch_add(1, SeqCst);
+            Ok(payload)
+        })
+        .pure_when(|p| p != "write"),
+    );
+}
+
+#[test]
+fn a_message_its_processor_does_not_call_pure_begins_only_once_its_record_is_on_disk() {
+    use mailroom_actors::Processor;
+    static BEGAN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let began = || BEGAN.lock().unwrap().clone();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    in_system(async move || {
+        let storage = Arc::new(Held {
+            journal: open_journal(&path),
+            held: std::sync::Mutex::new(Vec::new()),
+        });
+        let tally = Processor::from_fn("tally", |_job, payload| async move {
+            BEGAN
+                .lock()
+                .unwrap()
+                .push(payload.as_str().unwrap().to_owned());
+            Ok(payload)
+        })
+        .pure_when(|p| p != "write");
+        let d = Dispatcher::builder(Settings::default())
+            .processor(tally)
+            .route("tally", RouteSettings::new("tally"))
+            .storage(storage.clone())
+            .build()
+            .unwrap();
+        let send = |payload: &'static str| {
+            let d = d.clone();
+            actix_rt::spawn(async move { d.send(Message::new("tally", json!(payload))).await })
+        };
+        let until = async |what: &str, ok: &dyn Fn() -> bool| {
+            let end = Instant::now() + Duration::from_secs(10);
+            while !ok() {
+                assert!(Instant::now() < end, "{what}");
+                actix_rt::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        // "write" is not pure: its record is written and held by the test, and it waits.
+        let write = send("write");
+        until("the record of \"write\"", &|| {
+            storage.held.lock().unwrap().len() == 1
+        })
+        .await;
+        // "read", sent after it, is pure: it begins while its own record is held. Had "write"
+        // begun early, it would have begun first (the route's worker takes them in turn).
+        let read = send("read");
+        until("\"read\" to begin", &|| {
+            began().contains(&"read".to_owned())
+        })
+        .await;
+        assert_eq!(began(), ["read"]);
+        let receipts = std::mem::take(&mut *storage.held.lock().unwrap());
+        assert_eq!(receipts.len(), 2);
+        for (written, settle) in receipts {
+            let written = written.durable().await;
+            settle.settle(written);
+        }
+        for (sent, payload) in [(write, "write"), (read, "read")] {
+            let done = sent.await.unwrap().unwrap();
+            assert_eq!(
+                (done.status, done.result.clone()),
+                (Status::Completed, Some(json!(payload)))
+            );
+        }
+        assert_eq!(began(), ["read", "write"]);
+        d.shutdown(Duration::from_secs(1)).await;
+    });
+}
+
+#[test]
 fn a_pure_processor_begins_before_its_record_and_a_record_that_fails_leaves_no_trace() {
     use mailroom_actors::Processor;
     use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};

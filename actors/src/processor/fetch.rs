@@ -11,6 +11,10 @@
 //! explicit.
 //! Redirects are not followed (a redirect could lead to a refused target).
 //!
+//! A `GET` (the default), `HEAD` or `OPTIONS` request is pure ([`Processor::pure_when`]): with
+//! durable storage it begins while its record is being written. Other methods begin once it is
+//! on disk.
+//!
 //! The guard against server-side request forgery: loopback, private, link-local and unspecified
 //! targets are refused unless `allow_hosts` names the host or the address. A literal address is
 //! refused at admission (the payload is invalid); a host name is checked in the client's resolver
@@ -227,6 +231,19 @@ fn check_target(args: &FetchArgs, allow: &AllowList) -> Result<Target, String> {
     Ok(Target { uri, method })
 }
 
+/// Whether a fetch's payload asks for a request HTTP defines as safe (RFC 9110 §9.2.1): `GET`
+/// (the default), `HEAD` or `OPTIONS`. Such a message is pure ([`Processor::pure_when`]): with
+/// durable storage it begins while its record is written, so the fetch overlaps the fsync.
+fn is_safe(payload: &Value) -> bool {
+    match payload.get("method") {
+        None | Some(Value::Null) => true,
+        Some(Value::String(m)) => ["GET", "HEAD", "OPTIONS"]
+            .iter()
+            .any(|safe| m.eq_ignore_ascii_case(safe)),
+        Some(_) => false,
+    }
+}
+
 /// The `fetch` processor, configured by `settings`.
 pub fn fetch(settings: FetchSettings) -> Processor {
     let allow = Arc::new(AllowList::new(&settings.allow_hosts));
@@ -250,6 +267,7 @@ pub fn fetch(settings: FetchSettings) -> Processor {
         }),
         &["url"],
     ))
+    .pure_when(is_safe)
 }
 
 struct Fetch {
@@ -416,6 +434,34 @@ mod tests {
 
     fn args(url: &str) -> FetchArgs {
         parse(&json!({ "url": url })).unwrap()
+    }
+
+    #[test]
+    fn only_requests_http_defines_as_safe_are_pure() {
+        let url = "http://example.com/";
+        for method in [
+            json!(null),
+            json!("GET"),
+            json!("get"),
+            json!("HEAD"),
+            json!("Options"),
+        ] {
+            assert!(is_safe(&json!({"url": url, "method": method})), "{method}");
+        }
+        assert!(is_safe(&json!({ "url": url })));
+        for method in [
+            json!("POST"),
+            json!("put"),
+            json!("DELETE"),
+            json!("PATCH"),
+            json!(1),
+        ] {
+            assert!(!is_safe(&json!({"url": url, "method": method})), "{method}");
+        }
+        let fetch = fetch(FetchSettings::default());
+        assert!(!fetch.is_pure(), "not every fetch is pure");
+        assert!(fetch.pure.of(&json!({ "url": url })));
+        assert!(!fetch.pure.of(&json!({"url": url, "method": "POST"})));
     }
 
     #[test]

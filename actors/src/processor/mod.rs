@@ -206,7 +206,31 @@ pub struct Processor {
     pub(crate) validate: Option<Validator>,
     pub(crate) schema: Option<Value>,
     pub(crate) make: Make,
-    pub(crate) pure: bool,
+    pub(crate) pure: Purity,
+}
+
+/// Which of a processor's messages have no effect outside their result ([`Processor::pure`],
+/// [`Processor::pure_when`]).
+#[derive(Clone, Default)]
+pub(crate) enum Purity {
+    /// None: each begins once its record is on disk.
+    #[default]
+    Never,
+    /// Every one.
+    Always,
+    /// Those whose payload the function accepts.
+    When(Arc<dyn Fn(&Value) -> bool + Send + Sync>),
+}
+
+impl Purity {
+    /// Whether a message with `payload` is pure.
+    pub(crate) fn of(&self, payload: &Value) -> bool {
+        match self {
+            Purity::Never => false,
+            Purity::Always => true,
+            Purity::When(f) => f(payload),
+        }
+    }
 }
 
 impl fmt::Debug for Processor {
@@ -262,7 +286,7 @@ impl Processor {
             validate: None,
             schema: None,
             make: Make::Async(Arc::new(move || Box::new(factory()))),
-            pure: false,
+            pure: Purity::Never,
         }
     }
 
@@ -286,7 +310,7 @@ impl Processor {
             validate: None,
             schema: None,
             make: Make::Cpu(Arc::new(move || Box::new(factory()))),
-            pure: false,
+            pure: Purity::Never,
         }
     }
 
@@ -318,15 +342,30 @@ impl Processor {
     /// ([`Rejected::Storage`](crate::Rejected::Storage)) and what it did is dropped, as if it
     /// had never run. Only messages with no delay begin early. Never declare it of a processor
     /// that sends, writes, fetches or submits anything (a message through [`Job::submitter`] is
-    /// an effect).
+    /// an effect); for one whose effect depends on its payload, see [`Processor::pure_when`].
     pub fn pure(mut self) -> Processor {
-        self.pure = true;
+        self.pure = Purity::Always;
         self
     }
 
-    /// Whether the processor was declared [`pure`](Processor::pure).
+    /// [`Processor::pure`] for the messages whose payload `is_pure` accepts (checked after
+    /// [`Processor::validate`]), for a processor whose effect depends on what it is asked:
+    /// `fetch` declares its `GET`, `HEAD` and `OPTIONS` requests pure, which HTTP defines as
+    /// safe (a client "does not request, and does not expect, any state change" by them, RFC
+    /// 9110 §9.2.1): if such a message is refused because its record could not be written, or
+    /// the server crashed before the record was on disk, the request may have been sent, and
+    /// the client's retry sends it again, as any HTTP client retrying a `GET` does.
+    pub fn pure_when(
+        mut self,
+        is_pure: impl Fn(&Value) -> bool + Send + Sync + 'static,
+    ) -> Processor {
+        self.pure = Purity::When(Arc::new(is_pure));
+        self
+    }
+
+    /// Whether the processor was declared [`pure`](Processor::pure) (for every message).
     pub fn is_pure(&self) -> bool {
-        self.pure
+        matches!(self.pure, Purity::Always)
     }
 
     /// The registered name.
