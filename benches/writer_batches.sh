@@ -22,8 +22,9 @@ MAILROOM_SERVER__BIND=$ADDR MAILROOM_DISPATCH__CAPACITY=100000 MAILROOM_POOLS__I
   MAILROOM_STORAGE__PATH="$DIR/data" RUST_LOG=warn,mailroom_actors=debug \
   "$BIN" serve --config benches/load.toml >"$OUT/writer_batches.log" 2>&1 &
 PID=$!
-trap 'kill $PID 2>/dev/null || true; rm -rf "$DIR"' EXIT
+trap 'kill $PID 2>/dev/null || true; wait $PID 2>/dev/null || true; rm -rf "$DIR"' EXIT
 for _ in $(seq 1 100); do curl -sf "http://$ADDR/healthz" >/dev/null && break; sleep 0.1; done
+kill -0 $PID 2>/dev/null || { echo "the server did not start: $OUT/writer_batches.log" >&2; exit 1; }
 WRITER=$(grep -l '^mailroom-journa' /proc/$PID/task/*/comm | head -1 | xargs dirname | xargs basename)
 strace -T -tt -p "$WRITER" -e trace=fdatasync,write,pwrite64,writev -o "$OUT/writer_batches.strace" 2>/dev/null &
 TRACE=$!
