@@ -1,5 +1,6 @@
 //! The commit of a message that began before its `Accepted` record was on disk (a pure
-//! processor's, see [`Processor::pure`](crate::Processor::pure)): set once, by whoever waits for
+//! message, see [`Processor::pure`](crate::Processor::pure) and
+//! [`Processor::pure_when`](crate::Processor::pure_when)): set once, by whoever waits for
 //! the record's receipt, and read by whoever ends the attempt before it does. Nothing of such a
 //! message is shown (its outcome written, counted or told) until the commit says the record is
 //! durable.

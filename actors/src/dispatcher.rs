@@ -268,6 +268,10 @@ impl Core {
                 reason,
             });
         }
+        // Decided once, before anything is taken or written (the check may be the
+        // application's): a pure message with no delay, whose caller waits for its record,
+        // begins before the record is on disk.
+        let pure = wait_durable && msg.delay.is_none() && route.purity.of(&msg.payload);
         let share = match (&route.shares, &msg.client) {
             (Some(shares), Some(client)) => match shares.take(client) {
                 Some(slot) => Some(slot),
@@ -340,8 +344,7 @@ impl Core {
             _share: share,
             commit: None,
         };
-        let lazy = !wait_durable
-            || (has_waiter && env.not_before.is_none() && route.purity.of(&env.payload));
+        let lazy = !wait_durable || (pure && has_waiter);
         let receipt = self.ledger.durable.then(|| {
             let receipt = self.ledger.write_accepted(
                 &mut env,
@@ -362,7 +365,7 @@ impl Core {
                 }
             }
         });
-        Ok(Admitted::New(env, receipt))
+        Ok(Admitted::New(env, receipt, pure))
     }
 
     pub(crate) fn check(&self, route: &Route, msg: &Message) -> Result<(), String> {
@@ -399,8 +402,9 @@ impl Core {
 }
 
 enum Admitted {
-    /// A new message, with the receipt of its `Accepted` record when storage is durable.
-    New(Envelope, Option<Receipt>),
+    /// A new message, with the receipt of its `Accepted` record when storage is durable, and
+    /// whether it begins before that record is on disk (pure, with no delay).
+    New(Envelope, Option<Receipt>, bool),
     /// An idempotency key that is already known: the earlier message, and its commit (see
     /// [`NewRecord::commit`]).
     Duplicate(MessageId, Kind, Box<Message>, Option<Arc<Commit>>),
@@ -548,7 +552,7 @@ impl Dispatcher {
     fn enqueue(&self, msg: Message, waiter: Option<Waiter>) -> Result<(MessageId, Kind), Rejected> {
         let _admitting = Admitting::enter(&self.core.drain.admitting);
         match self.core.admit(msg, waiter, false)? {
-            Admitted::New(env, receipt) => {
+            Admitted::New(env, receipt, _) => {
                 drop(receipt); // nobody waits: its record rides the next commit
                 let (id, kind) = (env.id, env.kind);
                 self.core.hand_off(env);
@@ -560,7 +564,7 @@ impl Dispatcher {
 
     /// [`Dispatcher::enqueue`] that, with durable storage, hands the message on only once its
     /// record is durable, and refuses it ([`Rejected::Storage`]) when the record cannot be
-    /// written. A [pure](Processor::pure) processor's message is handed on at once; it is
+    /// written. A [pure](Processor::pure_when) message is handed on at once; it is
     /// answered, and its worker settles it, only once the record is durable.
     async fn enqueue_durably(
         &self,
@@ -569,16 +573,13 @@ impl Dispatcher {
     ) -> Result<(MessageId, Kind), Rejected> {
         let _admitting = Admitting::enter(&self.core.drain.admitting);
         match self.core.admit(msg, waiter, true)? {
-            Admitted::New(env, None) => {
+            Admitted::New(env, None, _) => {
                 let (id, kind) = (env.id, env.kind);
                 self.core.hand_off(env);
                 Ok((id, kind))
             }
-            Admitted::New(mut env, Some(receipt))
-                if env.not_before.is_none()
-                    && self.core.ledger.routes[env.route].purity.of(&env.payload) =>
-            {
-                // A pure processor's message begins now; its worker settles it only once the
+            Admitted::New(mut env, Some(receipt), true) => {
+                // A pure message begins now; its worker settles it only once the
                 // record is durable, and takes it back if the record could not be written. The
                 // caller is answered after the record, as on the path below.
                 let (id, kind, route, ticket) = (env.id, env.kind, env.route, env.ticket.clone());
@@ -599,7 +600,7 @@ impl Dispatcher {
                     Err(error) => Err(self.core.ledger.refuse(route, &ticket, refused, error)),
                 }
             }
-            Admitted::New(env, Some(receipt)) => {
+            Admitted::New(env, Some(receipt), false) => {
                 let (id, kind) = (env.id, env.kind);
                 // Held by a guard: if this future is dropped while it waits (a caller that
                 // timed out), the guard still hands the message on or withdraws it.
@@ -805,7 +806,7 @@ impl Dispatcher {
             {
                 // Not waited for: the outcomes are the answer, and a message that ran needs no
                 // promise that it will run.
-                Ok(Admitted::New(env, receipt)) => {
+                Ok(Admitted::New(env, receipt, _)) => {
                     drop(receipt); // nobody waits: its record rides the next commit
                     batch.push(env);
                     if batch.len() == CHUNK {

@@ -319,7 +319,7 @@ pub struct Envelope {
     /// The message's place in its client's share of the route, given back when the envelope
     /// is dropped (the message has ended).
     pub(crate) _share: Option<crate::route::ShareSlot>,
-    /// Set while the message runs ahead of its `Accepted` record (a pure processor's, with
+    /// Set while the message runs ahead of its `Accepted` record (a pure message, with
     /// durable storage): its attempt is settled only once this says the record is durable.
     pub(crate) commit: Option<std::sync::Arc<crate::commit::Commit>>,
 }

@@ -11,9 +11,9 @@
 //! explicit.
 //! Redirects are not followed (a redirect could lead to a refused target).
 //!
-//! A `GET` (the default), `HEAD` or `OPTIONS` request is pure ([`Processor::pure_when`]): with
-//! durable storage it begins while its record is being written. Other methods begin once it is
-//! on disk.
+//! A `GET` (the default), `HEAD` or `OPTIONS` request with no method-override header is pure
+//! ([`Processor::pure_when`]): with durable storage it begins while its record is being
+//! written. Other requests begin once it is on disk.
 //!
 //! The guard against server-side request forgery: loopback, private, link-local and unspecified
 //! targets are refused unless `allow_hosts` names the host or the address. A literal address is
@@ -234,14 +234,29 @@ fn check_target(args: &FetchArgs, allow: &AllowList) -> Result<Target, String> {
 /// Whether a fetch's payload asks for a request HTTP defines as safe (RFC 9110 §9.2.1): `GET`
 /// (the default), `HEAD` or `OPTIONS`. Such a message is pure ([`Processor::pure_when`]): with
 /// durable storage it begins while its record is written, so the fetch overlaps the fsync.
+/// A request carrying a method-override header (which many frameworks obey) is not safe,
+/// whatever its method.
 fn is_safe(payload: &Value) -> bool {
-    match payload.get("method") {
-        None | Some(Value::Null) => true,
-        Some(Value::String(m)) => ["GET", "HEAD", "OPTIONS"]
-            .iter()
-            .any(|safe| m.eq_ignore_ascii_case(safe)),
-        Some(_) => false,
-    }
+    const OVERRIDES: [&str; 3] = [
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+    ];
+    let overridden = payload
+        .get("headers")
+        .and_then(Value::as_object)
+        .is_some_and(|h| {
+            h.keys()
+                .any(|k| OVERRIDES.iter().any(|o| k.trim().eq_ignore_ascii_case(o)))
+        });
+    !overridden
+        && match payload.get("method") {
+            None | Some(Value::Null) => true,
+            Some(Value::String(m)) => ["GET", "HEAD", "OPTIONS"]
+                .iter()
+                .any(|safe| m.eq_ignore_ascii_case(safe)),
+            Some(_) => false,
+        }
 }
 
 /// The `fetch` processor, configured by `settings`.
@@ -449,6 +464,17 @@ mod tests {
             assert!(is_safe(&json!({"url": url, "method": method})), "{method}");
         }
         assert!(is_safe(&json!({ "url": url })));
+        assert!(is_safe(
+            &json!({"url": url, "headers": {"Accept": "text/plain"}})
+        ));
+        for header in [
+            "X-HTTP-Method-Override",
+            "x-http-method",
+            "X-Method-Override",
+        ] {
+            let payload = json!({"url": url, "headers": {header: "DELETE"}});
+            assert!(!is_safe(&payload), "{header}");
+        }
         for method in [
             json!("POST"),
             json!("put"),

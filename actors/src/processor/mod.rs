@@ -348,8 +348,9 @@ impl Processor {
         self
     }
 
-    /// [`Processor::pure`] for the messages whose payload `is_pure` accepts (checked after
-    /// [`Processor::validate`]), for a processor whose effect depends on what it is asked:
+    /// [`Processor::pure`] for the messages whose payload `is_pure` accepts (checked once, at
+    /// admission, after [`Processor::validate`]; it must be cheap, and must not panic), for a
+    /// processor whose effect depends on what it is asked:
     /// `fetch` declares its `GET`, `HEAD` and `OPTIONS` requests pure, which HTTP defines as
     /// safe (a client "does not request, and does not expect, any state change" by them, RFC
     /// 9110 §9.2.1): if such a message is refused because its record could not be written, or
