@@ -283,11 +283,12 @@ pub struct Replayed {
 /// Reads a JSON body: checks the content type and size, reads it within `server.body_timeout_ms`,
 /// parses it strictly (no duplicate keys) and limits nesting. The buffer grows with what arrives,
 /// never to the declared `Content-Length` up front, so a client that declares a large body and
-/// sends a byte holds a byte.
+/// sends a byte holds a byte; what it holds counts against `client`'s share.
 async fn json_body(
     req: &HttpRequest,
     mut payload: web::Payload,
     state: &AppState,
+    client: Option<ClientId>,
 ) -> Result<Value, ApiError> {
     if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or("");
@@ -318,7 +319,7 @@ async fn json_body(
     if declared.is_some_and(|n| n > state.max_body) {
         return Err(too_large());
     }
-    let mut held = state.buffered.hold(client_of(req, state));
+    let mut held = state.buffered.hold(client);
     let read = async {
         let mut body = BytesMut::new();
         while let Some(chunk) = payload.next().await {
@@ -466,7 +467,8 @@ pub async fn submit(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let max_wait = state.wait_for(query.wait_ms)?;
-    let msg = json_body(&req, payload, &state)
+    let client = client_of(&req, &state);
+    let msg = json_body(&req, payload, &state, client.clone())
         .await
         .and_then(|v| submission(v).map_err(ApiError::BadRequest))
         .inspect_err(|e| {
@@ -475,7 +477,7 @@ pub async fn submit(
             }
         })?
         .into_message(Source::Http);
-    let msg = with_client(msg, &req, &state);
+    let msg = with_client(msg, &client);
     if let Some(c) = &state.cluster {
         if query.wait {
             let o = c.send_timeout(msg, max_wait).await?;
@@ -496,14 +498,14 @@ pub async fn submit(
     Ok(accepted(id, status))
 }
 
-/// Names the message's client (its token, or its address), for `routes.KIND.max_per_client`.
+/// Names the message's client (its token, or its address: [`client_of`]), for
+/// `routes.KIND.max_per_client`.
 fn with_client(
     msg: mailroom_actors::Message,
-    req: &HttpRequest,
-    state: &AppState,
+    client: &Option<ClientId>,
 ) -> mailroom_actors::Message {
-    match client_of(req, state) {
-        Some(c) => msg.client(c),
+    match client {
+        Some(c) => msg.client(c.clone()),
         None => msg,
     }
 }
@@ -550,7 +552,8 @@ pub async fn batch(
     query: web::Query<SubmitQuery>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body: BatchRequest = json_body(&req, payload, &state)
+    let client = client_of(&req, &state);
+    let body: BatchRequest = json_body(&req, payload, &state, client.clone())
         .await
         .and_then(|v| {
             serde_json::from_value(v)
@@ -569,14 +572,13 @@ pub async fn batch(
         )));
     }
     let wait = body.wait || query.wait;
-    let req = &req;
-    let state_ref = &state;
+    let client = &client;
     let max = state.wait_for(query.wait_ms)?;
     let d = &state.dispatcher;
     let cluster = state.cluster.as_ref();
     let items = body.messages.into_iter().map(|v| async move {
         let msg = match submission(v) {
-            Ok(s) => with_client(s.into_message(Source::Http), req, state_ref),
+            Ok(s) => with_client(s.into_message(Source::Http), client),
             Err(e) => {
                 d.refused_malformed();
                 return rejected_item(400, "invalid", e);

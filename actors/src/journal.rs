@@ -369,10 +369,12 @@ struct Queue {
 }
 
 impl Queue {
-    fn push(&self, append: Append, urgent: bool) {
+    /// Queues `append`; false (and its ack dropped: the waiter sees the log closed) once the
+    /// writer has stopped.
+    fn push(&self, append: Append, urgent: bool) -> bool {
         let mut w = self.waiting.lock();
         if w.gone {
-            return; // its ack is dropped: the waiter sees the log closed
+            return false;
         }
         w.appends.push(append);
         let wake = if urgent {
@@ -387,6 +389,7 @@ impl Queue {
         if wake {
             self.wake.notify_one();
         }
+        true
     }
 
     /// Has the writer take what waits now, with no barrier of its own.
@@ -406,14 +409,16 @@ impl Queue {
 
     /// The writer stopped (it panicked, or broke: see [`Log::is_stopped`]): what waits, and
     /// whatever comes after, is dropped, so its waiters learn it at once instead of waiting for
-    /// ever.
-    fn writer_gone(&self) {
+    /// ever. What is dropped no longer counts as waiting to be written (taken from `backlog`
+    /// before the waiters learn it).
+    fn writer_gone(&self, backlog: &AtomicU64) {
         self.stopped.store(true, Relaxed);
         let mut w = self.waiting.lock();
         w.gone = true;
         w.closed = true;
         let dropped = std::mem::take(&mut w.appends);
         drop(w);
+        backlog.fetch_sub(unwritten(&dropped), Relaxed);
         drop(dropped);
     }
 
@@ -445,6 +450,11 @@ impl Queue {
         }
         Some(std::mem::take(&mut w.appends))
     }
+}
+
+/// Bytes of `appends`, as [`LogStats::backlog`] counts them.
+fn unwritten(appends: &[Append]) -> u64 {
+    appends.iter().map(|a| a.bytes.len() as u64).sum()
 }
 
 /// An open journal: appends go to a writer thread.
@@ -602,10 +612,12 @@ impl Log {
     }
 
     fn send(&self, append: Append, urgent: bool) {
-        self.stats
-            .backlog
-            .fetch_add(append.bytes.len() as u64, Relaxed);
-        self.queue.push(append, urgent);
+        // Counted before it is queued, so the writer never takes away what is not yet added.
+        let bytes = append.bytes.len() as u64;
+        self.stats.backlog.fetch_add(bytes, Relaxed);
+        if !self.queue.push(append, urgent) {
+            self.stats.backlog.fetch_sub(bytes, Relaxed);
+        }
     }
 
     /// Whether the writer thread has stopped (it panicked, could not cut a failed write back,
@@ -861,13 +873,13 @@ struct Writer {
 impl Writer {
     fn run(mut self, queue: &Queue) {
         /// Tells the queue when the writer stops for good, however it stops.
-        struct Gone<'a>(&'a Queue);
+        struct Gone<'a>(&'a Queue, Arc<LogStats>);
         impl Drop for Gone<'_> {
             fn drop(&mut self) {
-                self.0.writer_gone();
+                self.0.writer_gone(&self.1.backlog);
             }
         }
-        let _gone = Gone(queue);
+        let _gone = Gone(queue, self.stats.clone());
         loop {
             // Written records not yet fsynced are fsynced by the next batch, or after a while:
             // [`SYNC_RETRY`] with `Always` (after an fsync that failed), the interval with
@@ -917,7 +929,10 @@ impl Writer {
                 self.housekeeping();
             }
             if self.broken {
-                // Everything still waiting, and every later append, is refused (`Gone`).
+                // Everything still waiting, and every later append, is refused (`Gone`), these
+                // taken and not written too (their acks dropped with them).
+                let left: Vec<Append> = appends.collect();
+                self.stats.backlog.fetch_sub(unwritten(&left), Relaxed);
                 break;
             }
         }
@@ -1493,6 +1508,8 @@ mod tests {
         // Nothing is written after it: every later append is refused (its ack dropped).
         assert!(block_on(log.append(b"later".to_vec())).is_err());
         assert!(log.is_stopped());
+        // Nothing dropped still counts as waiting to be written.
+        assert_eq!(log.stats().backlog.load(Relaxed), 0);
         drop(log);
         let found = scan_dir(dir.path());
         assert_eq!(found.records, [b"first".to_vec()]);

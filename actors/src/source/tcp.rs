@@ -83,6 +83,29 @@ impl Default for TcpSettings {
     }
 }
 
+impl TcpSettings {
+    /// A limit of zero would refuse everything: an error naming it.
+    fn check(&self) -> io::Result<()> {
+        let limits = [
+            ("max_line_bytes", self.max_line_bytes),
+            ("max_json_depth", self.max_json_depth),
+            ("max_connections", self.max_connections),
+            (
+                "max_connections_per_client",
+                self.max_connections_per_client,
+            ),
+            ("max_pending", self.max_pending),
+        ];
+        match limits.iter().find(|(_, v)| *v == 0) {
+            Some((name, _)) => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("TcpSettings::{name} is 0: every connection or line would be refused"),
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Stops accepting new connections.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -105,12 +128,15 @@ pub struct TcpSource {
 }
 
 impl TcpSource {
-    /// Starts accepting on `listener` (already bound) in the current arbiter.
+    /// Starts accepting on `listener` (already bound) in the current arbiter. Settings that
+    /// would refuse every connection or every line (a limit of zero) are an
+    /// [`io::ErrorKind::InvalidInput`] error naming the setting, and nothing starts.
     pub fn start(
         dispatcher: Dispatcher,
         listener: std::net::TcpListener,
         settings: TcpSettings,
     ) -> io::Result<Addr<TcpSource>> {
+        settings.check()?;
         listener.set_nonblocking(true)?;
         Ok(Actor::start(TcpSource {
             dispatcher,
@@ -650,6 +676,34 @@ mod tests {
         })
         .await
         .unwrap()
+    }
+
+    #[test]
+    fn a_limit_of_zero_is_refused_by_name() {
+        assert!(TcpSettings::default().check().is_ok());
+        let limits = [
+            "max_line_bytes",
+            "max_json_depth",
+            "max_connections",
+            "max_connections_per_client",
+            "max_pending",
+        ];
+        for name in limits {
+            let mut settings = TcpSettings::default();
+            *match name {
+                "max_line_bytes" => &mut settings.max_line_bytes,
+                "max_json_depth" => &mut settings.max_json_depth,
+                "max_connections" => &mut settings.max_connections,
+                "max_connections_per_client" => &mut settings.max_connections_per_client,
+                _ => &mut settings.max_pending,
+            } = 0;
+            let e = settings.check().expect_err(name);
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+            assert_eq!(
+                e.to_string(),
+                format!("TcpSettings::{name} is 0: every connection or line would be refused")
+            );
+        }
     }
 
     #[actix_rt::test]
