@@ -409,8 +409,8 @@ impl Queue {
 
     /// The writer stopped (it panicked, or broke: see [`Log::is_stopped`]): what waits, and
     /// whatever comes after, is dropped, so its waiters learn it at once instead of waiting for
-    /// ever. What is dropped no longer counts as waiting to be written (taken from `backlog`
-    /// before the waiters learn it).
+    /// ever. What it drops from the queue no longer counts as waiting to be written (taken
+    /// from `backlog` before the waiters learn it).
     fn writer_gone(&self, backlog: &AtomicU64) {
         self.stopped.store(true, Relaxed);
         let mut w = self.waiting.lock();

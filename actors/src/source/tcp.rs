@@ -84,22 +84,24 @@ impl Default for TcpSettings {
 }
 
 impl TcpSettings {
-    /// A limit of zero would refuse everything: an error naming it.
+    /// A limit of zero would serve no connection (refused, stalled or closed at once): an
+    /// error naming it.
     fn check(&self) -> io::Result<()> {
-        let limits = [
-            ("max_line_bytes", self.max_line_bytes),
-            ("max_json_depth", self.max_json_depth),
-            ("max_connections", self.max_connections),
+        let zero = [
+            ("max_line_bytes", self.max_line_bytes == 0),
+            ("max_json_depth", self.max_json_depth == 0),
+            ("max_connections", self.max_connections == 0),
             (
                 "max_connections_per_client",
-                self.max_connections_per_client,
+                self.max_connections_per_client == 0,
             ),
-            ("max_pending", self.max_pending),
+            ("max_pending", self.max_pending == 0),
+            ("idle_timeout", self.idle_timeout.is_zero()),
         ];
-        match limits.iter().find(|(_, v)| *v == 0) {
+        match zero.iter().find(|(_, is_zero)| *is_zero) {
             Some((name, _)) => Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("TcpSettings::{name} is 0: every connection or line would be refused"),
+                format!("TcpSettings::{name} is 0: no connection could be served"),
             )),
             None => Ok(()),
         }
@@ -129,8 +131,8 @@ pub struct TcpSource {
 
 impl TcpSource {
     /// Starts accepting on `listener` (already bound) in the current arbiter. Settings that
-    /// would refuse every connection or every line (a limit of zero) are an
-    /// [`io::ErrorKind::InvalidInput`] error naming the setting, and nothing starts.
+    /// would serve no connection (a limit of zero) are an [`io::ErrorKind::InvalidInput`]
+    /// error naming the setting, and nothing starts.
     pub fn start(
         dispatcher: Dispatcher,
         listener: std::net::TcpListener,
@@ -687,21 +689,26 @@ mod tests {
             "max_connections",
             "max_connections_per_client",
             "max_pending",
+            "idle_timeout",
         ];
         for name in limits {
             let mut settings = TcpSettings::default();
-            *match name {
-                "max_line_bytes" => &mut settings.max_line_bytes,
-                "max_json_depth" => &mut settings.max_json_depth,
-                "max_connections" => &mut settings.max_connections,
-                "max_connections_per_client" => &mut settings.max_connections_per_client,
-                _ => &mut settings.max_pending,
-            } = 0;
+            if name == "idle_timeout" {
+                settings.idle_timeout = Duration::ZERO;
+            } else {
+                *match name {
+                    "max_line_bytes" => &mut settings.max_line_bytes,
+                    "max_json_depth" => &mut settings.max_json_depth,
+                    "max_connections" => &mut settings.max_connections,
+                    "max_connections_per_client" => &mut settings.max_connections_per_client,
+                    _ => &mut settings.max_pending,
+                } = 0;
+            }
             let e = settings.check().expect_err(name);
             assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
             assert_eq!(
                 e.to_string(),
-                format!("TcpSettings::{name} is 0: every connection or line would be refused")
+                format!("TcpSettings::{name} is 0: no connection could be served")
             );
         }
     }
