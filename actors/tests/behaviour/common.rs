@@ -16,19 +16,46 @@ use tokio::sync::Semaphore;
 pub const JOURNAL: bool = matches!(env!("CARGO_CRATE_NAME").as_bytes(), b"behaviour_journal");
 
 /// `Dispatcher::builder(settings)`, with a journal in a fresh folder when [`JOURNAL`].
+///
+/// The folder is kept after the test (the dispatcher may outlive the test's scope), so each is
+/// small (4 MiB segments: a segment is allocated ahead to its full size), and the first journal
+/// a run makes removes those that runs at least an hour old left behind; without both, every
+/// run of the suite left about 3 GB of journals in the target folder.
 pub fn builder(settings: Settings) -> DispatcherBuilder {
     let b = Dispatcher::builder(settings);
     if !JOURNAL {
         return b;
     }
+    let tmp = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    static SWEEP: std::sync::Once = std::sync::Once::new();
+    SWEEP.call_once(|| remove_old_journals(tmp, Duration::from_secs(3600)));
     let dir = tempfile::Builder::new()
         .prefix("journal-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .tempdir_in(tmp)
         .unwrap()
         .keep();
-    b.storage(Arc::new(
-        Journal::open(dir, JournalSettings::default()).unwrap(),
-    ))
+    let journal = JournalSettings {
+        segment_bytes: 4 << 20,
+        ..JournalSettings::default()
+    };
+    b.storage(Arc::new(Journal::open(dir, journal).unwrap()))
+}
+
+/// Removes the `journal-*` folders in `tmp` last changed more than `age` ago (left by earlier
+/// runs: no run of the suite lasts that long). Best effort: what cannot be read or removed stays.
+fn remove_old_journals(tmp: &std::path::Path, age: Duration) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|e| e > age));
+        if old && entry.file_name().to_string_lossy().starts_with("journal-") {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// Settings for tests: small pools, quick restarts.
