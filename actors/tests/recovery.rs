@@ -427,19 +427,19 @@ fn early_scenario(
     });
 }
 
+/// The `tally` processor of [`early_scenario`]: answers its payload, counting each start in
+/// `began`.
+fn counting_tally(began: &'static std::sync::atomic::AtomicUsize) -> mailroom_actors::Processor {
+    mailroom_actors::Processor::from_fn("tally", move |_job, payload| async move {
+        began.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(payload)
+    })
+}
+
 #[test]
 fn a_pure_processor_begins_while_its_record_is_pending_and_is_answered_once_it_is_settled() {
-    use mailroom_actors::Processor;
-    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-    static BEGAN: AtomicUsize = AtomicUsize::new(0);
-    early_scenario(
-        &BEGAN,
-        Processor::from_fn("tally", |_job, payload| async move {
-            BEGAN.fetch_add(1, SeqCst);
-            Ok(payload)
-        })
-        .pure(),
-    );
+    static BEGAN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    early_scenario(&BEGAN, counting_tally(&BEGAN).pure());
 }
 
 #[test]
@@ -459,18 +459,9 @@ fn a_pure_cpu_processor_begins_while_its_record_is_pending_and_is_answered_once_
 
 #[test]
 fn a_message_its_processor_calls_pure_begins_while_its_record_is_pending() {
-    use mailroom_actors::Processor;
-    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-    static BEGAN: AtomicUsize = AtomicUsize::new(0);
+    static BEGAN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     // Every payload but "write" is pure: the scenario's "kept" and "refused" begin early.
-    early_scenario(
-        &BEGAN,
-        Processor::from_fn("tally", |_job, payload| async move {
-            BEGAN.fetch_add(1, SeqCst);
-            Ok(payload)
-        })
-        .pure_when(|p| p != "write"),
-    );
+    early_scenario(&BEGAN, counting_tally(&BEGAN).pure_when(|p| p != "write"));
 }
 
 #[test]
