@@ -148,10 +148,7 @@ fn an_accept_abandoned_while_its_record_is_written_still_runs() {
     in_system(async move || {
         // Its record is held (not durable) until the test settles it, so the caller gives up
         // while it waits for the disk however fast the disk is.
-        let storage = Arc::new(Held {
-            journal: open_journal(&path),
-            held: std::sync::Mutex::new(Vec::new()),
-        });
+        let storage = held_journal(&path);
         let d = Dispatcher::builder(Settings::default())
             .builtin_routes()
             .processor(mailroom_actors::Processor::from_fn(
@@ -297,6 +294,33 @@ impl mailroom_actors::Storage for Flaky {
     }
 }
 
+/// Waits until `ok` holds; fails the test, naming `what`, if it does not within 10 s.
+async fn until(what: &str, ok: &dyn Fn() -> bool) {
+    let end = Instant::now() + Duration::from_secs(10);
+    while !ok() {
+        assert!(Instant::now() < end, "{what}");
+        actix_rt::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// A dispatcher with one route, `tally`, run by `tally`, over `storage`.
+fn tally_dispatcher(tally: mailroom_actors::Processor, storage: Arc<Held>) -> Dispatcher {
+    Dispatcher::builder(Settings::default())
+        .processor(tally)
+        .route("tally", RouteSettings::new("tally"))
+        .storage(storage)
+        .build()
+        .unwrap()
+}
+
+/// A [`Held`] storage over a journal opened in `path`.
+fn held_journal(path: &std::path::Path) -> Arc<Held> {
+    Arc::new(Held {
+        journal: open_journal(path),
+        held: std::sync::Mutex::new(Vec::new()),
+    })
+}
+
 /// A journal whose `Accepted` records are held: written, but their receipts left pending
 /// ([`Receipt::pending`](mailroom_actors::storage::Receipt::pending)) until the test settles
 /// them, as a storage that learns of durability later does. (A record the test reports as
@@ -353,23 +377,8 @@ fn early_scenario(
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_owned();
     in_system(async move || {
-        let storage = Arc::new(Held {
-            journal: open_journal(&path),
-            held: std::sync::Mutex::new(Vec::new()),
-        });
-        let d = Dispatcher::builder(Settings::default())
-            .processor(tally)
-            .route("tally", RouteSettings::new("tally"))
-            .storage(storage.clone())
-            .build()
-            .unwrap();
-        let until = async |what: &str, ok: &dyn Fn() -> bool| {
-            let end = Instant::now() + Duration::from_secs(10);
-            while !ok() {
-                assert!(Instant::now() < end, "{what}");
-                actix_rt::time::sleep(Duration::from_millis(1)).await;
-            }
-        };
+        let storage = held_journal(&path);
+        let d = tally_dispatcher(tally, storage.clone());
         let held = || std::mem::take(&mut *storage.held.lock().unwrap());
         for (n, (payload, fails)) in [("kept", false), ("refused", true)].into_iter().enumerate() {
             let sent = actix_rt::spawn({
@@ -472,10 +481,7 @@ fn a_message_its_processor_does_not_call_pure_begins_only_once_its_record_is_on_
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_owned();
     in_system(async move || {
-        let storage = Arc::new(Held {
-            journal: open_journal(&path),
-            held: std::sync::Mutex::new(Vec::new()),
-        });
+        let storage = held_journal(&path);
         let tally = Processor::from_fn("tally", |_job, payload| async move {
             BEGAN
                 .lock()
@@ -484,22 +490,10 @@ fn a_message_its_processor_does_not_call_pure_begins_only_once_its_record_is_on_
             Ok(payload)
         })
         .pure_when(|p| p != "write");
-        let d = Dispatcher::builder(Settings::default())
-            .processor(tally)
-            .route("tally", RouteSettings::new("tally"))
-            .storage(storage.clone())
-            .build()
-            .unwrap();
+        let d = tally_dispatcher(tally, storage.clone());
         let send = |payload: &'static str| {
             let d = d.clone();
             actix_rt::spawn(async move { d.send(Message::new("tally", json!(payload))).await })
-        };
-        let until = async |what: &str, ok: &dyn Fn() -> bool| {
-            let end = Instant::now() + Duration::from_secs(10);
-            while !ok() {
-                assert!(Instant::now() < end, "{what}");
-                actix_rt::time::sleep(Duration::from_millis(1)).await;
-            }
         };
         // "write" is not pure: its record is written and held by the test, and it waits.
         let write = send("write");
