@@ -18,6 +18,7 @@
 //! A commit whose setter is dropped before its receipt is settled is set by a task that waits
 //! for the receipt (or, failing that, a thread; failing both, to [`StorageError::Closed`]).
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
@@ -29,7 +30,17 @@ use crate::storage::{Step, StorageError};
 pub(crate) struct Commit {
     state: Mutex<State>,
     notify: Notify,
+    /// The result's kind, readable without the lock ([`UNKNOWN`], [`DURABLE`] or [`FAILED`]):
+    /// a message's attempt asks several times, and by then it is nearly always known durable.
+    known: AtomicU8,
 }
+
+/// [`Commit::known`]: not set yet.
+const UNKNOWN: u8 = 0;
+/// [`Commit::known`]: set to `Ok`.
+const DURABLE: u8 = 1;
+/// [`Commit::known`]: set to an error (the error itself is in the state).
+const FAILED: u8 = 2;
 
 #[derive(Default)]
 struct State {
@@ -68,6 +79,8 @@ impl Commit {
             return;
         }
         state.result = Some(result.clone());
+        let known = if result.is_ok() { DURABLE } else { FAILED };
+        self.known.store(known, Ordering::Release);
         state.running = true;
         loop {
             let steps = std::mem::take(&mut state.steps);
@@ -87,7 +100,16 @@ impl Commit {
 
     /// The result, if it is known.
     pub(crate) fn get(&self) -> Option<Result<(), StorageError>> {
-        self.lock().result.clone()
+        match self.known.load(Ordering::Acquire) {
+            UNKNOWN => None,
+            DURABLE => Some(Ok(())),
+            _ => self.lock().result.clone(),
+        }
+    }
+
+    /// Whether the result is not known yet.
+    pub(crate) fn is_pending(&self) -> bool {
+        self.known.load(Ordering::Acquire) == UNKNOWN
     }
 
     /// Waits (async) until the result is known.
@@ -180,7 +202,7 @@ mod tests {
     #[actix_rt::test]
     async fn a_commit_wakes_its_waiters_once_set_and_keeps_its_first_result() {
         let commit = Commit::new();
-        assert!(commit.get().is_none());
+        assert!(commit.get().is_none() && commit.is_pending());
         let waiting = {
             let c = commit.clone();
             actix_rt::spawn(async move { c.settled().await })
@@ -189,6 +211,11 @@ mod tests {
         commit.set(Ok(()));
         waiting.await.unwrap();
         assert!(matches!(commit.get(), Some(Err(StorageError::Closed))));
+        assert!(!commit.is_pending());
+        let durable = Commit::new();
+        durable.set(Ok(()));
+        durable.set(Err(StorageError::Closed));
+        assert!(matches!(durable.get(), Some(Ok(()))) && !durable.is_pending());
     }
 
     #[test]

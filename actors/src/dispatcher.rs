@@ -627,7 +627,7 @@ impl Dispatcher {
                     // written since.
                     let durable = match first {
                         Some(commit) => {
-                            if commit.get().is_none() {
+                            if commit.is_pending() {
                                 // Its record may be held to share a commit: not now.
                                 self.core.ledger.hurry();
                             }

@@ -447,9 +447,9 @@ impl Worker {
                 // spawned, so a retry or a restart counts it.
                 let started = |env: &Envelope| station.ledger.write_started(env.id, env.attempt);
                 // A message that began before its record was durable has its `Started` record
-                // written, and is settled, only once the record is durable (in its task,
-                // below). One whose record has failed already is not run: settling it takes it
-                // back, and nothing of it is written.
+                // written, and is settled, only once the record is durable (steps on its
+                // commit, below and in `settle`). One whose record has failed already is not
+                // run: settling it takes it back, and nothing of it is written.
                 let commit = match standing(&env.commit) {
                     Standing::Failed => return Some((env, JobResult::Abandoned)),
                     Standing::Pending(c) => Some(c.clone()),
@@ -492,40 +492,33 @@ impl Worker {
                     env: Some(env),
                     rescue: rescue.clone(),
                 };
-                // Its record may be held to share a commit while the attempt runs (see
-                // `Ledger::write_accepted`); an attempt that ends first hurries it.
-                let hurry = commit.clone().map(|c| (c, station.clone()));
-                let committed = commit.map(|commit| {
-                    let station = station.clone();
+                // Its `Started` record follows the commit, by whoever sets it (before any
+                // settlement: steps run in the order they were added). Its record may be held
+                // to share a commit while the attempt runs (see `Ledger::write_accepted`); an
+                // attempt that ends first hurries it.
+                let hurry = commit.map(|commit| {
                     let env = attempt.env.as_ref().expect("set above");
-                    let (id, attempt) = (env.id, env.attempt);
-                    async move {
-                        commit.settled().await;
-                        if let Some(Ok(())) = commit.get() {
-                            station.ledger.write_started(id, attempt);
+                    let (id, attempt, ledger) = (env.id, env.attempt, station.ledger.clone());
+                    commit.then(move |committed| {
+                        if committed.is_ok() {
+                            ledger.write_started(id, attempt);
                         }
-                    }
+                    });
+                    (commit, station.clone())
                 });
                 actix_rt::spawn(async move {
-                    let run = async move {
-                        let result = match timeout {
-                            Some(t) => match actix_rt::time::timeout(t, fut).await {
-                                Ok(r) => caught(r),
-                                Err(_) => JobResult::TimedOut(t),
-                            },
-                            None => caught(fut.await),
-                        };
-                        if let Some((commit, station)) = hurry {
-                            if commit.get().is_none() {
-                                station.ledger.hurry();
-                            }
+                    let result = match timeout {
+                        Some(t) => match actix_rt::time::timeout(t, fut).await {
+                            Ok(r) => caught(r),
+                            Err(_) => JobResult::TimedOut(t),
+                        },
+                        None => caught(fut.await),
+                    };
+                    if let Some((commit, station)) = hurry {
+                        if commit.is_pending() {
+                            station.ledger.hurry();
                         }
-                        result
-                    };
-                    let result = match committed {
-                        Some(committed) => futures_util::future::join(run, committed).await.0,
-                        None => run.await,
-                    };
+                    }
                     addr.do_send(JobDone {
                         env: attempt.env.take(),
                         result: Some(result),
@@ -662,7 +655,7 @@ pub(crate) fn settle(
         // not, and it settles when the commit is set). A record that was never written means
         // the message was refused: it leaves no trace.
         Some(commit) => {
-            if commit.get().is_none() {
+            if commit.is_pending() {
                 station.ledger.hurry(); // its record may be held to share a commit: not now
             }
             let station = station.clone();
