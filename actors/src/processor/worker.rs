@@ -488,25 +488,26 @@ impl Worker {
                 let fut = AssertUnwindSafe(fut).catch_unwind();
                 let addr = ctx.address();
                 let rescue = self.attached.then(|| station.clone());
+                let (id, number) = (env.id, env.attempt);
                 let mut attempt = Attempt {
                     env: Some(env),
                     rescue: rescue.clone(),
                 };
-                // Its `Started` record follows the commit, by whoever sets it (before any
-                // settlement: steps run in the order they were added). Its record may be held
+                // Its `Started` record follows the commit, written by whoever sets it, as a step
+                // added when the task begins (an attempt never begun writes none), so before its
+                // settlement's (steps run in the order they were added). Its record may be held
                 // to share a commit while the attempt runs (see `Ledger::write_accepted`); an
                 // attempt that ends first hurries it.
-                let hurry = commit.map(|commit| {
-                    let env = attempt.env.as_ref().expect("set above");
-                    let (id, attempt, ledger) = (env.id, env.attempt, station.ledger.clone());
-                    commit.then(move |committed| {
-                        if committed.is_ok() {
-                            ledger.write_started(id, attempt);
-                        }
-                    });
-                    (commit, station.clone())
-                });
+                let hurry = commit.map(|commit| (commit, station.clone()));
                 actix_rt::spawn(async move {
+                    if let Some((commit, station)) = &hurry {
+                        let ledger = station.ledger.clone();
+                        commit.then(move |committed| {
+                            if committed.is_ok() {
+                                ledger.write_started(id, number);
+                            }
+                        });
+                    }
                     let result = match timeout {
                         Some(t) => match actix_rt::time::timeout(t, fut).await {
                             Ok(r) => caught(r),
@@ -633,8 +634,10 @@ impl Worker {
 }
 
 /// Settles an attempt: records the outcome, or sends the message to a retry or the dead
-/// letters. Runs on the worker's thread or on the CPU pool thread that ran the job. After a
-/// panic, returns the restart decision (the restart is already counted against the budget).
+/// letters. Runs on the worker's thread or on the CPU pool thread that ran the job; for a
+/// message that began before its record was durable and ended first, on the thread that learns
+/// the record's fate (see [`crate::commit`]). After a panic, returns the restart decision (the
+/// restart is already counted against the budget).
 pub(crate) fn settle(
     station: &Arc<Station>,
     mut env: Envelope,
@@ -650,10 +653,9 @@ pub(crate) fn settle(
     });
     match env.commit.take() {
         None => settle_committed(station, env, result),
-        // Settled once the record is known durable (at once on the usual path, which waited
-        // for it; a processor that panicked building its future or a thread that stopped did
-        // not, and it settles when the commit is set). A record that was never written means
-        // the message was refused: it leaves no trace.
+        // Settled once the record is known durable: at once when it is (the usual case), else
+        // when the commit is set, after the attempt's `Started` step. A record that was never
+        // written means the message was refused: it leaves no trace.
         Some(commit) => {
             if commit.is_pending() {
                 station.ledger.hurry(); // its record may be held to share a commit: not now
