@@ -509,6 +509,60 @@ fn a_node_refuses_retries_that_outlive_their_count_and_runs_deep_payloads() {
 }
 
 #[test]
+fn a_replayed_dead_letter_leaves_its_place_to_the_others() {
+    let _heavy = crate::common::heavy();
+    let Some(nats) = Nats::start() else { return };
+    let a = node_with(
+        &nats,
+        &cluster_name("room"),
+        "node-a",
+        "[dispatch]\nmax_dead_letters = 3\n",
+    );
+    let die = || {
+        let body = json!({"kind": "chaos", "payload": {"mode": "error"}});
+        let (code, _, v) = request(&a.addr, "POST", "/v1/messages?wait=true", Some(&body));
+        assert_eq!((code, &v["status"]), (200, &json!("dead")), "{v}");
+        v["id"].as_str().unwrap().to_owned()
+    };
+    let letters: Vec<String> = (0..3).map(|_| die()).collect();
+    let listed = || -> Vec<String> {
+        let v = get(&a, "/v1/dead-letters");
+        let mut ids: Vec<String> = v["dead_letters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["id"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(listed(), letters, "the bucket holds three");
+    // The first is replayed; its replay dies too, and is filed as a letter of its own.
+    let (code, _, r) = request(
+        &a.addr,
+        "POST",
+        &format!("/v1/dead-letters/{}/retry", letters[0]),
+        None,
+    );
+    assert_eq!(code, 202, "{r}");
+    let replay = r["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        terminal(&a, &replay, Duration::from_secs(30))["status"],
+        "dead"
+    );
+    // Three letters again, within `max_dead_letters`: the replayed one's delete leaves nothing
+    // that counts, so none of the others was pushed out to make room.
+    let mut want = vec![letters[1].clone(), letters[2].clone(), replay];
+    want.sort();
+    let end = Instant::now() + Duration::from_secs(30);
+    while listed() != want && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(listed(), want);
+    assert_eq!(get(&a, "/v1/overview")["dead_letters"], 3);
+}
+
+#[test]
 fn any_node_reads_cancels_replays_and_dedupes_what_another_accepted() {
     let _heavy = crate::common::heavy();
     let Some(nats) = Nats::start() else { return };

@@ -887,6 +887,13 @@ impl Cluster {
         {
             Ok(()) => {
                 tracing::info!(id = %new, replay_of = %dl.id, kind = %dl.kind, "dead letter replayed");
+                // The delete leaves a marker in the bucket's stream, which counts toward
+                // `max_dead_letters`: once the bucket is full it would push the oldest letter
+                // out. Removed now; if that fails, it stays (and is logged).
+                let marker = format!("{}{key}", self.0.dead.prefix);
+                if let Err(e) = self.0.dead.stream.purge().filter(marker).await {
+                    tracing::warn!(id = %dl.id, error = %e, "cluster: the replayed dead letter's delete marker stays, and counts toward max_dead_letters");
+                }
                 Ok(Ok(new))
             }
             // Replayed by another node at the same moment, as this same message.
@@ -960,12 +967,14 @@ impl Cluster {
                     .collect(),
             })
             .collect();
+        // Asked of the server each time (the bucket's `status()` answers with the figures of
+        // when this node opened it).
         let dead_letters = match connected {
-            true => actix_rt::time::timeout(Duration::from_secs(2), inner.dead.status())
+            true => actix_rt::time::timeout(Duration::from_secs(2), inner.dead.stream.get_info())
                 .await
                 .ok()
                 .and_then(Result::ok)
-                .map(|s| s.values()),
+                .map(|info| info.state.messages),
             false => None,
         };
         ClusterStats {
