@@ -887,13 +887,6 @@ impl Cluster {
         {
             Ok(()) => {
                 tracing::info!(id = %new, replay_of = %dl.id, kind = %dl.kind, "dead letter replayed");
-                // The delete leaves a marker in the bucket's stream, which counts toward
-                // `max_dead_letters`: once the bucket is full it would push the oldest letter
-                // out. Removed now; if that fails, it stays (and is logged).
-                let marker = format!("{}{key}", self.0.dead.prefix);
-                if let Err(e) = self.0.dead.stream.purge().filter(marker).await {
-                    tracing::warn!(id = %dl.id, error = %e, "cluster: the replayed dead letter's delete marker stays, and counts toward max_dead_letters");
-                }
                 Ok(Ok(new))
             }
             // Replayed by another node at the same moment, as this same message.
