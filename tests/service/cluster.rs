@@ -525,19 +525,18 @@ fn the_dead_letter_figure_counts_the_letters_filed_since_the_node_started() {
         .collect();
     letters.sort();
     // A letter is filed just after its message's entry says dead: waited for, with a deadline.
-    let end = Instant::now() + Duration::from_secs(30);
-    while dead_letter_ids(&a) != letters && Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(dead_letter_ids(&a), letters);
+    wait_until(
+        &format!("the dead letters {letters:?}"),
+        Duration::from_secs(30),
+        || dead_letter_ids(&a) == letters,
+    );
     // The overview's figure is the bucket's now (read at most once a second), not the one of
     // when the node opened it (0).
-    let figure = || get(&a, "/v1/overview")["dead_letters"].clone();
-    let end = Instant::now() + Duration::from_secs(10);
-    while figure() != json!(2) && Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(figure(), json!(2));
+    wait_until(
+        "the overview's dead-letter figure to be 2",
+        Duration::from_secs(10),
+        || get(&a, "/v1/overview")["dead_letters"] == json!(2),
+    );
 }
 
 #[test]

@@ -693,16 +693,13 @@ mod tests {
         ];
         for name in limits {
             let mut settings = TcpSettings::default();
-            if name == "idle_timeout" {
-                settings.idle_timeout = Duration::ZERO;
-            } else {
-                *match name {
-                    "max_line_bytes" => &mut settings.max_line_bytes,
-                    "max_json_depth" => &mut settings.max_json_depth,
-                    "max_connections" => &mut settings.max_connections,
-                    "max_connections_per_client" => &mut settings.max_connections_per_client,
-                    _ => &mut settings.max_pending,
-                } = 0;
+            match name {
+                "max_line_bytes" => settings.max_line_bytes = 0,
+                "max_json_depth" => settings.max_json_depth = 0,
+                "max_connections" => settings.max_connections = 0,
+                "max_connections_per_client" => settings.max_connections_per_client = 0,
+                "max_pending" => settings.max_pending = 0,
+                _ => settings.idle_timeout = Duration::ZERO,
             }
             let e = settings.check().expect_err(name);
             assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
