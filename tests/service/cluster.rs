@@ -9,7 +9,7 @@
 //! that `.ci/run` installs), else `nats-server` on the `PATH`. Without one the tests fail under
 //! CI (`CI` set) and otherwise skip with a note.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -510,19 +510,52 @@ fn a_node_refuses_retries_that_outlive_their_count_and_runs_deep_payloads() {
     assert!(v["detail"].as_str().unwrap().contains("max_payload"), "{v}");
 }
 
+/// Sends `payload` on `subject` with NATS's text protocol and returns the answer (JSON). To a
+/// stream's subject this is a publish with no message id (stored even if one like it was), and
+/// the answer is JetStream's acknowledgement.
+fn nats_request(nats: &Nats, subject: &str, payload: &[u8]) -> Value {
+    let mut s = TcpStream::connect(("127.0.0.1", nats.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    write!(
+        s,
+        "CONNECT {{\"verbose\":false,\"pedantic\":false}}\r\nSUB test.answer 1\r\nPUB {subject} test.answer {}\r\n",
+        payload.len()
+    )
+    .unwrap();
+    s.write_all(payload).unwrap();
+    s.write_all(b"\r\n").unwrap();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            r.read_line(&mut line).unwrap() > 0,
+            "NATS closed the connection"
+        );
+        assert!(!line.starts_with("-ERR"), "{line}");
+        if line.starts_with("PING") {
+            s.write_all(b"PONG\r\n").unwrap();
+        } else if let Some(n) = line.strip_prefix("MSG test.answer 1 ") {
+            let mut body = vec![0; n.trim().parse::<usize>().unwrap() + 2];
+            r.read_exact(&mut body).unwrap();
+            return serde_json::from_slice(&body[..body.len() - 2]).unwrap();
+        }
+    }
+}
+
 #[test]
-fn the_dead_letter_figure_counts_the_letters_filed_since_the_node_started() {
+fn dead_letters_are_counted_and_a_replayed_one_leaves_its_place_for_good() {
     let _heavy = crate::common::heavy();
     let Some(nats) = Nats::start() else { return };
-    let a = node(&nats, &cluster_name("figure"), "node-a");
-    let body = json!({"kind": "chaos", "payload": {"mode": "error"}});
-    let mut letters: Vec<String> = (0..2)
-        .map(|_| {
-            let (code, _, v) = request(&a.addr, "POST", "/v1/messages?wait=true", Some(&body));
-            assert_eq!((code, &v["status"]), (200, &json!("dead")), "{v}");
-            v["id"].as_str().unwrap().to_owned()
-        })
-        .collect();
+    let name = cluster_name("figure");
+    let a = node_with(&nats, &name, "node-a", "[dispatch]\nmax_dead_letters = 3\n");
+    let die = || {
+        let body = json!({"kind": "chaos", "payload": {"mode": "error"}});
+        let (code, _, v) = request(&a.addr, "POST", "/v1/messages?wait=true", Some(&body));
+        assert_eq!((code, &v["status"]), (200, &json!("dead")), "{v}");
+        v["id"].as_str().unwrap().to_owned()
+    };
+    let mut letters: Vec<String> = (0..3).map(|_| die()).collect();
     letters.sort();
     // A letter is filed just after its message's entry says dead: waited for, with a deadline.
     wait_until(
@@ -533,10 +566,56 @@ fn the_dead_letter_figure_counts_the_letters_filed_since_the_node_started() {
     // The overview's figure is the bucket's now (read at most once a second), not the one of
     // when the node opened it (0).
     wait_until(
-        "the overview's dead-letter figure to be 2",
+        "the overview's dead-letter figure to be 3",
         Duration::from_secs(10),
-        || get(&a, "/v1/overview")["dead_letters"] == json!(2),
+        || get(&a, "/v1/overview")["dead_letters"] == json!(3),
     );
+    // The first is replayed; its replay dies too, and is filed as a letter of its own.
+    let (code, _, r) = request(
+        &a.addr,
+        "POST",
+        &format!("/v1/dead-letters/{}/retry", letters[0]),
+        None,
+    );
+    assert_eq!(code, 202, "{r}");
+    let replay = r["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        terminal(&a, &replay, Duration::from_secs(30))["status"],
+        "dead"
+    );
+    // Three letters again, within `max_dead_letters`: the replayed one left nothing behind
+    // that counts, so none of the others was pushed out to make room.
+    let mut want = vec![letters[1].clone(), letters[2].clone(), replay];
+    want.sort();
+    wait_until(
+        &format!("the dead letters {want:?}"),
+        Duration::from_secs(30),
+        || dead_letter_ids(&a) == want,
+    );
+    // The replayed message is delivered again, as when its node died between filing its
+    // letter and acknowledging: it is acknowledged, and its letter is not filed again (which
+    // would push the oldest one out).
+    let late = json!({"accepted": {"id": letters[0], "kind": "chaos",
+        "payload": {"mode": "error"}, "source": "http", "attempts": 0}});
+    let work = format!("{name}.work.chaos.{}", letters[0]);
+    let ack = nats_request(&nats, &work, late.to_string().as_bytes());
+    assert!(ack["seq"].is_u64(), "not stored: {ack}");
+    // A work-queue stream keeps a message until it is acknowledged.
+    let info = format!("$JS.API.STREAM.INFO.{name}_work_chaos");
+    wait_until(
+        "the late delivery is acknowledged",
+        Duration::from_secs(30),
+        || nats_request(&nats, &info, b"")["state"]["messages"] == json!(0),
+    );
+    assert_eq!(dead_letter_ids(&a), want);
+    assert_eq!(
+        get(&a, &format!("/v1/messages/{}", letters[0]))["status"],
+        "dead"
+    );
+    // Listing leaves nothing behind on the server (it left a consumer per listing, for 30 s:
+    // a client listing a thousand times made every later listing fail).
+    let dead = nats_request(&nats, &format!("$JS.API.STREAM.INFO.KV_{name}_dead"), b"");
+    assert_eq!(dead["state"]["consumer_count"], 0, "{dead}");
 }
 
 #[test]
@@ -607,6 +686,10 @@ fn any_node_reads_cancels_replays_and_dedupes_what_another_accepted() {
     assert_eq!(code, 200);
     assert_eq!(dead["status"], "dead", "{dead}");
     let dead_id = dead["id"].as_str().unwrap();
+    // The entry says dead before its node files the letter (just after): wait for the letter.
+    wait_until("the dead letter is filed", Duration::from_secs(20), || {
+        dead_letter_ids(&b) == [dead_id]
+    });
     let letters = get(&b, "/v1/dead-letters");
     assert_eq!(letters["dead_letters"][0]["id"], dead_id, "{letters}");
     assert_eq!(

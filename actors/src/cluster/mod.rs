@@ -16,7 +16,10 @@
 //!   compare-and-set on its revision: a message cancelled on one node and started on another
 //!   ends one way only, and a redelivered message that already finished is acknowledged without
 //!   running again. A waiter listens to its own message's updates (a plain subscription).
-//! - `P_keys` (idempotency keys, `kind.key` to id) and `P_dead` (dead letters by id).
+//! - `P_keys` (idempotency keys, `kind.key` to id) and `P_dead` (dead letters by id). A
+//!   replayed letter is removed from `P_dead` (its delete marker too, which would count toward
+//!   the bucket's limit), after its message's entry is marked replayed: that mark, not the
+//!   letter, keeps a late delivery of the message from filing the letter again.
 //!
 //! A pulled message runs on this node's own [`Dispatcher`] (routers, supervised workers, the
 //! CPU pool, all in memory): the cluster only decides when and where. One delivery is one
@@ -45,7 +48,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, kv, stream};
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
@@ -131,6 +134,10 @@ struct Entry {
     /// count the tries to file its dead letter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     died_at_delivery: Option<i64>,
+    /// Of a dead message whose letter was replayed: the replay's id. Written before the letter
+    /// is removed, so that a late delivery of the message does not file the letter again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    replayed_as: Option<MessageId>,
 }
 
 /// Bytes of idempotency keys the cluster keeps (the oldest are forgotten past it).
@@ -188,6 +195,7 @@ impl Entry {
             failures: 0,
             lost: 0,
             died_at_delivery: None,
+            replayed_as: None,
         }
     }
 
@@ -813,15 +821,23 @@ impl Cluster {
         after: Option<MessageId>,
         limit: usize,
     ) -> Result<Vec<DeadLetter>, ClusterError> {
-        let mut keys: Vec<String> = self
-            .0
-            .dead
-            .keys()
+        // The keys are the subjects of the bucket's stream, asked in a request: the bucket's
+        // `keys()` would leave a JetStream consumer behind on the server for 30 s per listing,
+        // and a client listing often enough made the server refuse to make more (seen: every
+        // listing after the thousandth within half a minute failed).
+        let dead = &self.0.dead;
+        let subjects: Vec<(String, usize)> = dead
+            .stream
+            .info_with_subjects(format!("{}>", dead.prefix))
             .await
             .map_err(unreachable)?
-            .filter_map(|k| async move { k.ok() })
-            .collect()
-            .await;
+            .try_collect()
+            .await
+            .map_err(unreachable)?;
+        let mut keys: Vec<String> = subjects
+            .into_iter()
+            .filter_map(|(s, _)| s.strip_prefix(dead.prefix.as_str()).map(str::to_owned))
+            .collect();
         keys.sort();
         let after = after.map(|a| a.to_string());
         let keys: Vec<String> = keys
@@ -854,8 +870,11 @@ impl Cluster {
         Ok(got.and_then(|v| crate::storage::decode_within(&v, MAX_READ_DEPTH)))
     }
 
-    /// Replays a dead letter as a new message and removes it from the dead letters (taken
-    /// first, so two nodes cannot replay it twice; put back if the replay is refused).
+    /// Replays a dead letter as a new message and removes it from the dead letters: admitted
+    /// first (under a key of the letter, so two nodes replaying it at once make one message),
+    /// then the message's entry is marked replayed (so a late delivery of the message does not
+    /// file the letter again), then the letter is removed, leaving nothing in the bucket that
+    /// counts toward `max_dead_letters`.
     pub async fn replay(
         &self,
         id: MessageId,
@@ -879,6 +898,7 @@ impl Cluster {
             Ok(new) => new,
             Err(r) => return Ok(Err(ReplayError::Rejected(r))),
         };
+        self.mark_replayed(&key, new).await?;
         match self
             .0
             .dead
@@ -887,11 +907,53 @@ impl Cluster {
         {
             Ok(()) => {
                 tracing::info!(id = %new, replay_of = %dl.id, kind = %dl.kind, "dead letter replayed");
+                // The delete leaves a marker in the bucket's stream, which would count toward
+                // `max_dead_letters` (and push the oldest letter out of a full bucket): removed
+                // too. If that fails, it stays, and is logged.
+                let marker = format!("{}{key}", self.0.dead.prefix);
+                if let Err(e) = self.0.dead.stream.purge().filter(marker).await {
+                    tracing::warn!(id = %dl.id, error = %e, "the replayed dead letter's delete marker stays, and counts toward max_dead_letters");
+                }
                 Ok(Ok(new))
             }
             // Replayed by another node at the same moment, as this same message.
             Err(e) if e.kind() == kv::DeleteErrorKind::WrongLastRevision => Ok(Ok(new)),
             Err(e) => Err(unreachable(e)),
+        }
+    }
+
+    /// Marks the entry of the dead message `key` as replayed as `new` (compare-and-set, tried
+    /// again while another write moves it on). An entry gone (past the bucket's keeping) has
+    /// nothing to mark: a late delivery of the message would run it again anyway.
+    async fn mark_replayed(&self, key: &str, new: MessageId) -> Result<(), ClusterError> {
+        loop {
+            let Some(got) = self
+                .0
+                .messages
+                .entry(key.to_owned())
+                .await
+                .map_err(unreachable)?
+                .filter(|e| e.operation == kv::Operation::Put)
+            else {
+                return Ok(());
+            };
+            let Some(mut entry) = Entry::decode(&got.value) else {
+                return Ok(()); // not ours to rewrite (see the claim's handling of such an entry)
+            };
+            if entry.replayed_as.is_some() {
+                return Ok(());
+            }
+            entry.replayed_as = Some(new);
+            match self
+                .0
+                .messages
+                .update(key, entry.encode(), got.revision)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(e) => return Err(unreachable(e)),
+            }
         }
     }
 

@@ -557,14 +557,24 @@ async fn filed(inner: &Inner, acc: &Accepted, entry: &Entry, m: &jetstream::Mess
 }
 
 /// Files a dead letter in the cluster's bucket, once: not again if it is there, nor if it was
-/// there and has been replayed since (its key's last operation is the replay's delete), as when
-/// the message is delivered again after a node died between filing and acknowledging. A letter
-/// too big for one NATS message keeps only its last error, cut short.
+/// there and has been replayed since, as when the message is delivered again after a node died
+/// between filing and acknowledging. A letter too big for one NATS message keeps only its last
+/// error, cut short.
 async fn bury(inner: &Inner, acc: &Accepted, entry: &Entry) -> Result<(), String> {
     let key = acc.id.to_string();
     match inner.dead.entry(key.clone()).await {
-        Ok(Some(_)) => return Ok(()), // filed already (and maybe replayed)
+        // Filed already (or replayed by a node that left the letter's delete marker).
+        Ok(Some(_)) => return Ok(()),
         Ok(None) => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    // Not there: never filed, or replayed since. A replay marks the message's entry before it
+    // removes the letter, so the entry read now (after the letter was found gone) says so.
+    match inner.messages.get(key.clone()).await {
+        Ok(Some(now)) if Entry::decode(&now).is_some_and(|e| e.replayed_as.is_some()) => {
+            return Ok(());
+        }
+        Ok(_) => {}
         Err(e) => return Err(e.to_string()),
     }
     let mut dl = DeadLetter {
