@@ -736,14 +736,19 @@ pub async fn list_dead_letters(
         })?),
         None => None,
     };
-    let page: Vec<Arc<DeadLetter>> = match &state.cluster {
-        Some(c) => c
-            .dead_letters(after, limit)
-            .await?
-            .into_iter()
-            .map(Arc::new)
-            .collect(),
-        None => state.dispatcher.dead_letters(after, limit),
+    let (page, more): (Vec<Arc<DeadLetter>>, bool) = match &state.cluster {
+        Some(c) => {
+            let listed = c.dead_letters(after, limit).await?;
+            (
+                listed.letters.into_iter().map(Arc::new).collect(),
+                listed.more,
+            )
+        }
+        None => {
+            let page = state.dispatcher.dead_letters(after, limit);
+            let more = page.len() == limit;
+            (page, more)
+        }
     };
     // At least one letter, then as many as fit in MAX_PAGE_BYTES.
     let (mut items, mut bytes) = (Vec::new(), 0);
@@ -762,7 +767,7 @@ pub async fn list_dead_letters(
         items.push(dead_letter_item(d, payload));
     }
     let fit = items.len();
-    let next = (fit < page.len() || page.len() == limit).then(|| page[fit - 1].id);
+    let next = (fit > 0 && (fit < page.len() || more)).then(|| page[fit - 1].id);
     Ok(HttpResponse::Ok().json(DeadLettersResponse {
         dead_letters: items,
         next,

@@ -1285,3 +1285,40 @@ fn lost_claim(ack_wait_ms: u64) {
     assert!(o.get("error").is_none(), "{o}");
     assert_eq!(o["node"], "node-a", "{o}");
 }
+
+#[test]
+fn a_page_of_dead_letters_with_large_payloads_reads_a_few_mib_and_says_where_to_go_on() {
+    let _heavy = crate::common::heavy();
+    let Some(nats) = Nats::start() else { return };
+    let a = node(&nats, &cluster_name("pages"), "node-a");
+    // Twelve letters of 400 KB each (4.8 MB): a listing reads about 2 MiB of them, eight at a
+    // time, so the first page stops after eight and says where the next begins.
+    let big = "x".repeat(400_000);
+    let mut ids: Vec<String> = (0..12)
+        .map(|_| {
+            let body = json!({"kind": "chaos", "payload": {"mode": "error", "pad": big}});
+            let (code, _, v) = request(&a.addr, "POST", "/v1/messages?wait=true", Some(&body));
+            assert_eq!((code, &v["status"]), (200, &json!("dead")), "{v}");
+            v["id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    ids.sort();
+    // Filed just after each message's entry says dead: the cluster's figure says when.
+    wait_until("twelve dead letters", Duration::from_secs(30), || {
+        get(&a, "/v1/overview")["dead_letters"] == json!(12)
+    });
+    let listed = |page: &Value| -> Vec<String> {
+        page["dead_letters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let first = get(&a, "/v1/dead-letters?limit=100");
+    assert_eq!(listed(&first), ids[..8], "{first}");
+    assert_eq!(first["next"], json!(ids[7]));
+    let second = get(&a, &format!("/v1/dead-letters?limit=100&after={}", ids[7]));
+    assert_eq!(listed(&second), ids[8..], "{second}");
+    assert_eq!(second["next"], Value::Null);
+}

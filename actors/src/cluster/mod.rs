@@ -158,6 +158,22 @@ pub(super) const MAX_READ_DEPTH: usize = MAX_PAYLOAD_DEPTH + 8;
 /// a claim counts as a lost attempt when it comes back, as one whose node died does.
 const MAX_UNANSWERED: usize = 4096;
 
+/// Most waits for an outcome (`?wait=true`, a long-poll, each item of a batch that waits) a node
+/// listens for at once, each a NATS subscription: past it, a wait answers at once with the
+/// message's state as it is (as one that timed out does).
+pub const MAX_WAITERS: usize = 16_384;
+
+/// Most dead-letter listings a node runs at once (the others wait their turn).
+const MAX_LISTINGS: usize = 4;
+
+/// About how many bytes of letters one listing reads from NATS before it stops (at least one
+/// letter), so that a page of letters with large payloads holds a few MiB, not a thousand
+/// payloads.
+const LISTING_BYTES: usize = 2 * 1024 * 1024;
+
+/// Letters one listing reads from NATS at a time.
+const LISTING_CHUNK: usize = 8;
+
 /// Claims of this node whose answer NATS lost, for one message: each entry it may have
 /// written (a claim that read back its own earlier claim wrote a second), and when.
 struct Unanswered {
@@ -318,6 +334,10 @@ struct Inner {
     /// many pages and scrapers ask.
     stats: futures_util::lock::Mutex<Option<(Instant, ClusterStats)>>,
     tasks: Mutex<Vec<actix_rt::task::JoinHandle<()>>>,
+    /// Waits listening now, at most [`MAX_WAITERS`].
+    waiters: Arc<tokio::sync::Semaphore>,
+    /// Dead-letter listings running now, at most [`MAX_LISTINGS`].
+    listings: tokio::sync::Semaphore,
 }
 
 /// A node of a Mailroom cluster: admits messages into JetStream and runs its share of them.
@@ -432,6 +452,8 @@ impl Cluster {
             running_ids: Mutex::new(Default::default()),
             unanswered: Mutex::new(HashMap::new()),
             stats: futures_util::lock::Mutex::new(None),
+            waiters: Arc::new(tokio::sync::Semaphore::new(MAX_WAITERS)),
+            listings: tokio::sync::Semaphore::new(MAX_LISTINGS),
             tasks: Mutex::new(Vec::new()),
         }));
         cluster.start();
@@ -697,22 +719,37 @@ impl Cluster {
             return self.status(id).await;
         }
         // Subscribed before the state is read: an update after the read is heard.
-        let mut updates = self.updates(id).await?;
+        let Some(mut updates) = self.updates(id).await? else {
+            return self.status(id).await; // as many waits as a node listens for: no wait
+        };
         let now = match self.status(id).await? {
             Some(o) if !o.outcome.status.is_terminal() => o,
             other => return Ok(other),
         };
         let end = tokio::time::Instant::now() + max;
-        match until_terminal(&mut updates, end).await {
+        match updates.until_terminal(end).await {
             Some(o) => Ok(Some(o)),
             None => Ok(self.status(id).await?.or(Some(now))),
         }
     }
 
-    /// The updates of message `id`'s entry.
-    async fn updates(&self, id: MessageId) -> Result<async_nats::Subscriber, ClusterError> {
+    /// The updates of message `id`'s entry, or `None` when the node already listens for
+    /// [`MAX_WAITERS`] waits.
+    async fn updates(&self, id: MessageId) -> Result<Option<Updates>, ClusterError> {
+        let Ok(permit) = self.0.waiters.clone().try_acquire_owned() else {
+            return Ok(None);
+        };
         let subject = format!("$KV.{}_messages.{id}", self.0.settings.name);
-        self.0.client.subscribe(subject).await.map_err(unreachable)
+        let sub = self
+            .0
+            .client
+            .subscribe(subject)
+            .await
+            .map_err(unreachable)?;
+        Ok(Some(Updates {
+            sub,
+            _permit: permit,
+        }))
     }
 
     /// [`Cluster::accept`], then [`Cluster::wait`] up to `max` (`?wait=true`): listening for
@@ -730,12 +767,13 @@ impl Cluster {
             Record::Accepted(a) => (a.id, waiting_outcome(a)),
             _ => unreachable!("prepare makes Accepted records"),
         };
-        // Without a subscription (NATS just went away) the answer is read afterwards.
-        let mut updates = self.updates(id).await.ok();
+        // Without a subscription (NATS just went away, or the node listens for as many waits
+        // as it does) the answer is read afterwards.
+        let mut updates = self.updates(id).await.ok().flatten();
         self.commit(p).await?;
         let end = tokio::time::Instant::now() + max;
         if let Some(updates) = &mut updates {
-            if let Some(o) = until_terminal(updates, end).await {
+            if let Some(o) = updates.until_terminal(end).await {
                 return Ok(o);
             }
         }
@@ -815,12 +853,15 @@ impl Cluster {
         }
     }
 
-    /// Up to `limit` dead letters of the whole cluster, oldest first, after the id `after`.
+    /// Up to `limit` dead letters of the whole cluster, oldest first, after the id `after`: fewer
+    /// once about 2 MiB of letters are read (at least one), and `more` says whether any may
+    /// follow. A node runs four listings at once; the others wait their turn.
     pub async fn dead_letters(
         &self,
         after: Option<MessageId>,
         limit: usize,
-    ) -> Result<Vec<DeadLetter>, ClusterError> {
+    ) -> Result<ListedLetters, ClusterError> {
+        let _turn = self.0.listings.acquire().await.expect("never closed");
         // The keys are the subjects of the bucket's stream, asked in a request: the bucket's
         // `keys()` would leave a JetStream consumer behind on the server for 30 s per listing,
         // and a client listing often enough made the server refuse to make more (seen: every
@@ -844,24 +885,29 @@ impl Cluster {
             .into_iter()
             .filter(|k| after.as_ref().is_none_or(|a| k > a))
             .collect();
-        // Read as many keys as letters are still wanted, until `limit` letters are read or the
-        // keys run out: a key whose letter is gone (replayed meanwhile) or unreadable does not
-        // end the list early.
-        let (mut out, mut rest) = (Vec::new(), &keys[..]);
-        while out.len() < limit && !rest.is_empty() {
-            let (now, later) = rest.split_at((limit - out.len()).min(rest.len()));
+        // Read a few keys at a time, until `limit` letters or about LISTING_BYTES of them are
+        // read, or the keys run out: a key whose letter is gone (replayed meanwhile) or
+        // unreadable does not end the list early.
+        let (mut letters, mut rest, mut bytes) = (Vec::new(), &keys[..], 0);
+        while letters.len() < limit && bytes < LISTING_BYTES && !rest.is_empty() {
+            let n = (limit - letters.len()).min(LISTING_CHUNK).min(rest.len());
+            let (now, later) = rest.split_at(n);
             rest = later;
             let reads = now.iter().map(|k| self.0.dead.get(k.clone()));
             for got in futures_util::future::join_all(reads).await {
-                let got = got.map_err(unreachable)?;
-                if let Some(dl) = got
-                    .and_then(|v| crate::storage::decode_within::<DeadLetter>(&v, MAX_READ_DEPTH))
-                {
-                    out.push(dl);
+                let Some(v) = got.map_err(unreachable)? else {
+                    continue;
+                };
+                if let Some(dl) = crate::storage::decode_within::<DeadLetter>(&v, MAX_READ_DEPTH) {
+                    bytes += v.len();
+                    letters.push(dl);
                 }
             }
         }
-        Ok(out)
+        Ok(ListedLetters {
+            letters,
+            more: !rest.is_empty(),
+        })
     }
 
     /// One dead letter, whole.
@@ -923,8 +969,8 @@ impl Cluster {
     }
 
     /// Marks the entry of the dead message `key` as replayed as `new` (compare-and-set, tried
-    /// again while another write moves it on). An entry gone (past the bucket's keeping) has
-    /// nothing to mark: a late delivery of the message would run it again anyway.
+    /// again while another write moves it on). An entry gone (past the bucket's keeping), or
+    /// not dead, has nothing to mark: a late delivery of the message would run it again anyway.
     async fn mark_replayed(&self, key: &str, new: MessageId) -> Result<(), ClusterError> {
         loop {
             let Some(got) = self
@@ -940,7 +986,10 @@ impl Cluster {
             let Some(mut entry) = Entry::decode(&got.value) else {
                 return Ok(()); // not ours to rewrite (see the claim's handling of such an entry)
             };
-            if entry.replayed_as.is_some() {
+            // Only a dead entry: one that is running again (its dead entry was pushed out, and
+            // a late delivery runs it anew) is its node's to write, and if it dies again its
+            // letter must be filed.
+            if entry.outcome.status != Status::Dead || entry.replayed_as.is_some() {
                 return Ok(());
             }
             entry.replayed_as = Some(new);
@@ -1160,18 +1209,36 @@ fn cancelled(e: &mut Entry) {
 }
 
 /// The first terminal state heard on `updates` before `end`.
-async fn until_terminal(
-    updates: &mut async_nats::Subscriber,
-    end: tokio::time::Instant,
-) -> Option<ClusterOutcome> {
-    while let Ok(Some(m)) = tokio::time::timeout_at(end, updates.next()).await {
-        if let Some(e) = Entry::decode(&m.payload) {
-            if e.outcome.status.is_terminal() {
-                return Some(e.current());
+/// A page of the cluster's dead letters ([`Cluster::dead_letters`]).
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct ListedLetters {
+    /// The letters, oldest first.
+    pub letters: Vec<DeadLetter>,
+    /// Whether letters after the last one may remain (the listing stopped at its limit or its
+    /// bytes).
+    pub more: bool,
+}
+
+/// A wait's subscription to one message's entry, counted among the node's [`MAX_WAITERS`]
+/// while it lives.
+struct Updates {
+    sub: async_nats::Subscriber,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Updates {
+    /// The message's outcome once an update says it is terminal, or `None` at `end`.
+    async fn until_terminal(&mut self, end: tokio::time::Instant) -> Option<ClusterOutcome> {
+        while let Ok(Some(m)) = tokio::time::timeout_at(end, self.sub.next()).await {
+            if let Some(e) = Entry::decode(&m.payload) {
+                if e.outcome.status.is_terminal() {
+                    return Some(e.current());
+                }
             }
         }
+        None
     }
-    None
 }
 
 /// A message checked and ready to publish, or the id an idempotency key already names.
