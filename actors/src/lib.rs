@@ -43,6 +43,7 @@ pub mod source;
 pub mod storage;
 mod store;
 mod supervision;
+mod timer;
 mod watchdog;
 
 #[cfg(feature = "cluster")]

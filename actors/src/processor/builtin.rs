@@ -57,12 +57,13 @@ struct SleepArgs {
     ms: u64,
 }
 
-/// `sleep {"ms": n}` → `{"slept_ms": n}`: a timer, never a blocked thread. Pure: with a journal
-/// it begins while its record is on its way to disk.
+/// `sleep {"ms": n}` → `{"slept_ms": n}`: a timer, never a blocked thread (one thread keeps the
+/// deadlines of every sleep, and ends each within about a tenth of a millisecond: see `timer`).
+/// Pure: with a journal it begins while its record is on its way to disk.
 pub fn sleep() -> Processor {
     Processor::from_fn("sleep", |_job, payload| async move {
         let args: SleepArgs = parse(&payload).map_err(ProcessError::new)?;
-        actix_rt::time::sleep(Duration::from_millis(args.ms)).await;
+        crate::timer::sleep(Duration::from_millis(args.ms)).await;
         Ok(json!({ "slept_ms": args.ms }))
     })
     .validate(|p| {
@@ -195,7 +196,7 @@ pub fn chaos() -> Processor {
             ChaosMode::Panic => panic!("{message}"),
             ChaosMode::Sleep => {
                 let ms = args.ms.unwrap_or(0);
-                actix_rt::time::sleep(Duration::from_millis(ms)).await;
+                crate::timer::sleep(Duration::from_millis(ms)).await;
                 Ok(json!({ "slept_ms": ms }))
             }
         }
