@@ -8,11 +8,13 @@
 //! millisecond all ended together, in a burst the event loop then answered one by one. Here the
 //! thread waits on a futex for the deadline itself (the kernel's timer slack, 50 µs, is the
 //! lateness) and wakes the sleeper's task on its own event loop. At 1,000 connections of
-//! 100 ms sleeps that was 2–3 % more requests a second (BENCHMARKS.md).
+//! 100 ms sleeps that was about 2 % more requests a second (BENCHMARKS.md, "Issue 12, session
+//! 21").
 //!
-//! Failure: nothing here fails. A sleep dropped before its deadline marks its entry stale;
-//! stale entries are swept out once they outnumber half the heap and 64 more, so the heap holds
-//! at most twice the sleeps pending, plus 128.
+//! Failure: nothing here fails. A sleep dropped before its deadline marks its entry stale and
+//! lets go of its task's waker; stale entries are swept out once they outnumber half the heap
+//! and 64 more, so just after a drop the heap holds at most twice the sleeps pending, plus 128
+//! (a stale entry is a few dozen bytes, and leaves at its deadline or in the next sweep).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -199,6 +201,7 @@ impl Drop for Sleep {
                 slot.state
                     .compare_exchange(WAITING, STALE, Ordering::AcqRel, Ordering::Acquire);
             if was.is_ok() {
+                drop(slot.waker.take()); // the task need not outlive its sleep
                 timers().forget();
             }
         }

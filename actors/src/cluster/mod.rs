@@ -854,8 +854,9 @@ impl Cluster {
     }
 
     /// Up to `limit` dead letters of the whole cluster, oldest first, after the id `after`: fewer
-    /// once about 2 MiB of letters are read (at least one), and `more` says whether any may
-    /// follow. A node runs four listings at once; the others wait their turn.
+    /// once 2 MiB of letters are read (read eight at a time, so at most 2 MiB and eight more
+    /// letters; at least one), and `more` says whether any may follow. A node runs four
+    /// listings at once; the others wait their turn.
     pub async fn dead_letters(
         &self,
         after: Option<MessageId>,
@@ -987,8 +988,8 @@ impl Cluster {
                 return Ok(()); // not ours to rewrite (see the claim's handling of such an entry)
             };
             // Only a dead entry: one that is running again (its dead entry was pushed out, and
-            // a late delivery runs it anew) is its node's to write, and if it dies again its
-            // letter must be filed.
+            // a late delivery runs it anew) is its node's to write (a mark would make that
+            // node's write fail, and keep a letter of a second death from being filed).
             if entry.outcome.status != Status::Dead || entry.replayed_as.is_some() {
                 return Ok(());
             }
@@ -1208,7 +1209,6 @@ fn cancelled(e: &mut Entry) {
     e.outcome.timings.total_ms = waited;
 }
 
-/// The first terminal state heard on `updates` before `end`.
 /// A page of the cluster's dead letters ([`Cluster::dead_letters`]).
 #[derive(Debug)]
 #[non_exhaustive]
