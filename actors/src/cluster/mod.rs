@@ -161,7 +161,7 @@ const MAX_UNANSWERED: usize = 4096;
 /// Most waits for an outcome (`?wait=true`, a long-poll, each item of a batch that waits) a node
 /// listens for at once, each a NATS subscription: past it, a wait answers at once with the
 /// message's state as it is (as one that timed out does).
-pub const MAX_WAITERS: usize = 16_384;
+const MAX_WAITERS: usize = 16_384;
 
 /// Most dead-letter listings a node runs at once (the others wait their turn).
 const MAX_LISTINGS: usize = 4;
@@ -876,16 +876,13 @@ impl Cluster {
             .try_collect()
             .await
             .map_err(unreachable)?;
+        let after = after.map(|a| a.to_string());
         let mut keys: Vec<String> = subjects
             .into_iter()
             .filter_map(|(s, _)| s.strip_prefix(dead.prefix.as_str()).map(str::to_owned))
-            .collect();
-        keys.sort();
-        let after = after.map(|a| a.to_string());
-        let keys: Vec<String> = keys
-            .into_iter()
             .filter(|k| after.as_ref().is_none_or(|a| k > a))
             .collect();
+        keys.sort();
         // Read a few keys at a time, until `limit` letters or about LISTING_BYTES of them are
         // read, or the keys run out: a key whose letter is gone (replayed meanwhile) or
         // unreadable does not end the list early.
@@ -945,7 +942,7 @@ impl Cluster {
             Ok(new) => new,
             Err(r) => return Ok(Err(ReplayError::Rejected(r))),
         };
-        self.mark_replayed(&key, new).await?;
+        self.mark_replayed(dl.id, new).await?;
         match self
             .0
             .dead
@@ -969,23 +966,14 @@ impl Cluster {
         }
     }
 
-    /// Marks the entry of the dead message `key` as replayed as `new` (compare-and-set, tried
+    /// Marks the entry of the dead message `id` as replayed as `new` (compare-and-set, tried
     /// again while another write moves it on). An entry gone (past the bucket's keeping), or
     /// not dead, has nothing to mark: a late delivery of the message would run it again anyway.
-    async fn mark_replayed(&self, key: &str, new: MessageId) -> Result<(), ClusterError> {
+    /// An entry this node cannot read is an error (the letter then stays).
+    async fn mark_replayed(&self, id: MessageId, new: MessageId) -> Result<(), ClusterError> {
         loop {
-            let Some(got) = self
-                .0
-                .messages
-                .entry(key.to_owned())
-                .await
-                .map_err(unreachable)?
-                .filter(|e| e.operation == kv::Operation::Put)
-            else {
+            let Some((mut entry, revision)) = self.entry(id).await? else {
                 return Ok(());
-            };
-            let Some(mut entry) = Entry::decode(&got.value) else {
-                return Ok(()); // not ours to rewrite (see the claim's handling of such an entry)
             };
             // Only a dead entry: one that is running again (its dead entry was pushed out, and
             // a late delivery runs it anew) is its node's to write (a mark would make that
@@ -997,7 +985,7 @@ impl Cluster {
             match self
                 .0
                 .messages
-                .update(key, entry.encode(), got.revision)
+                .update(id.to_string(), entry.encode(), revision)
                 .await
             {
                 Ok(_) => return Ok(()),
